@@ -1,0 +1,37 @@
+# The README's two commands: `make demo` (set up + main job) and `make test` (set up + tests).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: setup test test-cpu test-interpret test-cuda demo bench clean
+
+setup: $(VENV)/.installed
+
+# The venv sees system site-packages so a torch already on the machine (e.g. a CUDA build) is
+# reused; torch==2.13.0 (the local CPU build here) is installed only when none imports.
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
+	test -x $(PY) || python3 -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q setuptools wheel ninja pybind11
+	$(PIP) install -q --no-build-isolation -e ".[dev]"
+	touch $@
+
+test: setup test-cpu test-interpret
+
+test-cpu:
+	$(PY) -m pytest -q -m "not cuda and not slow and not interpret" tests
+
+test-interpret:
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "interpret and not slow" tests
+
+test-cuda: setup
+	$(PY) -m pytest -q -m cuda tests
+
+demo: setup
+	$(VENV)/bin/vimd demo
+
+bench: setup
+	$(PY) -m benchmarks.kernels
+
+clean:
+	rm -rf build *.egg-info vimd_kernels/_C*.so

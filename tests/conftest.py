@@ -1,0 +1,19 @@
+import os
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    for item in items:
+        if "cuda" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "interpret" in item.keywords and not interp and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="run with TRITON_INTERPRET=1 (make test-interpret)"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

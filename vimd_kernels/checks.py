@@ -1,0 +1,145 @@
+"""Up-front argument checks for the public ops: every error names the argument and what was expected."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+FLOAT_IO = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+MAX_CONV_WIDTH = 8
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def tensor(name: str, t, ndims=None, dtypes=None, optional=False) -> None:
+    if t is None:
+        if optional:
+            return
+        raise TypeError(f"{name} must be a torch.Tensor, got None")
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndims is not None and t.dim() not in ndims:
+        want = " or ".join(str(n) for n in ndims)
+        raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        want = ", ".join(_name(d) for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({want}), got {_name(t.dtype)}")
+
+
+def shape(name: str, t: Tensor, expected: tuple, what: str = "") -> None:
+    if tuple(t.shape) != tuple(expected):
+        extra = f" ({what})" if what else ""
+        raise ValueError(f"{name} must have shape {tuple(expected)}{extra}, got {tuple(t.shape)}")
+
+
+def same_device(ref_name: str, ref: Tensor, **others) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; "
+                             "all inputs must be on one device")
+
+
+def _param_dtype(u: Tensor) -> tuple:
+    return (torch.float64,) if u.dtype == torch.float64 else (torch.float32,)
+
+
+def selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
+    tensor("u", u, (3,), FLOAT_IO)
+    batch, dim, L = u.shape
+    if L < 1 or dim < 1 or batch < 1:
+        raise ValueError(f"u must be (batch, dim, L) with every size >= 1, got {tuple(u.shape)}")
+    io = (u.dtype,)
+    tensor("delta", delta, (3,), io)
+    shape("delta", delta, u.shape, "same as u")
+    pd = _param_dtype(u)
+    tensor("A", A, (2,), pd)
+    if A.shape[0] != dim or A.shape[1] < 1:
+        raise ValueError(f"A must have shape ({dim}, N) with N >= 1, got {tuple(A.shape)}")
+    N = A.shape[1]
+    bc_dtypes = tuple(dict.fromkeys((u.dtype,) + pd))
+    for name, X in (("B", B), ("C", C)):
+        tensor(name, X, (2, 3, 4), bc_dtypes)
+        if X.dim() == 2:
+            shape(name, X, (dim, N), "constant (dim, N)")
+        elif X.dim() == 3:
+            shape(name, X, (batch, N, L), "variable (batch, N, L)")
+        else:
+            G = X.shape[1]
+            if G < 1 or dim % G != 0:
+                raise ValueError(f"{name} has {G} groups, which must divide dim={dim} "
+                                 f"(grouped {name} is (batch, G, N, L)), got {tuple(X.shape)}")
+            shape(name, X, (batch, G, N, L), "grouped (batch, G, N, L)")
+    tensor("D", D, (1,), pd, optional=True)
+    if D is not None:
+        shape("D", D, (dim,))
+    tensor("z", z, (3,), io, optional=True)
+    if z is not None:
+        shape("z", z, u.shape, "same as u")
+    tensor("delta_bias", delta_bias, (1,), pd, optional=True)
+    if delta_bias is not None:
+        shape("delta_bias", delta_bias, (dim,))
+    tensor("initial_state", initial_state, (3,), pd, optional=True)
+    if initial_state is not None:
+        shape("initial_state", initial_state, (batch, dim, N))
+    same_device("u", u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                initial_state=initial_state)
+
+
+def causal_conv1d(x, weight, bias, activation) -> Tensor:
+    """Checks and returns the weight as (dim, width)."""
+    tensor("x", x, (3,), FLOAT_IO)
+    batch, dim, L = x.shape
+    if L < 1 or dim < 1 or batch < 1:
+        raise ValueError(f"x must be (batch, dim, L) with every size >= 1, got {tuple(x.shape)}")
+    wdt = tuple(dict.fromkeys((x.dtype,) + _param_dtype(x)))
+    tensor("weight", weight, (2, 3), wdt)
+    if weight.dim() == 3:
+        if weight.shape[1] != 1:
+            raise ValueError(f"weight must be (dim, width) or (dim, 1, width), got {tuple(weight.shape)}")
+        weight = weight.squeeze(1)
+    if weight.shape[0] != dim:
+        raise ValueError(f"weight must have shape ({dim}, width) for x with dim={dim}, "
+                         f"got {tuple(weight.shape)}")
+    width = weight.shape[1]
+    if not 2 <= width <= MAX_CONV_WIDTH:
+        raise ValueError(f"weight width must be between 2 and {MAX_CONV_WIDTH}, got {width}")
+    tensor("bias", bias, (1,), wdt, optional=True)
+    if bias is not None:
+        shape("bias", bias, (dim,))
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+    same_device("x", x, weight=weight, bias=bias)
+    return weight
+
+
+def mamba_inner(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
+                out_proj_weight, out_proj_bias, suffix: str = "") -> None:
+    """Shape checks tying the mixer's weights together (the ops re-check their own inputs)."""
+    tensor("xz", xz, (3,), FLOAT_IO)
+    if xz.shape[1] % 2:
+        raise ValueError(f"xz must be (batch, 2*d_inner, L), got an odd channel count {xz.shape[1]}")
+    d_inner = xz.shape[1] // 2
+    s = suffix
+    tensor("A" + s, A, (2,))
+    if A.shape[0] != d_inner:
+        raise ValueError(f"A{s} must have shape ({d_inner}, N) for xz with d_inner={d_inner}, "
+                         f"got {tuple(A.shape)}")
+    N = A.shape[1]
+    tensor("delta_proj_weight" + s, delta_proj_weight, (2,))
+    if delta_proj_weight.shape[0] != d_inner:
+        raise ValueError(f"delta_proj_weight{s} must have shape ({d_inner}, dt_rank), "
+                         f"got {tuple(delta_proj_weight.shape)}")
+    rank = delta_proj_weight.shape[1]
+    want = rank + (N if B is None else 0) + (N if C is None else 0)
+    tensor("x_proj_weight" + s, x_proj_weight, (2,))
+    shape("x_proj_weight" + s, x_proj_weight, (want, d_inner), "(dt_rank [+N for B] [+N for C], d_inner)")
+    tensor("out_proj_weight", out_proj_weight, (2,))
+    if out_proj_weight.shape[1] != d_inner:
+        raise ValueError(f"out_proj_weight must have shape (d_model, {d_inner}), "
+                         f"got {tuple(out_proj_weight.shape)}")
+    tensor("out_proj_bias", out_proj_bias, (1,), optional=True)
+    if out_proj_bias is not None:
+        shape("out_proj_bias", out_proj_bias, (out_proj_weight.shape[0],))
+    tensor("conv1d_weight" + s, conv1d_weight, (2, 3))
+    tensor("conv1d_bias" + s, conv1d_bias, (1,), optional=True)

@@ -1,0 +1,1 @@
+"""Mamba mixer bodies: ``reference.py`` composes the references; a backend may add a fused ``core``."""

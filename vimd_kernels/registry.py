@@ -1,0 +1,91 @@
+"""The one backend registry: which backends exist, whether they are usable, and how to pick one.
+
+A backend is a module per kernel, ``vimd_kernels/<kernel>/<backend>.py``, exposing ``forward`` and
+``backward`` with the same signature as ``<kernel>/reference.py``.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+KERNELS = ("selective_scan", "causal_conv1d")
+
+
+def _probe_extension():
+    try:
+        from vimd_kernels import _C
+        return _C
+    except ImportError:
+        return None
+
+
+# Probed once at import, so dispatch stays a pure lookup that torch.compile can trace.
+_EXT = _probe_extension()
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _cpu_ok() -> bool:
+    return _EXT is not None and hasattr(_EXT, "selective_scan_fwd_cpu")
+
+
+def _cuda_ok() -> bool:
+    return _EXT is not None and hasattr(_EXT, "selective_scan_fwd_cuda") and torch.cuda.is_available()
+
+
+def _triton_ok() -> bool:
+    return _HAS_TRITON and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    devices: tuple  # device types it runs on
+    available: Callable[[], bool]
+    install_hint: str
+
+
+BACKENDS = {
+    "ref": Backend("ref", ("cpu", "cuda"), lambda: True, "always available"),
+    "cpu": Backend("cpu", ("cpu",), _cpu_ok,
+                   "build the C++ extension: pip install --no-build-isolation -e ."),
+    "triton": Backend("triton", ("cuda", "cpu"), _triton_ok,
+                      "pip install triton (on CPU tensors also set TRITON_INTERPRET=1)"),
+    "cuda": Backend("cuda", ("cuda",), _cuda_ok,
+                    "build with a CUDA toolkit and a CUDA build of torch: "
+                    "pip install --no-build-isolation -e . (without VIMD_SKIP_CUDA_BUILD)"),
+}
+
+
+def available_backends() -> list[str]:
+    return [name for name, b in BACKENDS.items() if b.available()]
+
+
+def resolve(backend: str | None, device: torch.device) -> str:
+    """Pick the backend for tensors on ``device``; explicit names are checked, never silently swapped."""
+    if backend is None:
+        backend = os.environ.get("VIMD_BACKEND") or None
+    if backend is None:
+        if device.type == "cuda":
+            return "cuda" if BACKENDS["cuda"].available() else "triton"
+        return "cpu" if BACKENDS["cpu"].available() else "ref"
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {sorted(BACKENDS)} or None, got {backend!r}")
+    b = BACKENDS[backend]
+    if device.type not in b.devices:
+        raise ValueError(f"backend={backend!r} does not run on {device.type} tensors "
+                         f"(it runs on {', '.join(b.devices)})")
+    if not b.available():
+        raise RuntimeError(f"backend {backend!r} is not available here: {b.install_hint}")
+    return backend
+
+
+_MODULE = {"ref": "reference"}
+
+
+def kernel_module(kernel: str, backend: str):
+    return importlib.import_module(f"vimd_kernels.{kernel}.{_MODULE.get(backend, backend)}")
