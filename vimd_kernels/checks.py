@@ -114,7 +114,7 @@ def causal_conv1d(x, weight, bias, activation) -> Tensor:
 
 
 def mamba_inner(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
-                out_proj_weight, out_proj_bias, suffix: str = "") -> None:
+                out_proj_weight, out_proj_bias, suffix: str = "", D=None, delta_bias=None) -> None:
     """Shape checks tying the mixer's weights together (the ops re-check their own inputs)."""
     tensor("xz", xz, (3,), FLOAT_IO)
     if xz.shape[1] % 2:
@@ -142,4 +142,19 @@ def mamba_inner(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight
     if out_proj_bias is not None:
         shape("out_proj_bias", out_proj_bias, (out_proj_weight.shape[0],))
     tensor("conv1d_weight" + s, conv1d_weight, (2, 3))
-    tensor("conv1d_bias" + s, conv1d_bias, (1,), optional=True)
+    cw = conv1d_weight
+    if cw.shape[0] != d_inner or (cw.dim() == 3 and cw.shape[1] != 1):
+        raise ValueError(f"conv1d_weight{s} must have shape ({d_inner}, width) or ({d_inner}, 1, width) "
+                         f"for xz with d_inner={d_inner}, got {tuple(cw.shape)}")
+    if not 2 <= cw.shape[-1] <= MAX_CONV_WIDTH:
+        raise ValueError(f"conv1d_weight{s} width must be between 2 and {MAX_CONV_WIDTH}, "
+                         f"got {cw.shape[-1]}")
+    for name, t in (("conv1d_bias", conv1d_bias), ("D", D), ("delta_bias", delta_bias)):
+        tensor(name + s, t, (1,), optional=True)
+        if t is not None:
+            shape(name + s, t, (d_inner,))
+    same_device("xz", xz, **{"conv1d_weight" + s: conv1d_weight, "conv1d_bias" + s: conv1d_bias,
+                             "x_proj_weight" + s: x_proj_weight,
+                             "delta_proj_weight" + s: delta_proj_weight, "A" + s: A,
+                             "D" + s: D, "delta_bias" + s: delta_bias,
+                             "out_proj_weight": out_proj_weight, "out_proj_bias": out_proj_bias})

@@ -183,7 +183,7 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
                    delta_softplus=True, *, backend=None):
     """Fused Mamba mixer (mamba_ssm-compatible): xz (b, 2*d_inner, L) -> (b, L, d_model)."""
     checks.mamba_inner(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
-                       out_proj_weight, out_proj_bias)
+                       out_proj_weight, out_proj_bias, D=D, delta_bias=delta_bias)
     y = _core(backend, xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, D,
               delta_bias, delta_softplus, False)
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
@@ -195,9 +195,10 @@ def bimamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_w
                      out_proj_bias=None, delta_softplus=True, *, backend=None):
     """ViM "v2" mixer: out_proj((inner(xz) + flip(inner_b(flip(xz)))) / 2), with no flip copies."""
     checks.mamba_inner(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, None,
-                       None, out_proj_weight, out_proj_bias)
+                       None, out_proj_weight, out_proj_bias, D=D, delta_bias=delta_bias)
     checks.mamba_inner(xz, conv1d_weight_b, conv1d_bias_b, x_proj_weight_b, delta_proj_weight_b,
-                       A_b, None, None, out_proj_weight, out_proj_bias, suffix="_b")
+                       A_b, None, None, out_proj_weight, out_proj_bias, suffix="_b", D=D_b,
+                       delta_bias=delta_bias_b)
     y = _core(backend, xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, None,
               None, D, delta_bias, delta_softplus, False)
     y_b = _core(backend, xz, conv1d_weight_b, conv1d_bias_b, x_proj_weight_b, delta_proj_weight_b,

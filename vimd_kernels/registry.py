@@ -87,5 +87,21 @@ def resolve(backend: str | None, device: torch.device) -> str:
 _MODULE = {"ref": "reference"}
 
 
+def _module_name(kernel: str, backend: str) -> str:
+    return f"vimd_kernels.{kernel}.{_MODULE.get(backend, backend)}"
+
+
+def kernel_available(kernel: str, backend: str) -> bool:
+    """The backend is usable here AND ships a module for ``kernel`` (backends land kernel by kernel)."""
+    b = BACKENDS.get(backend)
+    return b is not None and b.available() and importlib.util.find_spec(_module_name(kernel, backend)) is not None
+
+
 def kernel_module(kernel: str, backend: str):
-    return importlib.import_module(f"vimd_kernels.{kernel}.{_MODULE.get(backend, backend)}")
+    try:
+        return importlib.import_module(_module_name(kernel, backend))
+    except ModuleNotFoundError as e:
+        if e.name != _module_name(kernel, backend):
+            raise
+        raise RuntimeError(f"backend {backend!r} has no {kernel} kernel "
+                           f"(vimd_kernels/{kernel}/{_MODULE.get(backend, backend)}.py is missing)") from None

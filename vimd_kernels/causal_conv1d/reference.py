@@ -36,11 +36,24 @@ def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, rever
 
 
 def backward(x, weight, bias, dout, silu: bool, reverse: bool):
-    act = "silu" if silu else None
-    if bias is None:
-        _, vjp = torch.func.vjp(lambda x_, w_: causal_conv1d_ref(x_, w_, None, act, reverse=reverse),
-                                x, weight)
-        return (*vjp(dout), None)
-    _, vjp = torch.func.vjp(lambda x_, w_, b_: causal_conv1d_ref(x_, w_, b_, act, reverse=reverse),
-                            x, weight, bias)
-    return vjp(dout)
+    """Hand-derived gradients (no torch.func inside a custom op, so opcheck/compile can trace it)."""
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xc, g = x.to(ct), dout.to(ct)
+    if reverse:
+        xc, g = xc.flip(-1), g.flip(-1)
+    dim, width = weight.shape
+    L = x.shape[-1]
+    w = weight.to(ct)
+    if silu:  # d silu(p)/dp = s(p) * (1 + p * (1 - s(p))), with p the pre-activation
+        pre = F.conv1d(xc, w.unsqueeze(1), None if bias is None else bias.to(ct),
+                       padding=width - 1, groups=dim)[..., :L]
+        s = torch.sigmoid(pre)
+        g = g * s * (1 + pre * (1 - s))
+    # dx[s] = sum_k w[k] g[s + width-1-k]: an anti-causal conv with the taps reversed.
+    dx = F.conv1d(F.pad(g, (0, width - 1)), w.flip(-1).unsqueeze(1), groups=dim)
+    xp = F.pad(xc, (width - 1, 0))  # xp[t + k] = x[t - (width-1) + k]
+    dw = torch.stack([(g * xp[..., k:k + L]).sum(dim=(0, 2)) for k in range(width)], dim=1)
+    db = g.sum(dim=(0, 2)) if bias is not None else None
+    if reverse:
+        dx = dx.flip(-1)
+    return dx.to(x.dtype), dw.to(weight.dtype), (db.to(bias.dtype) if db is not None else None)

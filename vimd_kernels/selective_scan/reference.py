@@ -2,7 +2,8 @@
 
 Math in float32 (float64 when the inputs are float64), a plain sequential walk over L.
 ``forward``/``backward`` adapt it to the backend signature shared by every
-``vimd_kernels/selective_scan/<backend>.py``: ``backward`` recomputes through autograd.
+``vimd_kernels/selective_scan/<backend>.py``: ``backward`` is hand-derived (recompute the states,
+walk back over L), with no torch.func inside the custom op.
 """
 from __future__ import annotations
 
@@ -89,22 +90,97 @@ def forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delta_b
                                   initial_state=initial_state, reverse=reverse)
 
 
+def _reduce_bc(g: Tensor, X: Tensor) -> Tensor:
+    """Fold a (batch, dim, N, L) gradient back onto B/C's own layout."""
+    if X.dim() == 2:  # constant (dim, N)
+        return g.sum(dim=(0, 3))
+    if X.dim() == 3:  # variable (batch, N, L)
+        return g.sum(dim=1)
+    batch, groups, N, L = X.shape
+    return g.view(batch, groups, -1, N, L).sum(dim=2)
+
+
 def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
              delta_softplus: bool, reverse: bool):
-    # torch.func.vjp re-enables autograd even inside a custom op's implementation.
-    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    present = [i for i, t in enumerate(inputs) if t is not None]
+    """Hand-derived gradients: states recomputed forward, then one walk back over L.
 
-    def f(*ts):
-        args = list(inputs)
-        for i, t in zip(present, ts):
-            args[i] = t
-        return selective_scan_ref(*args[:8], delta_softplus, True, initial_state=args[8],
-                                  reverse=reverse)
+    Written without torch.func/autograd so it runs inside the custom op under any dispatch mode
+    (opcheck, fake tensors, AOT tracing).  reverse is handled by flipping, as in the forward.
+    """
+    ct = _compute_dtype(u)
+    batch, dim, L = u.shape
+    flip = (lambda t: t.flip(-1)) if reverse else (lambda t: t)  # noqa: E731
+    uc, g_out = flip(u).to(ct), flip(dout).to(ct)
+    raw = flip(delta).to(ct)
+    if delta_bias is not None:
+        raw = raw + delta_bias.to(ct)[:, None]
+    dt = F.softplus(raw) if delta_softplus else raw
+    Ac = A.to(ct)
+    Bf = flip(B) if B.dim() >= 3 else B
+    Cf = flip(C) if C.dim() >= 3 else C
 
-    (out, last), vjp = torch.func.vjp(f, *(inputs[i] for i in present))
-    grads = vjp((dout, torch.zeros_like(last) if dlast_state is None else dlast_state))
-    result = [None] * len(inputs)
-    for i, g in zip(present, grads):
-        result[i] = g
-    return tuple(result)
+    def per_channel(X):  # (batch, dim, N, L) view of B or C in compute dtype
+        X = X.to(ct)
+        if X.dim() == 2:
+            return X[None, :, :, None].expand(batch, dim, X.shape[1], L)
+        if X.dim() == 3:
+            return X[:, None].expand(batch, dim, X.shape[1], L)
+        return X.repeat_interleave(dim // X.shape[1], dim=1)
+
+    Bx, Cx = per_channel(Bf), per_channel(Cf)
+    N = Ac.shape[1]
+    decay = torch.exp(dt[:, :, None, :] * Ac[None, :, :, None])  # (b, d, N, L)
+    drive = dt[:, :, None, :] * Bx * uc[:, :, None, :]
+    h0 = initial_state.to(ct) if initial_state is not None else uc.new_zeros(batch, dim, N)
+    hs = torch.empty(batch, dim, N, L, dtype=ct)
+    h = h0
+    for t in range(L):
+        h = decay[..., t] * h + drive[..., t]
+        hs[..., t] = h
+    y = (hs * Cx).sum(dim=2)
+    if D is not None:
+        y = y + D.to(ct)[:, None] * uc
+
+    dz = None
+    if z is not None:
+        zc = flip(z).to(ct)
+        sig = torch.sigmoid(zc)
+        dz = g_out * y * sig * (1 + zc * (1 - sig))
+        dy = g_out * zc * sig
+    else:
+        dy = g_out
+    dC = hs * dy[:, :, None, :]
+    g = dlast_state.to(ct) if dlast_state is not None else h0.new_zeros(batch, dim, N)
+    d_drive = torch.empty_like(hs)
+    d_decay = torch.empty_like(hs)
+    for t in range(L - 1, -1, -1):
+        g = g + dy[:, :, t, None] * Cx[..., t]
+        d_drive[..., t] = g
+        h_prev = hs[..., t - 1] if t > 0 else h0
+        d_decay[..., t] = g * h_prev
+        g = g * decay[..., t]
+    d_h0 = g
+    d_dA = d_decay * decay  # gradient w.r.t. dt*A
+    ddt = (d_dA * Ac[None, :, :, None]).sum(dim=2) + (d_drive * Bx * uc[:, :, None, :]).sum(dim=2)
+    dA = (d_dA * dt[:, :, None, :]).sum(dim=(0, 3))
+    dBx = d_drive * dt[:, :, None, :] * uc[:, :, None, :]
+    du = (d_drive * dt[:, :, None, :] * Bx).sum(dim=2)
+    dD = None
+    if D is not None:
+        du = du + dy * D.to(ct)[:, None]
+        dD = (dy * uc).sum(dim=(0, 2))
+    draw = ddt * torch.sigmoid(raw) if delta_softplus else ddt
+    ddelta_bias = draw.sum(dim=(0, 2)) if delta_bias is not None else None
+    dB = _reduce_bc(dBx, Bf)
+    dC = _reduce_bc(dC, Cf)
+    if B.dim() >= 3:
+        dB = flip(dB)
+    if C.dim() >= 3:
+        dC = flip(dC)
+
+    def cast(g, like):
+        return None if like is None else g.to(like.dtype)
+
+    return (cast(flip(du), u), cast(flip(draw), delta), cast(dA, A), cast(dB, B), cast(dC, C),
+            cast(dD, D), cast(flip(dz) if dz is not None else None, z), cast(ddelta_bias, delta_bias),
+            cast(d_h0, initial_state))

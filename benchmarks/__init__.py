@@ -1,0 +1,1 @@
+"""Kernel and model benchmarks (scripts: python -m benchmarks.kernels)."""

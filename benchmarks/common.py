@@ -1,0 +1,229 @@
+"""Timing, peak memory, device/version metadata and result writers shared by the benchmarks.
+
+Timing: on GPU, ``triton.testing.do_bench`` (median, L2 flushed between runs) when triton is
+importable, else CUDA events (median).  On CPU, the median of repeated ``time.perf_counter``
+runs after warm-up.
+
+Peak memory: on GPU, ``torch.cuda.max_memory_allocated`` above what was allocated before the call.
+On CPU, torch's profiler with ``profile_memory=True`` records every allocation/free made through
+torch's CPU allocator with the running total since the profile started; the peak is the largest
+running total during one call.  It counts every tensor torch allocates (temporaries inside ops,
+custom ops, autograd buffers) and not inputs allocated before the call, nor memory a C++ kernel
+takes outside torch's allocator (std::vector, thread stacks).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+from typing import Callable
+
+import torch
+
+
+# ----------------------------------------------------------------------------- timing
+
+def time_cpu(fn: Callable[[], object], warmup: int = 2, min_reps: int = 5, max_reps: int = 200,
+             min_time_s: float = 1.0) -> float:
+    """Median seconds of ``fn()`` on the CPU (at least ``min_reps`` runs, ~``min_time_s`` total)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (len(times) < max_reps and time.perf_counter() - start < min_time_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 100) -> float:
+    """Median seconds of ``fn()`` on the current CUDA device."""
+    try:
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median") / 1e3
+    except ImportError:
+        pass
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(30):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+    return statistics.median(times)
+
+
+def time_fn(fn, device: str, quick: bool = False) -> float:
+    if device == "cuda":
+        return time_cuda(fn, *((5, 20) if quick else (25, 100)))
+    return time_cpu(fn, *((1, 3, 3, 0.0) if quick else (2, 5, 200, 1.0)))
+
+
+# ----------------------------------------------------------------------------- memory
+
+def _cpu_peak_bytes(fn: Callable[[], object]) -> float:
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+        del result
+    peak = 0
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        e = stack.pop()
+        if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
+            peak = max(peak, e.extra_fields.total_allocated)
+        stack.extend(e.children)
+    return float(peak)
+
+
+def peak_bytes(fn: Callable[[], object], device: str) -> float:
+    """Peak bytes allocated by one call of ``fn`` above what was live before it (NaN if unknown)."""
+    try:
+        if device == "cuda":
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            result = fn()
+            torch.cuda.synchronize()
+            del result
+            return float(torch.cuda.max_memory_allocated() - base)
+        return _cpu_peak_bytes(fn)
+    except Exception:  # private profiler API moved: report unknown rather than a wrong number
+        return math.nan
+
+
+def copy_bandwidth(device: str, nbytes: int = 1 << 28) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s (read + write counted)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), device)
+    return 2 * nbytes / t
+
+
+# ----------------------------------------------------------------------------- metadata
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def git_sha() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha or "unknown") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def metadata(device: str) -> dict:
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {"device": device_name(device), "device_type": device, "torch": torch.__version__,
+            "cuda": torch.version.cuda, "triton": triton_version, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "git_sha": git_sha(),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+# ----------------------------------------------------------------------------- output
+
+def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """Plain-text table; ``columns`` = [(key, header)], floats printed compactly."""
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"
+        return str(v)
+
+    body = [[cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
+              for i, (_, h) in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
+    return "\n".join([line([h for _, h in columns]), line(["-" * w for w in widths])]
+                     + [line(b) for b in body])
+
+
+def write_results(out_dir: str, stem: str, meta: dict, rows: list[dict]) -> dict:
+    """CSV (metadata as leading '#' comments) and JSON next to each other; returns their paths."""
+    import csv
+
+    os.makedirs(out_dir, exist_ok=True)
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    csv_path = os.path.join(out_dir, stem + ".csv")
+    with open(csv_path, "w", newline="") as f:
+        for k, v in meta.items():
+            f.write(f"# {k}: {v}\n")
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    json_path = os.path.join(out_dir, stem + ".json")
+    with open(json_path, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
+    return {"csv": csv_path, "json": json_path}
+
+
+def plot_times(path: str, rows: list[dict], title: str) -> str | None:
+    """Grouped bar chart of median time per (op, shape, mode) and provider, log scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in rows if r.get("ms") is not None and not math.isnan(r["ms"])]
+    if not timed:
+        return None
+    groups = list(dict.fromkeys(f"{r['op']}\n{r['shape']}\n{r['mode']}" for r in timed))
+    providers = list(dict.fromkeys(r["provider"] for r in timed))
+    width = 0.8 / len(providers)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(providers)) / 2), 4.5))
+    for i, p in enumerate(providers):
+        xs, ys = [], []
+        for j, g in enumerate(groups):
+            for r in timed:
+                if r["provider"] == p and f"{r['op']}\n{r['shape']}\n{r['mode']}" == g:
+                    xs.append(j + i * width)
+                    ys.append(r["ms"])
+        ax.bar(xs, ys, width, label=p)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+    ax.set_xticklabels(groups, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("median time (ms, log)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

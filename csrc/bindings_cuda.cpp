@@ -1,0 +1,354 @@
+// Thin binding layer for the CUDA kernels: argument checks, device guard, current stream, output
+// and workspace allocation, dtype dispatch. The kernels themselves (csrc/cuda) see only plain
+// parameter structs and raw pointers. Called from csrc/bindings.cpp under VIMD_WITH_CUDA.
+#include <torch/extension.h>
+
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "cuda/params.h"
+
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+namespace vc = vimd::cuda;
+
+void check_cuda_tensor(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+void check_float32(const Tensor& t, const char* name) {
+  check_cuda_tensor(t, name);
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32 for the cuda kernels, got ",
+              t.scalar_type());
+}
+
+void check_io(const Tensor& t, const Tensor& u, const char* name) {
+  check_cuda_tensor(t, name);
+  TORCH_CHECK(t.scalar_type() == u.scalar_type(), name, " must have the dtype of u/x (",
+              u.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == u.sizes(), name, " must have shape ", u.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.device() == u.device(), name, " must be on ", u.device());
+}
+
+const float* fptr(const OptTensor& t) {
+  return t.has_value() ? t->data_ptr<float>() : nullptr;
+}
+
+const void* vptr(const OptTensor& t) { return t.has_value() ? t->data_ptr() : nullptr; }
+
+// Calls fn(T{}) with T the kernel element type of `dtype`.
+template <typename Fn>
+cudaError_t dispatch_io(at::ScalarType dtype, Fn&& fn) {
+  switch (dtype) {
+    case at::kFloat: return fn(float{});
+    case at::kHalf: return fn(__half{});
+    case at::kBFloat16: return fn(__nv_bfloat16{});
+    default: TORCH_CHECK(false, "the cuda kernels take float32, float16 or bfloat16, got ", dtype);
+  }
+  return cudaErrorInvalidValue;
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
+}
+
+// Shared checks and parameter setup of the scan forward and backward.
+vc::ScanParams scan_params(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                           const Tensor& C, const OptTensor& D, const OptTensor& z,
+                           const OptTensor& delta_bias, const OptTensor& initial_state,
+                           bool delta_softplus, bool reverse) {
+  check_cuda_tensor(u, "u");
+  TORCH_CHECK(u.dim() == 3, "u must be (batch, dim, L)");
+  check_io(delta, u, "delta");
+  check_float32(A, "A");
+  const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, "A must be (dim, N)");
+  const int64_t N = A.size(1);
+  TORCH_CHECK(N >= 1 && N <= vc::kScanMaxState, "the cuda scan supports 1 <= N <= ",
+              vc::kScanMaxState, ", got N=", N);
+  TORCH_CHECK(batch <= 65535, "the cuda scan supports batch <= 65535");
+  vc::ScanParams p;
+  p.batch = static_cast<int>(batch);
+  p.dim = static_cast<int>(dim);
+  p.seqlen = static_cast<int>(L);
+  p.dstate = static_cast<int>(N);
+  const Tensor* bc[2] = {&B, &C};
+  int* groups[2] = {&p.b_groups, &p.c_groups};
+  const char* names[2] = {"B", "C"};
+  for (int k = 0; k < 2; ++k) {
+    const Tensor& X = *bc[k];
+    check_float32(X, names[k]);
+    if (X.dim() == 2) {
+      TORCH_CHECK(X.size(0) == dim && X.size(1) == N, names[k], " must be (dim, N)");
+      *groups[k] = 0;
+    } else {
+      const bool grouped = X.dim() == 4;
+      TORCH_CHECK(X.dim() == 3 || grouped, names[k], " must be (dim, N), (batch, N, L) or (batch, G, N, L)");
+      const int64_t G = grouped ? X.size(1) : 1;
+      TORCH_CHECK(G >= 1 && dim % G == 0, names[k], " groups must divide dim");
+      TORCH_CHECK(X.size(0) == batch && X.size(grouped ? 2 : 1) == N && X.size(grouped ? 3 : 2) == L,
+                  names[k], " has the wrong shape ", X.sizes());
+      *groups[k] = static_cast<int>(G);
+    }
+  }
+  p.B = B.data_ptr<float>();
+  p.C = C.data_ptr<float>();
+  p.A = A.data_ptr<float>();
+  if (D) {
+    check_float32(*D, "D");
+    TORCH_CHECK(D->numel() == dim, "D must be (dim,)");
+  }
+  if (delta_bias) {
+    check_float32(*delta_bias, "delta_bias");
+    TORCH_CHECK(delta_bias->numel() == dim, "delta_bias must be (dim,)");
+  }
+  if (initial_state) {
+    check_float32(*initial_state, "initial_state");
+    TORCH_CHECK(initial_state->numel() == batch * dim * N, "initial_state must be (batch, dim, N)");
+  }
+  if (z) check_io(*z, u, "z");
+  p.D = fptr(D);
+  p.delta_bias = fptr(delta_bias);
+  p.initial_state = fptr(initial_state);
+  p.z = vptr(z);
+  p.u = u.data_ptr();
+  p.delta = delta.data_ptr();
+  p.delta_softplus = delta_softplus;
+  p.reverse = reverse;
+  return p;
+}
+
+void set_chunks(vc::ScanParams& p, int64_t chunk_len) {
+  TORCH_CHECK(chunk_len >= vc::kScanTile && chunk_len % vc::kScanTile == 0,
+              "chunk_len must be a positive multiple of ", vc::kScanTile, ", got ", chunk_len);
+  const int64_t n_chunks = (p.seqlen + chunk_len - 1) / chunk_len;
+  TORCH_CHECK(n_chunks <= 65535, "too many chunks (", n_chunks, "): raise chunk_len");
+  p.chunk_len = static_cast<int>(chunk_len);
+  p.n_chunks = static_cast<int>(n_chunks);
+}
+
+std::tuple<Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, const Tensor& delta,
+                                                   const Tensor& A, const Tensor& B, const Tensor& C,
+                                                   const OptTensor& D, const OptTensor& z,
+                                                   const OptTensor& delta_bias,
+                                                   const OptTensor& initial_state,
+                                                   bool delta_softplus, bool reverse,
+                                                   int64_t chunk_len) {
+  vc::ScanParams p = scan_params(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                                 reverse);
+  set_chunks(p, chunk_len);
+  const c10::cuda::CUDAGuard guard(u.device());
+  Tensor out = at::empty_like(u);
+  Tensor last = at::empty({p.batch, p.dim, p.dstate}, u.options().dtype(at::kFloat));
+  Tensor chunk_h, chunk_sum;
+  if (p.n_chunks > 1) {
+    chunk_h = at::empty({p.batch, p.dim, p.n_chunks, p.dstate}, last.options());
+    chunk_sum = at::empty({p.batch, p.dim, p.n_chunks}, last.options());
+    p.chunk_h = chunk_h.data_ptr<float>();
+    p.chunk_sum_delta = chunk_sum.data_ptr<float>();
+  }
+  p.out = out.data_ptr();
+  p.last_state = last.data_ptr<float>();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  check_launch(dispatch_io(u.scalar_type(),
+                           [&](auto t) { return vc::selective_scan_fwd_launch<decltype(t)>(p, stream); }),
+               "selective_scan_fwd_cuda");
+  return {out, last};
+}
+
+// Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); None for absent inputs.
+// dA..dC, dD, ddelta_bias, dinitial_state are float32. seg_channels/slab_channels: see params.h.
+std::vector<OptTensor> selective_scan_bwd_cuda(const Tensor& u, const Tensor& delta, const Tensor& A,
+                                               const Tensor& B, const Tensor& C, const OptTensor& D,
+                                               const OptTensor& z, const OptTensor& delta_bias,
+                                               const OptTensor& initial_state, const Tensor& dout,
+                                               const OptTensor& dlast_state, bool delta_softplus,
+                                               bool reverse, int64_t seg_channels,
+                                               int64_t slab_channels) {
+  vc::ScanParams p = scan_params(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                                 reverse);
+  check_io(dout, u, "dout");
+  if (dlast_state) {
+    check_float32(*dlast_state, "dlast_state");
+    TORCH_CHECK(dlast_state->numel() == static_cast<int64_t>(p.batch) * p.dim * p.dstate,
+                "dlast_state must be (batch, dim, N)");
+  }
+  set_chunks(p, vc::kScanTile);
+  TORCH_CHECK(seg_channels >= 1 && p.dim % seg_channels == 0, "seg_channels must divide dim");
+  for (int G : {p.b_groups, p.c_groups}) {
+    TORCH_CHECK(G == 0 || (p.dim / G) % seg_channels == 0,
+                "seg_channels must divide the channels of every B/C group");
+  }
+  TORCH_CHECK(slab_channels >= 1 && slab_channels % vc::kScanWarps == 0,
+              "slab_channels must be a positive multiple of ", vc::kScanWarps);
+  p.seg_channels = static_cast<int>(seg_channels);
+  p.slab_channels = static_cast<int>(slab_channels);
+  p.slabs_per_seg = static_cast<int>((seg_channels + slab_channels - 1) / slab_channels);
+  const int64_t n_parts = (p.dim / seg_channels) * p.slabs_per_seg;
+  TORCH_CHECK(n_parts <= 0x7fffffff, "too many channel slabs");
+
+  const c10::cuda::CUDAGuard guard(u.device());
+  const auto f32 = u.options().dtype(at::kFloat);
+  p.dout = dout.data_ptr();
+  p.dlast_state = fptr(dlast_state);
+  Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
+  Tensor dA = at::empty_like(A), dB = at::empty_like(B), dC = at::empty_like(C);
+  OptTensor dD, dz, ddelta_bias, dinit;
+  p.du = du.data_ptr();
+  p.ddelta = ddelta.data_ptr();
+  p.dA = dA.data_ptr<float>();
+  p.dB = dB.data_ptr<float>();
+  p.dC = dC.data_ptr<float>();
+  if (z) {
+    dz = at::empty_like(*z);
+    p.dz = dz->data_ptr();
+  }
+  if (initial_state) {
+    dinit = at::empty_like(*initial_state);
+    p.dinitial_state = dinit->data_ptr<float>();
+  }
+  const int64_t J = static_cast<int64_t>(p.batch) * p.n_chunks;
+  Tensor part_A = at::empty({p.dim, p.dstate, J}, f32);
+  p.part_A = part_A.data_ptr<float>();
+  Tensor part_D, part_db, part_B, part_C;
+  if (D) {
+    dD = at::empty_like(*D);
+    part_D = at::empty({p.dim, J}, f32);
+    p.dD = dD->data_ptr<float>();
+    p.part_D = part_D.data_ptr<float>();
+  }
+  if (delta_bias) {
+    ddelta_bias = at::empty_like(*delta_bias);
+    part_db = at::empty({p.dim, J}, f32);
+    p.ddelta_bias = ddelta_bias->data_ptr<float>();
+    p.part_delta_bias = part_db.data_ptr<float>();
+  }
+  auto bc_part = [&](int groups) {
+    return groups == 0 ? at::empty({p.dim, p.dstate, J}, f32)
+                       : at::empty({p.batch, n_parts, p.dstate, p.seqlen}, f32);
+  };
+  part_B = bc_part(p.b_groups);
+  part_C = bc_part(p.c_groups);
+  p.part_B = part_B.data_ptr<float>();
+  p.part_C = part_C.data_ptr<float>();
+  Tensor chunk_h, chunk_q, chunk_sum;
+  if (p.n_chunks > 1) {
+    chunk_h = at::empty({p.batch, p.dim, p.n_chunks, p.dstate}, f32);
+    chunk_q = at::empty_like(chunk_h);
+    chunk_sum = at::empty({p.batch, p.dim, p.n_chunks}, f32);
+    p.chunk_h = chunk_h.data_ptr<float>();
+    p.chunk_q = chunk_q.data_ptr<float>();
+    p.chunk_sum_delta = chunk_sum.data_ptr<float>();
+  }
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  check_launch(dispatch_io(u.scalar_type(),
+                           [&](auto t) { return vc::selective_scan_bwd_launch<decltype(t)>(p, stream); }),
+               "selective_scan_bwd_cuda");
+  return {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit};
+}
+
+vc::ConvParams conv_params(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu,
+                           bool reverse) {
+  check_cuda_tensor(x, "x");
+  TORCH_CHECK(x.dim() == 3, "x must be (batch, dim, L)");
+  check_float32(weight, "weight");
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == x.size(1), "weight must be (dim, width)");
+  const int64_t width = weight.size(1);
+  TORCH_CHECK(width >= 2 && width <= vc::kConvMaxWidth, "weight width must be in [2, ",
+              vc::kConvMaxWidth, "], got ", width);
+  if (bias) {
+    check_float32(*bias, "bias");
+    TORCH_CHECK(bias->numel() == x.size(1), "bias must be (dim,)");
+  }
+  vc::ConvParams p;
+  p.batch = static_cast<int>(x.size(0));
+  p.dim = static_cast<int>(x.size(1));
+  p.seqlen = static_cast<int>(x.size(2));
+  p.width = static_cast<int>(width);
+  p.silu = silu;
+  p.reverse = reverse;
+  p.segs = (p.seqlen + vc::kConvItems - 1) / vc::kConvItems;
+  p.x = x.data_ptr();
+  p.weight = weight.data_ptr<float>();
+  p.bias = fptr(bias);
+  return p;
+}
+
+Tensor causal_conv1d_fwd_cuda(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu,
+                              bool reverse) {
+  vc::ConvParams p = conv_params(x, weight, bias, silu, reverse);
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor out = at::empty_like(x);
+  p.out = out.data_ptr();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  check_launch(dispatch_io(x.scalar_type(),
+                           [&](auto t) { return vc::causal_conv1d_fwd_launch<decltype(t)>(p, stream); }),
+               "causal_conv1d_fwd_cuda");
+  return out;
+}
+
+// Returns (dx, dweight float32, dbias float32 or None).
+std::vector<OptTensor> causal_conv1d_bwd_cuda(const Tensor& x, const Tensor& weight,
+                                              const OptTensor& bias, const Tensor& dout, bool silu,
+                                              bool reverse) {
+  vc::ConvParams p = conv_params(x, weight, bias, silu, reverse);
+  check_io(dout, x, "dout");
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor dx = at::empty_like(x), dweight = at::empty_like(weight);
+  Tensor part = at::empty({p.dim, p.width + 1, static_cast<int64_t>(p.batch) * p.segs},
+                          x.options().dtype(at::kFloat));
+  OptTensor dbias;
+  if (bias) {
+    dbias = at::empty_like(*bias);
+    p.dbias = dbias->data_ptr<float>();
+  }
+  p.dout = dout.data_ptr();
+  p.dx = dx.data_ptr();
+  p.dweight = dweight.data_ptr<float>();
+  p.part_w = part.data_ptr<float>();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  check_launch(dispatch_io(x.scalar_type(),
+                           [&](auto t) { return vc::causal_conv1d_bwd_launch<decltype(t)>(p, stream); }),
+               "causal_conv1d_bwd_cuda");
+  return {dx, dweight, dbias};
+}
+
+int sm_count(int64_t device) {
+  int n = 0;
+  check_launch(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, static_cast<int>(device)),
+               "cudaDeviceGetAttribute");
+  return n;
+}
+
+}  // namespace
+
+void register_cuda_ops(pybind11::module_& m) {
+  namespace py = pybind11;
+  m.def("selective_scan_fwd_cuda", &selective_scan_fwd_cuda, "selective scan forward (CUDA)",
+        py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"),
+        py::arg("z"), py::arg("delta_bias"), py::arg("initial_state"), py::arg("delta_softplus"),
+        py::arg("reverse"), py::arg("chunk_len"));
+  m.def("selective_scan_bwd_cuda", &selective_scan_bwd_cuda, "selective scan backward (CUDA)",
+        py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"),
+        py::arg("z"), py::arg("delta_bias"), py::arg("initial_state"), py::arg("dout"),
+        py::arg("dlast_state"), py::arg("delta_softplus"), py::arg("reverse"),
+        py::arg("seg_channels"), py::arg("slab_channels"));
+  m.def("causal_conv1d_fwd_cuda", &causal_conv1d_fwd_cuda, "causal conv1d forward (CUDA)",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("silu"), py::arg("reverse"));
+  m.def("causal_conv1d_bwd_cuda", &causal_conv1d_bwd_cuda, "causal conv1d backward (CUDA)",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("dout"), py::arg("silu"),
+        py::arg("reverse"));
+  m.def("cuda_sm_count", &sm_count, "number of multiprocessors of a CUDA device", py::arg("device"));
+  m.attr("cuda_scan_tile") = vc::kScanTile;
+  m.attr("cuda_scan_warps") = vc::kScanWarps;
+  m.attr("cuda_scan_max_state") = vc::kScanMaxState;
+}

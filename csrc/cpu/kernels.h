@@ -1,0 +1,95 @@
+// Plain interface between the tensor-level CPU ops (ops.cpp, baseline ISA) and the kernels, which
+// are compiled once per instruction set (isa_default.cpp / isa_avx2.cpp / isa_avx512.cpp include
+// isa_impl.h inside namespace vimd::cpu::<ISA>). Only raw pointers and sizes cross this boundary,
+// so no torch inline function is compiled with different ISA flags in two translation units.
+#pragma once
+
+#include <cstdint>
+
+namespace vimd::cpu {
+
+enum class IoType : int32_t { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
+
+// Backward: states are checkpointed every kChunk steps and each chunk is recomputed before it is
+// walked backwards. Rows are grouped in fixed blocks of kRowsPerBlock channels (independent of the
+// thread count) whose partial sums of shared gradients are then reduced in a fixed order.
+constexpr int64_t kChunk = 64;
+constexpr int64_t kRowsPerBlock = 8;
+
+// Selective scan. Sizes: u/delta/z/out (batch, dim, L) in `io`; everything else in the compute
+// type (double when dbl, else float) with the state axis padded to npad (a multiple of the ISA's
+// vector width) with zeros. Variable B/C are laid out (batch, groups, L, npad); constant B/C are
+// (dim, npad). Backward tasks are (batch, gpart, nblk) blocks of rows, gpart = lcm of the groups.
+struct ScanArgs {
+  int64_t batch = 0, dim = 0, L = 0, N = 0, npad = 0;
+  int64_t groups_b = 1, groups_c = 1, gpart = 1, nblk = 1;
+  bool b_var = false, c_var = false;
+  bool softplus = false, reverse = false, dbl = false;
+  IoType io = IoType::F32;
+  const void* u = nullptr;
+  const void* delta = nullptr;
+  const void* z = nullptr;           // or null
+  const void* A = nullptr;           // (dim, npad)
+  const void* B = nullptr;
+  const void* C = nullptr;
+  const void* D = nullptr;           // (dim) or null
+  const void* delta_bias = nullptr;  // (dim) or null
+  const void* h0 = nullptr;          // (batch, dim, npad) or null
+  // forward outputs
+  void* out = nullptr;     // io
+  void* h_last = nullptr;  // (batch, dim, npad)
+  // backward inputs / outputs (partials are zero-initialised by the caller)
+  const void* dout = nullptr;     // io
+  const void* dh_last = nullptr;  // (batch, dim, npad) or null
+  void* du = nullptr;             // io
+  void* ddelta = nullptr;         // io
+  void* dz = nullptr;             // io or null
+  void* dA_part = nullptr;        // (batch, dim, npad)
+  void* dD_part = nullptr;        // (batch, dim) or null
+  void* ddb_part = nullptr;       // (batch, dim) or null
+  void* dh0 = nullptr;            // (batch, dim, npad) or null
+  void* dB_part = nullptr;        // variable: (batch, gpart, nblk, L, npad); constant: (batch, dim, npad)
+  void* dC_part = nullptr;
+};
+
+// Depthwise causal conv1d. x/out/dout/dx (batch, dim, L) in `io`; weight (dim, width), bias (dim),
+// dw_part (batch, dim, width), db_part (batch, dim) in the compute type.
+struct ConvArgs {
+  int64_t batch = 0, dim = 0, L = 0, width = 0;
+  bool silu = false, reverse = false, dbl = false;
+  IoType io = IoType::F32;
+  const void* x = nullptr;
+  const void* weight = nullptr;
+  const void* bias = nullptr;  // or null
+  void* out = nullptr;
+  const void* dout = nullptr;
+  void* dx = nullptr;
+  void* dw_part = nullptr;
+  void* db_part = nullptr;  // or null
+};
+
+struct KernelTable {
+  const char* name;
+  int lanes_float;
+  int lanes_double;
+  void (*scan_fwd)(const ScanArgs&, int64_t row_begin, int64_t row_end);    // rows b*dim + d
+  void (*scan_bwd)(const ScanArgs&, int64_t task_begin, int64_t task_end);  // (b, gpart, nblk)
+  void (*conv_fwd)(const ConvArgs&, int64_t row_begin, int64_t row_end);
+  void (*conv_bwd)(const ConvArgs&, int64_t row_begin, int64_t row_end);
+};
+
+namespace DEFAULT {
+const KernelTable& table();
+}
+#ifdef VIMD_ISA_AVX2
+namespace AVX2 {
+const KernelTable& table();
+}
+#endif
+#ifdef VIMD_ISA_AVX512
+namespace AVX512 {
+const KernelTable& table();
+}
+#endif
+
+}  // namespace vimd::cpu

@@ -1,0 +1,153 @@
+// Depthwise causal conv1d, forward and backward; widths 2..kConvMaxWidth at run time.
+//
+// One thread computes kConvItems consecutive outputs of one (batch, channel) row; thread ids
+// are flattened over (row, segment) so short rows (L = 197) waste no lanes. Time is walked in
+// logical order, physical index L-1-t when reverse (anti-causal), with no flip copies:
+//   out[t] = act(bias + sum_k w[k] x[t - (W-1) + k])   (logical t).
+// Backward: dpre = dout * act'(pre) recomputed on a halo, dx[t] = sum_k w[k] dpre[t + W-1-k];
+// dweight/dbias are per-thread partials reduced in a fixed order (deterministic).
+#pragma once
+
+#include "common.cuh"
+#include "params.h"
+#include "reduce.cuh"
+
+namespace vimd {
+namespace cuda {
+namespace {
+
+constexpr int kConvHalo = kConvMaxWidth - 1;
+
+template <typename T>
+__device__ __forceinline__ float load_logical(const T* row, int s, int L, bool reverse) {
+  return (s >= 0 && s < L) ? to_float(row[reverse ? L - 1 - s : s]) : 0.f;
+}
+
+struct ConvThread {
+  long long row;
+  int d, t0;
+  bool valid;
+  __device__ __forceinline__ explicit ConvThread(const ConvParams& p) {
+    const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const long long rows = static_cast<long long>(p.batch) * p.dim;
+    row = i / p.segs;
+    valid = row < rows;
+    d = valid ? static_cast<int>(row % p.dim) : 0;
+    t0 = static_cast<int>(i % p.segs) * kConvItems;
+  }
+};
+
+template <typename T>
+__global__ __launch_bounds__(kConvThreads) void conv_fwd_kernel(ConvParams p) {
+  const ConvThread th(p);
+  if (!th.valid) return;
+  const int L = p.seqlen, W = p.width;
+  const T* x = static_cast<const T*>(p.x) + th.row * L;
+  float w[kConvMaxWidth];
+#pragma unroll
+  for (int k = 0; k < kConvMaxWidth; ++k) w[k] = k < W ? p.weight[th.d * W + k] : 0.f;
+  // xw[m] = x at logical t0 - (W-1) + m
+  float xw[kConvItems + kConvHalo];
+#pragma unroll
+  for (int m = 0; m < kConvItems + kConvHalo; ++m) xw[m] = load_logical(x, th.t0 - (W - 1) + m, L, p.reverse);
+  const float bias = p.bias ? p.bias[th.d] : 0.f;
+  T* out = static_cast<T*>(p.out) + th.row * L;
+#pragma unroll
+  for (int i = 0; i < kConvItems; ++i) {
+    float s = bias;
+#pragma unroll
+    for (int k = 0; k < kConvMaxWidth; ++k) s = fmaf(w[k], xw[i + k], s);
+    if (p.silu) s *= sigmoidf(s);
+    const int t = th.t0 + i;
+    if (t < L) out[p.reverse ? L - 1 - t : t] = from_float<T>(s);
+  }
+}
+
+template <typename T>
+__global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(ConvParams p) {
+  const ConvThread th(p);
+  if (!th.valid) return;
+  const int L = p.seqlen, W = p.width;
+  const T* x = static_cast<const T*>(p.x) + th.row * L;
+  const T* dout = static_cast<const T*>(p.dout) + th.row * L;
+  float w[kConvMaxWidth], wr[kConvMaxWidth];  // wr[m] = w[W-1-m]
+#pragma unroll
+  for (int k = 0; k < kConvMaxWidth; ++k) {
+    w[k] = k < W ? p.weight[th.d * W + k] : 0.f;
+    wr[k] = k < W ? p.weight[th.d * W + (W - 1 - k)] : 0.f;
+  }
+  const float bias = p.bias ? p.bias[th.d] : 0.f;
+  // xw[m] = x at logical t0 - (W-1) + m, covering the pre-activations of steps t0 .. t0+7+W-1.
+  constexpr int kSpan = kConvItems + kConvHalo;  // steps whose dpre we need
+  float xw[kSpan + kConvHalo];
+#pragma unroll
+  for (int m = 0; m < kSpan + kConvHalo; ++m) xw[m] = load_logical(x, th.t0 - (W - 1) + m, L, p.reverse);
+  float dp[kSpan];  // dpre at logical t0 + j (zero past L)
+#pragma unroll
+  for (int j = 0; j < kSpan; ++j) {
+    const int t = th.t0 + j;
+    float g = load_logical(dout, t, L, p.reverse);
+    if (p.silu) {
+      float pre = bias;
+#pragma unroll
+      for (int k = 0; k < kConvMaxWidth; ++k) pre = fmaf(w[k], xw[j + k], pre);
+      const float s = sigmoidf(pre);
+      g *= s * (1.f + pre * (1.f - s));
+    }
+    dp[j] = t < L ? g : 0.f;
+  }
+  T* dx = static_cast<T*>(p.dx) + th.row * L;
+#pragma unroll
+  for (int i = 0; i < kConvItems; ++i) {
+    float s = 0.f;
+#pragma unroll
+    for (int m = 0; m < kConvMaxWidth; ++m) s = fmaf(wr[m], dp[i + m], s);
+    const int t = th.t0 + i;
+    if (t < L) dx[p.reverse ? L - 1 - t : t] = from_float<T>(s);
+  }
+  // Partials over this thread's own steps: dweight[k] = sum_i dp[i] x[t0 + i - (W-1) + k].
+  const long long J = static_cast<long long>(p.batch) * p.segs;
+  const long long jj = (th.row / p.dim) * p.segs + th.t0 / kConvItems;
+  float* part = p.part_w + static_cast<long long>(th.d) * (W + 1) * J + jj;
+#pragma unroll
+  for (int k = 0; k < kConvMaxWidth; ++k) {
+    if (k >= W) break;
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < kConvItems; ++i) s = fmaf(dp[i], xw[i + k], s);
+    part[k * J] = s;
+  }
+  float sb = 0.f;
+#pragma unroll
+  for (int i = 0; i < kConvItems; ++i) sb += dp[i];
+  part[W * J] = sb;
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t causal_conv1d_fwd_launch(const ConvParams& p, cudaStream_t stream) {
+  const long long threads = static_cast<long long>(p.batch) * p.dim * p.segs;
+  conv_fwd_kernel<T><<<ceil_div(threads, kConvThreads), kConvThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t causal_conv1d_bwd_launch(const ConvParams& p, cudaStream_t stream) {
+  const long long threads = static_cast<long long>(p.batch) * p.dim * p.segs;
+  conv_bwd_kernel<T><<<ceil_div(threads, kConvThreads), kConvThreads, 0, stream>>>(p);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  // part_w is (dim, W + 1, J): per channel W rows of dweight partials, then one of dbias.
+  const int J = p.batch * p.segs;
+  const int W = p.width;
+  err = reduce_inner(p.part_w, p.dweight, p.dim, W, W + 1, J, stream);
+  if (err != cudaSuccess) return err;
+  if (p.dbias) {
+    err = reduce_inner(p.part_w + static_cast<long long>(W) * J, p.dbias, p.dim, 1, W + 1, J, stream);
+  }
+  return err;
+}
+
+}  // namespace cuda
+}  // namespace vimd

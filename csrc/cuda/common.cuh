@@ -1,0 +1,65 @@
+// Device helpers shared by the kernels: element conversions, activation math, warp scans.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+namespace vimd {
+namespace cuda {
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(-x)); }
+
+// softplus as torch computes it (threshold 20: identity above).
+__device__ __forceinline__ float softplusf(float x) { return x > 20.f ? x : log1pf(__expf(x)); }
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+  return v;
+}
+
+// Inclusive scan of affine maps h -> a * h + b over the lanes of a warp, lane 0 first
+// (composition: earlier map applied first).
+__device__ __forceinline__ void warp_scan_affine_up(float& a, float& b, int lane) {
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const float pa = __shfl_up_sync(kFullMask, a, off);
+    const float pb = __shfl_up_sync(kFullMask, b, off);
+    if (lane >= off) {
+      b = fmaf(a, pb, b);
+      a *= pa;
+    }
+  }
+}
+
+// Same, lane 31 first (for the adjoint recurrence that runs backwards in time).
+__device__ __forceinline__ void warp_scan_affine_down(float& a, float& b, int lane) {
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const float pa = __shfl_down_sync(kFullMask, a, off);
+    const float pb = __shfl_down_sync(kFullMask, b, off);
+    if (lane + off < 32) {
+      b = fmaf(a, pb, b);
+      a *= pa;
+    }
+  }
+}
+
+inline unsigned ceil_div(long long a, long long b) { return static_cast<unsigned>((a + b - 1) / b); }
+
+}  // namespace cuda
+}  // namespace vimd

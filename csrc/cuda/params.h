@@ -1,0 +1,103 @@
+// Plain parameter structs and launcher declarations shared by the CUDA kernels (csrc/cuda/*.cuh)
+// and the binding layer (csrc/bindings_cuda.cpp). No torch headers here: this compiles with bare
+// nvcc and with a host C++ compiler.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+namespace vimd {
+namespace cuda {
+
+// Selective scan layout: one warp walks one (batch, channel) row; each lane owns kScanItems
+// consecutive time steps, so a warp covers one tile of kScanTile steps per iteration.
+constexpr int kScanWarps = 4;
+constexpr int kScanItems = 8;
+constexpr int kScanTile = 32 * kScanItems;
+constexpr int kScanMaxState = 64;  // the backward keeps (2, N, kScanTile) floats in shared memory
+
+// Causal conv1d layout: one thread computes kConvItems consecutive outputs of one row.
+constexpr int kConvItems = 8;
+constexpr int kConvMaxWidth = 8;
+constexpr int kConvThreads = 128;
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+struct ScanParams {
+  int batch = 0, dim = 0, seqlen = 0, dstate = 0;
+  int b_groups = 0, c_groups = 0;  // 0: constant (dim, N); G >= 1: (batch, G, N, L)
+  bool delta_softplus = false, reverse = false;
+  int chunk_len = kScanTile;       // multiple of kScanTile (the backward uses kScanTile)
+  int n_chunks = 1;                // ceil(seqlen / chunk_len)
+
+  // Inputs: u, delta, z, dout have the element type T; everything else is float32.
+  const void* u = nullptr;
+  const void* delta = nullptr;
+  const void* z = nullptr;             // optional
+  const float* A = nullptr;            // (dim, N)
+  const float* B = nullptr;            // (dim, N) or (batch, G, N, L)
+  const float* C = nullptr;
+  const float* D = nullptr;            // optional (dim)
+  const float* delta_bias = nullptr;   // optional (dim)
+  const float* initial_state = nullptr;  // optional (batch, dim, N)
+
+  // Forward outputs.
+  void* out = nullptr;                 // (batch, dim, L) T
+  float* last_state = nullptr;         // (batch, dim, N)
+
+  // Chunk workspaces (n_chunks > 1 only): chunk-local results, replaced by chunk entry values.
+  float* chunk_h = nullptr;            // (batch, dim, n_chunks, N) state entering each chunk
+  float* chunk_q = nullptr;            // (batch, dim, n_chunks, N) backward: d h flowing in at chunk end
+  float* chunk_sum_delta = nullptr;    // (batch, dim, n_chunks)
+
+  // Backward.
+  const void* dout = nullptr;          // (batch, dim, L) T
+  const float* dlast_state = nullptr;  // optional (batch, dim, N)
+  void* du = nullptr;
+  void* ddelta = nullptr;
+  void* dz = nullptr;                  // when z is given
+  float* dinitial_state = nullptr;     // when initial_state is given
+  // Per-block partial sums, reduced in a fixed order afterwards (deterministic, no atomics).
+  // J = batch * n_chunks partials per value, stored innermost.
+  float* part_A = nullptr;             // (dim, N, J)
+  float* part_D = nullptr;             // (dim, J)          when D is given
+  float* part_delta_bias = nullptr;    // (dim, J)          when delta_bias is given
+  float* part_B = nullptr;             // constant: (dim, N, J); grouped: (batch, n_parts, N, L)
+  float* part_C = nullptr;
+  // Reduced float32 gradients (the binding casts them to the inputs' dtypes).
+  float* dA = nullptr;                 // (dim, N)
+  float* dB = nullptr;                 // like B
+  float* dC = nullptr;                 // like C
+  float* dD = nullptr;                 // when D is given
+  float* ddelta_bias = nullptr;        // when delta_bias is given
+  // Grouped B/C: channels are cut into segments that lie inside one B group and one C group
+  // (seg_channels = gcd of the group sizes of the grouped operands); each block reduces the
+  // dB/dC contributions of slab_channels channels of one segment (kScanWarps warps, looping).
+  int seg_channels = 0;
+  int slab_channels = kScanWarps;
+  int slabs_per_seg = 1;
+};
+
+struct ConvParams {
+  int batch = 0, dim = 0, seqlen = 0, width = 0;
+  bool silu = false, reverse = false;
+  int segs = 1;                        // ceil(seqlen / kConvItems) thread segments per row
+  const void* x = nullptr;             // (batch, dim, L) T
+  const float* weight = nullptr;       // (dim, width)
+  const float* bias = nullptr;         // optional (dim)
+  void* out = nullptr;                 // forward output (batch, dim, L) T
+  const void* dout = nullptr;          // backward
+  void* dx = nullptr;
+  float* part_w = nullptr;             // (dim, width + 1, batch * segs): dweight then dbias partials
+  float* dweight = nullptr;            // (dim, width)
+  float* dbias = nullptr;              // (dim) when bias is given
+};
+
+// Launchers (defined in the .cuh templates, instantiated in the .cu files). They return the
+// launch error, if any, so the binding layer can report it.
+template <typename T> cudaError_t selective_scan_fwd_launch(const ScanParams& p, cudaStream_t stream);
+template <typename T> cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream);
+template <typename T> cudaError_t causal_conv1d_fwd_launch(const ConvParams& p, cudaStream_t stream);
+template <typename T> cudaError_t causal_conv1d_bwd_launch(const ConvParams& p, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace vimd

@@ -1,0 +1,10 @@
+// Explicit instantiations of the selective-scan backward (one per element type).
+#include "selective_scan_bwd.cuh"
+
+namespace vimd {
+namespace cuda {
+template cudaError_t selective_scan_bwd_launch<float>(const ScanParams&, cudaStream_t);
+template cudaError_t selective_scan_bwd_launch<__half>(const ScanParams&, cudaStream_t);
+template cudaError_t selective_scan_bwd_launch<__nv_bfloat16>(const ScanParams&, cudaStream_t);
+}  // namespace cuda
+}  // namespace vimd

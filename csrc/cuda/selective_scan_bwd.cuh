@@ -1,0 +1,320 @@
+// Selective scan backward: recompute, never store (batch, dim, L, N).
+//
+// With g_t = dL/dh_t, the adjoint runs backwards in time: g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1},
+// starting from dlast_state. Per 256-step tile and state n a warp recomputes h (forward warp scan,
+// from the state entering the tile) and g (backward warp scan, from the adjoint entering at the
+// tile's end), keeping h_{t-1} of its own steps in registers, and accumulates every gradient.
+//
+// The backward chunk is one tile. With several tiles, a summary pass computes each tile's local
+// end state and local adjoint, a sequential combine turns them into entry values (the forward
+// chunks' machinery), then the main pass runs all tiles in parallel.
+//
+// Determinism: gradients of weights shared across rows (A, D, delta_bias, constant B/C) are
+// written as per-(batch, tile) partials; grouped dB/dC are summed over a block's channels in
+// shared memory in a fixed order and written per block; ordered reductions finish them. No atomics.
+#pragma once
+
+#include "reduce.cuh"
+#include "scan_common.cuh"
+
+namespace vimd {
+namespace cuda {
+namespace {
+
+// Per-row loads shared by the summary and main passes.
+template <typename T>
+struct RowInputs {
+  float u[kScanItems], delta[kScanItems], dy[kScanItems];
+
+  // zgrad (optional): dout * silu'(z), so that dz = zgrad * y once y is known.
+  __device__ __forceinline__ void load(const ScanParams& p, long long row, int d, int t, int t_end,
+                                       float* zgrad) {
+    const int L = p.seqlen;
+    load_items(static_cast<const T*>(p.u) + row * L, t, t_end, L, p.reverse, u);
+    load_items(static_cast<const T*>(p.delta) + row * L, t, t_end, L, p.reverse, delta);
+    prepare_delta(delta, t, t_end, p.delta_bias ? p.delta_bias[d] : 0.f, p.delta_softplus);
+    load_items(static_cast<const T*>(p.dout) + row * L, t, t_end, L, p.reverse, dy);
+    if (p.z) {
+      float zv[kScanItems];
+      load_items(static_cast<const T*>(p.z) + row * L, t, t_end, L, p.reverse, zv);
+#pragma unroll
+      for (int i = 0; i < kScanItems; ++i) {
+        const float s = sigmoidf(zv[i]);
+        if (zgrad) zgrad[i] = dy[i] * s * (1.f + zv[i] * (1.f - s));
+        dy[i] *= zv[i] * s;
+      }
+    } else if (zgrad) {
+#pragma unroll
+      for (int i = 0; i < kScanItems; ++i) zgrad[i] = 0.f;
+    }
+  }
+};
+
+// Phase 1 (several tiles only): tile-local end state (from h = 0), tile-local adjoint leaving
+// the tile's start (from g = 0 at its end), and sum of delta, per (batch, channel, tile, state).
+template <typename T>
+__global__ __launch_bounds__(kScanWarps * 32) void scan_bwd_summary_kernel(ScanParams p) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int d = blockIdx.x * kScanWarps + warp;
+  if (d >= p.dim) return;
+  const int b = blockIdx.y, c = blockIdx.z;
+  const int N = p.dstate;
+  const long long row = row_index(p, b, d);
+  const int t = c * kScanTile + lane * kScanItems;
+  const int t_end = min(p.seqlen, (c + 1) * kScanTile);
+  RowInputs<T> in;
+  in.load(p, row, d, t, t_end, nullptr);
+  const BCView Bv(p.B, p.b_groups, p, b, d), Cv(p.C, p.c_groups, p, b, d);
+  for (int n = 0; n < N; ++n) {
+    const float a = p.A[d * N + n];
+    float bv[kScanItems], cv[kScanItems], dA[kScanItems];
+    Bv.load(n, t, t_end, p.reverse, bv);
+    Cv.load(n, t, t_end, p.reverse, cv);
+    float ha = 1.f, hb = 0.f;
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i) {
+      dA[i] = __expf(in.delta[i] * a);
+      hb = fmaf(dA[i], hb, in.delta[i] * in.u[i] * bv[i]);
+      ha *= dA[i];
+    }
+    float qa = 1.f, qb = 0.f;
+#pragma unroll
+    for (int i = kScanItems - 1; i >= 0; --i) {
+      qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
+      qa *= dA[i];
+    }
+    warp_scan_affine_up(ha, hb, lane);
+    warp_scan_affine_down(qa, qb, lane);
+    const long long idx = (row * p.n_chunks + c) * N + n;
+    if (lane == 31) p.chunk_h[idx] = hb;
+    if (lane == 0) p.chunk_q[idx] = qb;
+  }
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < kScanItems; ++i) s += in.delta[i];
+  s = warp_sum(s);
+  if (lane == 0) p.chunk_sum_delta[row * p.n_chunks + c] = s;
+}
+
+// Phase 3: all gradients. Block = (channel slab inside one B/C group segment, batch, tile).
+template <typename T>
+__global__ __launch_bounds__(kScanWarps * 32) void scan_bwd_kernel(ScanParams p) {
+  extern __shared__ float acc[];                   // (2, N, kScanTile) when B or C is grouped
+  __shared__ float red[kScanWarps][2][kScanTile];  // one state's dB/dC per warp, to be summed
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.y, c = blockIdx.z;
+  const int L = p.seqlen, N = p.dstate;
+  const bool grouped = p.b_groups > 0 || p.c_groups > 0;
+  const int seg = blockIdx.x / p.slabs_per_seg, slab = blockIdx.x % p.slabs_per_seg;
+  const int d_begin = seg * p.seg_channels + slab * p.slab_channels;
+  const int d_end = min((seg + 1) * p.seg_channels, d_begin + p.slab_channels);
+  const int tile = c * kScanTile;
+  const int t = tile + lane * kScanItems;
+  const int t_end = min(L, tile + kScanTile);
+  const int J = p.batch * p.n_chunks;
+  const long long j = static_cast<long long>(b) * p.n_chunks + c;
+
+  if (grouped) {
+    for (int i = threadIdx.x; i < 2 * N * kScanTile; i += blockDim.x) acc[i] = 0.f;
+    __syncthreads();
+  }
+
+  for (int d0 = d_begin; d0 < d_end; d0 += kScanWarps) {
+    const bool active = d0 + warp < d_end;
+    const int d = active ? d0 + warp : d_begin;  // inactive warps still take part in the barriers
+    const long long row = row_index(p, b, d);
+    RowInputs<T> in;
+    float zgrad[kScanItems], y[kScanItems], du[kScanItems], ddelta[kScanItems];
+    if (active) in.load(p, row, d, t, t_end, zgrad);
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i) y[i] = du[i] = ddelta[i] = 0.f;
+    const BCView Bv(p.B, p.b_groups, p, b, d), Cv(p.C, p.c_groups, p, b, d);
+
+    for (int n = 0; n < N; ++n) {
+      float dBv[kScanItems], dCv[kScanItems];
+      if (active) {
+        const float a = p.A[d * N + n];
+        const long long sidx = (row * p.n_chunks + c) * N + n;
+        float h_in = 0.f, q_in = 0.f;
+        if (p.n_chunks > 1) {
+          h_in = p.chunk_h[sidx];
+          q_in = p.chunk_q[sidx];
+        } else {
+          if (p.initial_state) h_in = p.initial_state[row * N + n];
+          if (p.dlast_state) q_in = p.dlast_state[row * N + n];
+        }
+        float bv[kScanItems], cv[kScanItems], dA[kScanItems], dBu[kScanItems], hp[kScanItems];
+        Bv.load(n, t, t_end, p.reverse, bv);
+        Cv.load(n, t, t_end, p.reverse, cv);
+        // Forward: h over the tile; hp[i] = h before step i.
+        float la = 1.f, lb = 0.f;
+#pragma unroll
+        for (int i = 0; i < kScanItems; ++i) {
+          dA[i] = __expf(in.delta[i] * a);
+          dBu[i] = in.delta[i] * in.u[i] * bv[i];
+          lb = fmaf(dA[i], lb, dBu[i]);
+          la *= dA[i];
+        }
+        warp_scan_affine_up(la, lb, lane);
+        float ea = __shfl_up_sync(kFullMask, la, 1), eb = __shfl_up_sync(kFullMask, lb, 1);
+        if (lane == 0) ea = 1.f, eb = 0.f;
+        float h = fmaf(ea, h_in, eb);
+#pragma unroll
+        for (int i = 0; i < kScanItems; ++i) {
+          hp[i] = h;
+          h = fmaf(dA[i], h, dBu[i]);
+          y[i] = fmaf(h, cv[i], y[i]);
+          dCv[i] = in.dy[i] * h;
+        }
+        // Backward: the adjoint g over the tile, from the lane's incoming q.
+        float qa = 1.f, qb = 0.f;
+#pragma unroll
+        for (int i = kScanItems - 1; i >= 0; --i) {
+          qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
+          qa *= dA[i];
+        }
+        warp_scan_affine_down(qa, qb, lane);
+        float fa = __shfl_down_sync(kFullMask, qa, 1), fb = __shfl_down_sync(kFullMask, qb, 1);
+        if (lane == 31) fa = 1.f, fb = 0.f;
+        float q = fmaf(fa, q_in, fb);
+        float dA_sum = 0.f;
+#pragma unroll
+        for (int i = kScanItems - 1; i >= 0; --i) {
+          const float g = fmaf(cv[i], in.dy[i], q);
+          const float gd = g * in.delta[i];
+          du[i] = fmaf(gd, bv[i], du[i]);
+          const float dA_h = dA[i] * hp[i];
+          ddelta[i] += g * fmaf(bv[i], in.u[i], a * dA_h);
+          dA_sum = fmaf(gd, dA_h, dA_sum);
+          dBv[i] = gd * in.u[i];
+          q = dA[i] * g;
+        }
+        if (c == 0 && lane == 0 && p.dinitial_state) p.dinitial_state[row * N + n] = q;
+        dA_sum = warp_sum(dA_sum);
+        if (lane == 0) p.part_A[(static_cast<long long>(d) * N + n) * J + j] = dA_sum;
+        if (p.b_groups == 0) {
+          float s = 0.f;
+#pragma unroll
+          for (int i = 0; i < kScanItems; ++i) s += dBv[i];
+          s = warp_sum(s);
+          if (lane == 0) p.part_B[(static_cast<long long>(d) * N + n) * J + j] = s;
+        }
+        if (p.c_groups == 0) {
+          float s = 0.f;
+#pragma unroll
+          for (int i = 0; i < kScanItems; ++i) s += dCv[i];
+          s = warp_sum(s);
+          if (lane == 0) p.part_C[(static_cast<long long>(d) * N + n) * J + j] = s;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kScanItems; ++i) dBv[i] = dCv[i] = 0.f;
+      }
+      if (grouped) {  // sum the warps' contributions to this state, in warp order
+#pragma unroll
+        for (int i = 0; i < kScanItems; ++i) {
+          red[warp][0][lane * kScanItems + i] = dBv[i];
+          red[warp][1][lane * kScanItems + i] = dCv[i];
+        }
+        __syncthreads();
+        for (int k = threadIdx.x; k < 2 * kScanTile; k += blockDim.x) {
+          const int which = k / kScanTile, pos = k % kScanTile;
+          float s = 0.f;
+#pragma unroll
+          for (int w = 0; w < kScanWarps; ++w) s += red[w][which][pos];
+          acc[(which * N + n) * kScanTile + pos] += s;
+        }
+        __syncthreads();
+      }
+    }
+    if (!active) continue;
+
+    float dD = 0.f, ddb = 0.f;
+    const float Dd = p.D ? p.D[d] : 0.f;
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i) {
+      dD = fmaf(in.dy[i], in.u[i], dD);
+      du[i] = fmaf(Dd, in.dy[i], du[i]);
+      y[i] = fmaf(Dd, in.u[i], y[i]);
+      zgrad[i] *= y[i];
+      // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
+      if (p.delta_softplus) ddelta[i] *= 1.f - __expf(-in.delta[i]);
+      if (t + i >= t_end) ddelta[i] = 0.f;  // padded steps: keep them out of ddelta_bias
+      ddb += ddelta[i];
+    }
+    dD = warp_sum(dD);
+    ddb = warp_sum(ddb);
+    if (lane == 0) {
+      if (p.part_D) p.part_D[static_cast<long long>(d) * J + j] = dD;
+      if (p.part_delta_bias) p.part_delta_bias[static_cast<long long>(d) * J + j] = ddb;
+    }
+    store_items(static_cast<T*>(p.du) + row * L, t, t_end, L, p.reverse, du);
+    store_items(static_cast<T*>(p.ddelta) + row * L, t, t_end, L, p.reverse, ddelta);
+    if (p.z) store_items(static_cast<T*>(p.dz) + row * L, t, t_end, L, p.reverse, zgrad);
+  }
+
+  if (grouped) {  // the block's partial dB/dC for its tile, in physical time order
+    const long long n_parts = gridDim.x;
+    for (int k = threadIdx.x; k < 2 * N * kScanTile; k += blockDim.x) {
+      const int which = k / (N * kScanTile), n = (k / kScanTile) % N, pos = k % kScanTile;
+      const int ti = tile + pos;
+      float* part = which == 0 ? (p.b_groups > 0 ? p.part_B : nullptr)
+                               : (p.c_groups > 0 ? p.part_C : nullptr);
+      if (part == nullptr || ti >= L) continue;
+      const long long idx = ((b * n_parts + blockIdx.x) * N + n) * static_cast<long long>(L);
+      part[idx + (p.reverse ? L - 1 - ti : ti)] = acc[k];
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream) {
+  cudaError_t err;
+  const dim3 block(kScanWarps * 32);
+  if (p.n_chunks > 1) {
+    scan_bwd_summary_kernel<T><<<dim3(ceil_div(p.dim, kScanWarps), p.batch, p.n_chunks), block, 0,
+                                 stream>>>(p);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if ((err = scan_combine(p, false, stream)) != cudaSuccess) return err;
+    if ((err = scan_combine(p, true, stream)) != cudaSuccess) return err;
+  }
+  const bool grouped = p.b_groups > 0 || p.c_groups > 0;
+  const size_t smem = grouped ? 2 * sizeof(float) * p.dstate * kScanTile : 0;
+  if (smem > 48 * 1024) {
+    err = cudaFuncSetAttribute(scan_bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  const int segs = p.dim / p.seg_channels;
+  const unsigned n_parts = static_cast<unsigned>(segs * p.slabs_per_seg);
+  scan_bwd_kernel<T><<<dim3(n_parts, p.batch, p.n_chunks), block, smem, stream>>>(p);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+
+  const int J = p.batch * p.n_chunks;
+  const long long DN = static_cast<long long>(p.dim) * p.dstate;
+  if ((err = reduce_inner(p.part_A, p.dA, DN, J, stream)) != cudaSuccess) return err;
+  if (p.part_D && (err = reduce_inner(p.part_D, p.dD, p.dim, J, stream)) != cudaSuccess) return err;
+  if (p.part_delta_bias &&
+      (err = reduce_inner(p.part_delta_bias, p.ddelta_bias, p.dim, J, stream)) != cudaSuccess) {
+    return err;
+  }
+  const long long NL = static_cast<long long>(p.dstate) * p.seqlen;
+  const float* parts[2] = {p.part_B, p.part_C};
+  float* outs[2] = {p.dB, p.dC};
+  const int groups[2] = {p.b_groups, p.c_groups};
+  for (int k = 0; k < 2; ++k) {
+    if (groups[k] == 0) {
+      err = reduce_inner(parts[k], outs[k], DN, J, stream);
+    } else {  // parts are ordered segment-major, so each group's parts are contiguous
+      err = reduce_middle(parts[k], outs[k], static_cast<long long>(p.batch) * groups[k],
+                          static_cast<int>(n_parts / groups[k]), NL, stream);
+    }
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace cuda
+}  // namespace vimd

@@ -1,0 +1,10 @@
+// Explicit instantiations of the selective-scan forward (one per element type).
+#include "selective_scan_fwd.cuh"
+
+namespace vimd {
+namespace cuda {
+template cudaError_t selective_scan_fwd_launch<float>(const ScanParams&, cudaStream_t);
+template cudaError_t selective_scan_fwd_launch<__half>(const ScanParams&, cudaStream_t);
+template cudaError_t selective_scan_fwd_launch<__nv_bfloat16>(const ScanParams&, cudaStream_t);
+}  // namespace cuda
+}  // namespace vimd

@@ -1,0 +1,135 @@
+// Selective scan forward.
+//
+// One warp per (batch, channel, chunk): lanes hold kScanItems consecutive steps each, so a warp
+// covers a 256-step tile; per state n the tile is scanned with a lane-sequential pass plus a
+// warp-shuffle scan of affine maps, continuing from the carry of the previous tile. The states
+// are looped (any N), the outputs of the tile stay in registers.
+//
+// Short L: one chunk per row, a single launch. Long L with few rows (batch 1 super-resolution):
+// the host splits L into chunks so the grid fills the GPU and runs three phases: chunk-local end
+// states (kSummary), a sequential combine of the carries, then the full pass from each chunk's
+// entry state.
+#pragma once
+
+#include "scan_common.cuh"
+
+namespace vimd {
+namespace cuda {
+namespace {
+
+template <typename T, bool kSummary>
+__global__ __launch_bounds__(kScanWarps * 32) void scan_fwd_kernel(ScanParams p) {
+  __shared__ float carry_smem[kScanWarps][kScanMaxState];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int d = blockIdx.x * kScanWarps + warp;
+  if (d >= p.dim) return;
+  const int b = blockIdx.y, c = blockIdx.z;
+  const int L = p.seqlen, N = p.dstate;
+  const long long row = row_index(p, b, d);
+  const T* u = static_cast<const T*>(p.u) + row * L;
+  const T* delta = static_cast<const T*>(p.delta) + row * L;
+  const T* z = p.z ? static_cast<const T*>(p.z) + row * L : nullptr;
+  const BCView Bv(p.B, p.b_groups, p, b, d), Cv(p.C, p.c_groups, p, b, d);
+  const float Dd = p.D ? p.D[d] : 0.f;
+  const float bias = p.delta_bias ? p.delta_bias[d] : 0.f;
+  const int t_begin = c * p.chunk_len;
+  const int t_end = min(L, t_begin + p.chunk_len);
+
+  float* carry = carry_smem[warp];
+  for (int n = lane; n < N; n += 32) {
+    float h0 = 0.f;
+    if (!kSummary) {
+      if (p.n_chunks > 1) {
+        h0 = p.chunk_h[(row * p.n_chunks + c) * N + n];
+      } else if (p.initial_state) {
+        h0 = p.initial_state[row * N + n];
+      }
+    }
+    carry[n] = h0;
+  }
+  __syncwarp();
+
+  float sum_delta = 0.f;
+  for (int tile = t_begin; tile < t_end; tile += kScanTile) {
+    const int t = tile + lane * kScanItems;
+    float uv[kScanItems], dv[kScanItems], y[kScanItems];
+    load_items(u, t, t_end, L, p.reverse, uv);
+    load_items(delta, t, t_end, L, p.reverse, dv);
+    prepare_delta(dv, t, t_end, bias, p.delta_softplus);
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i) {
+      sum_delta += dv[i];
+      y[i] = 0.f;
+    }
+    for (int n = 0; n < N; ++n) {
+      const float a = p.A[d * N + n];
+      float bv[kScanItems], dA[kScanItems], dBu[kScanItems];
+      Bv.load(n, t, t_end, p.reverse, bv);
+      float la = 1.f, lb = 0.f;  // the lane's map h -> la * h + lb over its steps
+#pragma unroll
+      for (int i = 0; i < kScanItems; ++i) {
+        dA[i] = __expf(dv[i] * a);
+        dBu[i] = dv[i] * uv[i] * bv[i];
+        lb = fmaf(dA[i], lb, dBu[i]);
+        la *= dA[i];
+      }
+      warp_scan_affine_up(la, lb, lane);
+      const float h_in = carry[n];
+      if (!kSummary) {
+        float cv[kScanItems];
+        Cv.load(n, t, t_end, p.reverse, cv);
+        float ea = __shfl_up_sync(kFullMask, la, 1), eb = __shfl_up_sync(kFullMask, lb, 1);
+        if (lane == 0) ea = 1.f, eb = 0.f;
+        float h = fmaf(ea, h_in, eb);
+#pragma unroll
+        for (int i = 0; i < kScanItems; ++i) {
+          h = fmaf(dA[i], h, dBu[i]);
+          y[i] = fmaf(h, cv[i], y[i]);
+        }
+      }
+      const float h_out = __shfl_sync(kFullMask, fmaf(la, h_in, lb), 31);
+      __syncwarp();
+      if (lane == 0) carry[n] = h_out;
+      __syncwarp();
+    }
+    if (!kSummary) {
+      float zv[kScanItems];
+      if (z) load_items(z, t, t_end, L, p.reverse, zv);
+#pragma unroll
+      for (int i = 0; i < kScanItems; ++i) {
+        float o = fmaf(Dd, uv[i], y[i]);
+        if (z) o *= zv[i] * sigmoidf(zv[i]);
+        y[i] = o;
+      }
+      store_items(static_cast<T*>(p.out) + row * L, t, t_end, L, p.reverse, y);
+    }
+  }
+
+  if (kSummary) {
+    for (int n = lane; n < N; n += 32) p.chunk_h[(row * p.n_chunks + c) * N + n] = carry[n];
+    sum_delta = warp_sum(sum_delta);
+    if (lane == 0) p.chunk_sum_delta[row * p.n_chunks + c] = sum_delta;
+  } else if (c == p.n_chunks - 1) {
+    for (int n = lane; n < N; n += 32) p.last_state[row * N + n] = carry[n];
+  }
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t selective_scan_fwd_launch(const ScanParams& p, cudaStream_t stream) {
+  const dim3 grid(ceil_div(p.dim, kScanWarps), p.batch, p.n_chunks);
+  const dim3 block(kScanWarps * 32);
+  if (p.n_chunks > 1) {
+    scan_fwd_kernel<T, true><<<grid, block, 0, stream>>>(p);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    err = scan_combine(p, /*adjoint=*/false, stream);
+    if (err != cudaSuccess) return err;
+  }
+  scan_fwd_kernel<T, false><<<grid, block, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace vimd

@@ -1,0 +1,62 @@
+"""The kernel benchmark harness runs end to end (--quick) and its mambapy peer computes our scan."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from benchmarks import kernels
+from benchmarks.shapes import WORKLOADS
+from vimd_kernels import selective_scan_ref
+
+
+@pytest.mark.parametrize("shape", ["tiny", "tiny-grouped"])
+def test_mambapy_peer_is_the_same_scan(shape):
+    pytest.importorskip("mambapy")
+    x = kernels.scan_inputs(WORKLOADS[shape], 2, torch.float32, "cpu")
+    a = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    b = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    out = kernels._call_scan(kernels._mambapy_scan, a)
+    ref = kernels._call_scan(selective_scan_ref, b)
+    torch.testing.assert_close(out, ref, rtol=6e-4, atol=2e-3)
+    dout = torch.randn(out.shape)
+    (out * dout).sum().backward()
+    (ref * dout).sum().backward()
+    for k in x:
+        torch.testing.assert_close(a[k].grad, b[k].grad, rtol=6e-4, atol=2e-3, msg=lambda m: f"d{k}: {m}")
+
+
+def test_quick_run_writes_table_csv_json_png(tmp_path, capsys):
+    rows = kernels.main(["--quick", "--ops", "selective_scan,causal_conv1d", "--providers",
+                         "ref", "mambapy", "cpu", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "provider" in printed and "selective_scan" in printed
+    timed = [r for r in rows if not math.isnan(r["ms"])]
+    assert {(r["op"], r["provider"]) for r in timed} >= {("selective_scan", "ref"), ("causal_conv1d", "ref")}
+    for r in timed:
+        assert r["ms"] > 0 and r["gbps"] > 0 and r["peak_mb"] > 0
+    # rows a provider cannot run say why instead of vanishing
+    assert all(r["note"] for r in rows if math.isnan(r["ms"]))
+    for ext in ("csv", "json", "png"):
+        assert os.path.getsize(tmp_path / f"kernels-quick.{ext}") > 0
+    data = json.loads((tmp_path / "kernels-quick.json").read_text())
+    for key in ("device", "torch", "triton", "git_sha", "date"):
+        assert key in data["meta"]
+    if any(r["provider"] == "mambapy" for r in timed):
+        scan_ref = next(r for r in timed if r["op"] == "selective_scan" and r["provider"] == "ref"
+                        and r["mode"] == "fwd")
+        assert "speedup_vs_mambapy" in scan_ref
+
+
+def test_cpu_bar_preset_plumbing(tmp_path, capsys):
+    """The perf-bar command runs (here at batch 1, quick reps) and prints its ratios line."""
+    kernels.main(["--preset", "cpu-bar", "--quick", "--batch", "1", "--out", str(tmp_path), "--no-plot"])
+    out = capsys.readouterr().out
+    assert "CPU perf bar" in out
+    assert os.path.exists(tmp_path / "kernels-cpu-bar-quick.csv")
+
+
+def test_size_budget_skips_reference_with_a_note():
+    with pytest.raises(kernels.Unsupported, match="budget"):
+        kernels.provider_fn("ref", "selective_scan", WORKLOADS["dvmsr-256"], 8, "cpu")

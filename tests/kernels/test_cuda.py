@@ -1,0 +1,305 @@
+"""The "cuda" backend (csrc/cuda through vimd_kernels._C) against the references.
+
+Everything marked ``cuda`` needs a GPU and a CUDA build of the extension. The unmarked tests
+check the backend's host-side logic (launch planning, argument rejection) on the CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from tests.kernels.helpers import ScanCase, leaves, reduction_scale, scan_grad_scale, scan_inputs
+from tests.tolerances import assert_close
+from vimd_kernels import ops
+from vimd_kernels.causal_conv1d.reference import causal_conv1d_ref
+from vimd_kernels.mamba_inner.reference import bimamba_inner_ref, mamba_inner_ref
+from vimd_kernels.selective_scan import cuda as scan_cuda
+from vimd_kernels.causal_conv1d import cuda as conv_cuda
+from vimd_kernels.selective_scan.reference import selective_scan_ref
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SCAN_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+
+
+# ----------------------------------------------------------------------------- host logic (CPU)
+
+@pytest.mark.parametrize("batch,dim,L,sms", [(1, 120, 65536, 132), (128, 384, 197, 132),
+                                             (1, 384, 730, 132), (2, 120, 4096, 108),
+                                             (1, 1, 1, 1), (1, 8, 10 ** 8, 132)])
+def test_plan_chunk_len(batch, dim, L, sms):
+    chunk = scan_cuda.plan_chunk_len(batch, dim, L, sms)
+    assert chunk % scan_cuda.TILE == 0 and chunk >= scan_cuda.TILE
+    n_chunks = math.ceil(L / chunk)
+    assert n_chunks <= 65535
+    rows, tiles = batch * dim, math.ceil(L / scan_cuda.TILE)
+    target = sms * scan_cuda.WARPS_PER_SM
+    if rows >= target:
+        assert n_chunks == 1  # enough rows: no second pass
+    elif tiles <= 65535:  # split until the grid reaches the target or every chunk is one tile
+        assert rows * n_chunks >= min(target, rows * tiles)
+
+
+def test_plan_chunk_len_sr_shape_fills_gpu():
+    chunk = scan_cuda.plan_chunk_len(1, 120, 65536, 132)
+    assert 120 * math.ceil(65536 / chunk) >= 132 * scan_cuda.WARPS_PER_SM
+
+
+@pytest.mark.parametrize("dim,bg,cg", [(384, 1, 1), (384, 0, 0), (48, 4, 1), (48, 4, 6), (120, 0, 4),
+                                       (10, 5, 2), (7, 7, 0)])
+@pytest.mark.parametrize("batch,L", [(1, 65536), (128, 197), (2, 7)])
+def test_plan_backward_segments_lie_in_groups(dim, bg, cg, batch, L):
+    seg, slab = scan_cuda.plan_backward(batch, dim, L, bg, cg, 132)
+    assert dim % seg == 0
+    for G in (bg, cg):
+        if G:
+            assert (dim // G) % seg == 0  # a block's summed dB/dC belong to one group
+    assert slab % scan_cuda.WARPS == 0 and slab >= scan_cuda.WARPS
+    assert slab <= max(scan_cuda.WARPS, math.ceil(seg / scan_cuda.WARPS) * scan_cuda.WARPS)
+
+
+def test_plan_backward_rejects_bad_groups():
+    with pytest.raises(ValueError, match="groups"):
+        scan_cuda.plan_backward(1, 10, 5, 3, 0, 132)
+
+
+def test_groups_of():
+    assert scan_cuda.groups_of(torch.empty(4, 3)) == 0
+    assert scan_cuda.groups_of(torch.empty(2, 3, 5)) == 1
+    assert scan_cuda.groups_of(torch.empty(2, 4, 3, 5)) == 4
+
+
+def test_cuda_modules_reject_unsupported_inputs_before_launch():
+    u = torch.zeros(1, 2, 3, dtype=torch.float64)
+    A = torch.zeros(2, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match="u: .*float64"):
+        scan_cuda.forward(u, u, A, A, A, None, None, None, None, False, False)
+    with pytest.raises(ValueError, match="A: .*N <= 64"):
+        scan_cuda.forward(u.float(), u.float(), torch.zeros(2, 65), A.float(), A.float(), None, None,
+                          None, None, False, False)
+    with pytest.raises(TypeError, match="x: .*float64"):
+        conv_cuda.forward(u, torch.zeros(2, 4, dtype=torch.float64), None, False, False)
+
+
+# ----------------------------------------------------------------------------- GPU: selective scan
+
+def _to_cuda(inputs: dict) -> dict:
+    return {k: (v.cuda() if v is not None else None) for k, v in inputs.items()}
+
+
+def _run_scan(inputs, case, backend):
+    fn = selective_scan_ref if backend == "ref" else ops.selective_scan_fn
+    kw = {} if backend == "ref" else {"backend": backend}
+    args = [inputs[k] for k in SCAN_NAMES[:8]]
+    out, last = fn(*args, delta_softplus=case.softplus, return_last_state=True,
+                   initial_state=inputs["initial_state"], reverse=case.reverse, **kw)
+    return out, last
+
+
+def _check_scan(case: ScanCase, seed: int = 0):
+    base = _to_cuda(scan_inputs(case, seed))
+    got_in, ref_in = leaves(base), leaves(base)
+    out, last = _run_scan(got_in, case, "cuda")
+    out_r, last_r = _run_scan(ref_in, case, "ref")
+    assert out.dtype == case.dtype and last.dtype == torch.float32
+    assert_close(out, out_r, "scan", case.dtype, "out")
+    assert_close(last, last_r, "scan", case.dtype, "last_state")
+    g = torch.Generator(device="cuda").manual_seed(seed + 1)
+    dout = torch.randn(out.shape, generator=g, device="cuda").to(case.dtype)
+    dlast = torch.randn(last.shape, generator=g, device="cuda")
+    torch.autograd.backward((out, last), (dout, dlast))
+    torch.autograd.backward((out_r, last_r), (dout, dlast))
+    for name in SCAN_NAMES:
+        t, r = got_in[name], ref_in[name]
+        if t is None:
+            continue
+        assert t.grad is not None and t.grad.dtype == t.dtype, name
+        assert_close(t.grad, r.grad, "scan", case.dtype, f"d{name}", scale=scan_grad_scale(case, name, t))
+
+
+def _scan_cases():
+    cases = []
+    shapes = [(2, 8, 1, 1), (2, 24, 197, 16), (1, 16, 730, 10), (3, 12, 300, 16), (1, 8, 2304, 16)]
+    for (b, d, L, N) in shapes:
+        for kinds in (("var", "var"), ("const", "const"), ("g4", "g4"), ("var", "g2"), ("const", "g4")):
+            if d % 4:
+                continue
+            cases.append(ScanCase(b, d, L, N, *kinds))
+    full = ScanCase(2, 24, 197, 16)
+    for opts in ({"D": False, "z": False, "delta_bias": False, "softplus": False},
+                 {"initial_state": True}, {"reverse": True}, {"reverse": True, "initial_state": True},
+                 {"z": False}, {"softplus": False}):
+        cases.append(dataclasses.replace(full, **opts))
+    for dt in (torch.float16, torch.bfloat16):
+        cases.append(dataclasses.replace(full, dtype=dt))
+        cases.append(dataclasses.replace(full, dtype=dt, reverse=True, initial_state=True, b_kind="g4"))
+        cases.append(dataclasses.replace(full, dtype=dt, bc_dtype=torch.float32))
+    # several tiles and chunks: L = 4096 at batch 1 takes the three-phase forward and backward
+    cases.append(ScanCase(1, 120, 4096, 16, initial_state=True))
+    cases.append(ScanCase(1, 120, 4096, 16, reverse=True, initial_state=True, b_kind="g4", c_kind="g4"))
+    cases.append(ScanCase(1, 64, 1000, 64, b_kind="g2"))  # largest N, ragged multi-tile
+    return cases
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", _scan_cases(), ids=str)
+def test_scan_matches_reference(case):
+    _check_scan(case)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_scan_super_resolution_shape(dtype):
+    """DVMSR shape: batch 1, d_inner 120, L = 256 x 256 = 65536 (chunked across the GPU)."""
+    _check_scan(ScanCase(1, 120, 65536, 16, dtype=dtype, initial_state=True))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("reverse", (False, True))
+def test_scan_chunked_forward_equals_single_pass(reverse):
+    """The three-phase forward (many chunks) matches the one-chunk walk over the same inputs."""
+    case = ScanCase(2, 8, 3000, 16, initial_state=True, reverse=reverse)
+    x = _to_cuda(scan_inputs(case))
+    from vimd_kernels import _C
+    args = [x[k] for k in SCAN_NAMES]
+    one = _C.selective_scan_fwd_cuda(*args, True, reverse, 256 * math.ceil(3000 / 256))
+    many = _C.selective_scan_fwd_cuda(*args, True, reverse, 256)
+    assert_close(many[0], one[0], "scan", torch.float32, "out")
+    assert_close(many[1], one[1], "scan", torch.float32, "last_state")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("b_kind", ("var", "g4", "const"))
+def test_scan_backward_is_bitwise_deterministic(b_kind):
+    case = ScanCase(4, 64, 1000, 16, b_kind=b_kind, initial_state=True)
+    base = _to_cuda(scan_inputs(case))
+    dout = torch.randn(base["u"].shape, device="cuda")
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = []
+        for _ in range(2):
+            x = leaves(base)
+            out = _run_scan(x, case, "cuda")[0]
+            out.backward(dout)
+            grads.append([x[k].grad.clone() for k in SCAN_NAMES if x[k] is not None])
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+def test_scan_cuda_rejects_float64():
+    x = _to_cuda(scan_inputs(ScanCase(dtype=torch.float64)))
+    with pytest.raises(TypeError, match="float64"):
+        ops.selective_scan_fn(*[x[k] for k in SCAN_NAMES[:8]], backend="cuda")
+
+
+# ----------------------------------------------------------------------------- GPU: causal conv1d
+
+def _conv_cases():
+    cases = []
+    for width in range(2, 9):
+        cases.append((2, 16, 197, width, True, True, False, torch.float32))
+    for L in (1, 5, 730, 4096):
+        cases.append((2, 24, L, 4, True, True, True, torch.float32))
+    for silu in (False, True):
+        for bias in (False, True):
+            for reverse in (False, True):
+                cases.append((2, 16, 100, 4, silu, bias, reverse, torch.float32))
+    for dt in (torch.float16, torch.bfloat16):
+        cases.append((2, 16, 197, 4, True, True, False, dt))
+        cases.append((2, 16, 197, 7, True, False, True, dt))
+    return cases
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("batch,dim,L,width,silu,bias,reverse,dtype", _conv_cases())
+def test_conv_matches_reference(batch, dim, L, width, silu, bias, reverse, dtype):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(batch, dim, L, generator=g, device="cuda").to(dtype)
+    w = torch.randn(dim, width, generator=g, device="cuda")
+    b = torch.randn(dim, generator=g, device="cuda") if bias else None
+    act = "silu" if silu else None
+    xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+    bs = b.clone().requires_grad_() if bias else None
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    br = b.clone().requires_grad_() if bias else None
+    out = ops.causal_conv1d_fn(xs, ws, bs, act, reverse=reverse, backend="cuda")
+    ref = causal_conv1d_ref(xr, wr, br, act, reverse=reverse)
+    assert_close(out, ref, "conv", dtype, "out")
+    dout = torch.randn(out.shape, generator=g, device="cuda").to(dtype)
+    out.backward(dout)
+    ref.backward(dout)
+    assert_close(xs.grad, xr.grad, "conv", dtype, "dx")
+    scale = reduction_scale(batch * L)
+    assert_close(ws.grad, wr.grad, "conv", dtype, "dweight", scale=scale)
+    if bias:
+        assert_close(bs.grad, br.grad, "conv", dtype, "dbias", scale=scale)
+
+
+@pytest.mark.cuda
+def test_conv_backward_is_bitwise_deterministic():
+    x = torch.randn(4, 64, 1000, device="cuda")
+    w = torch.randn(64, 4, device="cuda")
+    b = torch.randn(64, device="cuda")
+    dout = torch.randn_like(x)
+    grads = [conv_cuda.backward(x, w, b, dout, True, False) for _ in range(2)]
+    for a, c in zip(*grads):
+        assert torch.equal(a, c)
+
+
+# ----------------------------------------------------------------------------- GPU: mixer paths
+
+def _mixer_weights(d_model, d_inner, N, rank, width, gen, suffix=""):
+    dev = "cuda"
+    return {
+        "conv1d_weight" + suffix: torch.randn(d_inner, 1, width, generator=gen, device=dev) * 0.5,
+        "conv1d_bias" + suffix: torch.randn(d_inner, generator=gen, device=dev) * 0.1,
+        "x_proj_weight" + suffix: torch.randn(rank + 2 * N, d_inner, generator=gen, device=dev) * d_inner ** -0.5,
+        "delta_proj_weight" + suffix: torch.randn(d_inner, rank, generator=gen, device=dev) * rank ** -0.5,
+        "A" + suffix: -torch.exp(torch.log(torch.arange(1, N + 1, device=dev, dtype=torch.float32)).repeat(d_inner, 1)),
+        "D" + suffix: torch.ones(d_inner, device=dev),
+        "delta_bias" + suffix: torch.rand(d_inner, generator=gen, device=dev) * 0.1 - 4.0,
+    }
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("bidirectional", (False, True))
+@pytest.mark.parametrize("L", (197, 730))
+def test_mixer_paths_match_reference(bidirectional, L):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    d_model, d_inner, N, rank, width, batch = 32, 64, 16, 2, 4, 2
+    w = _mixer_weights(d_model, d_inner, N, rank, width, gen)
+    if bidirectional:
+        w.update(_mixer_weights(d_model, d_inner, N, rank, width, gen, "_b"))
+    w["out_proj_weight"] = torch.randn(d_model, d_inner, generator=gen, device="cuda") * d_inner ** -0.5
+    xz = torch.randn(batch, 2 * d_inner, L, generator=gen, device="cuda")
+    got = {k: v.clone().requires_grad_() for k, v in w.items()}
+    ref = {k: v.clone().requires_grad_() for k, v in w.items()}
+    xg, xr = xz.clone().requires_grad_(), xz.clone().requires_grad_()
+    if bidirectional:
+        names = ("conv1d_weight", "conv1d_bias", "x_proj_weight", "delta_proj_weight", "A", "D",
+                 "delta_bias")
+        args = lambda d, x: (x, *[d[n] for n in names], *[d[n + "_b"] for n in names],  # noqa: E731
+                             d["out_proj_weight"])
+        y = ops.bimamba_inner_fn(*args(got, xg), backend="cuda")
+        y_r = bimamba_inner_ref(*args(ref, xr))
+    else:
+        kw = lambda d: dict(D=d["D"], delta_bias=d["delta_bias"])  # noqa: E731
+        pos = lambda d, x: (x, d["conv1d_weight"], d["conv1d_bias"], d["x_proj_weight"],  # noqa: E731
+                            d["delta_proj_weight"], d["out_proj_weight"], None, d["A"])
+        y = ops.mamba_inner_fn(*pos(got, xg), **kw(got), backend="cuda")
+        y_r = mamba_inner_ref(*pos(ref, xr), **kw(ref))
+    assert_close(y, y_r, "scan", torch.float32, "out")
+    dy = torch.randn(y.shape, generator=gen, device="cuda")
+    y.backward(dy)
+    y_r.backward(dy)
+    assert_close(xg.grad, xr.grad, "scan", torch.float32, "dxz")
+    for k in got:
+        assert_close(got[k].grad, ref[k].grad, "scan", torch.float32, f"d{k}",
+                     scale=reduction_scale(batch * L))

@@ -1,0 +1,22 @@
+"""`python -m vimd_kernels.env` runs and reports versions and every backend."""
+import os
+import subprocess
+import sys
+
+import torch
+
+from vimd_kernels.registry import BACKENDS
+
+
+def test_env_report_runs():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-m", "vimd_kernels.env"], capture_output=True, text=True,
+                         env=env, cwd=root, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert torch.__version__ in out and "python" in out and "cpu capability" in out
+    for name, b in BACKENDS.items():
+        assert f"backend {name}" in out
+        if not b.available():
+            assert b.install_hint in out  # missing backends say how to install them

@@ -1,0 +1,19 @@
+"""The C++ CPU depthwise causal conv1d (csrc/cpu): widths 2..8, optional bias and SiLU, reverse
+(anti-causal) without flips; deterministic weight gradients. Same signature as ``reference``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from vimd_kernels import _C
+
+
+def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool) -> Tensor:
+    return _C.causal_conv1d_fwd_cpu(x, weight, bias, bool(silu), bool(reverse))
+
+
+def backward(x, weight, bias, dout, silu: bool, reverse: bool):
+    dx, dweight, dbias = _C.causal_conv1d_bwd_cpu(x, weight, bias, dout, bool(silu), bool(reverse))
+    return dx, dweight, dbias

@@ -1,0 +1,38 @@
+"""CUDA backend of the depthwise causal conv1d: the kernels of csrc/cuda through ``vimd_kernels._C``.
+
+Weights and bias go to the kernels in float32 (dim x width values); their gradients come back in
+the dtype they were given. dweight/dbias are reduced in a fixed order (deterministic).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def _ext():
+    from vimd_kernels import _C
+    return _C
+
+
+def _check_supported(x: Tensor) -> None:
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"x: the cuda causal conv1d takes float32, float16 or bfloat16, got {x.dtype} "
+                        "(use backend='ref' or 'cpu' for float64)")
+
+
+def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool) -> Tensor:
+    _check_supported(x)
+    return _ext().causal_conv1d_fwd_cuda(x, _f32(weight), _f32(bias), bool(silu), bool(reverse))
+
+
+def backward(x, weight, bias, dout, silu: bool, reverse: bool):
+    _check_supported(x)
+    dx, dweight, dbias = _ext().causal_conv1d_bwd_cuda(x, _f32(weight), _f32(bias), dout.contiguous(),
+                                                       bool(silu), bool(reverse))
+    return dx, dweight.to(weight.dtype), (dbias.to(bias.dtype) if bias is not None else None)

@@ -1,0 +1,73 @@
+"""Environment report: ``python -m vimd_kernels.env`` (paste it into bug reports)."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+
+def _try(fn, default="n/a"):
+    try:
+        return fn()
+    except Exception as e:  # a report must never crash on a half-broken install
+        return f"{default} ({type(e).__name__}: {e})"
+
+
+def report() -> list[tuple[str, str]]:
+    """(key, value) rows describing the Python/torch/triton/extension/backends situation."""
+    import torch
+
+    from . import registry
+
+    rows = [("python", sys.version.split()[0] + f" ({platform.platform()})"),
+            ("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"),
+            ("cpu capability", _try(torch.backends.cpu.get_cpu_capability)),
+            ("cpu threads", str(torch.get_num_threads()))]
+    try:
+        import triton
+        rows.append(("triton", triton.__version__))
+    except ImportError:
+        rows.append(("triton", "not installed"))
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            rows.append((f"cuda:{i}", f"{p.name}, sm_{p.major}{p.minor}, "
+                                      f"{p.total_memory / 2**30:.1f} GiB"))
+    else:
+        rows.append(("cuda device", "none"))
+    ext = registry._EXT
+    if ext is None:
+        rows.append(("vimd_kernels._C", "not built"))
+    else:
+        info = _try(ext.build_info) if hasattr(ext, "build_info") else "built (no build_info())"
+        rows.append(("vimd_kernels._C", f"{getattr(ext, '__file__', '?')}"))
+        if isinstance(info, dict):
+            rows.extend((f"  _C.{k}", str(v)) for k, v in info.items())
+        else:
+            rows.append(("  _C.build_info", str(info)))
+    rows.append(("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "unset")))
+    rows.append(("VIMD_BACKEND", os.environ.get("VIMD_BACKEND", "unset")))
+    for name, b in registry.BACKENDS.items():
+        if b.available():
+            kernels = [k for k in registry.KERNELS if registry.kernel_available(k, name)]
+            missing = sorted(set(registry.KERNELS) - set(kernels))
+            state = "available" + (f" (missing kernels: {', '.join(missing)})" if missing else "")
+        else:
+            state = f"missing: {b.install_hint}"
+        rows.append((f"backend {name}", state))
+    rows.append(("default backend (cpu tensors)", _try(lambda: registry.resolve(None, torch.device("cpu")))))
+    if torch.cuda.is_available():
+        rows.append(("default backend (cuda tensors)",
+                     _try(lambda: registry.resolve(None, torch.device("cuda")))))
+    return rows
+
+
+def main() -> None:
+    rows = report()
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""CUDA backend of the selective scan: the kernels of csrc/cuda through ``vimd_kernels._C``.
+
+Launch planning (how L is cut into chunks, how channels are grouped for the backward's
+deterministic dB/dC reduction) is plain Python here, so it is testable without a GPU.
+The kernels take B/C in float32 (they are a small fraction of the traffic): other dtypes are
+converted here and their gradients converted back. The backward is always deterministic
+(per-block partials and ordered reductions, no float atomics), so it is bitwise reproducible
+whether or not ``torch.use_deterministic_algorithms`` is on.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+TILE = 256          # time steps per warp tile (csrc/cuda/params.h: kScanTile)
+WARPS = 4           # warps per block (kScanWarps)
+MAX_STATE = 64      # kScanMaxState
+WARPS_PER_SM = 32   # resident warps per multiprocessor to aim for when planning chunks
+BLOCKS_PER_SM = 8   # backward blocks per multiprocessor to keep before merging channel slabs
+
+
+def _ext():
+    from vimd_kernels import _C
+    return _C
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _device_sms(t: Tensor) -> int:
+    return _sm_count(t.device.index if t.device.index is not None else torch.cuda.current_device())
+
+
+def groups_of(X: Tensor) -> int:
+    """0 for constant (dim, N), 1 for variable (batch, N, L), G for grouped (batch, G, N, L)."""
+    return {2: 0, 3: 1}.get(X.dim(), X.shape[1] if X.dim() == 4 else -1)
+
+
+def plan_chunk_len(batch: int, dim: int, L: int, sm_count: int) -> int:
+    """Forward chunk length (a multiple of TILE): one chunk per row when the rows alone fill the
+    GPU (ViM: batch x d_inner rows), else L is split so rows x chunks reaches the target."""
+    if min(batch, dim, L, sm_count) < 1:
+        raise ValueError("batch, dim, L and sm_count must be >= 1")
+    tiles = math.ceil(L / TILE)
+    rows = batch * dim
+    n_chunks = min(tiles, max(1, math.ceil(sm_count * WARPS_PER_SM / rows)))
+    chunk_tiles = max(1, tiles // n_chunks)  # round down: at least n_chunks chunks
+    chunk_tiles = max(chunk_tiles, math.ceil(tiles / 65535))  # grid.z limit
+    return chunk_tiles * TILE
+
+
+def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
+                  sm_count: int) -> tuple[int, int]:
+    """(seg_channels, slab_channels) for the backward launch.
+
+    A segment is a run of channels inside one group of every grouped B/C (the gcd of their
+    group sizes), so a block's summed dB/dC belong to one group. A slab is the channels one block
+    walks (a multiple of WARPS): larger slabs mean fewer partials to store and reduce, so slabs
+    grow while the grid still has BLOCKS_PER_SM blocks per multiprocessor.
+    """
+    sizes = []
+    for G in (b_groups, c_groups):
+        if G < 0 or (G > 0 and dim % G):
+            raise ValueError(f"groups must be 0 or divide dim={dim}, got {G}")
+        if G > 0:
+            sizes.append(dim // G)
+    seg = functools.reduce(math.gcd, sizes) if sizes else dim
+    if not sizes:
+        return seg, WARPS  # no grouped operand: nothing summed across channels in a block
+    tiles = math.ceil(L / TILE)
+    cap = math.ceil(seg / WARPS) * WARPS
+
+    def blocks(slab: int) -> int:
+        return batch * tiles * (dim // seg) * math.ceil(seg / slab)
+
+    slab = WARPS
+    while slab * 2 <= cap and blocks(slab * 2) >= BLOCKS_PER_SM * sm_count:
+        slab *= 2
+    return seg, slab
+
+
+def _check_supported(u: Tensor, A: Tensor) -> None:
+    if u.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"u: the cuda selective scan takes float32, float16 or bfloat16, got {u.dtype} "
+                        "(use backend='ref' or 'cpu' for float64)")
+    if A.shape[1] > MAX_STATE:
+        raise ValueError(f"A: the cuda selective scan supports N <= {MAX_STATE} states, "
+                         f"got N={A.shape[1]}")
+
+
+def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+def forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+            initial_state: Optional[Tensor], delta_softplus: bool, reverse: bool) -> tuple[Tensor, Tensor]:
+    _check_supported(u, A)
+    batch, dim, L = u.shape
+    chunk_len = plan_chunk_len(batch, dim, L, _device_sms(u))
+    out, last = _ext().selective_scan_fwd_cuda(u, delta, A, _f32(B), _f32(C), D, z, delta_bias,
+                                               initial_state, bool(delta_softplus), bool(reverse),
+                                               chunk_len)
+    return out, last
+
+
+def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
+             delta_softplus: bool, reverse: bool):
+    _check_supported(u, A)
+    batch, dim, L = u.shape
+    seg, slab = plan_backward(batch, dim, L, groups_of(B), groups_of(C), _device_sms(u))
+    grads = _ext().selective_scan_bwd_cuda(u, delta, A, _f32(B), _f32(C), D, z, delta_bias,
+                                           initial_state, dout.contiguous(), _f32(dlast_state),
+                                           bool(delta_softplus), bool(reverse), seg, slab)
+    du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit = grads
+    return (du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddelta_bias, dinit)

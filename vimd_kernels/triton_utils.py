@@ -1,0 +1,47 @@
+"""Small helpers shared by the Triton kernels (selective scan, causal conv1d).
+
+Imported only by the Triton backend modules, so ``import vimd_kernels`` never needs triton.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+
+def pow2(n: int, at_least: int = 1) -> int:
+    """Smallest power of two >= max(n, at_least)."""
+    return max(triton.next_power_of_2(max(int(n), 1)), at_least)
+
+
+def compute_dtype(t: torch.Tensor) -> tuple[torch.dtype, "tl.dtype"]:
+    """float64 math for float64 inputs (gradcheck), float32 math for everything else."""
+    if t.dtype == torch.float64:
+        return torch.float64, tl.float64
+    return torch.float32, tl.float32
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device_index: int) -> int:
+    """Number of streaming multiprocessors; a small stand-in under the interpreter (CPU tensors)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device_index).multi_processor_count
+    return 4
+
+
+def device_sms(t: torch.Tensor) -> int:
+    return sm_count(t.device.index or 0) if t.is_cuda else sm_count(-1)
+
+
+@triton.jit
+def linear_combine(a1, b1, a2, b2):
+    """Compose h -> a1*h + b1 then h -> a2*h + b2 (first-order linear recurrence scan operator)."""
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def softplus(x):
+    """torch.nn.functional.softplus with its default threshold of 20."""
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x))))

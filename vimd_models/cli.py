@@ -1,0 +1,143 @@
+"""The ``vimd`` command: train, eval, demo, flops, bench, models.
+
+    vimd train configs/vimd_cub.yaml data.root=/data/CUB_200_2011 train.epochs=10
+    vimd train configs/vimd_cub.yaml --resume            # continue <output_dir>/<name>/
+    vimd eval configs/vimd_cub.yaml --weights runs/vimd_cub/best.safetensors
+    vimd demo [--out runs/demo] [--scale 1.0]
+    vimd flops vim_tiny_patch16_224 --input 3,224,224
+    vimd bench kernels [args for benchmarks.kernels]
+
+User mistakes (config, data, checkpoint) print one line ``vimd: error: ...`` and exit with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from .engine.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vimd", description="ViMD / DVMSR / DFKD-FGVC training and evaluation")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train a task from a YAML config")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    t.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="resume from a checkpoint (default: the run folder's checkpoint.safetensors)")
+    e = sub.add_parser("eval", help="evaluate weights on the config's evaluation data")
+    e.add_argument("config")
+    e.add_argument("overrides", nargs="*")
+    e.add_argument("--weights", required=True, help="model .safetensors (or a training checkpoint)")
+    d = sub.add_parser("demo", help="the end-to-end demo on synthetic data (no data on disk)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--scale", type=float, default=1.0, help="multiply every training length by this")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--backend", default=None)
+    f = sub.add_parser("flops", help="count FLOPs of a registered model")
+    f.add_argument("model")
+    f.add_argument("--input", default="3,224,224", help="C,H,W of one input")
+    f.add_argument("kwargs", nargs="*", help="model keyword arguments key=value")
+    b = sub.add_parser("bench", help="run benchmarks.kernels or benchmarks.models")
+    b.add_argument("which", choices=["kernels", "models"])
+    b.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("models", help="list registered models")
+    return p
+
+
+def _kwargs(items) -> dict:
+    import yaml
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise UserError(f"model argument '{it}' must look like key=value")
+        k, v = it.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def _cmd_train(a) -> int:
+    from .engine.config import load_config
+    from .engine.trainer import train
+    cfg = load_config(a.config, a.overrides)
+    res = train(cfg, resume=a.resume)
+    last = {k: round(v, 4) if isinstance(v, float) else v for k, v in res["last"].items() if k.startswith("val_")}
+    print(f"run {res['run_dir']}: params {res['params']:,}; last epoch {json.dumps(last)}")
+    return 0
+
+
+def _cmd_eval(a) -> int:
+    from .distill.tasks import create
+    from .engine.checkpoint import load_into, load_weights
+    from .engine.config import load_config
+    from .engine.trainer import build_data, evaluate
+    cfg = load_config(a.config, a.overrides)
+    # a distillation config evaluates its student on the student's view
+    _, eval_ds, num_classes = build_data(cfg)
+    extra = {} if num_classes is None else {"num_classes": num_classes}
+    model = create(cfg["model"], cfg, "model", **extra)
+    load_into(model, load_weights(a.weights), a.weights)
+    kind = "sr" if cfg["task"] in ("sr", "dvmsr_kd") else "classify"
+    m = evaluate(model, kind, eval_ds, cfg)
+    for k, v in m.items():
+        print(f"{k}: {v:.4f}")
+    return 0
+
+
+def _cmd_flops(a) -> int:
+    import vimd_models
+    from .flops import count_flops
+    try:
+        model = vimd_models.create_model(a.model, **_kwargs(a.kwargs))
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
+    try:
+        shape = tuple(int(s) for s in a.input.split(","))
+    except ValueError:
+        raise UserError(f"--input must be C,H,W integers, got {a.input!r}") from None
+    res = count_flops(model, (1, *shape))
+    for k in ("counter", "full", "custom"):
+        if k in res:
+            print(f"{k}: {res[k] / 1e9:.4f} G{res.get('unit', '')}")
+    return 0
+
+
+def _cmd_bench(a) -> int:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.call([sys.executable, "-m", f"benchmarks.{a.which}", *a.args], env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        if a.cmd == "train":
+            return _cmd_train(a)
+        if a.cmd == "eval":
+            return _cmd_eval(a)
+        if a.cmd == "demo":
+            from .engine.demo import run_demo
+            run_demo(a.out, scale=a.scale, seed=a.seed, backend=a.backend)
+            return 0
+        if a.cmd == "flops":
+            return _cmd_flops(a)
+        if a.cmd == "bench":
+            return _cmd_bench(a)
+        if a.cmd == "models":
+            import vimd_models
+            print("\n".join(vimd_models.list_models()))
+            return 0
+    except UserError as e:
+        print(f"vimd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vimd: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

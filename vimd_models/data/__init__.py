@@ -1,0 +1,142 @@
+"""Datasets, the ViMD LR protocol, and loaders whose randomness is a pure function of
+(seed, epoch, sample index): a resumed run sees exactly the batches an uninterrupted one would."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..engine.errors import UserError
+from .folders import READERS, ImageList
+from .sr import SRPairs, SyntheticSR
+from .synthetic import SyntheticFineGrained
+from .transforms import LowResProtocol, random_crop_pair
+
+CLASSIFICATION = ("synthetic",) + tuple(READERS)
+SR = ("synthetic", "sr_folder")
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+class ClassificationData(torch.utils.data.Dataset):
+    """Items are keyed by (index, aug_seed); yields (view..., label) with views 'hr', 'lr' or 'hr_lr'."""
+
+    def __init__(self, base, protocol: LowResProtocol, views: str):
+        self.base, self.protocol, self.views = base, protocol, views
+        self.num_classes = getattr(base, "num_classes")
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        index, seed = key
+        img, label = self.base.get(index)
+        hr, lr = self.protocol(img, _gen(seed))
+        if self.views == "hr":
+            return hr, label
+        if self.views == "lr":
+            return lr, label
+        return hr, lr, label
+
+
+class SRData(torch.utils.data.Dataset):
+    """Training: aligned random (HR patch, LR patch) with flips; evaluation: whole (HR, LR) images.
+    Items are (lr, hr) -- the model input first."""
+
+    def __init__(self, base, patch: int | None, scale: int):
+        self.base, self.patch, self.scale = base, patch, scale
+        self.name = getattr(base, "name", "sr")
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        index, seed = key
+        hr, lr = self.base.get(index)
+        if self.patch is not None:
+            hr, lr = random_crop_pair(hr, lr, self.patch, self.scale, _gen(seed))
+        return lr, hr
+
+
+class EpochSampler(Sampler):
+    """Shuffled (or ordered) keys (index, aug_seed) of one epoch for one rank, skipping ``start``
+    samples of this rank's share (resume mid-epoch). Same seed + epoch -> same order on every run."""
+
+    def __init__(self, n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world: int = 1,
+                 start: int = 0, drop_last: bool = False, batch_size: int = 1, pad: bool = True):
+        g = _gen(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g).tolist() if shuffle else list(range(n))
+        if pad or drop_last:  # equal shares (training); evaluation shards without padding
+            per = n // world if drop_last else -(-n // world)
+            order = (order * 2)[: per * world] if per * world > n else order[: per * world]
+        mine = order[rank::world]
+        if drop_last:
+            mine = mine[: len(mine) - len(mine) % batch_size]
+        base = seed * 7_919 + epoch * 104_729 if shuffle else seed * 7_919
+        self.keys = [(i, base * 1_000_003 + i) for i in mine][start:]
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def make_loader(ds, batch_size: int, seed: int, epoch: int, train: bool, num_workers: int = 0,
+                rank: int = 0, world: int = 1, start_batch: int = 0) -> DataLoader:
+    """A loader over this rank's share; ``start_batch`` skips batches already trained (resume).
+    It has its own generator, so creating it never draws from the global RNG."""
+    sampler = EpochSampler(len(ds), seed, epoch, shuffle=train, rank=rank, world=world,
+                           start=start_batch * batch_size, drop_last=train, batch_size=batch_size, pad=train)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=train, persistent_workers=False, generator=_gen(seed + epoch))
+
+
+def _base_classification(cfg: dict, split: str):
+    d = cfg["data"]
+    name = d["dataset"]
+    if name == "synthetic":
+        n = d["train_size"] if split == "train" else d["val_size"]
+        return SyntheticFineGrained(d["num_classes"], n, split, cfg["seed"], render_size=d["img_size"] * 5 // 4)
+    if name not in READERS:
+        raise UserError(f"config 'data.dataset': unknown classification dataset {name!r}; "
+                        f"choose one of {', '.join(CLASSIFICATION)}")
+    if not d["root"]:
+        raise UserError(f"config 'data.root' must name the {name} dataset folder")
+    samples, classes = READERS[name](d["root"], split)
+    return ImageList(samples, classes, where=f"{name} at {d['root']} ({split})")
+
+
+def build_classification(cfg: dict, split: str, views: str | None = None) -> ClassificationData:
+    d = cfg["data"]
+    proto = LowResProtocol(d["img_size"], d["lr_size"], train=split == "train", scale_min=d["scale_min"],
+                           hflip=d["hflip"])
+    return ClassificationData(_base_classification(cfg, split), proto, views or d["views"])
+
+
+def build_sr(cfg: dict, split: str) -> list[SRData]:
+    """Train: one dataset of patches. Eval: one dataset per test set (or the validation split)."""
+    d = cfg["data"]
+    scale = d["scale"]
+    if split == "train":
+        if d["dataset"] == "synthetic":
+            base = SyntheticSR(d["patch_size"], d["train_size"], "train", cfg["seed"], scale)
+        elif d["dataset"] == "sr_folder":
+            if not d["root"]:
+                raise UserError("config 'data.root' must name the HR training image folder")
+            base = SRPairs(d["root"], scale, d["lr_root"])
+        else:
+            raise UserError(f"config 'data.dataset': {d['dataset']!r} is not an SR dataset; use one of {SR}")
+        if d["patch_size"] % scale:
+            raise UserError(f"config 'data.patch_size' ({d['patch_size']}) must be a multiple of data.scale ({scale})")
+        return [SRData(base, d["patch_size"], scale)]
+    if d["test_sets"]:
+        return [SRData(SRPairs(p, scale), None, scale) for p in d["test_sets"]]
+    if d["dataset"] == "synthetic":
+        return [SRData(SyntheticSR(d["patch_size"], d["val_size"], "val", cfg["seed"], scale), None, scale)]
+    raise UserError("config 'data.test_sets' must list HR folders to evaluate on (e.g. Set5, Set14)")
+
+
+__all__ = ["SyntheticFineGrained", "LowResProtocol", "ClassificationData", "SRData", "EpochSampler",
+           "make_loader", "build_classification", "build_sr", "ImageList", "SRPairs", "READERS"]

@@ -1,0 +1,307 @@
+"""One task object per training method, so one engine trains them all.
+
+A task is an ``nn.Module`` holding the trained model (``self.model``), any frozen teacher and any
+trainable auxiliary modules; ``forward(batch) -> (loss, {component: value})``. Its ``kind``
+("classify" / "sr") picks the evaluation; ``train_views`` / ``eval_views`` pick the views the
+classification loaders yield (see vimd_models.data).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..engine.checkpoint import load_into, load_weights
+from ..engine.errors import UserError
+from . import losses
+from .dfkd import (AttentionGenerator, MixedHighOrderAttention, StatHooks, as_map, mhad_loss, pre_logits,
+                   projector)
+
+
+def create(spec: dict, cfg: dict, what: str, **extra) -> nn.Module:
+    """create_model from a config section {name, kwargs}; config mistakes become UserErrors."""
+    import vimd_models
+    kwargs = {**extra, **(spec.get("kwargs") or {})}
+    for k, v in extra.items():
+        if k in (spec.get("kwargs") or {}) and spec["kwargs"][k] != v:
+            raise UserError(f"config '{what}.kwargs.{k}' = {spec['kwargs'][k]!r} disagrees with the data ({v!r})")
+    if not spec.get("name"):
+        raise UserError(f"config '{what}.name' must name a registered model")
+    try:
+        return vimd_models.create_model(spec["name"], backend=cfg["backend"], **kwargs)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"config '{what}': {e}") from None
+
+
+def freeze(m: nn.Module) -> nn.Module:
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m.eval()
+
+
+def load_teacher(cfg: dict, **extra) -> nn.Module:
+    t = cfg["teacher"]
+    model = create(t, cfg, "teacher", **extra)
+    if not t.get("checkpoint"):
+        raise UserError(f"config 'teacher.checkpoint' must point to the trained {t['name']} weights")
+    load_into(model, load_weights(t["checkpoint"]), t["checkpoint"])
+    return freeze(model)
+
+
+class Task(nn.Module):
+    kind = "classify"
+    train_views = "hr"
+    eval_views = "hr"
+    data_free = False
+    ddp_ok = True  # False: the engine all-reduces gradients itself (tasks with inner optimisers)
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+        self.frozen: list[nn.Module] = []
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.frozen:
+            m.eval()
+        return self
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    @staticmethod
+    def batch_size(batch) -> int:
+        return int(batch[0].shape[0])
+
+
+class ClassifyTask(Task):
+    """Supervised classifier (HRVM-Net teacher, ResNet-34, ...): CE with label smoothing."""
+
+    def __init__(self, cfg: dict, num_classes: int):
+        super().__init__(cfg)
+        self.model = create(cfg["model"], cfg, "model", num_classes=num_classes)
+        self.train_views = self.eval_views = cfg["data"]["views"] if cfg["data"]["views"] != "hr_lr" else "hr"
+
+    def forward(self, batch):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.model(x).float(), y, label_smoothing=self.cfg["distill"]["label_smoothing"])
+        return loss, {"ce": loss.detach()}
+
+
+class SRTask(Task):
+    """SR training (SRResNet, DVMSR): L1 on (lr, hr) pairs."""
+    kind = "sr"
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.model = create(cfg["model"], cfg, "model")
+
+    def forward(self, batch):
+        lr, hr = batch
+        return losses.sr_kd(self.model(lr), hr)
+
+
+class DVMSRKDTask(SRTask):
+    """DVMSR student with the teacher's output as extra supervision: L1(S, HR) + lam * L1(S, T)."""
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.teacher = load_teacher(cfg)
+        self.frozen = [self.teacher]
+
+    def forward(self, batch):
+        lr, hr = batch
+        with torch.no_grad():
+            t = self.teacher(lr)
+        return losses.sr_kd(self.model(lr), hr, t, lam=self.cfg["distill"]["lam"])
+
+
+def _hsd_indices(spec) -> list[int] | None:
+    if spec == "all":
+        return None
+    if spec == "last":
+        return [-1]
+    return list(spec)
+
+
+class ViMDTask(Task):
+    """SRVM-Net student on LR, frozen HRVM-Net teacher on HR: CE + alpha * (L_LD + beta * L_HSD)."""
+    train_views = "hr_lr"
+    eval_views = "lr"
+
+    def __init__(self, cfg: dict, num_classes: int):
+        super().__init__(cfg)
+        self.model = create(cfg["model"], cfg, "model", num_classes=num_classes)
+        sr_ckpt = cfg["model"].get("sr_checkpoint")
+        sr = getattr(self.model, "sr", None)
+        if sr_ckpt:
+            if sr is None:
+                raise UserError(f"config 'model.sr_checkpoint': model {cfg['model']['name']} has no SR sub-network")
+            load_into(sr, load_weights(sr_ckpt), sr_ckpt)
+        if sr is not None:
+            self.frozen.append(freeze(sr))
+        d = cfg["distill"]
+        self.alpha = float(d["alpha"])
+        self.indices = _hsd_indices(d["hsd_layers"])
+        if self.alpha:
+            self.teacher = load_teacher(cfg, num_classes=num_classes)
+            self.frozen.append(self.teacher)
+
+    def forward(self, batch):
+        hr, lr, y = batch
+        d = self.cfg["distill"]
+        if not self.alpha:
+            logits = self.model(lr)
+            return losses.vimd(logits, y, None, [], [], alpha=0.0, beta=0.0, temperature=d["temperature"],
+                               label_smoothing=d["label_smoothing"])
+        idx = self.indices if d["beta"] else [-1]
+        with torch.no_grad():
+            t_logits, t_feats = self.teacher.forward_intermediates(hr, idx)
+        s_logits, s_feats = self.model.forward_intermediates(lr, idx)
+        return losses.vimd(s_logits, y, t_logits, s_feats, t_feats, alpha=self.alpha, beta=float(d["beta"]),
+                           temperature=d["temperature"], label_smoothing=d["label_smoothing"], use_ld=d["use_ld"])
+
+
+def _evenly(n: int, k: int) -> list[int]:
+    return [round((i + 1) * n / k) - 1 for i in range(k)]
+
+
+class DFKDTask(Task):
+    """DFKD-FGVC: adversarial data-free distillation; every cycle = gen_steps generator steps
+    (w_bn * prior - L_KD) then student_steps student steps (L_KD + w_mhad L_MHAD + w_sfcl L_SFCL).
+    One engine step is one student step; the generator steps run at the start of each cycle."""
+    data_free = True
+    ddp_ok = False
+
+    def __init__(self, cfg: dict, num_classes: int):
+        super().__init__(cfg)
+        f = cfg["distill"]["dfkd"]
+        self.model = create(cfg["model"], cfg, "model", num_classes=num_classes)
+        self.teacher = load_teacher(cfg, num_classes=num_classes)
+        self.frozen = [self.teacher]
+        size = cfg["data"]["img_size"]
+        self.generator = AttentionGenerator(f["nz"], f["ngf"], size, f["sam_reduction"], f["sam_lambda"])
+        self.gen_opt = torch.optim.Adam(self.generator.parameters(), lr=f["gen_lr"], betas=(0.5, 0.99))
+        probe = torch.rand(2, 3, size, size)
+        with torch.no_grad():
+            n_t = len(self.teacher.forward_intermediates(probe)[1])
+            was = self.model.training
+            self.model.eval()
+            n_s = len(self.model.forward_intermediates(probe)[1])
+            self.model.train(was)
+            k = min(4, n_t, n_s)
+            self.t_idx, self.s_idx = _evenly(n_t, k), _evenly(n_s, k)
+            t_maps = [as_map(m) for m in self.teacher.forward_intermediates(probe, self.t_idx)[1]]
+            self.model.eval()
+            s_maps = [as_map(m) for m in self.model.forward_intermediates(probe, self.s_idx)[1]]
+            self.model.train(was)
+        self.mhad = nn.ModuleList(MixedHighOrderAttention(t.shape[1]) for t in t_maps)
+        self.adapters = nn.ModuleList(nn.Conv2d(s.shape[1], t.shape[1], 1) for s, t in zip(s_maps, t_maps))
+        self.proj_t = projector(t_maps[-1].shape[1], f["proj_dim"])
+        self.proj_s = projector(s_maps[-1].shape[1], f["proj_dim"])
+        self.prior, self.ref_stats = self._build_prior(f)
+        self.cycle_pos = 0
+
+    def _build_prior(self, f: dict):
+        prior = f["prior"]
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.teacher.modules())
+        if prior == "auto":
+            prior = "bn" if has_bn else ("norm_stats" if f["norm_stats"] else "none")
+        if prior == "bn":
+            if not has_bn:
+                raise UserError("config 'distill.dfkd.prior' = bn but the teacher has no BatchNorm layers; "
+                                "use norm_stats with statistics recorded during teacher training")
+            return StatHooks(self.teacher, "bn"), None
+        if prior == "norm_stats":
+            if not f["norm_stats"]:
+                raise UserError("config 'distill.dfkd.norm_stats' must point to the teacher's norm_stats.safetensors")
+            ref = load_weights(f["norm_stats"])
+            hooks = StatHooks(self.teacher, "norm")
+            missing = [n for n in hooks.names if f"{n}.mean" not in ref]
+            if missing:
+                raise UserError(f"{f['norm_stats']} has no statistics for teacher layers {missing[:3]}")
+            return hooks, [(ref[f"{n}.mean"], ref[f"{n}.var"]) for n in hooks.names]
+        return None, None
+
+    def prior_loss(self) -> torch.Tensor:
+        cur = self.prior.pop()
+        stats = []
+        for i, (m, v, mod) in sorted(cur.items()):
+            if self.ref_stats is None:
+                stats.append((m, v, mod.running_mean.float(), mod.running_var.float()))
+            else:
+                rm, rv = self.ref_stats[i]
+                stats.append((m, v, rm.to(m.device), rv.to(m.device)))
+        return losses.bn_stat_loss(stats)
+
+    def _z(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.generator.nz, device=next(self.generator.parameters()).device)
+
+    def generator_steps(self, n: int) -> dict:
+        f = self.cfg["distill"]["dfkd"]
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        comps = {}
+        for _ in range(f["gen_steps"]):
+            x = self.generator(self._z(n))
+            t_logits = self.teacher(x)
+            prior = self.prior_loss() if self.prior is not None else x.new_zeros(())
+            kd = losses.kd_kl(self.model(x), t_logits, 1.0)
+            loss = f["w_bn"] * prior - kd
+            grads = torch.autograd.grad(loss, params)
+            if dist.is_available() and dist.is_initialized():
+                world = dist.get_world_size()
+                for g in grads:
+                    dist.all_reduce(g)
+                    g.div_(world)
+            for p, g in zip(params, grads):
+                p.grad = g
+            self.gen_opt.step()
+            self.gen_opt.zero_grad(set_to_none=True)
+            comps = {"g_prior": prior.detach(), "g_kd": kd.detach()}
+        return comps
+
+    def forward(self, batch):
+        f = self.cfg["distill"]["dfkd"]
+        n = self.cfg["data"]["batch_size"]
+        gen_comps = {}
+        if self.cycle_pos == 0:
+            gen_comps = self.generator_steps(n)
+        self.cycle_pos = (self.cycle_pos + 1) % f["student_steps"]
+        with torch.no_grad():
+            x = self.generator(self._z(n))
+            t_logits, t_maps = self.teacher.forward_intermediates(x, self.t_idx)
+            if self.prior is not None:
+                self.prior.pop()
+        s_logits, s_maps = self.model.forward_intermediates(x, self.s_idx)
+        mh = mhad_loss(t_maps, s_maps, self.mhad, self.adapters)
+        sf = losses.nt_xent(self.proj_t(pre_logits(t_maps[-1]).float()), self.proj_s(pre_logits(s_maps[-1]).float()), f["tau"])
+        loss, comps = losses.dfkd_student(s_logits, t_logits, mh, sf, w_mhad=f["w_mhad"], w_sfcl=f["w_sfcl"])
+        return loss, {**comps, **gen_comps}
+
+    def batch_size(self, batch) -> int:
+        return int(self.cfg["data"]["batch_size"])
+
+    def extra_state(self) -> dict:
+        return {"gen_opt": self.gen_opt.state_dict(), "cycle_pos": self.cycle_pos}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.gen_opt.load_state_dict(state["gen_opt"])
+        self.cycle_pos = int(state["cycle_pos"])
+
+
+def build_task(cfg: dict, num_classes: int | None = None) -> Task:
+    t = cfg["task"]
+    if t == "classify":
+        return ClassifyTask(cfg, num_classes)
+    if t == "sr":
+        return SRTask(cfg)
+    if t == "dvmsr_kd":
+        return DVMSRKDTask(cfg)
+    if t == "vimd":
+        return ViMDTask(cfg, num_classes)
+    if t == "dfkd":
+        return DFKDTask(cfg, num_classes)
+    raise UserError(f"config 'task': unknown task {t!r}")

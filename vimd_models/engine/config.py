@@ -1,0 +1,174 @@
+"""Experiment configs: YAML files merged over DEFAULTS, plus ``key.sub=value`` overrides.
+
+Every key must exist in DEFAULTS (a typo is a UserError naming the key and the file), except under
+the free-form sections listed in FREE_FORM (model keyword arguments).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+TASKS = ("classify", "sr", "vimd", "dvmsr_kd", "dfkd")
+
+DEFAULTS: dict[str, Any] = {
+    "task": "classify",
+    "name": None,                 # run name; default: config file stem
+    "output_dir": "runs",         # the run writes to <output_dir>/<name>/
+    "seed": 0,
+    "backend": None,              # kernel backend passed to every model (None = auto)
+    "device": "cpu",
+    "deterministic": False,       # torch.use_deterministic_algorithms(True)
+    "model": {"name": "vim_micro", "kwargs": {}, "pretrained": None, "sr_checkpoint": None},
+    "teacher": {"name": None, "kwargs": {}, "checkpoint": None},
+    "data": {
+        "dataset": "synthetic",   # synthetic | cub | cars | aircraft | dogs | pets | flowers |
+                                  # indoor67 | stanford40 | folder | sr_folder
+        "root": None,
+        "lr_root": None,          # sr_folder: read LR images from here instead of making them
+        "test_sets": [],          # SR evaluation: list of HR folders (Set5, Set14, ...)
+        "num_classes": 10,        # synthetic only
+        "train_size": 512,        # synthetic only: images per split
+        "val_size": 256,
+        "img_size": 64,           # HR crop size (224 in the papers)
+        "lr_size": 16,            # LR size of the same crop (56 in ViMD)
+        "scale": 4,               # SR upscale factor
+        "patch_size": 64,         # SR training HR patch size
+        "views": "hr",            # hr | lr | hr_lr : which views the classification loader yields
+        "batch_size": 16,
+        "eval_batch_size": 64,
+        "num_workers": 0,
+        "scale_min": 0.35,        # RandomResizedCrop scale range
+        "hflip": True,
+    },
+    "distill": {
+        "alpha": 1.0, "beta": 20.0, "temperature": 4.0, "label_smoothing": 0.1,
+        "hsd_layers": "all",      # all | last | list of layer indices
+        "use_ld": True,
+        "lam": 1.0,               # DVMSR KD weight
+        "dfkd": {
+            "nz": 256, "ngf": 64, "gen_steps": 20, "student_steps": 15,
+            "gen_lr": 1e-3, "w_bn": 0.3, "w_mhad": 10.0, "w_sfcl": 8.0, "tau": 0.07,
+            "prior": "auto",      # auto | bn | norm_stats | none
+            "norm_stats": None,   # path to recorded RMSNorm-input statistics (BN-free teachers)
+            "sam_reduction": 8, "sam_lambda": 0.05, "proj_dim": 128,
+        },
+    },
+    "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9,
+              "betas": [0.9, 0.999], "clip_grad": 5.0},
+    "sched": {"name": "cosine", "warmup_epochs": 1.0, "warmup_lr": 1e-6, "min_lr": 1e-6,
+              "milestones": [], "gamma": 0.5},
+    "train": {
+        "epochs": 10,
+        "steps_per_epoch": None,  # None: one pass over the data; dfkd: required
+        "amp": "none",            # none | bf16
+        "ema": 0.0,               # EMA decay (0 = off); evaluation then uses the EMA weights
+        "ckpt_every": 0,          # also checkpoint every N steps (0 = only at epoch ends)
+        "eval_every": 1,
+        "progress": True,
+        "record_norm_stats": False,  # classify: save the teacher's norm-input statistics
+        "kill_after_step": None,  # testing only: SIGKILL the process after this global step
+    },
+}
+
+FREE_FORM = {("model", "kwargs"), ("teacher", "kwargs")}
+
+
+def _merge(base: dict, new: dict, where: str, path: tuple = ()) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in new.items():
+        key = path + (k,)
+        if k not in base:
+            raise UserError(f"unknown config key '{'.'.join(map(str, key))}' in {where}")
+        if key in FREE_FORM:
+            if v is not None and not isinstance(v, dict):
+                raise UserError(f"config key '{'.'.join(key)}' in {where} must be a mapping")
+            out[k] = dict(v or {})
+        elif isinstance(base[k], dict):
+            if not isinstance(v, dict):
+                raise UserError(f"config key '{'.'.join(key)}' in {where} must be a mapping, got {v!r}")
+            out[k] = _merge(base[k], v, where, key)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``a.b.c=value`` -> nested dict; the value is parsed as YAML (numbers, lists, null...)."""
+    if "=" not in text:
+        raise UserError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    node: dict = {}
+    cur = node
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur[p] = {}
+        cur = cur[p]
+    cur[parts[-1]] = value
+    return node
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> dict:
+    """Defaults <- YAML file (if any) <- overrides; validated; returns a plain nested dict."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        if not os.path.isfile(path):
+            raise UserError(f"config file not found: {path}")
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"invalid YAML in {path}: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config {path} must be a mapping at the top level")
+        cfg = _merge(cfg, data, path)
+        if cfg["name"] is None:
+            cfg["name"] = os.path.splitext(os.path.basename(path))[0]
+    for ov in overrides:
+        cfg = _merge(cfg, parse_override(ov), f"override '{ov}'")
+    if cfg["name"] is None:
+        cfg["name"] = cfg["task"]
+    validate(cfg)
+    return cfg
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise UserError(msg)
+
+
+def validate(cfg: dict) -> None:
+    """Value checks that do not need the models or data."""
+    _check(cfg["task"] in TASKS, f"config 'task' must be one of {TASKS}, got {cfg['task']!r}")
+    d, o, s, t = cfg["data"], cfg["optim"], cfg["sched"], cfg["train"]
+    for k in ("batch_size", "eval_batch_size", "img_size", "lr_size", "scale", "num_classes"):
+        _check(isinstance(d[k], int) and d[k] > 0, f"config 'data.{k}' must be a positive integer, got {d[k]!r}")
+    _check(isinstance(d["num_workers"], int) and d["num_workers"] >= 0, "config 'data.num_workers' must be >= 0")
+    _check(d["views"] in ("hr", "lr", "hr_lr"), f"config 'data.views' must be hr, lr or hr_lr, got {d['views']!r}")
+    _check(isinstance(o["lr"], (int, float)) and o["lr"] > 0, f"config 'optim.lr' must be a positive number, got {o['lr']!r}")
+    _check(o["name"] in ("adamw", "adam", "sgd"), f"config 'optim.name' must be adamw, adam or sgd, got {o['name']!r}")
+    _check(s["name"] in ("cosine", "step", "none"), f"config 'sched.name' must be cosine, step or none, got {s['name']!r}")
+    _check(isinstance(t["epochs"], int) and t["epochs"] > 0, f"config 'train.epochs' must be a positive integer, got {t['epochs']!r}")
+    _check(t["amp"] in ("none", "bf16"), f"config 'train.amp' must be none or bf16, got {t['amp']!r}")
+    _check(isinstance(t["ema"], (int, float)) and 0 <= t["ema"] < 1, "config 'train.ema' must be in [0, 1)")
+    _check(isinstance(t["ckpt_every"], int) and t["ckpt_every"] >= 0, "config 'train.ckpt_every' must be >= 0")
+    spe = t["steps_per_epoch"]
+    _check(spe is None or (isinstance(spe, int) and spe > 0), "config 'train.steps_per_epoch' must be a positive integer or null")
+    hl = cfg["distill"]["hsd_layers"]
+    _check(hl in ("all", "last") or (isinstance(hl, list) and all(isinstance(i, int) for i in hl)),
+           "config 'distill.hsd_layers' must be all, last or a list of layer indices")
+    _check(cfg["distill"]["dfkd"]["prior"] in ("auto", "bn", "norm_stats", "none"),
+           "config 'distill.dfkd.prior' must be auto, bn, norm_stats or none")
+
+
+def dump_config(cfg: dict, path: str) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)

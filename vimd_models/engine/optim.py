@@ -1,0 +1,66 @@
+"""Optimisers, the learning-rate schedule (linear warm-up + cosine / step), and EMA of weights."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..registry import param_groups
+
+
+def build_optimizer(module: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    o = cfg["optim"]
+    groups = [g for g in param_groups(module, float(o["weight_decay"])) if g["params"]]
+    if not groups:
+        raise ValueError("the task has no trainable parameters")
+    if o["name"] == "adamw":
+        return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]))
+    if o["name"] == "adam":
+        return torch.optim.Adam(groups, lr=o["lr"], betas=tuple(o["betas"]))
+    return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=False)
+
+
+def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: dict) -> float:
+    """Learning rate at a global step: linear warm-up from warmup_lr, then cosine to min_lr (or step)."""
+    o, s = cfg["optim"], cfg["sched"]
+    base = float(o["lr"])
+    warm = int(round(float(s["warmup_epochs"]) * steps_per_epoch))
+    if step < warm:
+        return float(s["warmup_lr"]) + (base - float(s["warmup_lr"])) * step / warm
+    if s["name"] == "none":
+        return base
+    if s["name"] == "step":
+        epoch = step // max(1, steps_per_epoch)
+        return base * float(s["gamma"]) ** sum(epoch >= m for m in s["milestones"])
+    t = (step - warm) / max(1, total_steps - warm)
+    return float(s["min_lr"]) + 0.5 * (base - float(s["min_lr"])) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point state (parameters and buffers)."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for k, v in module.state_dict().items():
+            s = self.shadow[k]
+            if v.dtype.is_floating_point:
+                s.mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                s.copy_(v)
+
+    def state_dict(self) -> dict:
+        return dict(self.shadow)
+
+    def load_state_dict(self, sd: dict) -> None:
+        for k in self.shadow:
+            self.shadow[k].copy_(sd[k])
