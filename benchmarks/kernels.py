@@ -177,6 +177,8 @@ def provider_fn(provider: str, op: str, w: Workload, batch: int, device: str) ->
         b = registry.BACKENDS[provider]
         if device not in b.devices:
             raise Unsupported(f"runs on {'/'.join(b.devices)} only")
+        if provider == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise Unsupported("CPU tensors need TRITON_INTERPRET=1 (the interpreter; not a benchmark)")
         missing = [k for k in KERNELS_OF[op] if not registry.kernel_available(k, provider)]
         if missing:
             raise Unsupported(f"unavailable ({', '.join(missing)}): {b.install_hint}")
@@ -418,8 +420,9 @@ def main(argv=None) -> list[dict]:
 def _print_bar(rows: list[dict]) -> None:
     by = {r["provider"]: r for r in rows}
     cpu = by.get("cpu")
-    print("# CPU perf bar: selective_scan fwd+bwd, u=(8, 384, 197), N=16, float32, variable B/C, "
-          "z, D, delta_bias, softplus")
+    r0 = rows[0]
+    print(f"# CPU perf bar: selective_scan fwd+bwd, u=({r0['batch']}, {r0['dim']}, {r0['L']}), "
+          f"N={r0['N']}, {r0['dtype']}, variable B/C, z, D, delta_bias, softplus")
     if cpu is None or math.isnan(cpu["ms"]):
         print(f"#   cpu backend not timed: {cpu['note'] if cpu else 'not requested'}")
         return

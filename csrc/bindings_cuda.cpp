@@ -1,12 +1,17 @@
 // Thin binding layer for the CUDA kernels: argument checks, device guard, current stream, output
 // and workspace allocation, dtype dispatch. The kernels themselves (csrc/cuda) see only plain
 // parameter structs and raw pointers. Called from csrc/bindings.cpp under VIMD_WITH_CUDA.
+//
+// csrc/cuda/emu/emu_ops.cpp includes this file with VIMD_CUDA_EMULATION defined: the same
+// bindings then take CPU tensors and run the kernels under the host emulator (tests, no GPU).
 #include <torch/extension.h>
 
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#ifndef VIMD_CUDA_EMULATION
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 #include <optional>
 #include <tuple>
@@ -20,8 +25,21 @@ using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 namespace vc = vimd::cuda;
 
+#ifdef VIMD_CUDA_EMULATION
+struct DeviceGuard {
+  explicit DeviceGuard(c10::Device) {}
+};
+cudaStream_t current_stream() { return nullptr; }
+bool on_kernel_device(const Tensor& t) { return t.is_cpu(); }
+int sm_count(int64_t) { return 4; }
+#else
+using DeviceGuard = c10::cuda::CUDAGuard;
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+bool on_kernel_device(const Tensor& t) { return t.is_cuda(); }
+#endif
+
 void check_cuda_tensor(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
+  TORCH_CHECK(on_kernel_device(t), name, " must be a CUDA tensor");
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
@@ -146,7 +164,7 @@ std::tuple<Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, const Tensor
   vc::ScanParams p = scan_params(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                                  reverse);
   set_chunks(p, chunk_len);
-  const c10::cuda::CUDAGuard guard(u.device());
+  const DeviceGuard guard(u.device());
   Tensor out = at::empty_like(u);
   Tensor last = at::empty({p.batch, p.dim, p.dstate}, u.options().dtype(at::kFloat));
   Tensor chunk_h, chunk_sum;
@@ -158,7 +176,7 @@ std::tuple<Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, const Tensor
   }
   p.out = out.data_ptr();
   p.last_state = last.data_ptr<float>();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   check_launch(dispatch_io(u.scalar_type(),
                            [&](auto t) { return vc::selective_scan_fwd_launch<decltype(t)>(p, stream); }),
                "selective_scan_fwd_cuda");
@@ -196,7 +214,7 @@ std::vector<OptTensor> selective_scan_bwd_cuda(const Tensor& u, const Tensor& de
   const int64_t n_parts = (p.dim / seg_channels) * p.slabs_per_seg;
   TORCH_CHECK(n_parts <= 0x7fffffff, "too many channel slabs");
 
-  const c10::cuda::CUDAGuard guard(u.device());
+  const DeviceGuard guard(u.device());
   const auto f32 = u.options().dtype(at::kFloat);
   p.dout = dout.data_ptr();
   p.dlast_state = fptr(dlast_state);
@@ -249,7 +267,7 @@ std::vector<OptTensor> selective_scan_bwd_cuda(const Tensor& u, const Tensor& de
     p.chunk_q = chunk_q.data_ptr<float>();
     p.chunk_sum_delta = chunk_sum.data_ptr<float>();
   }
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   check_launch(dispatch_io(u.scalar_type(),
                            [&](auto t) { return vc::selective_scan_bwd_launch<decltype(t)>(p, stream); }),
                "selective_scan_bwd_cuda");
@@ -286,10 +304,10 @@ vc::ConvParams conv_params(const Tensor& x, const Tensor& weight, const OptTenso
 Tensor causal_conv1d_fwd_cuda(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu,
                               bool reverse) {
   vc::ConvParams p = conv_params(x, weight, bias, silu, reverse);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   Tensor out = at::empty_like(x);
   p.out = out.data_ptr();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   check_launch(dispatch_io(x.scalar_type(),
                            [&](auto t) { return vc::causal_conv1d_fwd_launch<decltype(t)>(p, stream); }),
                "causal_conv1d_fwd_cuda");
@@ -302,7 +320,7 @@ std::vector<OptTensor> causal_conv1d_bwd_cuda(const Tensor& x, const Tensor& wei
                                               bool reverse) {
   vc::ConvParams p = conv_params(x, weight, bias, silu, reverse);
   check_io(dout, x, "dout");
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   Tensor dx = at::empty_like(x), dweight = at::empty_like(weight);
   Tensor part = at::empty({p.dim, p.width + 1, static_cast<int64_t>(p.batch) * p.segs},
                           x.options().dtype(at::kFloat));
@@ -315,19 +333,21 @@ std::vector<OptTensor> causal_conv1d_bwd_cuda(const Tensor& x, const Tensor& wei
   p.dx = dx.data_ptr();
   p.dweight = dweight.data_ptr<float>();
   p.part_w = part.data_ptr<float>();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   check_launch(dispatch_io(x.scalar_type(),
                            [&](auto t) { return vc::causal_conv1d_bwd_launch<decltype(t)>(p, stream); }),
                "causal_conv1d_bwd_cuda");
   return {dx, dweight, dbias};
 }
 
+#ifndef VIMD_CUDA_EMULATION
 int sm_count(int64_t device) {
   int n = 0;
   check_launch(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, static_cast<int>(device)),
                "cudaDeviceGetAttribute");
   return n;
 }
+#endif
 
 }  // namespace
 

@@ -7,6 +7,7 @@ Each kernel is two custom ops (forward, backward) whose implementation looks up
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Optional
 
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import checks
-from .registry import kernel_module, resolve
+from .registry import BACKENDS, kernel_module, resolve
 
 # ----------------------------------------------------------------------------- selective scan
 
@@ -158,14 +159,18 @@ def inner_core(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
     return scan(x, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse=reverse)
 
 
+# Backends shipping a fused mixer body, found once at import without importing them, so that a
+# traced call (torch.compile) never runs an import that fails (a failing import is a graph break).
+_FUSED_BACKENDS = frozenset(
+    b for b in BACKENDS if b != "ref"
+    and importlib.util.find_spec(f"vimd_kernels.mamba_inner.{b}") is not None)
+
+
 def _fused_core(backend: str):
     """A backend may ship a fused mixer body in vimd_kernels/mamba_inner/<backend>.py (``core``)."""
-    if backend == "ref":
+    if backend not in _FUSED_BACKENDS:
         return None
-    try:
-        return importlib.import_module(f"vimd_kernels.mamba_inner.{backend}").core
-    except ModuleNotFoundError:
-        return None
+    return importlib.import_module(f"vimd_kernels.mamba_inner.{backend}").core
 
 
 def _core(backend, xz, *args):

@@ -81,6 +81,9 @@ def resolve(backend: str | None, device: torch.device) -> str:
                          f"(it runs on {', '.join(b.devices)})")
     if not b.available():
         raise RuntimeError(f"backend {backend!r} is not available here: {b.install_hint}")
+    if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("backend 'triton' runs on CPU tensors only under the interpreter: "
+                           "set TRITON_INTERPRET=1 (or move the tensors to a GPU)")
     return backend
 
 

@@ -112,7 +112,13 @@ def _cmd_bench(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
+    parser = _parser()
+    a, rest = parser.parse_known_args(argv)
+    if rest:  # overrides may come after options: vimd eval cfg --weights w data.root=...
+        if a.cmd in ("train", "eval") and all("=" in r and not r.startswith("-") for r in rest):
+            a.overrides = list(a.overrides) + rest
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if a.cmd == "train":
             return _cmd_train(a)

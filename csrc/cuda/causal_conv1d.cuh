@@ -128,15 +128,14 @@ __global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(ConvParams p) {
 template <typename T>
 cudaError_t causal_conv1d_fwd_launch(const ConvParams& p, cudaStream_t stream) {
   const long long threads = static_cast<long long>(p.batch) * p.dim * p.segs;
-  conv_fwd_kernel<T><<<ceil_div(threads, kConvThreads), kConvThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_kernel(conv_fwd_kernel<T>, ceil_div(threads, kConvThreads), kConvThreads, 0, stream, p);
 }
 
 template <typename T>
 cudaError_t causal_conv1d_bwd_launch(const ConvParams& p, cudaStream_t stream) {
   const long long threads = static_cast<long long>(p.batch) * p.dim * p.segs;
-  conv_bwd_kernel<T><<<ceil_div(threads, kConvThreads), kConvThreads, 0, stream>>>(p);
-  cudaError_t err = cudaGetLastError();
+  cudaError_t err = launch_kernel(conv_bwd_kernel<T>, ceil_div(threads, kConvThreads), kConvThreads, 0,
+                                  stream, p);
   if (err != cudaSuccess) return err;
   // part_w is (dim, W + 1, J): per channel W rows of dweight partials, then one of dbias.
   const int J = p.batch * p.segs;

@@ -61,5 +61,16 @@ __device__ __forceinline__ void warp_scan_affine_down(float& a, float& b, int la
 
 inline unsigned ceil_div(long long a, long long b) { return static_cast<unsigned>((a + b - 1) / b); }
 
+// Every launch goes through here (csrc/cuda/emu/ replaces it to run the kernels on the CPU).
+#ifndef VIMD_CUDA_EMULATION
+template <typename... Params, typename... Args>
+inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                 cudaStream_t stream, Args... args) {
+  kernel<<<grid, block, smem, stream>>>(args...);
+  return cudaGetLastError();
+}
+#define VIMD_DYNAMIC_SMEM(type, name) extern __shared__ type name[]
+#endif
+
 }  // namespace cuda
 }  // namespace vimd

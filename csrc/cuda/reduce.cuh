@@ -37,8 +37,8 @@ inline cudaError_t reduce_inner(const float* part, float* out, long long O, int 
                                 cudaStream_t stream) {
   if (O * R <= 0) return cudaSuccess;
   constexpr int kThreads = 256;
-  reduce_inner_kernel<<<ceil_div(O * R * 32, kThreads), kThreads, 0, stream>>>(part, out, O, R, S, J);
-  return cudaGetLastError();
+  return launch_kernel(reduce_inner_kernel, ceil_div(O * R * 32, kThreads), kThreads, 0, stream, part, out,
+                       O, R, S, J);
 }
 
 // out[i] = sum_{j < J} part[i * J + j]
@@ -51,8 +51,8 @@ inline cudaError_t reduce_middle(const float* part, float* out, long long O, int
                                  cudaStream_t stream) {
   if (O * R <= 0) return cudaSuccess;
   constexpr int kThreads = 256;
-  reduce_middle_kernel<<<ceil_div(O * R, kThreads), kThreads, 0, stream>>>(part, out, O, J, R);
-  return cudaGetLastError();
+  return launch_kernel(reduce_middle_kernel, ceil_div(O * R, kThreads), kThreads, 0, stream, part, out, O,
+                       J, R);
 }
 
 }  // namespace

@@ -40,7 +40,9 @@ __device__ __forceinline__ void load_items(const T* __restrict__ row, int t, int
 #pragma unroll
     for (int k = 0; k < ItemWords<T>::kWords; ++k) w.words[k] = src[k];
 #pragma unroll
-    for (int i = 0; i < kScanItems; ++i) v[i] = to_float(w.items[reverse ? kScanItems - 1 - i : i]);
+    for (int i = 0; i < kScanItems; ++i) {  // both indices compile-time: w stays in registers
+      v[i] = reverse ? to_float(w.items[kScanItems - 1 - i]) : to_float(w.items[i]);
+    }
     return;
   }
 #pragma unroll
@@ -56,7 +58,9 @@ __device__ __forceinline__ void store_items(T* __restrict__ row, int t, int t_en
   if (whole_words(row, t, t_end, L, reverse)) {
     ItemWords<T> w;
 #pragma unroll
-    for (int i = 0; i < kScanItems; ++i) w.items[reverse ? kScanItems - 1 - i : i] = from_float<T>(v[i]);
+    for (int i = 0; i < kScanItems; ++i) {
+      w.items[i] = from_float<T>(reverse ? v[kScanItems - 1 - i] : v[i]);
+    }
     uint4* dst = reinterpret_cast<uint4*>(row + (reverse ? L - t - kScanItems : t));
 #pragma unroll
     for (int k = 0; k < ItemWords<T>::kWords; ++k) dst[k] = w.words[k];
@@ -140,12 +144,8 @@ __global__ void scan_combine_kernel(ScanParams p) {
 inline cudaError_t scan_combine(const ScanParams& p, bool adjoint, cudaStream_t stream) {
   constexpr int kThreads = 256;
   const unsigned blocks = ceil_div(static_cast<long long>(p.batch) * p.dim * p.dstate, kThreads);
-  if (adjoint) {
-    scan_combine_kernel<true><<<blocks, kThreads, 0, stream>>>(p);
-  } else {
-    scan_combine_kernel<false><<<blocks, kThreads, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
+  return adjoint ? launch_kernel(scan_combine_kernel<true>, blocks, kThreads, 0, stream, p)
+                 : launch_kernel(scan_combine_kernel<false>, blocks, kThreads, 0, stream, p);
 }
 
 }  // namespace

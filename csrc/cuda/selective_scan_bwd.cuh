@@ -53,7 +53,7 @@ struct RowInputs {
 // Phase 1 (several tiles only): tile-local end state (from h = 0), tile-local adjoint leaving
 // the tile's start (from g = 0 at its end), and sum of delta, per (batch, channel, tile, state).
 template <typename T>
-__global__ __launch_bounds__(kScanWarps * 32) void scan_bwd_summary_kernel(ScanParams p) {
+__global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_kernel(ScanParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int d = blockIdx.x * kScanWarps + warp;
   if (d >= p.dim) return;
@@ -98,8 +98,8 @@ __global__ __launch_bounds__(kScanWarps * 32) void scan_bwd_summary_kernel(ScanP
 
 // Phase 3: all gradients. Block = (channel slab inside one B/C group segment, batch, tile).
 template <typename T>
-__global__ __launch_bounds__(kScanWarps * 32) void scan_bwd_kernel(ScanParams p) {
-  extern __shared__ float acc[];                   // (2, N, kScanTile) when B or C is grouped
+__global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_kernel(ScanParams p) {
+  VIMD_DYNAMIC_SMEM(float, acc);                   // (2, N, kScanTile) when B or C is grouped
   __shared__ float red[kScanWarps][2][kScanTile];  // one state's dB/dC per warp, to be summed
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = blockIdx.y, c = blockIdx.z;
@@ -274,9 +274,9 @@ cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream) 
   cudaError_t err;
   const dim3 block(kScanWarps * 32);
   if (p.n_chunks > 1) {
-    scan_bwd_summary_kernel<T><<<dim3(ceil_div(p.dim, kScanWarps), p.batch, p.n_chunks), block, 0,
-                                 stream>>>(p);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    err = launch_kernel(scan_bwd_summary_kernel<T>, dim3(ceil_div(p.dim, kScanWarps), p.batch, p.n_chunks),
+                        block, 0, stream, p);
+    if (err != cudaSuccess) return err;
     if ((err = scan_combine(p, false, stream)) != cudaSuccess) return err;
     if ((err = scan_combine(p, true, stream)) != cudaSuccess) return err;
   }
@@ -289,8 +289,8 @@ cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream) 
   }
   const int segs = p.dim / p.seg_channels;
   const unsigned n_parts = static_cast<unsigned>(segs * p.slabs_per_seg);
-  scan_bwd_kernel<T><<<dim3(n_parts, p.batch, p.n_chunks), block, smem, stream>>>(p);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  err = launch_kernel(scan_bwd_kernel<T>, dim3(n_parts, p.batch, p.n_chunks), block, smem, stream, p);
+  if (err != cudaSuccess) return err;
 
   const int J = p.batch * p.n_chunks;
   const long long DN = static_cast<long long>(p.dim) * p.dstate;

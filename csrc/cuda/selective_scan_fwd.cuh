@@ -18,7 +18,7 @@ namespace cuda {
 namespace {
 
 template <typename T, bool kSummary>
-__global__ __launch_bounds__(kScanWarps * 32) void scan_fwd_kernel(ScanParams p) {
+__global__ __launch_bounds__(kScanWarps * 32, 4) void scan_fwd_kernel(ScanParams p) {
   __shared__ float carry_smem[kScanWarps][kScanMaxState];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int d = blockIdx.x * kScanWarps + warp;
@@ -121,14 +121,12 @@ cudaError_t selective_scan_fwd_launch(const ScanParams& p, cudaStream_t stream) 
   const dim3 grid(ceil_div(p.dim, kScanWarps), p.batch, p.n_chunks);
   const dim3 block(kScanWarps * 32);
   if (p.n_chunks > 1) {
-    scan_fwd_kernel<T, true><<<grid, block, 0, stream>>>(p);
-    cudaError_t err = cudaGetLastError();
+    cudaError_t err = launch_kernel(scan_fwd_kernel<T, true>, grid, block, 0, stream, p);
     if (err != cudaSuccess) return err;
     err = scan_combine(p, /*adjoint=*/false, stream);
     if (err != cudaSuccess) return err;
   }
-  scan_fwd_kernel<T, false><<<grid, block, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_kernel(scan_fwd_kernel<T, false>, grid, block, 0, stream, p);
 }
 
 }  // namespace cuda

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,6 +22,9 @@ def backend_param(name: str, kernel: str, *case, tiny: bool = True):
         marks.append(pytest.mark.interpret)
     if not kernel_available(kernel, name):
         marks.append(pytest.mark.skip(reason=f"backend {name!r} has no {kernel} here"))
+    elif name == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        # these tests use CPU tensors: Triton runs them only in the interpreter, even on a GPU machine
+        marks.append(pytest.mark.skip(reason="CPU tensors: Triton needs TRITON_INTERPRET=1"))
     flat = [x for c in case for x in (c if isinstance(c, tuple) else (c,))]
     ident = "-".join([name] + [str(c) for c in flat])
     return pytest.param(name, *case, marks=marks, id=ident)

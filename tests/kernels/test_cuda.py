@@ -303,3 +303,17 @@ def test_mixer_paths_match_reference(bidirectional, L):
     for k in got:
         assert_close(got[k].grad, ref[k].grad, "scan", torch.float32, f"d{k}",
                      scale=reduction_scale(batch * L))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("reverse", (False, True))
+def test_custom_ops_opcheck_cuda(reverse):
+    """The vimd:: custom ops with backend "cuda" pass torch.library.opcheck (fake impls, autograd)."""
+    case = ScanCase(2, 8, 300, 16, b_kind="g2", initial_state=True, reverse=reverse)
+    x = leaves(_to_cuda(scan_inputs(case)))
+    torch.library.opcheck(ops._selective_scan_fwd,
+                          (*[x[k] for k in SCAN_NAMES], True, reverse, "cuda"))
+    xc = torch.randn(2, 8, 300, device="cuda", requires_grad=True)
+    w = torch.randn(8, 4, device="cuda", requires_grad=True)
+    b = torch.randn(8, device="cuda", requires_grad=True)
+    torch.library.opcheck(ops._causal_conv1d_fwd, (xc, w, b, True, reverse, "cuda"))

@@ -173,3 +173,16 @@ def test_bimamba_inner_rejects_mismatched_backward_branch(name, kw):
                          bw["delta_proj_weight_b"], bw["A_b"], bw["D_b"], bw["delta_bias_b"],
                          a["out_proj_weight"], backend="ref")
     assert name in str(info.value)
+
+
+def test_explicit_backend_that_is_missing_says_how_to_install(monkeypatch):
+    """Independent of what is built here: pretend the C++ extension is missing."""
+    import dataclasses
+
+    from vimd_kernels import registry
+    missing = dataclasses.replace(registry.BACKENDS["cpu"], available=lambda: False)
+    monkeypatch.setitem(registry.BACKENDS, "cpu", missing)
+    x, w = torch.randn(1, 2, 5), torch.randn(2, 3)
+    with pytest.raises(RuntimeError, match="pip install") as info:
+        causal_conv1d_fn(x, w, backend="cpu")
+    assert "'cpu'" in str(info.value)

@@ -344,7 +344,7 @@ def _plan(u: Tensor, A: Tensor, B: Tensor, C: Tensor) -> _Plan:
     B_kind, B_G = _bc_kind(B)
     C_kind, C_G = _bc_kind(C)
     BT = TUNE["block_t"] or min(32, pow2(L, 2))
-    BD = TUNE["block_d"] or max(1, min(pow2(dim), 4096 // (NP * BT), 16))
+    BD = TUNE["block_d"] or max(1, min(pow2(dim), 2048 // (NP * BT), 16))
     for G in (B_G, C_G):
         if G > 1:  # a block of channels must lie inside one group
             BD = _largest_pow2_divisor(dim // G, BD)

@@ -50,6 +50,9 @@ def _gauss(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
 def ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> torch.Tensor:
     """Per-image SSIM on Y (Wang et al. 2004: 11x11 Gaussian, sigma 1.5, K=(0.01, 0.03), L=255, valid)."""
     y1, y2 = _prep(sr, hr, border)
+    if min(y1.shape[-2:]) < 11:
+        raise ValueError(f"SSIM needs images of at least 11x11 after the {border}-pixel border crop, "
+                         f"got {tuple(y1.shape[-2:])}")
     w = _gauss(device=y1.device)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mu1, mu2 = F.conv2d(y1, w), F.conv2d(y2, w)

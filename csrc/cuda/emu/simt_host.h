@@ -1,0 +1,128 @@
+// Host emulation of the CUDA built-ins used by csrc/cuda, so the very same kernel templates run
+// on the CPU (tests without a GPU; see tests/kernels/test_cuda.py). Include this BEFORE the kernels.
+//
+// Every CUDA thread of a block is one std::thread; blocks run one after another (so `__shared__`
+// can be a function-local static). Warp shuffles and __syncwarp are barriers over the 32 lanes of
+// a warp, __syncthreads one over the block. Slow (thousands of context switches): tiny shapes only.
+// Not a GPU model: it checks indexing, data flow and arithmetic, not timing or memory ordering.
+#pragma once
+
+#define VIMD_CUDA_EMULATION 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <memory>
+#include <thread>
+#include <vector>
+
+namespace vimd_emu {
+
+struct Warp {
+  explicit Warp(int lanes) : bar(lanes) {}
+  std::barrier<> bar;
+  float vals[32] = {};
+};
+
+struct ThreadCtx {
+  uint3 thread{}, block{};
+  Warp* warp = nullptr;
+  std::barrier<>* block_bar = nullptr;
+};
+
+inline thread_local ThreadCtx ctx;
+inline dim3 grid_dim, block_dim;
+inline std::vector<unsigned char> dynamic_smem;
+
+inline int lane() { return static_cast<int>(ctx.thread.x % 32); }
+
+inline float exchange(float v, int src) {
+  Warp& w = *ctx.warp;
+  w.vals[lane()] = v;
+  w.bar.arrive_and_wait();
+  const float r = w.vals[src];
+  w.bar.arrive_and_wait();
+  return r;
+}
+
+// Runs kernel(args...) over the grid; blocks in order, the threads of a block concurrently.
+template <typename... Params, typename... Args>
+cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Args... args) {
+  if (block.y != 1 || block.z != 1 || block.x % 32 != 0) return cudaErrorInvalidValue;
+  grid_dim = grid;
+  block_dim = block;
+  dynamic_smem.assign(smem + 16, 0);
+  const int nthreads = static_cast<int>(block.x);
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        std::barrier<> block_bar(nthreads);
+        std::vector<std::unique_ptr<Warp>> warps;
+        for (int w = 0; w < nthreads / 32; ++w) warps.push_back(std::make_unique<Warp>(32));
+        std::vector<std::thread> threads;
+        threads.reserve(nthreads);
+        for (int t = 0; t < nthreads; ++t) {
+          threads.emplace_back([&, t] {
+            ctx.thread = uint3{static_cast<unsigned>(t), 0, 0};
+            ctx.block = uint3{bx, by, bz};
+            ctx.warp = warps[t / 32].get();
+            ctx.block_bar = &block_bar;
+            kernel(args...);
+            // A finished thread stops counting toward later barriers of its warp and block.
+            ctx.warp->bar.arrive_and_drop();
+            block_bar.arrive_and_drop();
+          });
+        }
+        for (auto& th : threads) th.join();
+      }
+  return cudaSuccess;
+}
+
+}  // namespace vimd_emu
+
+#define threadIdx (vimd_emu::ctx.thread)
+#define blockIdx (vimd_emu::ctx.block)
+#define blockDim (vimd_emu::block_dim)
+#define gridDim (vimd_emu::grid_dim)
+#define VIMD_DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(vimd_emu::dynamic_smem.data())
+
+inline float __expf(float x) { return std::exp(x); }
+inline void __syncwarp(unsigned = 0xffffffffu) { vimd_emu::ctx.warp->bar.arrive_and_wait(); }
+inline void __syncthreads() { vimd_emu::ctx.block_bar->arrive_and_wait(); }
+inline float __shfl_sync(unsigned, float v, int src) { return vimd_emu::exchange(v, src); }
+inline float __shfl_up_sync(unsigned, float v, int off) {
+  const int l = vimd_emu::lane();
+  return vimd_emu::exchange(v, l >= off ? l - off : l);
+}
+inline float __shfl_down_sync(unsigned, float v, int off) {
+  const int l = vimd_emu::lane();
+  return vimd_emu::exchange(v, l + off < 32 ? l + off : l);
+}
+inline float __shfl_xor_sync(unsigned, float v, int mask) {
+  return vimd_emu::exchange(v, vimd_emu::lane() ^ mask);
+}
+using std::min;
+using std::max;
+
+namespace vimd {
+namespace cuda {
+template <typename... Params, typename... Args>
+inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                 cudaStream_t, Args... args) {
+  return vimd_emu::launch(kernel, grid, block, smem, args...);
+}
+}  // namespace cuda
+}  // namespace vimd
+
+// The one runtime call the launchers make besides launches (raising the shared-memory limit).
+extern "C" inline cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }

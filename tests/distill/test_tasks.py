@@ -1,0 +1,120 @@
+"""Each task object on micro models: losses have the right components, gradients reach exactly the
+trainable parts, teachers stay frozen; and a short engine run of each writes its outputs."""
+import os
+
+import pytest
+import torch
+
+import vimd_models
+from vimd_models.distill.tasks import build_task
+from vimd_models.engine.checkpoint import save_weights
+from vimd_models.engine.config import load_config
+from vimd_models.engine.errors import UserError
+from vimd_models.engine.trainer import train
+
+VIM = {"embed_dim": 16, "depth": 2, "d_state": 4, "patch_size": 8, "stride": 8, "img_size": 32}
+VIM_KW = "{embed_dim: 16, depth: 2, d_state: 4, patch_size: 8, stride: 8, img_size: 32}"
+SMALL = ["backend=ref", "data.img_size=32", "data.lr_size=8", "data.num_classes=4", "data.train_size=8",
+         "data.val_size=4", "data.batch_size=4", "data.eval_batch_size=4", "train.epochs=1", "train.progress=false"]
+
+
+def _teacher(tmp_path, name, **kw):
+    m = vimd_models.create_model(name, **kw)
+    path = str(tmp_path / f"{name}.safetensors")
+    save_weights(path, m.state_dict())
+    return m, path
+
+
+def _grads(module):
+    return {n for n, p in module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def test_vimd_task_gradients_and_components(tmp_path):
+    t, tp = _teacher(tmp_path, "hrvm_net", num_classes=4, **VIM)
+    cfg = load_config(None, SMALL + ["task=vimd", "model.name=srvm_net",
+                                     "model.kwargs={sr_arch: srresnet_micro, img_size: 32, embed_dim: 16, depth: 2, "
+                                     "d_state: 4, patch_size: 8, stride: 8}",
+                                     "teacher.name=hrvm_net", f"teacher.kwargs={VIM_KW}", f"teacher.checkpoint={tp}"])
+    task = build_task(cfg, num_classes=4).train()
+    assert not task.teacher.training and not task.model.sr.training
+    torch.testing.assert_close(task.teacher.head.weight, t.head.weight)
+    hr, lr, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 8, 8), torch.tensor([0, 3])
+    loss, comps = task((hr, lr, y))
+    assert set(comps) == {"ce", "ld", "hsd"} and comps["hsd"] > 0
+    loss.backward()
+    g = _grads(task)
+    assert any(n.startswith("model.classifier.") for n in g)
+    assert not any(n.startswith(("model.sr.", "teacher.")) for n in g)
+    # released-code preset: last layer only, no L_LD
+    cfg["distill"].update(hsd_layers="last", use_ld=False, beta=5.0)
+    loss2, comps2 = build_task(cfg, num_classes=4)((hr, lr, y))
+    assert comps2["ld"] == 0
+
+
+def test_vimd_needs_teacher_checkpoint():
+    cfg = load_config(None, SMALL + ["task=vimd", "model.name=srvm_net",
+                                     "model.kwargs={sr_arch: srresnet_micro, img_size: 32, embed_dim: 16, depth: 2, "
+                                     "patch_size: 8}", "teacher.name=hrvm_net"])
+    with pytest.raises(UserError, match="teacher.checkpoint"):
+        build_task(cfg, num_classes=4)
+
+
+def test_dvmsr_kd_step(tmp_path):
+    _, tp = _teacher(tmp_path, "dvmsr_micro", embed_dim=8, depths=(1,))
+    cfg = load_config(None, SMALL + ["task=dvmsr_kd", "model.name=dvmsr_micro", "teacher.name=dvmsr_micro",
+                                     "teacher.kwargs={embed_dim: 8, depths: [1]}", f"teacher.checkpoint={tp}"])
+    task = build_task(cfg)
+    loss, comps = task((torch.rand(2, 3, 6, 6), torch.rand(2, 3, 24, 24)))
+    assert set(comps) == {"l1", "kd"}
+    loss.backward()
+    assert _grads(task) and not any(n.startswith("teacher.") for n in _grads(task))
+
+
+def test_dfkd_bn_prior_cycle(tmp_path):
+    _, tp = _teacher(tmp_path, "resnet_micro", num_classes=4)
+    cfg = load_config(None, SMALL + ["task=dfkd", "model.name=resnet_micro", "teacher.name=resnet_micro",
+                                     f"teacher.checkpoint={tp}", "distill.dfkd={nz: 8, ngf: 4, gen_steps: 2, "
+                                     "student_steps: 2, proj_dim: 8}"])
+    task = build_task(cfg, num_classes=4).train()
+    assert task.prior is not None and task.ref_stats is None  # BN teacher -> BN prior
+    g0 = task.generator.fc.weight.detach().clone()
+    loss, comps = task((None,))
+    assert {"kd", "mhad", "sfcl", "g_prior", "g_kd"} <= set(comps) and comps["g_prior"] > 0
+    assert not torch.equal(g0, task.generator.fc.weight)  # the generator stepped
+    loss.backward()
+    g = _grads(task)
+    assert any(n.startswith("model.") for n in g) and any(n.startswith("adapters.") for n in g)
+    assert not any(n.startswith(("teacher.", "generator.")) for n in g)
+    g1 = task.generator.fc.weight.detach().clone()
+    _, comps = task((None,))  # second student step of the cycle: no generator steps
+    assert "g_kd" not in comps and torch.equal(g1, task.generator.fc.weight)
+
+
+def test_dfkd_bn_free_teacher_uses_recorded_norm_stats(tmp_path):
+    # train a ViM teacher one step with record_norm_stats, then distill it data-free
+    out = str(tmp_path / "runs")
+    res = train(load_config(None, SMALL + [f"output_dir={out}", "name=t", "model.name=hrvm_net", f"model.kwargs={VIM_KW}",
+                                           "train.record_norm_stats=true"]))
+    stats = os.path.join(res["run_dir"], "norm_stats.safetensors")
+    assert os.path.isfile(stats)
+    base = SMALL + ["task=dfkd", "model.name=resnet_micro", "teacher.name=hrvm_net", f"teacher.kwargs={VIM_KW}",
+                    f"teacher.checkpoint={res['run_dir']}/model.safetensors"]
+    with pytest.raises(UserError, match="BatchNorm"):
+        build_task(load_config(None, base + ["distill.dfkd.prior=bn"]), num_classes=4)
+    cfg = load_config(None, base + ["distill.dfkd={nz: 8, ngf: 4, gen_steps: 1, student_steps: 3, proj_dim: 8}",
+                                    f"distill.dfkd.norm_stats={stats}", "train.steps_per_epoch=2",
+                                    f"output_dir={out}", "name=s"])
+    task = build_task(cfg, num_classes=4)
+    assert task.ref_stats is not None and len(task.ref_stats) == len(task.prior.names) > 0
+    r = train(cfg)
+    assert {"train_kd", "train_mhad", "train_sfcl", "train_g_prior", "val_top1"} <= set(r["last"])
+
+
+def test_sr_run_writes_outputs(tmp_path):
+    cfg = load_config(None, SMALL + ["task=sr", "model.name=dvmsr_micro", "model.kwargs={embed_dim: 8, depths: [1]}",
+                                     "data.patch_size=32", f"output_dir={tmp_path}", "name=sr", "train.ema=0.5"])
+    r = train(cfg)
+    for f in ("config.yaml", "checkpoint.safetensors", "summary.csv", "curves.png", "model.safetensors", "best.safetensors"):
+        assert os.path.isfile(os.path.join(r["run_dir"], f)), f
+    assert r["last"]["val_psnr"] > 5 and 0 < r["last"]["val_ssim"] <= 1
+    assert load_config(os.path.join(r["run_dir"], "config.yaml"))["model"]["kwargs"] == {"embed_dim": 8, "depths": [1]}

@@ -1,0 +1,151 @@
+import glob
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from vimd_models.engine.checkpoint import load_into, load_state, load_weights, save_state, save_weights
+from vimd_models.engine.config import load_config, parse_override
+from vimd_models.engine.errors import UserError
+from vimd_models.engine.metrics import psnr_y, rgb_to_y, ssim_y, topk_correct
+from vimd_models.engine.optim import lr_at
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# ---- config -------------------------------------------------------------------------------------
+def test_every_shipped_config_loads():
+    files = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+    assert len(files) >= 10
+    for f in files:
+        cfg = load_config(f)
+        assert cfg["name"] == os.path.splitext(os.path.basename(f))[0]
+
+
+def test_config_errors_name_the_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train: {epohcs: 3}\n")
+    with pytest.raises(UserError, match=r"unknown config key 'train.epohcs' in .*c.yaml"):
+        load_config(str(p))
+    with pytest.raises(UserError, match="optim.lr"):
+        load_config(None, ["optim.lr=-1"])
+    with pytest.raises(UserError, match="'task'"):
+        load_config(None, ["task=distill_everything"])
+    with pytest.raises(UserError, match="key.sub=value"):
+        load_config(None, ["epochs"])
+    p.write_text("train: [1, 2\n")
+    with pytest.raises(UserError, match="invalid YAML"):
+        load_config(str(p))
+    assert parse_override("a.b=[1, 2]") == {"a": {"b": [1, 2]}}
+    cfg = load_config(None, ["model.kwargs={depth: 3}", "data.batch_size=7"])
+    assert cfg["model"]["kwargs"] == {"depth": 3} and cfg["data"]["batch_size"] == 7
+
+
+def test_schedule_warmup_then_cosine():
+    cfg = load_config(None, ["optim.lr=1.0", "sched.warmup_epochs=1", "sched.warmup_lr=0", "sched.min_lr=0"])
+    assert lr_at(0, 100, 10, cfg) == 0 and lr_at(5, 100, 10, cfg) == pytest.approx(0.5)
+    assert lr_at(10, 100, 10, cfg) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, cfg) == pytest.approx(0.5)
+    assert lr_at(100, 100, 10, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+def test_state_roundtrip_with_optimizer(tmp_path):
+    m = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(m.parameters(), lr=0.1)
+    m(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"model": m.state_dict(), "opt": opt.state_dict(), "pos": {"epoch": 1, "x": [1.5, None, "a"]},
+             "rng": torch.get_rng_state()}
+    path = str(tmp_path / "s.safetensors")
+    save_state(path, state, {"task": "t"})
+    back, meta = load_state(path)
+    assert meta == {"task": "t"} and back["pos"] == state["pos"]
+    assert torch.equal(back["rng"], state["rng"])
+    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.1)
+    opt2.load_state_dict(back["opt"])  # int keys came back as ints
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    with safe_open(path, "pt") as f:  # a plain safetensors file: no pickle anywhere
+        assert "pos" not in f.keys()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path):
+    path = str(tmp_path / "s.safetensors")
+    save_state(path, {"model": torch.nn.Linear(3, 2).state_dict()})
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(UserError, match="corrupt"):
+        load_state(path)
+    with pytest.raises(UserError, match="not found"):
+        load_state(str(tmp_path / "missing.safetensors"))
+    w = str(tmp_path / "w.safetensors")
+    save_weights(w, torch.nn.Linear(3, 2).state_dict())
+    with pytest.raises(UserError, match=r"shape mismatch: weight \(2, 3\) vs \(4, 3\)"):
+        load_into(torch.nn.Linear(3, 4), load_weights(w), w)
+    with pytest.raises(UserError, match="missing keys: 1.weight"):
+        load_into(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)), {"0." + k: v for k, v in load_weights(w).items()}, w)
+    open(w, "wb").write(b"\x00" * 32)
+    with pytest.raises(UserError, match="corrupt"):
+        load_weights(w)
+    pickled = str(tmp_path / "p.safetensors")
+    torch.save({"a": 1}, pickled)  # a pickle under a safetensors name is refused, never unpickled
+    with pytest.raises(UserError):
+        load_state(pickled)
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+def test_psnr_ssim_y():
+    hr = torch.rand(2, 3, 24, 24)
+    assert torch.isinf(psnr_y(hr, hr, 0)).logical_not().all()  # capped, finite
+    sr = (hr + 10 / 255).clamp(0, 1)
+    y1, y2 = rgb_to_y((sr * 255).round() / 255), rgb_to_y((hr * 255).round() / 255)
+    mse = (y1 - y2)[..., 4:-4, 4:-4].pow(2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(psnr_y(sr, hr, 4), 10 * torch.log10(255 ** 2 / mse))
+    torch.testing.assert_close(ssim_y(hr, hr, 4), torch.ones(2, dtype=torch.float64))
+    assert (ssim_y(torch.rand(2, 3, 24, 24), hr, 4) < 0.5).all()
+    assert rgb_to_y(torch.ones(1, 3, 1, 1)).item() == pytest.approx(235.0) and rgb_to_y(torch.zeros(1, 3, 1, 1)).item() == 16.0
+
+
+def test_topk():
+    logits = torch.tensor([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05]])
+    assert topk_correct(logits, torch.tensor([2, 0]), (1, 2, 5)) == {"top1": 1, "top2": 2, "top5": 2}
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+def _cli(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "vimd_models.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["train", "configs/nope.yaml"], "config file not found"),
+    (["train", "configs/demo_teacher.yaml", "train.epohcs=2"], "unknown config key 'train.epohcs'"),
+    (["train", "configs/demo_teacher.yaml", "model.name=vim_nano"], "unknown model 'vim_nano'"),
+    (["train", "configs/hrvm_cub.yaml", "data.root=/nonexistent/CUB"], "CUB-200-2011 folder not found: /nonexistent/CUB"),
+    (["train", "configs/demo_teacher.yaml", "data.batch_size=0"], "data.batch_size"),
+    (["eval", "configs/demo_teacher.yaml", "--weights", "/nonexistent.safetensors"], "weights file not found"),
+])
+def test_cli_user_errors_are_one_line(args, msg, tmp_path):
+    r = _cli(*args, f"output_dir={tmp_path}" if args[0] == "train" else "output_dir=x", cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and msg in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_cli_train_then_eval(tmp_path):
+    common = ["model.kwargs={embed_dim: 16, depth: 1, d_state: 4, patch_size: 8, stride: 8, img_size: 32}",
+              "data.img_size=32", "data.train_size=16", "data.val_size=8", "data.batch_size=8", "train.epochs=1",
+              "train.progress=false", f"output_dir={tmp_path}", "name=t", "backend=ref"]
+    r = _cli("train", "configs/demo_teacher.yaml", *common, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "val_top1" in r.stdout
+    e = _cli("eval", "configs/demo_teacher.yaml", *common, "--weights", str(tmp_path / "t" / "model.safetensors"), cwd=ROOT)
+    assert e.returncode == 0, e.stderr
+    top1 = float(e.stdout.split("top1:")[1].split()[0])
+    assert 0 <= top1 <= 100 and not math.isnan(top1)
