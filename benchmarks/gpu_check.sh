@@ -41,7 +41,7 @@ if has peers; then
   peers=(.carry/peers/*.tar.gz)
   if [ ${#peers[@]} -gt 0 ]; then
     # Their own builds, for this GPU only; never part of this repository.
-    ( MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE TORCH_CUDA_ARCH_LIST="${ARCH:0:1}.${ARCH:1}" \
+    ( MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" \
       MAX_JOBS=$MAX_JOBS $PY -m pip install --no-build-isolation --no-deps --no-index "${peers[@]}" \
       >"$OUT/peers_build.log" 2>&1; echo $? >"$OUT/peers_build.rc" ) &
     peer_pid=$!
@@ -54,7 +54,7 @@ fi
 build_rc=skip
 if has build; then
   bstart=$(date +%s)
-  TORCH_CUDA_ARCH_LIST="${ARCH:0:1}.${ARCH:1}" VIMD_CUDA_ARCHS=$ARCH MAX_JOBS=$MAX_JOBS \
+  TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" VIMD_CUDA_ARCHS=$ARCH MAX_JOBS=$MAX_JOBS \
     $PY -m pip install --no-build-isolation --no-deps -v -e . >"$OUT/build.log" 2>&1
   build_rc=$?
   note "build: rc=$build_rc in $(( $(date +%s) - bstart ))s (sm_$ARCH; log build.log)"

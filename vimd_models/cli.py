@@ -111,12 +111,21 @@ def _cmd_bench(a) -> int:
     return subprocess.call([sys.executable, "-m", f"benchmarks.{a.which}", *a.args], env=env)
 
 
+def _one_line(msg: str) -> str:
+    """A UserError raised in a DataLoader worker arrives wrapped with the worker's traceback."""
+    if "Original Traceback" in msg:
+        last = msg.strip().splitlines()[-1]
+        return last.split("UserError: ", 1)[-1]
+    return msg
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     a, rest = parser.parse_known_args(argv)
     if rest:  # overrides may come after options: vimd eval cfg --weights w data.root=...
-        if a.cmd in ("train", "eval") and all("=" in r and not r.startswith("-") for r in rest):
-            a.overrides = list(a.overrides) + rest
+        if a.cmd in ("train", "eval", "flops") and all("=" in r and not r.startswith("-") for r in rest):
+            field = "kwargs" if a.cmd == "flops" else "overrides"
+            setattr(a, field, list(getattr(a, field)) + rest)
         else:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
@@ -137,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(vimd_models.list_models()))
             return 0
     except UserError as e:
-        print(f"vimd: error: {e}", file=sys.stderr)
+        print(f"vimd: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vimd: interrupted", file=sys.stderr)

@@ -448,6 +448,7 @@ void scan_bwd_row(const ScanArgs& a, int64_t b, int64_t d, int64_t gp, int64_t b
   } else {
     dB = static_cast<T*>(a.dB_part) + row * npad;
     dbstep = 0;
+    std::memset(dB, 0, sizeof(T) * npad);
   }
   if (a.c_var) {
     dC = static_cast<T*>(a.dC_part) + part;
@@ -455,6 +456,7 @@ void scan_bwd_row(const ScanArgs& a, int64_t b, int64_t d, int64_t gp, int64_t b
   } else {
     dC = static_cast<T*>(a.dC_part) + row * npad;
     dcstep = 0;
+    std::memset(dC, 0, sizeof(T) * npad);
   }
   const T* dh_last = a.dh_last ? static_cast<const T*>(a.dh_last) + row * npad : nullptr;
   T* dh0 = a.dh0 ? static_cast<T*>(a.dh0) + row * npad : nullptr;
@@ -492,8 +494,13 @@ void scan_bwd_impl(const ScanArgs& a, int64_t task_begin, int64_t task_end) {
     const int64_t b = task / (a.gpart * a.nblk);
     const int64_t gp = (task / a.nblk) % a.gpart;
     const int64_t blk = task % a.nblk;
-    const int64_t d0 = gp * dpg + blk * kRowsPerBlock;
-    const int64_t d1 = imin(d0 + kRowsPerBlock, (gp + 1) * dpg);
+    const int64_t d0 = gp * dpg + blk * a.rows_per_block;
+    const int64_t d1 = imin(d0 + a.rows_per_block, (gp + 1) * dpg);
+    const int64_t part = ((b * a.gpart + gp) * a.nblk + blk) * L * a.npad;
+    for (T* p : {a.b_var ? static_cast<T*>(a.dB_part) + part : nullptr,
+                 a.c_var ? static_cast<T*>(a.dC_part) + part : nullptr}) {
+      if (p) std::memset(p, 0, sizeof(T) * L * a.npad);
+    }
     for (int64_t d = d0; d < d1; ++d) scan_bwd_row<T>(a, b, d, gp, blk, buf.get());
   }
 }

@@ -11,18 +11,18 @@ namespace vimd::cpu {
 enum class IoType : int32_t { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 
 // Backward: states are checkpointed every kChunk steps and each chunk is recomputed before it is
-// walked backwards. Rows are grouped in fixed blocks of kRowsPerBlock channels (independent of the
-// thread count) whose partial sums of shared gradients are then reduced in a fixed order.
+// walked backwards.
 constexpr int64_t kChunk = 64;
-constexpr int64_t kRowsPerBlock = 8;
 
 // Selective scan. Sizes: u/delta/z/out (batch, dim, L) in `io`; everything else in the compute
 // type (double when dbl, else float) with the state axis padded to npad (a multiple of the ISA's
 // vector width) with zeros. Variable B/C are laid out (batch, groups, L, npad); constant B/C are
-// (dim, npad). Backward tasks are (batch, gpart, nblk) blocks of rows, gpart = lcm of the groups.
+// (dim, npad). Backward tasks are (batch, gpart, nblk) blocks of `rows_per_block` channels
+// (gpart = lcm of the groups; the split depends on the shapes only, never on the thread count);
+// each task owns a slice of the dB/dC partial sums, which the caller reduces in a fixed order.
 struct ScanArgs {
   int64_t batch = 0, dim = 0, L = 0, N = 0, npad = 0;
-  int64_t groups_b = 1, groups_c = 1, gpart = 1, nblk = 1;
+  int64_t groups_b = 1, groups_c = 1, gpart = 1, nblk = 1, rows_per_block = 1;
   bool b_var = false, c_var = false;
   bool softplus = false, reverse = false, dbl = false;
   IoType io = IoType::F32;
@@ -38,7 +38,7 @@ struct ScanArgs {
   // forward outputs
   void* out = nullptr;     // io
   void* h_last = nullptr;  // (batch, dim, npad)
-  // backward inputs / outputs (partials are zero-initialised by the caller)
+  // backward inputs / outputs (the kernels zero their own partial-sum slices)
   const void* dout = nullptr;     // io
   const void* dh_last = nullptr;  // (batch, dim, npad) or null
   void* du = nullptr;             // io

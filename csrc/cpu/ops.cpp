@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 
+#include <algorithm>
 #include <atomic>
 #include <numeric>
 
@@ -13,6 +14,8 @@
 
 namespace vimd::cpu {
 namespace {
+
+constexpr int64_t kTargetTasks = 64;
 
 struct Isa {
   const char* name;
@@ -189,7 +192,14 @@ ScanSetup setup_scan(const at::Tensor& u, const at::Tensor& delta, const at::Ten
   a.groups_b = groups_of(B);
   a.groups_c = groups_of(C);
   a.gpart = std::lcm(a.b_var ? a.groups_b : 1, a.c_var ? a.groups_c : 1);
-  a.nblk = (dim / a.gpart + kRowsPerBlock - 1) / kRowsPerBlock;
+  // Backward split: about kTargetTasks tasks, but the dB/dC partial sums (nblk slices of
+  // (L, npad) per batch and group) kept within ~2x the size of u.
+  const int64_t dpg = dim / a.gpart;
+  int64_t nblk = (kTargetTasks + batch * a.gpart - 1) / (batch * a.gpart);
+  if (a.b_var || a.c_var) nblk = std::min(nblk, std::max<int64_t>(1, 2 * dim / (a.gpart * npad)));
+  nblk = std::max<int64_t>(1, std::min(nblk, dpg));
+  a.rows_per_block = (dpg + nblk - 1) / nblk;
+  a.nblk = (dpg + a.rows_per_block - 1) / a.rows_per_block;
   a.softplus = softplus;
   a.reverse = reverse;
   a.dbl = ct == at::kDouble;
@@ -265,8 +275,8 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
   at::Tensor dh0 = s.h0.defined() ? at::empty({a.batch, a.dim, a.npad}, opt) : at::Tensor();
   const std::vector<int64_t> var_part{a.batch, a.gpart, a.nblk, a.L, a.npad};
   const std::vector<int64_t> const_part{a.batch, a.dim, a.npad};
-  at::Tensor dB_part = at::zeros(a.b_var ? var_part : const_part, opt);
-  at::Tensor dC_part = at::zeros(a.c_var ? var_part : const_part, opt);
+  at::Tensor dB_part = at::empty(a.b_var ? var_part : const_part, opt);
+  at::Tensor dC_part = at::empty(a.c_var ? var_part : const_part, opt);
 
   a.dout = dout_c.data_ptr();
   a.dh_last = ptr_or_null(dh_last);

@@ -283,8 +283,9 @@ cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream) 
   const bool grouped = p.b_groups > 0 || p.c_groups > 0;
   const size_t smem = grouped ? 2 * sizeof(float) * p.dstate * kScanTile : 0;
   if (smem > 48 * 1024) {
-    err = cudaFuncSetAttribute(scan_bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(smem));
+    void (*kernel)(ScanParams) = scan_bwd_kernel<T>;
+    err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
   const int segs = p.dim / p.seg_channels;

@@ -170,3 +170,55 @@ def test_epoch_sampler_shards_and_resumes():
     assert not {k[0] for k in r0} & {k[0] for k in r1} and len(r0) == len(r1) == 8
     assert EpochSampler(20, 0, 3, True, start=8).keys == EpochSampler(20, 0, 3, True).keys[8:]
     assert EpochSampler(20, 0, 4, True).keys != EpochSampler(20, 0, 3, True).keys
+
+
+def test_matfile_reader(tmp_path):
+    from tests.data.matwriter import savemat
+    from vimd_models.data.matfile import loadmat
+    for compress in (False, True):
+        p = str(tmp_path / f"m{compress}.mat")
+        savemat(p, {"labels": [[1, 2, 3]], "name": "abc", "cell": ["x/y.jpg", "z.jpg"],
+                    "s": [{"class": 3.0, "fname": "00001.jpg"}, {"class": 1.0, "fname": "00002.jpg"}]}, compress)
+        m = loadmat(p)
+        assert m["labels"].shape == (1, 3) and m["labels"].tolist() == [[1, 2, 3]]
+        assert m["name"] == "abc" and m["cell"] == ["x/y.jpg", "z.jpg"]
+        assert m["s"][1]["fname"] == "00002.jpg" and float(m["s"][0]["class"].ravel()[0]) == 3.0
+    (tmp_path / "bad.mat").write_bytes(b"not a mat file" * 20)
+    with pytest.raises(ValueError, match="not a MATLAB"):
+        loadmat(str(tmp_path / "bad.mat"))
+
+
+def test_flowers_cars_dogs(tmp_path):
+    from tests.data.matwriter import savemat
+    fl = tmp_path / "flowers"
+    for i in range(1, 5):
+        _img(str(fl / "jpg" / f"image_{i:05d}.jpg"), i)
+    savemat(str(fl / "imagelabels.mat"), {"labels": [[1, 2, 2, 1]]})
+    savemat(str(fl / "setid.mat"), {"trnid": [[1]], "valid": [[2]], "tstid": [[3, 4]]}, compress=True)
+    tr, cl = folders.flowers(str(fl), "train")
+    te, _ = folders.flowers(str(fl), "test")
+    assert [lab for _, lab in tr] == [0, 1] and [lab for _, lab in te] == [1, 0] and len(cl) == 2
+    assert os.path.basename(te[0][0]) == "image_00003.jpg"
+
+    ca = tmp_path / "cars"
+    _img(str(ca / "cars_train" / "00001.jpg"), 1)
+    _img(str(ca / "cars_test" / "00001.jpg"), 2)
+    os.makedirs(ca / "devkit")
+    savemat(str(ca / "devkit" / "cars_train_annos.mat"), {"annotations": [{"bbox_x1": 1.0, "class": 2.0, "fname": "00001.jpg"}]})
+    savemat(str(ca / "cars_test_annos_withlabels.mat"), {"annotations": [{"class": 1.0, "fname": "00001.jpg"}]}, compress=True)
+    savemat(str(ca / "devkit" / "cars_meta.mat"), {"class_names": ["AM General Hummer SUV 2000", "Acura RL Sedan 2012"]})
+    tr, cl = folders.cars(str(ca), "train")
+    assert tr[0][1] == 1 and cl[1] == "Acura RL Sedan 2012" and tr[0][0].endswith("cars_train/00001.jpg")
+    assert folders.cars(str(ca), "test")[0][0][1] == 0
+
+    dg = tmp_path / "dogs"
+    rel = ["n02085620-Chihuahua/n02085620_1.jpg", "n02085782-Japanese_spaniel/n02085782_2.jpg"]
+    for i, r in enumerate(rel):
+        _img(str(dg / "Images" / r), i)
+    savemat(str(dg / "train_list.mat"), {"file_list": rel, "labels": [[1], [2]]})
+    tr, cl = folders.dogs(str(dg), "train")
+    assert [lab for _, lab in tr] == [0, 1] and cl == ["Chihuahua", "Japanese_spaniel"]
+    with pytest.raises(UserError, match="test_list.mat"):
+        folders.dogs(str(dg), "test")
+    img, _ = ImageList(tr, cl).get(1)
+    assert img.shape[0] == 3

@@ -149,3 +149,37 @@ def test_cli_train_then_eval(tmp_path):
     assert e.returncode == 0, e.stderr
     top1 = float(e.stdout.split("top1:")[1].split()[0])
     assert 0 <= top1 <= 100 and not math.isnan(top1)
+
+
+def test_cli_corrupt_image_in_a_worker_is_one_line(tmp_path):
+    from PIL import Image
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            os.makedirs(tmp_path / "d" / split / c)
+            for i in range(2):
+                Image.new("RGB", (20, 20), (i * 50, 0, 0)).save(tmp_path / "d" / split / c / f"{i}.png")
+    (tmp_path / "d" / "train" / "b" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    r = _cli("train", "configs/demo_teacher.yaml", "data.dataset=folder", f"data.root={tmp_path / 'd'}",
+             "data.batch_size=4", "data.num_workers=1", "data.img_size=16", "model.kwargs={img_size: 16, depth: 1}",
+             f"output_dir={tmp_path}", "train.progress=false", cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("vimd: error: cannot read image ") and "1.png" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bf16_autocast_step(tmp_path):
+    from vimd_models.engine.trainer import train
+    cfg = load_config(None, ["backend=ref", "model.name=vim_micro", "model.kwargs={embed_dim: 16, depth: 1, d_state: 4}",
+                             "data.img_size=32", "data.train_size=8", "data.val_size=4", "data.batch_size=4",
+                             "train.epochs=1", "train.amp=bf16", "train.progress=false", f"output_dir={tmp_path}"])
+    r = train(cfg)
+    assert math.isfinite(r["last"]["train_loss"]) and r["history"][0]["step"] == 2
+
+
+def test_cli_models_and_flops():
+    r = _cli("flops", "vim_micro", "--input", "3,32,32", "depth=1", cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    vals = dict(line.split(": ") for line in r.stdout.strip().splitlines())
+    assert float(vals["full"].split()[0]) > float(vals["counter"].split()[0]) > 0
+    bad = _cli("flops", "vim_micro", "--input", "3,x,32", cwd=ROOT)
+    assert bad.returncode == 2 and "--input" in bad.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import pytest
 import torch
@@ -20,7 +21,16 @@ from vimd_kernels.selective_scan import cuda as scan_cuda
 from vimd_kernels.causal_conv1d import cuda as conv_cuda
 from vimd_kernels.selective_scan.reference import selective_scan_ref
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@pytest.fixture(autouse=True)
+def _exact_float32_references(monkeypatch):
+    """The references' cuDNN convs and matmuls in true float32 (TF32 would be the larger error)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(precision)
 SCAN_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
@@ -81,6 +91,137 @@ def test_cuda_modules_reject_unsupported_inputs_before_launch():
                           None, None, False, False)
     with pytest.raises(TypeError, match="x: .*float64"):
         conv_cuda.forward(u, torch.zeros(2, 4, dtype=torch.float64), None, False, False)
+
+
+# ----------------------------------------------------------------------------- CPU: emulated kernels
+# The kernel templates of csrc/cuda compiled for the CPU with csrc/cuda/emu/simt_host.h (one
+# std::thread per CUDA thread) behind the real bindings and the real backend modules: checks
+# the kernels' indexing and arithmetic without a GPU (not their speed or memory ordering).
+
+EMU_SM_COUNT = 4  # small, so the forward plans several chunks at these tiny shapes
+
+
+def _cuda_include() -> str | None:
+    from torch.utils.cpp_extension import CUDA_HOME
+    for root in (CUDA_HOME, os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and os.path.exists(os.path.join(root, "include", "cuda_fp16.h")):
+            return os.path.join(root, "include")
+    return None
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    inc = _cuda_include()
+    if inc is None:
+        pytest.skip("CUDA toolkit headers (cuda_fp16.h) not found: cannot build the kernel emulator")
+    from torch.utils.cpp_extension import load
+    csrc = os.path.join(os.path.dirname(__file__), "..", "..", "csrc")
+    return load(name="vimd_cuda_emu", sources=[os.path.join(csrc, "cuda", "emu", "emu_ops.cpp")],
+                extra_include_paths=[os.path.abspath(csrc), inc],
+                extra_cflags=["-std=c++20", "-DVIMD_CUDA_EMULATION", "-O1", "-Wno-unknown-pragmas"],
+                build_directory=str(tmp_path_factory.mktemp("emu")), verbose=False)
+
+
+@pytest.fixture
+def emulated(emu, monkeypatch):
+    """The cuda backend modules, running on CPU tensors through the emulator."""
+    for mod in (scan_cuda, conv_cuda):
+        monkeypatch.setattr(mod, "_ext", lambda: emu)
+    monkeypatch.setattr(scan_cuda, "_device_sms", lambda t: EMU_SM_COUNT)
+    return emu
+
+
+def _check_backend_scan(case: ScanCase, fwd, bwd):
+    """A backend's forward/backward against the reference module's, on CPU tensors."""
+    from vimd_kernels.selective_scan import reference as scan_ref
+    x = scan_inputs(case)
+    args = [x[k] for k in SCAN_NAMES]
+    flags = (case.softplus, case.reverse)
+    out, last = fwd(*args, *flags)
+    out_r, last_r = scan_ref.forward(*args, *flags)
+    assert out.dtype == case.dtype and last.dtype == torch.float32
+    assert_close(out, out_r, "scan", case.dtype, "out")
+    assert_close(last, last_r, "scan", case.dtype, "last_state")
+    dout = torch.randn(out.shape).to(case.dtype)
+    dlast = torch.randn(last.shape)
+    grads = bwd(*args, dout, dlast, *flags)
+    grads_r = scan_ref.backward(*args, dout, dlast, *flags)
+    for name, t, g, r in zip(SCAN_NAMES, args, grads, grads_r):
+        if t is None:
+            assert g is None, name
+            continue
+        assert g.dtype == t.dtype and g.shape == t.shape, name
+        assert_close(g, r, "scan", case.dtype, f"d{name}", scale=scan_grad_scale(case, name, t))
+
+
+EMU_SCAN_CASES = [
+    ScanCase(2, 8, 300, 4, initial_state=True),                     # 2 tiles: chunked fwd and bwd
+    ScanCase(2, 8, 300, 4, initial_state=True, reverse=True),
+    ScanCase(1, 8, 100, 3, "g2", "const", reverse=True),
+    ScanCase(2, 6, 40, 2, "g2", "g3", D=False, delta_bias=False),  # groups of 3: partly idle warps
+    ScanCase(1, 4, 1, 1, "const", "const", z=False, softplus=False),
+    ScanCase(2, 8, 64, 4, dtype=torch.float16, initial_state=True),
+    ScanCase(2, 8, 64, 4, "g4", "var", dtype=torch.bfloat16, reverse=True, bc_dtype=torch.float32),
+]
+
+
+@pytest.mark.parametrize("case", EMU_SCAN_CASES, ids=str)
+def test_emulated_scan_kernels_match_reference(emulated, case):
+    _check_backend_scan(case, scan_cuda.forward, scan_cuda.backward)
+
+
+@pytest.mark.parametrize("reverse", (False, True))
+def test_emulated_chunked_forward_equals_single_pass(emu, reverse):
+    """Chunks of several tiles (three-phase forward) against one chunk over the same inputs."""
+    case = ScanCase(1, 4, 1100, 3, "g2", "var", initial_state=True, reverse=reverse)
+    x = scan_inputs(case)
+    args = [x[k] for k in SCAN_NAMES]
+    one = emu.selective_scan_fwd_cuda(*args, True, reverse, 1280)
+    many = emu.selective_scan_fwd_cuda(*args, True, reverse, 512)
+    assert_close(many[0], one[0], "scan", torch.float32, "out")
+    assert_close(many[1], one[1], "scan", torch.float32, "last_state")
+
+
+def test_emulated_bindings_reject_bad_launch_arguments(emu):
+    """The binding layer's own checks (behind the Python ones): chunking, N, dtypes, slabs."""
+    x = scan_inputs(ScanCase(1, 8, 20, 4, "g2", "var"))
+    args = [x[k] for k in SCAN_NAMES]
+    with pytest.raises(RuntimeError, match="chunk_len must be a positive multiple of 256"):
+        emu.selective_scan_fwd_cuda(*args, True, False, 100)
+    bad = dict(x, B=x["B"].half())
+    with pytest.raises(RuntimeError, match="B must be float32"):
+        emu.selective_scan_fwd_cuda(*[bad[k] for k in SCAN_NAMES], True, False, 256)
+    dout = torch.randn_like(x["u"])
+    with pytest.raises(RuntimeError, match="seg_channels must divide the channels of every B/C group"):
+        emu.selective_scan_bwd_cuda(*args, dout, None, True, False, 8, 4)
+    with pytest.raises(RuntimeError, match="slab_channels must be a positive multiple of 4"):
+        emu.selective_scan_bwd_cuda(*args, dout, None, True, False, 4, 6)
+    wide = dict(x, A=-torch.rand(8, 65), B=torch.randn(8, 65), C=torch.randn(8, 65))
+    with pytest.raises(RuntimeError, match="N <= 64"):
+        emu.selective_scan_fwd_cuda(*[wide[k] for k in SCAN_NAMES], True, False, 256)
+    with pytest.raises(RuntimeError, match="weight width must be in"):
+        emu.causal_conv1d_fwd_cuda(x["u"], torch.randn(8, 9), None, False, False)
+
+
+@pytest.mark.parametrize("width", range(2, 9))
+@pytest.mark.parametrize("reverse", (False, True))
+def test_emulated_conv_kernels_match_reference(emulated, width, reverse):
+    from vimd_kernels.causal_conv1d import reference as conv_ref
+    dtype = torch.float16 if width == 5 else torch.float32
+    x = torch.randn(2, 3, 37).to(dtype)
+    w = torch.randn(3, width)
+    b = torch.randn(3) if width % 2 else None
+    silu = width != 3
+    out = conv_cuda.forward(x, w, b, silu, reverse)
+    assert_close(out, conv_ref.forward(x, w, b, silu, reverse), "conv", dtype, "out")
+    dout = torch.randn(out.shape).to(dtype)
+    got = conv_cuda.backward(x, w, b, dout, silu, reverse)
+    ref = conv_ref.backward(x, w, b, dout, silu, reverse)
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, ref):
+        if r is None:
+            assert g is None
+            continue
+        assert_close(g, r, "conv", dtype, name, scale=reduction_scale(2 * 37))
 
 
 # ----------------------------------------------------------------------------- GPU: selective scan

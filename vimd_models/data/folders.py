@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from ..engine.errors import UserError
 from .transforms import load_image
 
@@ -174,8 +176,81 @@ def class_folder(root: str, split: str):
     return samples, classes
 
 
-READERS = {"cub": cub, "aircraft": aircraft, "pets": pets, "indoor67": indoor67,
-           "stanford40": stanford40, "folder": class_folder}
+def _mat(path: str) -> dict:
+    from .matfile import loadmat
+    if not os.path.isfile(path):
+        raise UserError(f"dataset file not found: {path}")
+    try:
+        return loadmat(path)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def _need_var(mat: dict, name: str, path: str):
+    if name not in mat:
+        raise UserError(f"{path} has no variable '{name}' (found: {', '.join(mat) or 'none'})")
+    return mat[name]
+
+
+def flowers(root: str, split: str):
+    """Oxford Flowers-102: imagelabels.mat ('labels'), setid.mat ('trnid', 'valid', 'tstid'),
+    jpg/image_00001.jpg. Train = trnid + valid (the usual 2,040 images), val / test = tstid."""
+    train = _split(split)
+    _need_dir(root, "Oxford Flowers-102")
+    lp, sp = os.path.join(root, "imagelabels.mat"), os.path.join(root, "setid.mat")
+    labels = _need_var(_mat(lp), "labels", lp).ravel().astype(int)
+    sets = _mat(sp)
+    ids = [int(i) for k in (("trnid", "valid") if train else ("tstid",)) for i in _need_var(sets, k, sp).ravel()]
+    if any(not 1 <= i <= len(labels) for i in ids):
+        raise UserError(f"{sp}: image ids out of range 1..{len(labels)}")
+    samples = [(os.path.join(root, "jpg", f"image_{i:05d}.jpg"), int(labels[i - 1]) - 1) for i in ids]
+    return samples, [str(i + 1) for i in range(int(labels.max()))]
+
+
+def cars(root: str, split: str):
+    """Stanford Cars: devkit/cars_train_annos.mat, cars_test_annos_withlabels.mat (struct
+    'annotations' with 'class' and 'fname'), devkit/cars_meta.mat ('class_names'), cars_train/, cars_test/."""
+    train = _split(split)
+    _need_dir(root, "Stanford Cars")
+    devkit = os.path.join(root, "devkit")
+    if train:
+        ann, folder = os.path.join(devkit, "cars_train_annos.mat"), "cars_train"
+    else:
+        ann = os.path.join(root, "cars_test_annos_withlabels.mat")
+        if not os.path.isfile(ann):
+            ann = os.path.join(devkit, "cars_test_annos_withlabels.mat")
+        folder = "cars_test"
+    rows = _need_var(_mat(ann), "annotations", ann)
+    samples = []
+    for i, r in enumerate(rows):
+        if "class" not in r or "fname" not in r:
+            raise UserError(f"{ann}: annotation {i + 1} lacks 'class' or 'fname'")
+        samples.append((os.path.join(root, folder, r["fname"]), int(np.asarray(r["class"]).ravel()[0]) - 1))
+    meta = os.path.join(devkit, "cars_meta.mat")
+    classes = list(_need_var(_mat(meta), "class_names", meta)) if os.path.isfile(meta) else \
+        [str(i + 1) for i in range(max(lab for _, lab in samples) + 1)]
+    return samples, classes
+
+
+def dogs(root: str, split: str):
+    """Stanford Dogs: train_list.mat / test_list.mat ('file_list' cell, 'labels' 1..120), Images/."""
+    train = _split(split)
+    _need_dir(root, "Stanford Dogs")
+    p = os.path.join(root, "train_list.mat" if train else "test_list.mat")
+    mat = _mat(p)
+    files, labels = _need_var(mat, "file_list", p), _need_var(mat, "labels", p).ravel().astype(int)
+    if len(files) != len(labels):
+        raise UserError(f"{p}: {len(files)} files but {len(labels)} labels")
+    samples = [(os.path.join(root, "Images", f if isinstance(f, str) else str(f)), int(lab) - 1)
+               for f, lab in zip(files, labels)]
+    names = {}
+    for f, lab in zip(files, labels):
+        names[int(lab) - 1] = str(f).split("/", 1)[0].split("-", 1)[-1]
+    return samples, [names.get(i, str(i)) for i in range(max(names) + 1)]
+
+
+READERS = {"cub": cub, "cars": cars, "aircraft": aircraft, "dogs": dogs, "pets": pets, "flowers": flowers,
+           "indoor67": indoor67, "stanford40": stanford40, "folder": class_folder}
 
 
 class ImageList:

@@ -76,12 +76,12 @@ class SyntheticFineGrained:
         img = torch.where(head, colour * 0.85, img)
         # fine detail 1: eye dot colour
         ex, ey = hx + 0.35 * hr * math.cos(th) - 0.3 * hr * math.sin(th), hy + 0.35 * hr * math.sin(th) + 0.3 * hr * math.cos(th)
-        eye = ((xs - ex) ** 2 + (ys - ey) ** 2) <= (0.28 * hr) ** 2
+        eye = ((xs - ex) ** 2 + (ys - ey) ** 2) <= (0.4 * hr) ** 2
         img = torch.where(eye, EYE[eye_i].view(3, 1, 1), img)
         # fine detail 2: thin dark wing stripes across the rear half of the body
         for j in range(stripes):
-            pos = -0.15 * a - j * 0.22 * a
-            stripe = body & ((u - pos).abs() <= 0.045 * a * 1.6) & (v.abs() <= 0.8 * b)
-            img = torch.where(stripe, colour * 0.35, img)
+            pos = -0.1 * a - j * 0.3 * a
+            stripe = body & ((u - pos).abs() <= 0.09 * a) & (v.abs() <= 0.8 * b)
+            img = torch.where(stripe, colour * 0.25, img)
         img = img + (r(3, s, s) - 0.5) * 0.06
         return img.clamp_(0.0, 1.0)

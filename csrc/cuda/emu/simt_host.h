@@ -124,5 +124,8 @@ inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 bloc
 }  // namespace cuda
 }  // namespace vimd
 
-// The one runtime call the launchers make besides launches (raising the shared-memory limit).
+// The runtime calls made besides launches: raising the shared-memory limit, error strings.
 extern "C" inline cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
+extern "C" inline const char* cudaGetErrorString(cudaError_t err) {
+  return err == cudaSuccess ? "no error" : "invalid launch configuration (emulator)";
+}
