@@ -80,7 +80,7 @@ def extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     sources = _cpu_sources()
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-g0"]  # -g0: no debug info (build time, .so size)
     include_dirs = [os.path.join(ROOT, "csrc")]
     macros = [(f"VIMD_ISA_{isa.upper()}", "1") for isa in _cpu_isas() if isa != "default"]
     if _want_cuda():

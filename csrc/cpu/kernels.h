@@ -10,8 +10,8 @@ namespace vimd::cpu {
 
 enum class IoType : int32_t { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 
-// Backward: states are checkpointed every kChunk steps and each chunk is recomputed before it is
-// walked backwards.
+// Backward on long rows: states are checkpointed every kChunk steps and each chunk is recomputed
+// before it is walked backwards (rows up to 1024 steps are recomputed in one piece).
 constexpr int64_t kChunk = 64;
 
 // Selective scan. Sizes: u/delta/z/out (batch, dim, L) in `io`; everything else in the compute

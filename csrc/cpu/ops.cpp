@@ -15,7 +15,7 @@
 namespace vimd::cpu {
 namespace {
 
-constexpr int64_t kTargetTasks = 64;
+constexpr int64_t kTargetTasks = 128;
 
 struct Isa {
   const char* name;
@@ -58,6 +58,26 @@ const Isa& active() {
     g_active.store(isa);
   }
   return *isa;
+}
+
+// Runs fn(begin, end) over [0, n) on torch's intra-op threads, handing out pieces of `grab` items
+// dynamically: on a busy machine a thread the OS deschedules holds up at most one piece (a static
+// split would make everyone wait for its whole share). Results never depend on which thread runs
+// which piece: every item writes its own outputs.
+template <typename F>
+void run_dynamic(int64_t n, int64_t grab, const F& fn) {
+  std::atomic<int64_t> next{0};
+  const int64_t nthreads = std::min<int64_t>(at::get_num_threads(), (n + grab - 1) / grab);
+  at::parallel_for(0, std::max<int64_t>(nthreads, 1), 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(grab); i < n; i = next.fetch_add(grab)) {
+      fn(i, std::min(i + grab, n));
+    }
+  });
+}
+
+// Rows per piece: about 16 pieces per thread.
+int64_t row_grab(int64_t rows) {
+  return std::max<int64_t>(1, rows / (16 * std::max(1, at::get_num_threads())));
 }
 
 IoType io_type(const at::Tensor& t, const char* name) {
@@ -245,7 +265,8 @@ std::vector<at::Tensor> selective_scan_fwd(const at::Tensor& u, const at::Tensor
   a.out = out.data_ptr();
   a.h_last = h_last.data_ptr();
   const KernelTable& k = active().table();
-  at::parallel_for(0, a.batch * a.dim, 1, [&](int64_t b, int64_t e) { k.scan_fwd(a, b, e); });
+  const int64_t rows = a.batch * a.dim;
+  run_dynamic(rows, row_grab(rows), [&](int64_t b, int64_t e) { k.scan_fwd(a, b, e); });
   return {out, h_last.narrow(2, 0, a.N).contiguous()};
 }
 
@@ -290,8 +311,7 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
   a.dB_part = dB_part.data_ptr();
   a.dC_part = dC_part.data_ptr();
   const KernelTable& k = active().table();
-  at::parallel_for(0, a.batch * a.gpart * a.nblk, 1,
-                   [&](int64_t b, int64_t e) { k.scan_bwd(a, b, e); });
+  run_dynamic(a.batch * a.gpart * a.nblk, 1, [&](int64_t b, int64_t e) { k.scan_bwd(a, b, e); });
 
   const int64_t N = a.N;
   at::Tensor dA = ordered_sum0(dA_part).narrow(1, 0, N).contiguous();
@@ -355,7 +375,8 @@ at::Tensor causal_conv1d_fwd(const at::Tensor& x, const at::Tensor& weight, cons
   at::Tensor out = at::empty_like(s.x);
   a.out = out.data_ptr();
   const KernelTable& k = active().table();
-  at::parallel_for(0, a.batch * a.dim, 1, [&](int64_t b, int64_t e) { k.conv_fwd(a, b, e); });
+  const int64_t rows = a.batch * a.dim;
+  run_dynamic(rows, row_grab(rows), [&](int64_t b, int64_t e) { k.conv_fwd(a, b, e); });
   return out;
 }
 
@@ -375,7 +396,8 @@ std::vector<at::Tensor> causal_conv1d_bwd(const at::Tensor& x, const at::Tensor&
   a.dw_part = dw_part.data_ptr();
   a.db_part = mut_ptr_or_null(db_part);
   const KernelTable& k = active().table();
-  at::parallel_for(0, a.batch * a.dim, 1, [&](int64_t b, int64_t e) { k.conv_bwd(a, b, e); });
+  const int64_t rows = a.batch * a.dim;
+  run_dynamic(rows, row_grab(rows), [&](int64_t b, int64_t e) { k.conv_bwd(a, b, e); });
   at::Tensor dw = ordered_sum0(dw_part).reshape(weight.sizes()).to(weight.scalar_type());
   at::Tensor db = db_part.defined() ? ordered_sum0(db_part).to(bias->scalar_type()) : at::Tensor();
   return {dx, dw.contiguous(), db};

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -111,6 +114,9 @@ SCAN_CASES = [
     ScanCase(batch=1, dim=2, L=197, N=70, b_kind="const", c_kind="const", initial_state=True),
     ScanCase(batch=1, dim=4, L=730, N=16, b_kind="g2", c_kind="var", initial_state=True, reverse=True),
     ScanCase(batch=1, dim=2, L=730, N=10, b_kind="const", c_kind="g2"),
+    # rows over 1024 steps: the backward recomputes 64-step chunks from checkpoints
+    ScanCase(batch=1, dim=2, L=1100, N=10, b_kind="g2", c_kind="var", initial_state=True,
+             reverse=True),
 ]
 
 
@@ -148,7 +154,8 @@ GRADCHECK_CASES = [
              initial_state=True, dtype=F64),
     ScanCase(batch=1, dim=2, L=3, N=5, b_kind="const", c_kind="g2", D=False, z=False,
              softplus=False, dtype=F64),
-    ScanCase(batch=1, dim=1, L=67, N=2, reverse=True, initial_state=True, dtype=F64),  # 2 chunks
+    ScanCase(batch=1, dim=1, L=67, N=2, reverse=True, initial_state=True, dtype=F64),
+    ScanCase(batch=1, dim=1, L=1030, N=2, reverse=True, initial_state=True, dtype=F64),  # chunked
 ]
 
 
@@ -164,7 +171,7 @@ def test_scan_gradcheck_float64(case):
                                  backend="cpu")
 
     ts = [x[k].detach().clone().requires_grad_() for k in names]
-    assert torch.autograd.gradcheck(f, ts, eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(f, ts, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=case.L > 100)
 
 
 @pytest.mark.parametrize("b_kind", ["var", "g2", "const"])
@@ -354,6 +361,35 @@ def test_build_info_and_isa_selection():
     with pytest.raises(RuntimeError, match="isa"):
         _C._set_cpu_isa("sse9")
     assert _C._set_cpu_isa("auto") == info["cpu_isa"]
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_runtime_dispatch_follows_torch_cpu_capability(capability):
+    """With torch capped at a lower ISA (as on a CPU without AVX-512 / AVX2), the kernels of that
+    ISA are picked at import and give correct results."""
+    if capability not in ISAS:
+        pytest.skip(f"{capability} kernels not runnable here")
+    code = (
+        "import torch\n"
+        "from vimd_kernels import _C, selective_scan_fn, selective_scan_ref\n"
+        "print(_C.build_info()['cpu_isa'])\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "u, dl, z = (torch.randn(2, 4, 50, generator=g) for _ in range(3))\n"
+        "A = -torch.rand(4, 16, generator=g) - 0.5\n"
+        "B, C = torch.randn(2, 16, 50, generator=g), torch.randn(2, 16, 50, generator=g)\n"
+        "args = (u, dl, A, B, C, torch.ones(4), z, None, True)\n"
+        "err = (selective_scan_fn(*args, backend='cpu') - selective_scan_ref(*args)).abs().max()\n"
+        "print(float(err))\n"
+    )
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability, OMP_NUM_THREADS="1")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    chosen, err = res.stdout.split()
+    assert chosen == capability
+    assert float(err) < 1e-4
 
 
 def test_kernel_entry_points_check_arguments():

@@ -93,8 +93,18 @@ def _merge(base: dict, new: dict, where: str, path: tuple = ()) -> dict:
                 raise UserError(f"config key '{'.'.join(key)}' in {where} must be a mapping, got {v!r}")
             out[k] = _merge(base[k], v, where, key)
         else:
-            out[k] = v
+            out[k] = _number(v) if isinstance(base[k], (int, float)) or base[k] is None else v
     return out
+
+
+def _number(v):
+    """PyYAML reads '5e-3' (no dot) as a string: accept it where a number is expected."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
 
 
 def parse_override(text: str) -> dict:
