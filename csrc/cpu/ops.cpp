@@ -60,12 +60,21 @@ const Isa& active() {
   return *isa;
 }
 
+// Below this many inner steps (state vectors x time steps) a call runs on the calling thread:
+// waking the other threads costs more than it saves, and on a busy machine it can cost a whole
+// scheduler time slice.
+constexpr int64_t kParallelWork = int64_t(1) << 16;
+
 // Runs fn(begin, end) over [0, n) on torch's intra-op threads, handing out pieces of `grab` items
 // dynamically: on a busy machine a thread the OS deschedules holds up at most one piece (a static
 // split would make everyone wait for its whole share). Results never depend on which thread runs
-// which piece: every item writes its own outputs.
+// which piece: every item writes its own outputs. `work` estimates the total inner steps.
 template <typename F>
-void run_dynamic(int64_t n, int64_t grab, const F& fn) {
+void run_dynamic(int64_t n, int64_t grab, int64_t work, const F& fn) {
+  if (work < kParallelWork || at::get_num_threads() == 1) {
+    fn(0, n);
+    return;
+  }
   std::atomic<int64_t> next{0};
   const int64_t nthreads = std::min<int64_t>(at::get_num_threads(), (n + grab - 1) / grab);
   at::parallel_for(0, std::max<int64_t>(nthreads, 1), 1, [&](int64_t, int64_t) {
@@ -266,7 +275,8 @@ std::vector<at::Tensor> selective_scan_fwd(const at::Tensor& u, const at::Tensor
   a.h_last = h_last.data_ptr();
   const KernelTable& k = active().table();
   const int64_t rows = a.batch * a.dim;
-  run_dynamic(rows, row_grab(rows), [&](int64_t b, int64_t e) { k.scan_fwd(a, b, e); });
+  run_dynamic(rows, row_grab(rows), rows * a.L * a.npad,
+              [&](int64_t b, int64_t e) { k.scan_fwd(a, b, e); });
   return {out, h_last.narrow(2, 0, a.N).contiguous()};
 }
 
@@ -311,7 +321,8 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
   a.dB_part = dB_part.data_ptr();
   a.dC_part = dC_part.data_ptr();
   const KernelTable& k = active().table();
-  run_dynamic(a.batch * a.gpart * a.nblk, 1, [&](int64_t b, int64_t e) { k.scan_bwd(a, b, e); });
+  run_dynamic(a.batch * a.gpart * a.nblk, 1, 3 * a.batch * a.dim * a.L * a.npad,
+              [&](int64_t b, int64_t e) { k.scan_bwd(a, b, e); });
 
   const int64_t N = a.N;
   at::Tensor dA = ordered_sum0(dA_part).narrow(1, 0, N).contiguous();
@@ -376,7 +387,8 @@ at::Tensor causal_conv1d_fwd(const at::Tensor& x, const at::Tensor& weight, cons
   a.out = out.data_ptr();
   const KernelTable& k = active().table();
   const int64_t rows = a.batch * a.dim;
-  run_dynamic(rows, row_grab(rows), [&](int64_t b, int64_t e) { k.conv_fwd(a, b, e); });
+  run_dynamic(rows, row_grab(rows), rows * a.L * a.width,
+              [&](int64_t b, int64_t e) { k.conv_fwd(a, b, e); });
   return out;
 }
 
@@ -397,7 +409,8 @@ std::vector<at::Tensor> causal_conv1d_bwd(const at::Tensor& x, const at::Tensor&
   a.db_part = mut_ptr_or_null(db_part);
   const KernelTable& k = active().table();
   const int64_t rows = a.batch * a.dim;
-  run_dynamic(rows, row_grab(rows), [&](int64_t b, int64_t e) { k.conv_bwd(a, b, e); });
+  run_dynamic(rows, row_grab(rows), 3 * rows * a.L * a.width,
+              [&](int64_t b, int64_t e) { k.conv_bwd(a, b, e); });
   at::Tensor dw = ordered_sum0(dw_part).reshape(weight.sizes()).to(weight.scalar_type());
   at::Tensor db = db_part.defined() ? ordered_sum0(db_part).to(bias->scalar_type()) : at::Tensor();
   return {dx, dw.contiguous(), db};

@@ -1,7 +1,8 @@
 """Synthetic fine-grained dataset: procedurally drawn "birds" whose classes differ in small details.
 
 Each class k has a coarse attribute shared with other classes (body colour, group = k % n_groups)
-and a fine one (f = k // n_groups: the colour of a small eye dot and the number of thin wing stripes).
+and fine ones (f = k // n_groups: the colours of a small eye dot and of a small wing patch, and the
+number of thin stripes).
 Telling apart classes of the same group needs the small details, which are largely lost at low
 resolution -- the situation ViMD is about. Every image is a pure function of (seed, split, index):
 position, size, angle, body-colour jitter and the textured background are random per image.
@@ -15,6 +16,7 @@ import torch
 BODY = torch.tensor([[0.80, 0.25, 0.20], [0.20, 0.55, 0.85], [0.25, 0.70, 0.30], [0.85, 0.70, 0.20],
                      [0.55, 0.30, 0.70], [0.30, 0.30, 0.30], [0.90, 0.50, 0.65], [0.45, 0.30, 0.15]])
 EYE = torch.tensor([[1.0, 1.0, 0.2], [0.9, 0.1, 0.1], [0.1, 0.9, 0.9], [1.0, 1.0, 1.0]])
+WING = torch.tensor([[1.0, 1.0, 1.0], [0.05, 0.05, 0.05], [1.0, 0.55, 0.0], [0.1, 0.2, 0.9]])
 _SPLITS = {"train": 0, "val": 1, "test": 1}
 
 
@@ -37,7 +39,7 @@ class SyntheticFineGrained:
         return self.size
 
     def class_attributes(self, k: int) -> tuple[int, int, int]:
-        """(body colour index, eye colour index, stripe count) of class k."""
+        """(body colour index, detail index: eye and wing-patch colours, stripe count) of class k."""
         group, fine = k % self.n_groups, k // self.n_groups
         return group % len(BODY), fine % len(EYE), 1 + (fine // len(EYE) + fine) % 3
 
@@ -78,9 +80,12 @@ class SyntheticFineGrained:
         ex, ey = hx + 0.35 * hr * math.cos(th) - 0.3 * hr * math.sin(th), hy + 0.35 * hr * math.sin(th) + 0.3 * hr * math.cos(th)
         eye = ((xs - ex) ** 2 + (ys - ey) ** 2) <= (0.4 * hr) ** 2
         img = torch.where(eye, EYE[eye_i].view(3, 1, 1), img)
-        # fine detail 2: thin dark wing stripes across the rear half of the body
+        # fine detail 2: a small wing patch of the detail colour
+        wing = (((u + 0.3 * a) / (0.2 * a)) ** 2 + ((v + 0.1 * b) / (0.28 * b)) ** 2) <= 1
+        img = torch.where(wing, WING[eye_i].view(3, 1, 1), img)
+        # fine detail 3: thin dark stripes across the rear of the body
         for j in range(stripes):
-            pos = -0.1 * a - j * 0.3 * a
+            pos = 0.15 * a + j * 0.2 * a
             stripe = body & ((u - pos).abs() <= 0.09 * a) & (v.abs() <= 0.8 * b)
             img = torch.where(stripe, colour * 0.25, img)
         img = img + (r(3, s, s) - 0.5) * 0.06
