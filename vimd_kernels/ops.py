@@ -159,18 +159,22 @@ def inner_core(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
     return scan(x, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse=reverse)
 
 
-# Backends shipping a fused mixer body, found once at import without importing them, so that a
-# traced call (torch.compile) never runs an import that fails (a failing import is a graph break).
-_FUSED_BACKENDS = frozenset(
-    b for b in BACKENDS if b != "ref"
-    and importlib.util.find_spec(f"vimd_kernels.mamba_inner.{b}") is not None)
+# Backends shipping a fused mixer body (vimd_kernels/mamba_inner/<backend>.py, ``core``). The usable
+# ones are imported once, when vimd_kernels is imported (see _load_fused_cores at the end of this
+# file), so dispatch under torch.compile is a dict lookup: an import while tracing is a graph break.
+_FUSED_CORES: dict = {}
+
+
+def _load_fused_cores() -> None:
+    for b in BACKENDS:
+        if b == "ref" or not BACKENDS[b].available():
+            continue
+        if importlib.util.find_spec(f"vimd_kernels.mamba_inner.{b}") is not None:
+            _FUSED_CORES[b] = importlib.import_module(f"vimd_kernels.mamba_inner.{b}").core
 
 
 def _fused_core(backend: str):
-    """A backend may ship a fused mixer body in vimd_kernels/mamba_inner/<backend>.py (``core``)."""
-    if backend not in _FUSED_BACKENDS:
-        return None
-    return importlib.import_module(f"vimd_kernels.mamba_inner.{backend}").core
+    return _FUSED_CORES.get(backend)
 
 
 def _core(backend, xz, *args):
@@ -209,3 +213,6 @@ def bimamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_w
     y_b = _core(backend, xz, conv1d_weight_b, conv1d_bias_b, x_proj_weight_b, delta_proj_weight_b,
                 A_b, None, None, D_b, delta_bias_b, delta_softplus, True)
     return F.linear(((y + y_b) * 0.5).transpose(1, 2), out_proj_weight, out_proj_bias)
+
+
+_load_fused_cores()
