@@ -6,8 +6,6 @@ Each kernel is two custom ops (forward, backward) whose implementation looks up
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import Optional
 
 import torch
@@ -15,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import checks
-from .registry import BACKENDS, kernel_module, resolve
+from .mamba_inner import fused
+from .registry import kernel_module, resolve
 
 # ----------------------------------------------------------------------------- selective scan
 
@@ -159,32 +158,26 @@ def inner_core(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
     return scan(x, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse=reverse)
 
 
-# Backends shipping a fused mixer body (vimd_kernels/mamba_inner/<backend>.py, ``core``). The usable
-# ones are imported once, when vimd_kernels is imported (see _load_fused_cores at the end of this
-# file), so dispatch under torch.compile is a dict lookup: an import while tracing is a graph break.
-_FUSED_CORES: dict = {}
-
-
-def _load_fused_cores() -> None:
-    for b in BACKENDS:
-        if b == "ref" or not BACKENDS[b].available():
-            continue
-        if importlib.util.find_spec(f"vimd_kernels.mamba_inner.{b}") is not None:
-            _FUSED_CORES[b] = importlib.import_module(f"vimd_kernels.mamba_inner.{b}").core
-
-
-def _fused_core(backend: str):
-    return _FUSED_CORES.get(backend)
-
-
-def _core(backend, xz, *args):
-    name = resolve(backend, xz.device)
-    fused = _fused_core(name)
-    if fused is not None:
-        return fused(xz, *args)
+def _composed_core(name: str, xz, *args):
+    """The mixer body composed from the public ops (each saving its own activations)."""
     scan = lambda *a, **k: selective_scan_fn(*a, **k, backend=name)  # noqa: E731
     conv = lambda *a, **k: causal_conv1d_fn(*a, **k, backend=name)  # noqa: E731
     return inner_core(xz, *args, scan=scan, conv=conv)
+
+
+def _branch(conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, D, delta_bias) -> dict:
+    return dict(conv1d_weight=conv1d_weight, conv1d_bias=conv1d_bias, x_proj_weight=x_proj_weight,
+                delta_proj_weight=delta_proj_weight, A=A, D=D, delta_bias=delta_bias)
+
+
+def _check_branch(xz, branch: dict, suffix: str = "") -> None:
+    """The dtype checks the composed path gets from the scan and conv ops, for the mixer op."""
+    pd = (torch.float64,) if xz.dtype == torch.float64 else (torch.float32,)
+    wdt = tuple(dict.fromkeys((xz.dtype,) + pd))
+    checks.tensor("conv1d_weight" + suffix, branch["conv1d_weight"], None, wdt)
+    checks.tensor("conv1d_bias" + suffix, branch["conv1d_bias"], None, wdt, optional=True)
+    for k in ("A", "D", "delta_bias"):
+        checks.tensor(k + suffix, branch[k], None, pd, optional=k != "A")
 
 
 def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
@@ -193,8 +186,14 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
     """Fused Mamba mixer (mamba_ssm-compatible): xz (b, 2*d_inner, L) -> (b, L, d_model)."""
     checks.mamba_inner(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
                        out_proj_weight, out_proj_bias, D=D, delta_bias=delta_bias)
-    y = _core(backend, xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, D,
-              delta_bias, delta_softplus, False)
+    name = resolve(backend, xz.device)
+    if name == "ref" or B is not None or C is not None:  # given B/C: the composed path
+        y = _composed_core(name, xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
+                           A, B, C, D, delta_bias, delta_softplus, False)
+    else:  # the recompute mixer op (saves only xz and the weights)
+        branch = _branch(conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, D, delta_bias)
+        _check_branch(xz, branch)
+        y = fused.mixer(name, xz, [branch], delta_softplus)
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
 
 
@@ -208,11 +207,19 @@ def bimamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_w
     checks.mamba_inner(xz, conv1d_weight_b, conv1d_bias_b, x_proj_weight_b, delta_proj_weight_b,
                        A_b, None, None, out_proj_weight, out_proj_bias, suffix="_b", D=D_b,
                        delta_bias=delta_bias_b)
-    y = _core(backend, xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, None,
-              None, D, delta_bias, delta_softplus, False)
-    y_b = _core(backend, xz, conv1d_weight_b, conv1d_bias_b, x_proj_weight_b, delta_proj_weight_b,
-                A_b, None, None, D_b, delta_bias_b, delta_softplus, True)
+    name = resolve(backend, xz.device)
+    fwd = _branch(conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, D, delta_bias)
+    bwd = _branch(conv1d_weight_b, conv1d_bias_b, x_proj_weight_b, delta_proj_weight_b, A_b, D_b,
+                  delta_bias_b)
+    if name != "ref":  # both directions in one mixer op (one launch where the backend can)
+        _check_branch(xz, fwd)
+        _check_branch(xz, bwd, "_b")
+        y = fused.mixer(name, xz, [fwd, bwd], delta_softplus)
+        return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+    order = ("conv1d_weight", "conv1d_bias", "x_proj_weight", "delta_proj_weight", "A")
+    y = _composed_core(name, xz, *(fwd[k] for k in order), None, None, D, delta_bias,
+                       delta_softplus, False)
+    y_b = _composed_core(name, xz, *(bwd[k] for k in order), None, None, D_b, delta_bias_b,
+                         delta_softplus, True)
     return F.linear(((y + y_b) * 0.5).transpose(1, 2), out_proj_weight, out_proj_bias)
 
-
-_load_fused_cores()

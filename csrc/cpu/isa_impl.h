@@ -31,7 +31,6 @@ template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
 constexpr int kMaxKV = 4;  // state vectors held in registers per pass
-constexpr int64_t kWholeRow = 1024;
 
 // ----------------------------------------------------------------------------- small helpers
 

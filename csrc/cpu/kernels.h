@@ -10,9 +10,12 @@ namespace vimd::cpu {
 
 enum class IoType : int32_t { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 
-// Backward on long rows: states are checkpointed every kChunk steps and each chunk is recomputed
-// before it is walked backwards (rows up to 1024 steps are recomputed in one piece).
+// Backward: rows of up to kWholeRow steps are recomputed in one piece and walked backwards; on
+// longer rows the states are checkpointed every kChunk steps and each chunk is recomputed from its
+// checkpoint before it is walked backwards (per-thread buffers stay small; nothing of size
+// (batch, dim, L, N) is ever stored).
 constexpr int64_t kChunk = 64;
+constexpr int64_t kWholeRow = 1024;
 
 // Selective scan. Sizes: u/delta/z/out (batch, dim, L) in `io`; everything else in the compute
 // type (double when dbl, else float) with the state axis padded to npad (a multiple of the ISA's

@@ -310,6 +310,22 @@ def test_conv_matches_reference_and_oracle(case):
                              scale=1.0 if gname == "x" else scale)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_conv_weight_in_input_dtype(dtype):
+    """Weight and bias may come in x's 16-bit dtype; their gradients come back in it."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 60, generator=gen).to(dtype)
+    w, b = (0.5 * torch.randn(4, 4, generator=gen)).to(dtype), torch.randn(4, generator=gen).to(dtype)
+    dout = torch.randn(2, 4, 60, generator=gen).to(dtype)
+    want = conv_run(causal_conv1d_ref, x, w, b, True, True, dout)
+    got = conv_run(causal_conv1d_fn, x, w, b, True, True, dout, backend="cpu")
+    assert_close(got[0], want[0], "conv", dtype, "out")
+    for name, g, wg, scale in zip(("x", "weight", "bias"), got[1], want[1],
+                                  (1.0, reduction_scale(120), reduction_scale(120))):
+        assert g.dtype == dtype
+        assert_close(g, wg, "conv", dtype, f"d{name}", scale=scale)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_conv_gradcheck_float64(reverse):
     gen = torch.Generator().manual_seed(0)

@@ -139,3 +139,201 @@ def test_bimamba_inner(backend, case):
         assert t.grad is not None, f"no gradient reached {name}"
         assert_close(t.grad, r[name].grad, "scan", torch.float32, f"d{name} vs ref", scale=scale)
         assert_close(t.grad, o[name].grad, "scan", torch.float32, f"d{name} vs oracle", scale=scale)
+
+
+# ----------------------------------------------------------------------------- the mixer op
+# mamba_inner_fn / bimamba_inner_fn run every backend but "ref" through vimd::mixer_fwd/bwd
+# (vimd_kernels/mamba_inner/fused.py): recompute in backward, both ViM directions in one op.
+
+from vimd_kernels.mamba_inner import fused  # noqa: E402
+from vimd_kernels.registry import kernel_available  # noqa: E402
+
+needs_cpu = pytest.mark.skipif(not kernel_available("selective_scan", "cpu"), reason="no cpu backend")
+BI_ORDER = ["xz", "conv1d_weight", "conv1d_bias", "x_proj_weight", "delta_proj_weight", "A", "D",
+            "delta_bias", "conv1d_weight_b", "conv1d_bias_b", "x_proj_weight_b",
+            "delta_proj_weight_b", "A_b", "D_b", "delta_bias_b", "out_proj_weight", "out_proj_bias"]
+
+
+def _bi_inputs(seed=2, b=2, L=9, d_model=6, d_inner=8, N=4, rank=2, width=4, drop=()):
+    gen = torch.Generator().manual_seed(seed)
+    fwd = branch_weights(d_inner, N, rank, width, gen)
+    bwd = branch_weights(d_inner, N, rank, width, gen)
+    flat = {**fwd, **{k + "_b": v for k, v in bwd.items()},
+            "xz": torch.randn(b, 2 * d_inner, L, generator=gen),
+            "out_proj_weight": torch.randn(d_model, d_inner, generator=gen) / d_inner ** 0.5,
+            "out_proj_bias": torch.randn(d_model, generator=gen)}
+    for k in drop:
+        flat[k] = None
+    return flat
+
+
+def _stacked_op_args(flat: dict, bidirectional: bool):
+    """(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, delta_bias) with stacked (S, ...) weights."""
+    sfx = ("", "_b") if bidirectional else ("",)
+    st = lambda k: torch.stack([flat[k + s].reshape(flat[k + s].shape[0], -1) if k == "conv1d_weight"  # noqa: E731
+                                else flat[k + s] for s in sfx]).detach().requires_grad_(True)
+    return (flat["xz"].detach().clone().requires_grad_(True), st("conv1d_weight"), st("conv1d_bias"),
+            st("x_proj_weight"), st("delta_proj_weight"), st("A"), st("D"), st("delta_bias"))
+
+
+@needs_cpu
+@pytest.mark.parametrize("bidirectional", (False, True))
+def test_mixer_op_opcheck(bidirectional):
+    args = _stacked_op_args(_bi_inputs(), bidirectional)
+    torch.library.opcheck(torch.ops.vimd.mixer_fwd.default, (*args, True, "cpu"))
+    plain = [t.detach() for t in args]
+    dy = torch.randn(plain[0].shape[0], plain[0].shape[1] // 2, plain[0].shape[2])
+    torch.library.opcheck(torch.ops.vimd.mixer_bwd.default, (*plain, dy, True, "cpu"))
+
+
+@needs_cpu
+@pytest.mark.parametrize("drop", [("conv1d_bias_b", "D"), ("delta_bias", "delta_bias_b", "conv1d_bias")])
+def test_bimamba_mixer_op_with_missing_optional_weights(drop):
+    """A weight absent in one direction only (zeros stand in for it inside the op)."""
+    flat = _bi_inputs(drop=drop)
+    p, r = _req(flat), _req(flat)
+    out = bimamba_inner_fn(*(p[k] for k in BI_ORDER), True, backend="cpu")
+    ref = bimamba_inner_ref(*(r[k] for k in BI_ORDER), True)
+    assert_close(out, ref, "scan", torch.float32, "out vs bimamba_inner_ref")
+    dout = torch.randn(out.shape)
+    (out * dout).sum().backward()
+    (ref * dout).sum().backward()
+    for k, t in p.items():
+        if t is not None:
+            assert_close(t.grad, r[k].grad, "scan", torch.float32, f"d{k}", scale=reduction_scale(18))
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd keeps for backward while running fn (distinct storages)."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+@needs_cpu
+@pytest.mark.parametrize("bidirectional", (False, True))
+def test_mixer_op_saves_only_xz_and_weights(bidirectional):
+    """Activation memory: the mixer op keeps xz and the weights; the composed path (ref) much more."""
+    flat = _bi_inputs(b=2, L=64, d_inner=16)
+    p = _req(flat)
+    fwd_names = ["xz", "conv1d_weight", "conv1d_bias", "x_proj_weight", "delta_proj_weight",
+                 "out_proj_weight", "out_proj_bias", "A"]
+
+    def run(backend):
+        if bidirectional:
+            return bimamba_inner_fn(*(p[k] for k in BI_ORDER), True, backend=backend)
+        return mamba_inner_fn(*(p[k] for k in fwd_names), None, None, p["D"], p["delta_bias"], True,
+                              backend=backend)
+
+    fused_bytes, composed_bytes = _saved_bytes(lambda: run("cpu")), _saved_bytes(lambda: run("ref"))
+    xz_bytes = flat["xz"].numel() * 4
+    y_bytes = xz_bytes // 2  # the out_proj input, saved by F.linear in both paths
+    weights = sum(v.numel() * 4 for k, v in flat.items() if v is not None and k != "xz")
+    assert fused_bytes <= xz_bytes + y_bytes + 2 * weights  # stacked weight copies at most
+    assert composed_bytes > 2 * fused_bytes
+
+
+@needs_cpu
+@pytest.mark.parametrize("bidirectional", (False, True))
+def test_mixer_op_uses_backend_bi_hooks(monkeypatch, bidirectional):
+    """A kernel module's bi_forward/bi_backward run both directions when present (here: wrappers of
+    the cpu module that count their calls); results equal the two-call path."""
+    from vimd_kernels.causal_conv1d import cpu as conv_cpu
+    from vimd_kernels.selective_scan import cpu as scan_cpu
+    calls = []
+
+    def conv_bi_forward(x, w, b, silu):
+        calls.append("conv_fwd")
+        return torch.stack([conv_cpu.forward(x, w[s], None if b is None else b[s], silu, bool(s))
+                            for s in range(2)])
+
+    def conv_bi_backward(x, w, b, dout, silu):
+        calls.append("conv_bwd")
+        res = [conv_cpu.backward(x, w[s], None if b is None else b[s], dout[s], silu, bool(s))
+               for s in range(2)]
+        return [None if r[0] is None else torch.stack(r) for r in zip(*res)]
+
+    pick = lambda t, s: None if t is None else t[s]  # noqa: E731
+
+    def scan_bi_forward(u, delta, A, B, C, D, z, delta_bias, softplus):
+        calls.append("scan_fwd")
+        res = [scan_cpu.forward(u[s], delta[s], A[s], B[s], C[s], pick(D, s), z, pick(delta_bias, s),
+                                None, softplus, bool(s)) for s in range(2)]
+        return torch.stack([r[0] for r in res]), torch.stack([r[1] for r in res])
+
+    def scan_bi_backward(u, delta, A, B, C, D, z, delta_bias, dout, softplus):
+        calls.append("scan_bwd")
+        res = [scan_cpu.backward(u[s], delta[s], A[s], B[s], C[s], pick(D, s), z, pick(delta_bias, s),
+                                 None, dout[s], None, softplus, bool(s))[:8] for s in range(2)]
+        return [None if r[0] is None else torch.stack(r) for r in zip(*res)]
+
+    flat = _bi_inputs()
+    args = _stacked_op_args(flat, bidirectional)
+    y0 = fused._mixer_fwd(*args, True, "cpu")
+    g0 = torch.autograd.grad(y0.square().sum(), args)
+    for mod, name, f in ((conv_cpu, "bi_forward", conv_bi_forward), (conv_cpu, "bi_backward", conv_bi_backward),
+                         (scan_cpu, "bi_forward", scan_bi_forward), (scan_cpu, "bi_backward", scan_bi_backward)):
+        monkeypatch.setattr(mod, name, f, raising=False)
+    args = _stacked_op_args(flat, bidirectional)
+    y1 = fused._mixer_fwd(*args, True, "cpu")
+    g1 = torch.autograd.grad(y1.square().sum(), args)
+    want = ["conv_fwd", "scan_fwd", "conv_fwd", "scan_bwd", "conv_bwd"] if bidirectional else []
+    assert calls == want
+    assert torch.equal(y0, y1)
+    for a, b in zip(g0, g1):
+        assert torch.equal(a, b)
+
+
+@needs_cpu
+@pytest.mark.parametrize("bidirectional", (False, True))
+def test_mixer_op_autocast_bf16_matches_composed(bidirectional):
+    """Under autocast(bfloat16) the mixer op computes x_proj/dt_proj in bfloat16 like the composed
+    path does (and recomputes them the same way in backward)."""
+    flat = _bi_inputs(L=12)
+    p, r = _req(flat), _req(flat)
+    fwd_names = ["xz", "conv1d_weight", "conv1d_bias", "x_proj_weight", "delta_proj_weight",
+                 "out_proj_weight", "out_proj_bias", "A"]
+
+    def run(q, backend):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if bidirectional:
+                return bimamba_inner_fn(*(q[k] for k in BI_ORDER), True, backend=backend)
+            return mamba_inner_fn(*(q[k] for k in fwd_names), None, None, q["D"], q["delta_bias"],
+                                  True, backend=backend)
+
+    out, ref = run(p, "cpu"), run(r, "ref")
+    assert out.dtype == ref.dtype == torch.bfloat16
+    assert_close(out, ref, "scan", torch.bfloat16, "out")
+    dout = torch.randn(out.shape)
+    (out.float() * dout).sum().backward()
+    (ref.float() * dout).sum().backward()
+    for k, t in p.items():
+        if not bidirectional and k.endswith("_b"):
+            continue
+        assert t.grad is not None and t.grad.dtype == t.dtype, k
+        assert_close(t.grad, r[k].grad, "scan", torch.bfloat16, f"d{k}", scale=reduction_scale(24))
+
+
+@needs_cpu
+def test_mixer_op_is_one_node_under_compile():
+    """torch.compile(fullgraph=True) sees vimd::mixer_fwd as one opaque node (no graph break)."""
+    torch._dynamo.reset()
+    flat = _bi_inputs()
+    seen = []
+
+    def capture(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    f = torch.compile(lambda *a: bimamba_inner_fn(*a, True, backend="cpu"), fullgraph=True,
+                      backend=capture)
+    out = f(*(flat[k] for k in BI_ORDER))
+    assert any("vimd.mixer_fwd" in s for s in seen), seen
+    ref = bimamba_inner_ref(*(flat[k] for k in BI_ORDER), True)
+    assert_close(out, ref, "scan", torch.float32, "compiled out")

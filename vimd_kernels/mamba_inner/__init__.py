@@ -1,1 +1,2 @@
-"""Mamba mixer bodies: ``reference.py`` composes the references; a backend may add a fused ``core``."""
+"""Mamba mixer bodies: ``reference.py`` composes the references; ``fused.py`` is the recompute
+mixer op (``vimd::mixer_fwd/bwd``) that every other backend runs, both ViM directions in one op."""
