@@ -154,6 +154,21 @@ void set_chunks(vc::ScanParams& p, int64_t chunk_len) {
   p.n_chunks = static_cast<int>(n_chunks);
 }
 
+// The forward's outputs and chunk workspaces of one direction (out/last may be views into
+// stacked outputs); `work` keeps the workspaces alive until the launch is queued.
+void setup_scan_fwd(vc::ScanParams& p, const Tensor& out, const Tensor& last, int64_t chunk_len,
+                    std::vector<Tensor>& work) {
+  set_chunks(p, chunk_len);
+  if (p.n_chunks > 1) {
+    work.push_back(at::empty({p.batch, p.dim, p.n_chunks, p.dstate}, last.options()));
+    p.chunk_h = work.back().data_ptr<float>();
+    work.push_back(at::empty({p.batch, p.dim, p.n_chunks}, last.options()));
+    p.chunk_sum_delta = work.back().data_ptr<float>();
+  }
+  p.out = out.data_ptr();
+  p.last_state = last.data_ptr<float>();
+}
+
 std::tuple<Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, const Tensor& delta,
                                                    const Tensor& A, const Tensor& B, const Tensor& C,
                                                    const OptTensor& D, const OptTensor& z,
@@ -163,19 +178,11 @@ std::tuple<Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, const Tensor
                                                    int64_t chunk_len) {
   vc::ScanParams p = scan_params(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                                  reverse);
-  set_chunks(p, chunk_len);
   const DeviceGuard guard(u.device());
   Tensor out = at::empty_like(u);
   Tensor last = at::empty({p.batch, p.dim, p.dstate}, u.options().dtype(at::kFloat));
-  Tensor chunk_h, chunk_sum;
-  if (p.n_chunks > 1) {
-    chunk_h = at::empty({p.batch, p.dim, p.n_chunks, p.dstate}, last.options());
-    chunk_sum = at::empty({p.batch, p.dim, p.n_chunks}, last.options());
-    p.chunk_h = chunk_h.data_ptr<float>();
-    p.chunk_sum_delta = chunk_sum.data_ptr<float>();
-  }
-  p.out = out.data_ptr();
-  p.last_state = last.data_ptr<float>();
+  std::vector<Tensor> work;
+  setup_scan_fwd(p, out, last, chunk_len, work);
   const cudaStream_t stream = current_stream();
   check_launch(dispatch_io(u.scalar_type(),
                            [&](auto t) { return vc::selective_scan_fwd_launch<decltype(t)>(p, stream); }),
@@ -183,17 +190,20 @@ std::tuple<Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, const Tensor
   return {out, last};
 }
 
-// Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); None for absent inputs.
-// dA..dC, dD, ddelta_bias, dinitial_state are float32. seg_channels/slab_channels: see params.h.
-std::vector<OptTensor> selective_scan_bwd_cuda(const Tensor& u, const Tensor& delta, const Tensor& A,
-                                               const Tensor& B, const Tensor& C, const OptTensor& D,
-                                               const OptTensor& z, const OptTensor& delta_bias,
-                                               const OptTensor& initial_state, const Tensor& dout,
-                                               const OptTensor& dlast_state, bool delta_softplus,
-                                               bool reverse, int64_t seg_channels,
-                                               int64_t slab_channels) {
-  vc::ScanParams p = scan_params(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
-                                 reverse);
+// The backward's outputs of one direction: defined tensors (views into stacked outputs) are
+// written in place, undefined ones are allocated.
+struct ScanBwdOut {
+  Tensor du, ddelta, dA, dB, dC;
+  OptTensor dD, dz, ddelta_bias, dinit;
+};
+
+// Checks the backward-only arguments, plans the channel slabs, allocates the outputs missing in
+// `o` and the workspaces (kept in `work`) and fills p's backward pointers.
+void setup_scan_bwd(vc::ScanParams& p, ScanBwdOut& o, std::vector<Tensor>& work, const Tensor& u,
+                    const Tensor& A, const Tensor& B, const Tensor& C, const OptTensor& D,
+                    const OptTensor& z, const OptTensor& delta_bias, const OptTensor& initial_state,
+                    const Tensor& dout, const OptTensor& dlast_state, int64_t seg_channels,
+                    int64_t slab_channels) {
   check_io(dout, u, "dout");
   if (dlast_state) {
     check_float32(*dlast_state, "dlast_state");
@@ -214,64 +224,162 @@ std::vector<OptTensor> selective_scan_bwd_cuda(const Tensor& u, const Tensor& de
   const int64_t n_parts = (p.dim / seg_channels) * p.slabs_per_seg;
   TORCH_CHECK(n_parts <= 0x7fffffff, "too many channel slabs");
 
-  const DeviceGuard guard(u.device());
   const auto f32 = u.options().dtype(at::kFloat);
   p.dout = dout.data_ptr();
   p.dlast_state = fptr(dlast_state);
-  Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
-  Tensor dA = at::empty_like(A), dB = at::empty_like(B), dC = at::empty_like(C);
-  OptTensor dD, dz, ddelta_bias, dinit;
-  p.du = du.data_ptr();
-  p.ddelta = ddelta.data_ptr();
-  p.dA = dA.data_ptr<float>();
-  p.dB = dB.data_ptr<float>();
-  p.dC = dC.data_ptr<float>();
-  if (z) {
-    dz = at::empty_like(*z);
-    p.dz = dz->data_ptr();
-  }
-  if (initial_state) {
-    dinit = at::empty_like(*initial_state);
-    p.dinitial_state = dinit->data_ptr<float>();
-  }
+  auto fill = [](Tensor& t, const Tensor& like) { if (!t.defined()) t = at::empty_like(like); };
+  auto fill_opt = [](OptTensor& t, const OptTensor& like) {
+    if (like && !t) t = at::empty_like(*like);
+  };
+  fill(o.du, u);
+  fill(o.ddelta, u);
+  fill(o.dA, A);
+  fill(o.dB, B);
+  fill(o.dC, C);
+  fill_opt(o.dD, D);
+  fill_opt(o.dz, z);
+  fill_opt(o.ddelta_bias, delta_bias);
+  fill_opt(o.dinit, initial_state);
+  p.du = o.du.data_ptr();
+  p.ddelta = o.ddelta.data_ptr();
+  p.dA = o.dA.data_ptr<float>();
+  p.dB = o.dB.data_ptr<float>();
+  p.dC = o.dC.data_ptr<float>();
+  p.dz = o.dz ? o.dz->data_ptr() : nullptr;
+  p.dinitial_state = o.dinit ? o.dinit->data_ptr<float>() : nullptr;
+  auto workspace = [&](at::IntArrayRef sizes) {
+    work.push_back(at::empty(sizes, f32));
+    return work.back().data_ptr<float>();
+  };
   const int64_t J = static_cast<int64_t>(p.batch) * p.n_chunks;
-  Tensor part_A = at::empty({p.dim, p.dstate, J}, f32);
-  p.part_A = part_A.data_ptr<float>();
-  Tensor part_D, part_db, part_B, part_C;
+  p.part_A = workspace({p.dim, p.dstate, J});
   if (D) {
-    dD = at::empty_like(*D);
-    part_D = at::empty({p.dim, J}, f32);
-    p.dD = dD->data_ptr<float>();
-    p.part_D = part_D.data_ptr<float>();
+    p.dD = o.dD->data_ptr<float>();
+    p.part_D = workspace({p.dim, J});
   }
   if (delta_bias) {
-    ddelta_bias = at::empty_like(*delta_bias);
-    part_db = at::empty({p.dim, J}, f32);
-    p.ddelta_bias = ddelta_bias->data_ptr<float>();
-    p.part_delta_bias = part_db.data_ptr<float>();
+    p.ddelta_bias = o.ddelta_bias->data_ptr<float>();
+    p.part_delta_bias = workspace({p.dim, J});
   }
   auto bc_part = [&](int groups) {
-    return groups == 0 ? at::empty({p.dim, p.dstate, J}, f32)
-                       : at::empty({p.batch, n_parts, p.dstate, p.seqlen}, f32);
+    return groups == 0 ? workspace({p.dim, p.dstate, J}) : workspace({p.batch, n_parts, p.dstate, p.seqlen});
   };
-  part_B = bc_part(p.b_groups);
-  part_C = bc_part(p.c_groups);
-  p.part_B = part_B.data_ptr<float>();
-  p.part_C = part_C.data_ptr<float>();
-  Tensor chunk_h, chunk_q, chunk_sum;
+  p.part_B = bc_part(p.b_groups);
+  p.part_C = bc_part(p.c_groups);
   if (p.n_chunks > 1) {
-    chunk_h = at::empty({p.batch, p.dim, p.n_chunks, p.dstate}, f32);
-    chunk_q = at::empty_like(chunk_h);
-    chunk_sum = at::empty({p.batch, p.dim, p.n_chunks}, f32);
-    p.chunk_h = chunk_h.data_ptr<float>();
-    p.chunk_q = chunk_q.data_ptr<float>();
-    p.chunk_sum_delta = chunk_sum.data_ptr<float>();
+    p.chunk_h = workspace({p.batch, p.dim, p.n_chunks, p.dstate});
+    p.chunk_q = workspace({p.batch, p.dim, p.n_chunks, p.dstate});
+    p.chunk_sum_delta = workspace({p.batch, p.dim, p.n_chunks});
   }
+}
+
+// Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); None for absent inputs.
+// dA..dC, dD, ddelta_bias, dinitial_state are float32. seg_channels/slab_channels: see params.h.
+std::vector<OptTensor> selective_scan_bwd_cuda(const Tensor& u, const Tensor& delta, const Tensor& A,
+                                               const Tensor& B, const Tensor& C, const OptTensor& D,
+                                               const OptTensor& z, const OptTensor& delta_bias,
+                                               const OptTensor& initial_state, const Tensor& dout,
+                                               const OptTensor& dlast_state, bool delta_softplus,
+                                               bool reverse, int64_t seg_channels,
+                                               int64_t slab_channels) {
+  vc::ScanParams p = scan_params(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                                 reverse);
+  const DeviceGuard guard(u.device());
+  ScanBwdOut o;
+  std::vector<Tensor> work;
+  setup_scan_bwd(p, o, work, u, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
+                 seg_channels, slab_channels);
   const cudaStream_t stream = current_stream();
   check_launch(dispatch_io(u.scalar_type(),
                            [&](auto t) { return vc::selective_scan_bwd_launch<decltype(t)>(p, stream); }),
                "selective_scan_bwd_cuda");
-  return {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit};
+  return {o.du, o.ddelta, o.dA, o.dB, o.dC, o.dD, o.dz, o.ddelta_bias, o.dinit};
+}
+
+// ----------------------------------------------------------------------------- both directions
+// ViM's two directions in one launch: every input but z carries a leading direction dimension
+// of 2 (z, shared, is (batch, dim, L)); direction 1 runs reversed.
+
+OptTensor at_dir(const OptTensor& t, int s) {
+  return t ? OptTensor(t->select(0, s)) : std::nullopt;
+}
+
+void check_two_dirs(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() >= 2 && t.size(0) == 2, name, " must have a leading direction dimension of 2, got ",
+              t.sizes());
+}
+
+vc::BiScanParams bi_scan_params(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                                const Tensor& C, const OptTensor& D, const OptTensor& z,
+                                const OptTensor& delta_bias, bool delta_softplus) {
+  check_two_dirs(u, "u");
+  check_two_dirs(delta, "delta");
+  check_two_dirs(A, "A");
+  check_two_dirs(B, "B");
+  check_two_dirs(C, "C");
+  if (D) check_two_dirs(*D, "D");
+  if (delta_bias) check_two_dirs(*delta_bias, "delta_bias");
+  vc::BiScanParams bp;
+  for (int s = 0; s < 2; ++s) {
+    bp.dir[s] = scan_params(u.select(0, s), delta.select(0, s), A.select(0, s), B.select(0, s),
+                            C.select(0, s), at_dir(D, s), z, at_dir(delta_bias, s), std::nullopt,
+                            delta_softplus, /*reverse=*/s == 1);
+  }
+  return bp;
+}
+
+// Returns (out (2, batch, dim, L), last_state (2, batch, dim, N)).
+std::tuple<Tensor, Tensor> selective_scan_bi_fwd_cuda(const Tensor& u, const Tensor& delta,
+                                                      const Tensor& A, const Tensor& B, const Tensor& C,
+                                                      const OptTensor& D, const OptTensor& z,
+                                                      const OptTensor& delta_bias, bool delta_softplus,
+                                                      int64_t chunk_len) {
+  vc::BiScanParams bp = bi_scan_params(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
+  const vc::ScanParams& p = bp.dir[0];
+  const DeviceGuard guard(u.device());
+  Tensor out = at::empty_like(u);
+  Tensor last = at::empty({2, p.batch, p.dim, p.dstate}, u.options().dtype(at::kFloat));
+  std::vector<Tensor> work;
+  for (int s = 0; s < 2; ++s) setup_scan_fwd(bp.dir[s], out.select(0, s), last.select(0, s), chunk_len, work);
+  TORCH_CHECK(2 * static_cast<int64_t>(p.n_chunks) <= 65535, "too many chunks (", p.n_chunks,
+              "): raise chunk_len");
+  const cudaStream_t stream = current_stream();
+  check_launch(dispatch_io(u.scalar_type(),
+                           [&](auto t) { return vc::selective_scan_bi_fwd_launch<decltype(t)>(bp, stream); }),
+               "selective_scan_bi_fwd_cuda");
+  return {out, last};
+}
+
+// Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), stacked over the directions (dz too:
+// one per direction); None for absent inputs. dout_f/dout_b are the two directions' output
+// gradients (they may be one tensor).
+std::vector<OptTensor> selective_scan_bi_bwd_cuda(const Tensor& u, const Tensor& delta, const Tensor& A,
+                                                  const Tensor& B, const Tensor& C, const OptTensor& D,
+                                                  const OptTensor& z, const OptTensor& delta_bias,
+                                                  const Tensor& dout_f, const Tensor& dout_b,
+                                                  bool delta_softplus, int64_t seg_channels,
+                                                  int64_t slab_channels) {
+  vc::BiScanParams bp = bi_scan_params(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
+  const DeviceGuard guard(u.device());
+  Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
+  Tensor dA = at::empty_like(A), dB = at::empty_like(B), dC = at::empty_like(C);
+  OptTensor dD, dz, ddelta_bias;
+  if (D) dD = at::empty_like(*D);
+  if (delta_bias) ddelta_bias = at::empty_like(*delta_bias);
+  if (z) dz = at::empty({2, z->size(0), z->size(1), z->size(2)}, z->options());
+  std::vector<Tensor> work;
+  for (int s = 0; s < 2; ++s) {
+    ScanBwdOut o{du.select(0, s), ddelta.select(0, s), dA.select(0, s), dB.select(0, s), dC.select(0, s),
+                 at_dir(dD, s), at_dir(dz, s), at_dir(ddelta_bias, s), std::nullopt};
+    setup_scan_bwd(bp.dir[s], o, work, u.select(0, s), A.select(0, s), B.select(0, s), C.select(0, s),
+                   at_dir(D, s), z, at_dir(delta_bias, s), std::nullopt, s == 0 ? dout_f : dout_b,
+                   std::nullopt, seg_channels, slab_channels);
+  }
+  const cudaStream_t stream = current_stream();
+  check_launch(dispatch_io(u.scalar_type(),
+                           [&](auto t) { return vc::selective_scan_bi_bwd_launch<decltype(t)>(bp, stream); }),
+               "selective_scan_bi_bwd_cuda");
+  return {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias};
 }
 
 vc::ConvParams conv_params(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu,
@@ -340,6 +448,60 @@ std::vector<OptTensor> causal_conv1d_bwd_cuda(const Tensor& x, const Tensor& wei
   return {dx, dweight, dbias};
 }
 
+// Both directions of the conv over one x: weight (2, dim, width), bias (2, dim); direction 1
+// runs reversed (anti-causal). Returns out (2, batch, dim, L).
+vc::BiConvParams bi_conv_params(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu) {
+  check_two_dirs(weight, "weight");
+  if (bias) check_two_dirs(*bias, "bias");
+  vc::BiConvParams bp;
+  for (int s = 0; s < 2; ++s) {
+    bp.dir[s] = conv_params(x, weight.select(0, s), at_dir(bias, s), silu, /*reverse=*/s == 1);
+  }
+  return bp;
+}
+
+Tensor causal_conv1d_bi_fwd_cuda(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu) {
+  vc::BiConvParams bp = bi_conv_params(x, weight, bias, silu);
+  const DeviceGuard guard(x.device());
+  Tensor out = at::empty({2, x.size(0), x.size(1), x.size(2)}, x.options());
+  for (int s = 0; s < 2; ++s) bp.dir[s].out = out.select(0, s).data_ptr();
+  const cudaStream_t stream = current_stream();
+  check_launch(dispatch_io(x.scalar_type(),
+                           [&](auto t) { return vc::causal_conv1d_bi_fwd_launch<decltype(t)>(bp, stream); }),
+               "causal_conv1d_bi_fwd_cuda");
+  return out;
+}
+
+// Returns (dx (2, batch, dim, L), dweight (2, dim, width) float32, dbias (2, dim) float32 or None).
+std::vector<OptTensor> causal_conv1d_bi_bwd_cuda(const Tensor& x, const Tensor& weight,
+                                                 const OptTensor& bias, const Tensor& dout_f,
+                                                 const Tensor& dout_b, bool silu) {
+  vc::BiConvParams bp = bi_conv_params(x, weight, bias, silu);
+  check_io(dout_f, x, "dout_f");
+  check_io(dout_b, x, "dout_b");
+  const DeviceGuard guard(x.device());
+  Tensor dx = at::empty({2, x.size(0), x.size(1), x.size(2)}, x.options());
+  Tensor dweight = at::empty_like(weight);
+  OptTensor dbias;
+  if (bias) dbias = at::empty_like(*bias);
+  const vc::ConvParams& p = bp.dir[0];
+  Tensor part = at::empty({2, p.dim, p.width + 1, static_cast<int64_t>(p.batch) * p.segs},
+                          x.options().dtype(at::kFloat));
+  for (int s = 0; s < 2; ++s) {
+    vc::ConvParams& q = bp.dir[s];
+    q.dout = (s == 0 ? dout_f : dout_b).data_ptr();
+    q.dx = dx.select(0, s).data_ptr();
+    q.dweight = dweight.select(0, s).data_ptr<float>();
+    q.dbias = dbias ? dbias->select(0, s).data_ptr<float>() : nullptr;
+    q.part_w = part.select(0, s).data_ptr<float>();
+  }
+  const cudaStream_t stream = current_stream();
+  check_launch(dispatch_io(x.scalar_type(),
+                           [&](auto t) { return vc::causal_conv1d_bi_bwd_launch<decltype(t)>(bp, stream); }),
+               "causal_conv1d_bi_bwd_cuda");
+  return {dx, dweight, dbias};
+}
+
 #ifndef VIMD_CUDA_EMULATION
 int sm_count(int64_t device) {
   int n = 0;
@@ -367,6 +529,21 @@ void register_cuda_ops(pybind11::module_& m) {
   m.def("causal_conv1d_bwd_cuda", &causal_conv1d_bwd_cuda, "causal conv1d backward (CUDA)",
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("dout"), py::arg("silu"),
         py::arg("reverse"));
+  m.def("selective_scan_bi_fwd_cuda", &selective_scan_bi_fwd_cuda,
+        "selective scan forward, both directions in one launch (CUDA)", py::arg("u"), py::arg("delta"),
+        py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"), py::arg("delta_bias"),
+        py::arg("delta_softplus"), py::arg("chunk_len"));
+  m.def("selective_scan_bi_bwd_cuda", &selective_scan_bi_bwd_cuda,
+        "selective scan backward, both directions in one launch (CUDA)", py::arg("u"), py::arg("delta"),
+        py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"), py::arg("delta_bias"),
+        py::arg("dout_f"), py::arg("dout_b"), py::arg("delta_softplus"), py::arg("seg_channels"),
+        py::arg("slab_channels"));
+  m.def("causal_conv1d_bi_fwd_cuda", &causal_conv1d_bi_fwd_cuda,
+        "causal conv1d forward, both directions in one launch (CUDA)", py::arg("x"), py::arg("weight"),
+        py::arg("bias"), py::arg("silu"));
+  m.def("causal_conv1d_bi_bwd_cuda", &causal_conv1d_bi_bwd_cuda,
+        "causal conv1d backward, both directions in one launch (CUDA)", py::arg("x"), py::arg("weight"),
+        py::arg("bias"), py::arg("dout_f"), py::arg("dout_b"), py::arg("silu"));
   m.def("cuda_sm_count", &sm_count, "number of multiprocessors of a CUDA device", py::arg("device"));
   m.attr("cuda_scan_tile") = vc::kScanTile;
   m.attr("cuda_scan_warps") = vc::kScanWarps;

@@ -57,6 +57,26 @@ def _conv_bwd(x, weight, bias, dout, silu, *args, out_shape=None, **kwargs) -> i
     return 2 * _conv_flops(x, weight, bias is not None, silu)
 
 
+def _mixer_flops(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D) -> int:
+    """The recompute mixer op (vimd::mixer_fwd): per direction x_proj + dt_proj (2 per MAC, like
+    aten.mm) plus the conv1d+SiLU and the z-gated scan formulas above."""
+    b, d2, L = xz
+    S, k, d, r = conv_w[0], x_proj_w[1], d2 // 2, dt_proj_w[-1]
+    proj = 2 * b * L * (k * d + d * r)
+    return S * (proj + _conv_flops((b, d, L), conv_w, conv_b is not None, True)
+                + _scan_flops((b, d, L), A, D is not None, True))
+
+
+@register_flop_formula(_vimd.mixer_fwd)
+def _mixer_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, *args, out_shape=None, **kwargs) -> int:
+    return _mixer_flops(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D)
+
+
+@register_flop_formula(_vimd.mixer_bwd)
+def _mixer_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, *args, out_shape=None, **kwargs) -> int:
+    return 3 * _mixer_flops(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D)  # recompute + 2x backward
+
+
 def _layer_norm_flops(x_shape, normalized_shape, weight=None, bias=None, *args, out_shape=None, **kw) -> int:
     n = 1
     for s in x_shape:

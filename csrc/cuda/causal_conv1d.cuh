@@ -38,7 +38,7 @@ struct ConvThread {
 };
 
 template <typename T>
-__global__ __launch_bounds__(kConvThreads) void conv_fwd_kernel(ConvParams p) {
+__device__ __forceinline__ void conv_fwd_thread(const ConvParams& p) {
   const ConvThread th(p);
   if (!th.valid) return;
   const int L = p.seqlen, W = p.width;
@@ -64,7 +64,7 @@ __global__ __launch_bounds__(kConvThreads) void conv_fwd_kernel(ConvParams p) {
 }
 
 template <typename T>
-__global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(ConvParams p) {
+__device__ __forceinline__ void conv_bwd_thread(const ConvParams& p) {
   const ConvThread th(p);
   if (!th.valid) return;
   const int L = p.seqlen, W = p.width;
@@ -123,29 +123,67 @@ __global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(ConvParams p) {
   part[W * J] = sb;
 }
 
-}  // namespace
+template <typename T>
+__global__ __launch_bounds__(kConvThreads) void conv_fwd_kernel(ConvParams p) { conv_fwd_thread<T>(p); }
 
 template <typename T>
-cudaError_t causal_conv1d_fwd_launch(const ConvParams& p, cudaStream_t stream) {
-  const long long threads = static_cast<long long>(p.batch) * p.dim * p.segs;
-  return launch_kernel(conv_fwd_kernel<T>, ceil_div(threads, kConvThreads), kConvThreads, 0, stream, p);
+__global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(ConvParams p) { conv_bwd_thread<T>(p); }
+
+// Both directions: blockIdx.y is the direction.
+template <typename T>
+__global__ __launch_bounds__(kConvThreads) void conv_fwd_bi_kernel(BiConvParams bp) {
+  conv_fwd_thread<T>(bp.dir[blockIdx.y]);
 }
 
 template <typename T>
-cudaError_t causal_conv1d_bwd_launch(const ConvParams& p, cudaStream_t stream) {
-  const long long threads = static_cast<long long>(p.batch) * p.dim * p.segs;
-  cudaError_t err = launch_kernel(conv_bwd_kernel<T>, ceil_div(threads, kConvThreads), kConvThreads, 0,
-                                  stream, p);
-  if (err != cudaSuccess) return err;
-  // part_w is (dim, W + 1, J): per channel W rows of dweight partials, then one of dbias.
+__global__ __launch_bounds__(kConvThreads) void conv_bwd_bi_kernel(BiConvParams bp) {
+  conv_bwd_thread<T>(bp.dir[blockIdx.y]);
+}
+
+// part_w is (dim, W + 1, J): per channel W rows of dweight partials, then one of dbias.
+inline cudaError_t conv_bwd_reduce(const ConvParams& p, cudaStream_t stream) {
   const int J = p.batch * p.segs;
   const int W = p.width;
-  err = reduce_inner(p.part_w, p.dweight, p.dim, W, W + 1, J, stream);
+  cudaError_t err = reduce_inner(p.part_w, p.dweight, p.dim, W, W + 1, J, stream);
   if (err != cudaSuccess) return err;
   if (p.dbias) {
     err = reduce_inner(p.part_w + static_cast<long long>(W) * J, p.dbias, p.dim, 1, W + 1, J, stream);
   }
   return err;
+}
+
+inline unsigned conv_blocks(const ConvParams& p) {
+  return ceil_div(static_cast<long long>(p.batch) * p.dim * p.segs, kConvThreads);
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t causal_conv1d_fwd_launch(const ConvParams& p, cudaStream_t stream) {
+  return launch_kernel(conv_fwd_kernel<T>, conv_blocks(p), kConvThreads, 0, stream, p);
+}
+
+template <typename T>
+cudaError_t causal_conv1d_bwd_launch(const ConvParams& p, cudaStream_t stream) {
+  cudaError_t err = launch_kernel(conv_bwd_kernel<T>, conv_blocks(p), kConvThreads, 0, stream, p);
+  if (err != cudaSuccess) return err;
+  return conv_bwd_reduce(p, stream);
+}
+
+template <typename T>
+cudaError_t causal_conv1d_bi_fwd_launch(const BiConvParams& bp, cudaStream_t stream) {
+  return launch_kernel(conv_fwd_bi_kernel<T>, dim3(conv_blocks(bp.dir[0]), 2), kConvThreads, 0, stream, bp);
+}
+
+template <typename T>
+cudaError_t causal_conv1d_bi_bwd_launch(const BiConvParams& bp, cudaStream_t stream) {
+  cudaError_t err = launch_kernel(conv_bwd_bi_kernel<T>, dim3(conv_blocks(bp.dir[0]), 2), kConvThreads, 0,
+                                  stream, bp);
+  if (err != cudaSuccess) return err;
+  for (const ConvParams& q : bp.dir) {
+    if ((err = conv_bwd_reduce(q, stream)) != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace cuda

@@ -92,12 +92,26 @@ struct ConvParams {
   float* dbias = nullptr;              // (dim) when bias is given
 };
 
+// Both ViM directions in one launch: dir[1] runs reversed (mirrored indexing, reverse = true),
+// each direction with its own pointers; both have the same sizes and options. The direction is
+// a grid dimension (the scan: z, direction-major over the chunks; the conv: y).
+struct BiScanParams {
+  ScanParams dir[2];
+};
+struct BiConvParams {
+  ConvParams dir[2];
+};
+
 // Launchers (defined in the .cuh templates, instantiated in the .cu files). They return the
 // launch error, if any, so the binding layer can report it.
 template <typename T> cudaError_t selective_scan_fwd_launch(const ScanParams& p, cudaStream_t stream);
 template <typename T> cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream);
 template <typename T> cudaError_t causal_conv1d_fwd_launch(const ConvParams& p, cudaStream_t stream);
 template <typename T> cudaError_t causal_conv1d_bwd_launch(const ConvParams& p, cudaStream_t stream);
+template <typename T> cudaError_t selective_scan_bi_fwd_launch(const BiScanParams& p, cudaStream_t stream);
+template <typename T> cudaError_t selective_scan_bi_bwd_launch(const BiScanParams& p, cudaStream_t stream);
+template <typename T> cudaError_t causal_conv1d_bi_fwd_launch(const BiConvParams& p, cudaStream_t stream);
+template <typename T> cudaError_t causal_conv1d_bi_bwd_launch(const BiConvParams& p, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace vimd

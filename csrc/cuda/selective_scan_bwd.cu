@@ -1,4 +1,4 @@
-// Explicit instantiations of the selective-scan backward (one per element type).
+// Explicit instantiations of the selective-scan backward (per element type; one and both directions).
 #include "selective_scan_bwd.cuh"
 
 namespace vimd {
@@ -6,5 +6,8 @@ namespace cuda {
 template cudaError_t selective_scan_bwd_launch<float>(const ScanParams&, cudaStream_t);
 template cudaError_t selective_scan_bwd_launch<__half>(const ScanParams&, cudaStream_t);
 template cudaError_t selective_scan_bwd_launch<__nv_bfloat16>(const ScanParams&, cudaStream_t);
+template cudaError_t selective_scan_bi_bwd_launch<float>(const BiScanParams&, cudaStream_t);
+template cudaError_t selective_scan_bi_bwd_launch<__half>(const BiScanParams&, cudaStream_t);
+template cudaError_t selective_scan_bi_bwd_launch<__nv_bfloat16>(const BiScanParams&, cudaStream_t);
 }  // namespace cuda
 }  // namespace vimd

@@ -53,11 +53,11 @@ struct RowInputs {
 // Phase 1 (several tiles only): tile-local end state (from h = 0), tile-local adjoint leaving
 // the tile's start (from g = 0 at its end), and sum of delta, per (batch, channel, tile, state).
 template <typename T>
-__global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_kernel(ScanParams p) {
+__device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int c) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int d = blockIdx.x * kScanWarps + warp;
   if (d >= p.dim) return;
-  const int b = blockIdx.y, c = blockIdx.z;
+  const int b = blockIdx.y;
   const int N = p.dstate;
   const long long row = row_index(p, b, d);
   const int t = c * kScanTile + lane * kScanItems;
@@ -98,11 +98,11 @@ __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_kernel(Sc
 
 // Phase 3: all gradients. Block = (channel slab inside one B/C group segment, batch, tile).
 template <typename T>
-__global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_kernel(ScanParams p) {
+__device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   VIMD_DYNAMIC_SMEM(float, acc);                   // (2, N, kScanTile) when B or C is grouped
   __shared__ float red[kScanWarps][2][kScanTile];  // one state's dB/dC per warp, to be summed
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int b = blockIdx.y, c = blockIdx.z;
+  const int b = blockIdx.y;
   const int L = p.seqlen, N = p.dstate;
   const bool grouped = p.b_groups > 0 || p.c_groups > 0;
   const int seg = blockIdx.x / p.slabs_per_seg, slab = blockIdx.x % p.slabs_per_seg;
@@ -267,32 +267,34 @@ __global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_kernel(ScanParams
   }
 }
 
-}  // namespace
+template <typename T>
+__global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_kernel(ScanParams p) {
+  scan_bwd_summary_block<T>(p, blockIdx.z);
+}
 
 template <typename T>
-cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream) {
-  cudaError_t err;
-  const dim3 block(kScanWarps * 32);
-  if (p.n_chunks > 1) {
-    err = launch_kernel(scan_bwd_summary_kernel<T>, dim3(ceil_div(p.dim, kScanWarps), p.batch, p.n_chunks),
-                        block, 0, stream, p);
-    if (err != cudaSuccess) return err;
-    if ((err = scan_combine(p, false, stream)) != cudaSuccess) return err;
-    if ((err = scan_combine(p, true, stream)) != cudaSuccess) return err;
-  }
-  const bool grouped = p.b_groups > 0 || p.c_groups > 0;
-  const size_t smem = grouped ? 2 * sizeof(float) * p.dstate * kScanTile : 0;
-  if (smem > 48 * 1024) {
-    void (*kernel)(ScanParams) = scan_bwd_kernel<T>;
-    err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
-  const int segs = p.dim / p.seg_channels;
-  const unsigned n_parts = static_cast<unsigned>(segs * p.slabs_per_seg);
-  err = launch_kernel(scan_bwd_kernel<T>, dim3(n_parts, p.batch, p.n_chunks), block, smem, stream, p);
-  if (err != cudaSuccess) return err;
+__global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_kernel(ScanParams p) {
+  scan_bwd_block<T>(p, blockIdx.z);
+}
 
+// Both directions: grid.z = 2 * n_chunks, direction-major.
+template <typename T>
+__global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_bi_kernel(BiScanParams bp) {
+  const int n_chunks = bp.dir[0].n_chunks;
+  const int dir = blockIdx.z >= n_chunks;
+  scan_bwd_summary_block<T>(bp.dir[dir], blockIdx.z - dir * n_chunks);
+}
+
+template <typename T>
+__global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_bi_kernel(BiScanParams bp) {
+  const int n_chunks = bp.dir[0].n_chunks;
+  const int dir = blockIdx.z >= n_chunks;
+  scan_bwd_block<T>(bp.dir[dir], blockIdx.z - dir * n_chunks);
+}
+
+// The ordered reductions of one direction's partials (after the main pass).
+inline cudaError_t scan_bwd_reduce(const ScanParams& p, unsigned n_parts, cudaStream_t stream) {
+  cudaError_t err;
   const int J = p.batch * p.n_chunks;
   const long long DN = static_cast<long long>(p.dim) * p.dstate;
   if ((err = reduce_inner(p.part_A, p.dA, DN, J, stream)) != cudaSuccess) return err;
@@ -313,6 +315,71 @@ cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream) 
                           static_cast<int>(n_parts / groups[k]), NL, stream);
     }
     if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+inline size_t scan_bwd_smem(const ScanParams& p) {
+  const bool grouped = p.b_groups > 0 || p.c_groups > 0;
+  return grouped ? 2 * sizeof(float) * p.dstate * kScanTile : 0;
+}
+
+inline unsigned scan_bwd_parts(const ScanParams& p) {
+  return static_cast<unsigned>((p.dim / p.seg_channels) * p.slabs_per_seg);
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream) {
+  cudaError_t err;
+  const dim3 block(kScanWarps * 32);
+  if (p.n_chunks > 1) {
+    err = launch_kernel(scan_bwd_summary_kernel<T>, dim3(ceil_div(p.dim, kScanWarps), p.batch, p.n_chunks),
+                        block, 0, stream, p);
+    if (err != cudaSuccess) return err;
+    if ((err = scan_combine(p, false, stream)) != cudaSuccess) return err;
+    if ((err = scan_combine(p, true, stream)) != cudaSuccess) return err;
+  }
+  const size_t smem = scan_bwd_smem(p);
+  if (smem > 48 * 1024) {
+    void (*kernel)(ScanParams) = scan_bwd_kernel<T>;
+    err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  const unsigned n_parts = scan_bwd_parts(p);
+  err = launch_kernel(scan_bwd_kernel<T>, dim3(n_parts, p.batch, p.n_chunks), block, smem, stream, p);
+  if (err != cudaSuccess) return err;
+  return scan_bwd_reduce(p, n_parts, stream);
+}
+
+template <typename T>
+cudaError_t selective_scan_bi_bwd_launch(const BiScanParams& bp, cudaStream_t stream) {
+  cudaError_t err;
+  const ScanParams& p = bp.dir[0];  // sizes and the channel planning are the same in both
+  const dim3 block(kScanWarps * 32);
+  if (p.n_chunks > 1) {
+    err = launch_kernel(scan_bwd_summary_bi_kernel<T>,
+                        dim3(ceil_div(p.dim, kScanWarps), p.batch, 2 * p.n_chunks), block, 0, stream, bp);
+    if (err != cudaSuccess) return err;
+    for (const ScanParams& q : bp.dir) {
+      if ((err = scan_combine(q, false, stream)) != cudaSuccess) return err;
+      if ((err = scan_combine(q, true, stream)) != cudaSuccess) return err;
+    }
+  }
+  const size_t smem = scan_bwd_smem(p);
+  if (smem > 48 * 1024) {
+    void (*kernel)(BiScanParams) = scan_bwd_bi_kernel<T>;
+    err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  const unsigned n_parts = scan_bwd_parts(p);
+  err = launch_kernel(scan_bwd_bi_kernel<T>, dim3(n_parts, p.batch, 2 * p.n_chunks), block, smem, stream, bp);
+  if (err != cudaSuccess) return err;
+  for (const ScanParams& q : bp.dir) {
+    if ((err = scan_bwd_reduce(q, n_parts, stream)) != cudaSuccess) return err;
   }
   return cudaSuccess;
 }

@@ -17,13 +17,14 @@ namespace vimd {
 namespace cuda {
 namespace {
 
+// One (channel block, batch, chunk c) of one direction's scan.
 template <typename T, bool kSummary>
-__global__ __launch_bounds__(kScanWarps * 32, 4) void scan_fwd_kernel(ScanParams p) {
+__device__ __forceinline__ void scan_fwd_block(const ScanParams& p, int c) {
   __shared__ float carry_smem[kScanWarps][kScanMaxState];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int d = blockIdx.x * kScanWarps + warp;
   if (d >= p.dim) return;
-  const int b = blockIdx.y, c = blockIdx.z;
+  const int b = blockIdx.y;
   const int L = p.seqlen, N = p.dstate;
   const long long row = row_index(p, b, d);
   const T* u = static_cast<const T*>(p.u) + row * L;
@@ -114,7 +115,35 @@ __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_fwd_kernel(ScanParams
   }
 }
 
+template <typename T, bool kSummary>
+__global__ __launch_bounds__(kScanWarps * 32, 4) void scan_fwd_kernel(ScanParams p) {
+  scan_fwd_block<T, kSummary>(p, blockIdx.z);
+}
+
+// Both directions: grid.z = 2 * n_chunks, direction-major.
+template <typename T, bool kSummary>
+__global__ __launch_bounds__(kScanWarps * 32, 4) void scan_fwd_bi_kernel(BiScanParams bp) {
+  const int n_chunks = bp.dir[0].n_chunks;
+  const int dir = blockIdx.z >= n_chunks;
+  scan_fwd_block<T, kSummary>(bp.dir[dir], blockIdx.z - dir * n_chunks);
+}
+
 }  // namespace
+
+template <typename T>
+cudaError_t selective_scan_bi_fwd_launch(const BiScanParams& bp, cudaStream_t stream) {
+  const ScanParams& p = bp.dir[0];
+  const dim3 grid(ceil_div(p.dim, kScanWarps), p.batch, 2 * p.n_chunks);
+  const dim3 block(kScanWarps * 32);
+  if (p.n_chunks > 1) {
+    cudaError_t err = launch_kernel(scan_fwd_bi_kernel<T, true>, grid, block, 0, stream, bp);
+    if (err != cudaSuccess) return err;
+    for (const ScanParams& q : bp.dir) {
+      if ((err = scan_combine(q, /*adjoint=*/false, stream)) != cudaSuccess) return err;
+    }
+  }
+  return launch_kernel(scan_fwd_bi_kernel<T, false>, grid, block, 0, stream, bp);
+}
 
 template <typename T>
 cudaError_t selective_scan_fwd_launch(const ScanParams& p, cudaStream_t stream) {

@@ -183,3 +183,29 @@ def test_cli_models_and_flops():
     assert float(vals["full"].split()[0]) > float(vals["counter"].split()[0]) > 0
     bad = _cli("flops", "vim_micro", "--input", "3,x,32", cwd=ROOT)
     assert bad.returncode == 2 and "--input" in bad.stderr
+
+
+def test_weights_from_a_training_state(tmp_path):
+    m = torch.nn.Linear(3, 2)
+    path = str(tmp_path / "checkpoint.safetensors")
+    save_state(path, {"task": {f"model.{k}": v for k, v in m.state_dict().items()} | {"teacher.w": torch.ones(1)}})
+    w = load_weights(path)
+    assert set(w) == {"weight", "bias"} and torch.equal(w["weight"], m.weight.detach())
+
+
+def test_resume_from_a_mismatched_or_corrupt_checkpoint(tmp_path):
+    from vimd_models.engine.trainer import train
+    cfg = load_config(None, ["backend=ref", "model.name=vim_micro", "model.kwargs={embed_dim: 16, depth: 1}",
+                             "data.img_size=32", "data.train_size=8", "data.batch_size=4", f"output_dir={tmp_path}",
+                             "name=r", "train.progress=false"])
+    os.makedirs(tmp_path / "r")
+    save_state(str(tmp_path / "r" / "checkpoint.safetensors"), {"task": {}}, {"task": "classify", "model": "resnet_micro"})
+    with pytest.raises(UserError, match="written for model 'resnet_micro'"):
+        train(cfg, resume="auto")
+    save_state(str(tmp_path / "r" / "checkpoint.safetensors"), {"task": {"model.head.weight": torch.zeros(3, 3)}},
+               {"task": "classify", "model": "vim_micro"})
+    with pytest.raises(UserError, match="does not match the model"):
+        train(cfg, resume="auto")
+    (tmp_path / "r" / "checkpoint.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="corrupt"):
+        train(cfg, resume="auto")

@@ -36,3 +36,18 @@ def backward(x, weight, bias, dout, silu: bool, reverse: bool):
     dx, dweight, dbias = _ext().causal_conv1d_bwd_cuda(x, _f32(weight), _f32(bias), dout.contiguous(),
                                                        bool(silu), bool(reverse))
     return dx, dweight.to(weight.dtype), (dbias.to(bias.dtype) if bias is not None else None)
+
+
+# Both directions in one launch (the mixer op's hook): weight (2, dim, width), bias (2, dim);
+# direction 1 runs reversed. dout (2, batch, dim, L) may be one buffer expanded.
+
+def bi_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool) -> Tensor:
+    _check_supported(x)
+    return _ext().causal_conv1d_bi_fwd_cuda(x, _f32(weight), _f32(bias), bool(silu))
+
+
+def bi_backward(x, weight, bias, dout, silu: bool):
+    _check_supported(x)
+    dx, dweight, dbias = _ext().causal_conv1d_bi_bwd_cuda(x, _f32(weight), _f32(bias), dout[0].contiguous(),
+                                                          dout[1].contiguous(), bool(silu))
+    return dx, dweight.to(weight.dtype), (dbias.to(bias.dtype) if bias is not None else None)

@@ -20,6 +20,11 @@ by providing ``bi_forward`` / ``bi_backward`` (contracts below); otherwise each 
       -> (out (2, b, d, L), last_state (2, b, d, N))
   selective_scan.bi_backward(u, delta, A, B, C, D, z, delta_bias, dout (2, b, d, L), delta_softplus)
       -> (du, ddelta, dA, dB, dC, dD | None, dz (2, b, d, L) | None, ddelta_bias | None)
+      # dout may be an expanded view (both directions read one buffer; each dout[s] is contiguous)
+
+The scan's bi_forward/bi_backward decide the grouping: with them both directions run in one pass
+of stacked (2, ...) tensors; without them the directions run one after the other (and the
+backward's transient memory is that of one direction).
 
 Matmul precision: x_proj / dt_proj run in the dtype of x_proj_weight (``mixer`` casts the weights
 to the autocast dtype when autocast is on, exactly what autocast does to the composed path), and
@@ -30,7 +35,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..registry import kernel_module
@@ -40,62 +44,69 @@ def _no_autocast(device_type: str):
     return torch.autocast(device_type, enabled=False)
 
 
-def _conv_fwd(backend: str, x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
-    """(S, b, d, L): x through each direction's conv1d+SiLU, direction s reversed when s = 1."""
-    mod = kernel_module("causal_conv1d", backend)
-    if w.shape[0] == 2 and hasattr(mod, "bi_forward"):
-        return mod.bi_forward(x, w, b, True)
-    outs = [mod.forward(x, w[s], None if b is None else b[s], True, bool(s)) for s in range(w.shape[0])]
-    return outs[0].unsqueeze(0) if len(outs) == 1 else torch.stack(outs)
-
-
-def _conv_bwd(backend: str, x, w, b, dout):
-    mod = kernel_module("causal_conv1d", backend)
-    if w.shape[0] == 2 and hasattr(mod, "bi_backward"):
-        return mod.bi_backward(x, w, b, dout, True)
-    res = [mod.backward(x, w[s], None if b is None else b[s], dout[s].contiguous(), True, bool(s))
-           for s in range(w.shape[0])]
-    return _stack(res)
+def _at(t: Optional[Tensor], s: int) -> Optional[Tensor]:
+    return None if t is None else t[s]
 
 
 def _stack(per_dir: list) -> list:
-    """Per-direction tuples of tensors (or None) -> tuple of (S, ...) tensors (or None)."""
-    out = []
-    for parts in zip(*per_dir):
-        if parts[0] is None:
-            out.append(None)
-        else:
-            out.append(parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts))
-    return out
+    """Per-direction tuples of tensors (or None) -> list of (k, ...) tensors (or None)."""
+    return [None if parts[0] is None else
+            (parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)) for parts in zip(*per_dir)]
 
 
-def _scan_fwd(backend, u, delta, A, B, C, D, z, delta_bias, softplus) -> Tensor:
+def _passes(backend: str, S: int) -> list[slice]:
+    """Groups of directions computed together: both at once when the backend's scan runs them in
+    one launch, else one by one (which also halves the backward's transient memory)."""
     mod = kernel_module("selective_scan", backend)
-    if u.shape[0] == 2 and hasattr(mod, "bi_forward"):
+    if S == 2 and hasattr(mod, "bi_forward") and hasattr(mod, "bi_backward"):
+        return [slice(0, 2)]
+    return [slice(s, s + 1) for s in range(S)]
+
+
+def _both(sl: slice) -> bool:
+    return sl.stop - sl.start == 2
+
+
+def _conv_fwd(backend: str, x: Tensor, w: Tensor, b: Optional[Tensor], sl: slice) -> Tensor:
+    """(k, b, d, L): x through the conv1d+SiLU of directions ``sl`` (direction 1 reversed)."""
+    mod = kernel_module("causal_conv1d", backend)
+    if _both(sl) and hasattr(mod, "bi_forward"):
+        return mod.bi_forward(x, w, b, True)
+    return _stack([(mod.forward(x, w[s], _at(b, s), True, bool(s)),) for s in range(sl.start, sl.stop)])[0]
+
+
+def _conv_bwd(backend: str, x, w, b, dout, sl: slice):
+    mod = kernel_module("causal_conv1d", backend)
+    if _both(sl) and hasattr(mod, "bi_backward"):
+        return mod.bi_backward(x, w, b, dout, True)
+    return _stack([mod.backward(x, w[s], _at(b, s), dout[i].contiguous(), True, bool(s))
+                   for i, s in enumerate(range(sl.start, sl.stop))])
+
+
+def _scan_fwd(backend, u, delta, B, C, A, D, z, delta_bias, softplus, sl: slice) -> Tensor:
+    """(k, b, d, L) z-gated scan outputs of directions ``sl``; u, delta, B, C are (k, ...), the
+    weights A, D, delta_bias stacked over all directions."""
+    mod = kernel_module("selective_scan", backend)
+    if _both(sl):
         return mod.bi_forward(u, delta, A, B, C, D, z, delta_bias, softplus)[0]
-    pick = lambda t, s: None if t is None else t[s]  # noqa: E731
-    outs = [mod.forward(u[s], delta[s], A[s], B[s], C[s], pick(D, s), z, pick(delta_bias, s), None,
-                        softplus, bool(s))[0] for s in range(u.shape[0])]
-    return outs[0].unsqueeze(0) if len(outs) == 1 else torch.stack(outs)
+    s = sl.start
+    return mod.forward(u[0], delta[0], A[s], B[0], C[0], _at(D, s), z, _at(delta_bias, s), None,
+                       softplus, bool(s))[0].unsqueeze(0)
 
 
-def _scan_bwd(backend, u, delta, A, B, C, D, z, delta_bias, dout, softplus):
-    """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each (S, ...) (dz per direction) or None."""
+def _scan_bwd(backend, u, delta, B, C, A, D, z, delta_bias, dout, softplus, sl: slice):
+    """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) of directions ``sl``, each (k, ...) or None."""
     mod = kernel_module("selective_scan", backend)
-    if u.shape[0] == 2 and hasattr(mod, "bi_backward"):
+    if _both(sl):
         return mod.bi_backward(u, delta, A, B, C, D, z, delta_bias, dout, softplus)
-    pick = lambda t, s: None if t is None else t[s]  # noqa: E731
-    res = []
-    for s in range(u.shape[0]):
-        du, ddelta, dA, dB, dC, dD, dz, ddb, _ = mod.backward(
-            u[s], delta[s], A[s], B[s], C[s], pick(D, s), z, pick(delta_bias, s), None,
-            dout[s].contiguous(), None, softplus, bool(s))
-        res.append((du, ddelta, dA, dB, dC, dD, dz, ddb))
-    return _stack(res)
+    s = sl.start
+    grads = mod.backward(u[0], delta[0], A[s], B[0], C[0], _at(D, s), z, _at(delta_bias, s), None,
+                         dout[0].contiguous(), None, softplus, bool(s))
+    return _stack([grads[:8]])
 
 
 def _project(xc: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor, N: int):
-    """x_dbl (S, b, L, rank + 2N) and delta, B, C ((S, b, d, L), (S, b, N, L) x2) in xc's dtype."""
+    """x_dbl (k, b, L, rank + 2N) and delta, B, C ((k, b, d, L), (k, b, N, L) x2) in xc's dtype."""
     rank = dt_proj_w.shape[-1]
     x_dbl = torch.matmul(xc.transpose(-1, -2).to(x_proj_w.dtype), x_proj_w.transpose(-1, -2).unsqueeze(1))
     delta = torch.matmul(x_dbl[..., :rank], dt_proj_w.to(x_dbl.dtype).transpose(-1, -2).unsqueeze(1))
@@ -110,13 +121,17 @@ def _mixer_fwd(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: T
                dt_proj_w: Tensor, A: Tensor, D: Optional[Tensor], delta_bias: Optional[Tensor],
                softplus: bool, backend: str) -> Tensor:
     """z-gated scan output (b, d_inner, L), averaged over the S directions of the stacked weights."""
-    d = xz.shape[1] // 2
+    d, S = xz.shape[1] // 2, conv_w.shape[0]
+    y = None
     with _no_autocast(xz.device.type):
         x, z = xz[:, :d].contiguous(), xz[:, d:].contiguous()
-        xc = _conv_fwd(backend, x, conv_w, conv_b)
-        _, delta, B, C = _project(xc, x_proj_w, dt_proj_w, A.shape[-1])
-        y = _scan_fwd(backend, xc, delta, A, B, C, D, z, delta_bias, softplus)
-        return y[0].contiguous() if y.shape[0] == 1 else (y.sum(0) * (1.0 / y.shape[0])).to(y.dtype)
+        for sl in _passes(backend, S):
+            xc = _conv_fwd(backend, x, conv_w, conv_b, sl)
+            _, delta, B, C = _project(xc, x_proj_w[sl], dt_proj_w[sl], A.shape[-1])
+            ys = _scan_fwd(backend, xc, delta, B, C, A, D, z, delta_bias, softplus, sl)
+            ys = ys[0] if ys.shape[0] == 1 else ys.sum(0)
+            y = ys if y is None else y.add_(ys)
+        return y if S == 1 else y.mul_(1.0 / S)
 
 
 @_mixer_fwd.register_fake
@@ -129,28 +144,44 @@ def _mixer_bwd(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: T
                dt_proj_w: Tensor, A: Tensor, D: Optional[Tensor], delta_bias: Optional[Tensor],
                dy: Tensor, softplus: bool, backend: str) -> list[Tensor]:
     """Gradients of xz and every weight (stacked like the weights), recomputing the activations."""
-    d = xz.shape[1] // 2
-    S, rank, N = conv_w.shape[0], dt_proj_w.shape[-1], A.shape[-1]
+    d, S, rank, N = xz.shape[1] // 2, conv_w.shape[0], dt_proj_w.shape[-1], A.shape[-1]
+    dxz = None
+    grads: list[list] = [[] for _ in range(7)]  # per pass: conv_w, conv_b, x_proj_w, dt_proj_w, A, D, db
     with _no_autocast(xz.device.type):
         x, z = xz[:, :d].contiguous(), xz[:, d:].contiguous()
-        xc = _conv_fwd(backend, x, conv_w, conv_b)
-        x_dbl, delta, B, C = _project(xc, x_proj_w, dt_proj_w, N)
-        dout = dy.unsqueeze(0) if S == 1 else (dy * (1.0 / S)).to(dy.dtype).expand(S, *dy.shape).contiguous()
-        du, ddelta, dA, dB, dC, dD, dz, ddb = _scan_bwd(backend, xc, delta, A, B, C, D, z, delta_bias,
-                                                        dout, softplus)
-        mm = x_dbl.dtype
-        g_delta = ddelta.transpose(-1, -2).to(mm)                       # (S, b, L, d)
-        d_dt_proj_w = torch.einsum("sbld,sblr->sdr", g_delta, x_dbl[..., :rank]).to(dt_proj_w.dtype)
-        dx_dbl = torch.cat([torch.matmul(g_delta, dt_proj_w.to(mm).unsqueeze(1)),
-                            dB.transpose(-1, -2).to(mm), dC.transpose(-1, -2).to(mm)], dim=-1)
-        d_x_proj_w = torch.einsum("sblk,sbdl->skd", dx_dbl, xc.to(mm)).to(x_proj_w.dtype)
-        dxc = du + torch.matmul(dx_dbl, x_proj_w.unsqueeze(1)).transpose(-1, -2).to(du.dtype)
-        dx, d_conv_w, d_conv_b = _conv_bwd(backend, x, conv_w, conv_b, dxc.contiguous())
-        dxz = torch.cat([dx.sum(0).to(xz.dtype), dz.sum(0).to(xz.dtype)], dim=1)
-    empty = xz.new_empty(0)
-    return [dxz, d_conv_w.contiguous(), empty if d_conv_b is None else d_conv_b.contiguous(),
-            d_x_proj_w, d_dt_proj_w, dA.contiguous(), empty if dD is None else dD.contiguous(),
-            empty if ddb is None else ddb.contiguous()]
+        dy_s = dy if S == 1 else (dy * (1.0 / S)).to(dy.dtype)  # each direction gets dy / S
+        for sl in _passes(backend, S):
+            k = sl.stop - sl.start
+            xc = _conv_fwd(backend, x, conv_w, conv_b, sl)
+            x_dbl, delta, B, C = _project(xc, x_proj_w[sl], dt_proj_w[sl], N)
+            du, ddelta, dA, dB, dC, dD, dz, ddb = _scan_bwd(
+                backend, xc, delta, B, C, A, D, z, delta_bias, dy_s.expand(k, *dy.shape), softplus, sl)
+            del delta, B, C  # free the recomputed activations as soon as they are used
+            if sl.stop == S:
+                del z
+            mm = x_dbl.dtype
+            g_delta = ddelta.transpose(-1, -2).to(mm)  # (k, b, L, d)
+            del ddelta
+            d_dt_proj_w = torch.einsum("sbld,sblr->sdr", g_delta, x_dbl[..., :rank])
+            dx_dbl = torch.cat([torch.matmul(g_delta, dt_proj_w[sl].to(mm).unsqueeze(1)),
+                                dB.transpose(-1, -2).to(mm), dC.transpose(-1, -2).to(mm)], dim=-1)
+            del g_delta, x_dbl
+            d_x_proj_w = torch.einsum("sblk,sbdl->skd", dx_dbl, xc.to(mm))
+            del xc
+            du.add_(torch.matmul(dx_dbl, x_proj_w[sl].to(mm).unsqueeze(1)).transpose(-1, -2).to(du.dtype))
+            del dx_dbl
+            dx, d_conv_w, d_conv_b = _conv_bwd(backend, x, conv_w, conv_b, du, sl)
+            del du
+            if sl.stop == S:
+                del x
+            part = torch.cat([dx[0], dz[0]] if k == 1 else [dx.sum(0), dz.sum(0)], dim=1).to(xz.dtype)
+            del dx, dz
+            dxz = part if dxz is None else dxz.add_(part)
+            for acc, g in zip(grads, (d_conv_w, d_conv_b, d_x_proj_w, d_dt_proj_w, dA, dD, ddb)):
+                acc.append(g)
+    like = (conv_w, conv_b, x_proj_w, dt_proj_w, A, D, delta_bias)
+    out = [None if t is None else torch.cat(g).to(t.dtype) for g, t in zip(grads, like)]
+    return [dxz] + [xz.new_empty(0) if g is None else g for g in out]
 
 
 @_mixer_bwd.register_fake

@@ -85,7 +85,7 @@ def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
     return seg, slab
 
 
-def _check_supported(u: Tensor, A: Tensor) -> None:
+def _check_supported(u: Tensor, A: Tensor) -> None:  # A: (dim, N)
     if u.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"u: the cuda selective scan takes float32, float16 or bfloat16, got {u.dtype} "
                         "(use backend='ref' or 'cpu' for float64)")
@@ -119,3 +119,26 @@ def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_sta
                                            bool(delta_softplus), bool(reverse), seg, slab)
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit = grads
     return (du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddelta_bias, dinit)
+
+
+# ----------------------------------------------------------------------------- both directions
+# ViM's two directions in one launch (the mixer op's hook, vimd_kernels/mamba_inner/fused.py):
+# every input but z has a leading direction dimension of 2; direction 1 runs reversed.
+
+def bi_forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+               delta_softplus: bool) -> tuple[Tensor, Tensor]:
+    _check_supported(u, A[0])
+    _, batch, dim, L = u.shape
+    chunk_len = plan_chunk_len(batch, 2 * dim, L, _device_sms(u))  # both directions fill the grid
+    return _ext().selective_scan_bi_fwd_cuda(u, delta, A, _f32(B), _f32(C), D, z, delta_bias,
+                                             bool(delta_softplus), chunk_len)
+
+
+def bi_backward(u, delta, A, B, C, D, z, delta_bias, dout, delta_softplus: bool):
+    _check_supported(u, A[0])
+    _, batch, dim, L = u.shape
+    seg, slab = plan_backward(2 * batch, dim, L, groups_of(B[0]), groups_of(C[0]), _device_sms(u))
+    du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _ext().selective_scan_bi_bwd_cuda(
+        u, delta, A, _f32(B), _f32(C), D, z, delta_bias, dout[0].contiguous(), dout[1].contiguous(),
+        bool(delta_softplus), seg, slab)
+    return du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddelta_bias

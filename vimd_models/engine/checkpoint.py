@@ -126,15 +126,19 @@ def save_weights(path: str, state_dict: dict, meta: dict | None = None) -> None:
 
 
 def load_weights(path: str) -> dict[str, torch.Tensor]:
+    """A model state dict from release weights, or the trained model inside a training state."""
     if not os.path.isfile(path):
         raise UserError(f"weights file not found: {path}")
     try:
-        if path.endswith(".safetensors"):
-            return load_file(path)
-        state, _ = load_state(path)  # a training state: take its model
-        return state["model"]
-    except SafetensorError as e:
-        raise UserError(f"weights file {path} is corrupt ({str(e).splitlines()[0]})") from None
+        from safetensors import safe_open
+        with safe_open(path, "pt") as f:
+            header = f.metadata() or {}
+        if header.get("format") == FORMAT:
+            state, _ = load_state(path)
+            return {k[len("model."):]: v for k, v in state["task"].items() if k.startswith("model.")}
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"weights file {path} is corrupt or not safetensors ({str(e).splitlines()[0]})") from None
 
 
 def load_into(module: torch.nn.Module, state_dict: dict, where: str, strict: bool = True) -> None:
