@@ -172,6 +172,9 @@ def train(cfg: dict, resume: str | None = None) -> dict:
         load_into(task.model, load_weights(cfg["model"]["pretrained"]), cfg["model"]["pretrained"])
     opt = build_optimizer(task, cfg)
     ema = EMA(task.model, cfg["train"]["ema"]) if cfg["train"]["ema"] else None
+    # identical weights on every rank above; from here each rank draws its own noise (dropout,
+    # drop-path, the data-free generator's z)
+    torch.manual_seed(cfg["seed"] + 1_000_003 * rank)
     t = cfg["train"]
     bs = cfg["data"]["batch_size"]
     if train_ds is None:
