@@ -11,7 +11,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -89,15 +88,9 @@ def run_one(name: str, kwargs: dict, shape: tuple, batch: int, backend: str, dev
                 peak_mem_mb=peak / 2 ** 20)
 
 
-def _env() -> dict:
-    import torch
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        sha = "unknown"
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu-{platform.machine()}"
-    return dict(device=dev, torch=torch.__version__, python=platform.python_version(), git_sha=sha,
-                threads=torch.get_num_threads(), cpu_count=os.cpu_count())
+def _env(device: str) -> dict:
+    from benchmarks.common import metadata
+    return dict(metadata(device), cpu_count=os.cpu_count())
 
 
 def main(argv=None) -> int:
@@ -108,6 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ref-models", default="vim_tiny_patch16_224,vim_micro",
+                    help="models also timed on the slow reference backend (comma list, 'all')")
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>)")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -129,7 +124,9 @@ def main(argv=None) -> int:
     rows = []
     for label, name, kw, shape, batch in cases:
         uses_kernels = not name.startswith(("resnet", "srresnet"))
-        for b in (backends if uses_kernels else backends[:1]):
+        with_ref = args.ref_models == "all" or name in args.ref_models.split(",")
+        mine = [b for b in backends if b != "ref" or with_ref] or backends[:1]
+        for b in (mine if uses_kernels else mine[:1]):
             job = dict(name=name, kwargs=kw, shape=shape, batch=batch, backend=b, device=device,
                        warmup=args.warmup, repeats=args.repeats)
             proc = subprocess.run([sys.executable, "-m", "benchmarks.models", "--_child", json.dumps(job)],
@@ -146,12 +143,13 @@ def main(argv=None) -> int:
                   f"fwd {row['fwd_ms']:9.1f} ms  train {row['train_step_ms']:9.1f} ms  "
                   f"peak {row['peak_mem_mb']:7.0f} MB  params {row['params']:>10,d}  "
                   f"GMACs {row['gmacs_counter']:.3f} / {row['gmacs_full']:.3f}", flush=True)
-    env = _env()
+    env = _env(device)
     vim = {r["backend"]: r["fwd_ms"] for r in rows if r["model"] in ("vim_tiny_patch16_224", "vim_micro")}
     if "ref" in vim and "cpu" in vim:
         env["vim_cpu_speedup_vs_ref"] = vim["ref"] / vim["cpu"]
         print(f"ViM forward, cpu backend vs ref: {env['vim_cpu_speedup_vs_ref']:.1f}x faster (same run)")
-    out = args.out or os.path.join("benchmarks", "results", env["device"].replace(" ", "_"))
+    from benchmarks.common import slug
+    out = args.out or os.path.join("benchmarks", "results", slug(env["device"]))
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, "models_quick" if args.quick else "models")
     with open(stem + ".json", "w") as f:
