@@ -54,7 +54,8 @@ BACKENDS = {
     "cpu": Backend("cpu", ("cpu",), _cpu_ok,
                    "build the C++ extension: pip install --no-build-isolation -e ."),
     "triton": Backend("triton", ("cuda", "cpu"), _triton_ok,
-                      "pip install triton (on CPU tensors also set TRITON_INTERPRET=1)"),
+                      "needs triton (pip install triton) and a CUDA GPU, "
+                      "or TRITON_INTERPRET=1 to run on CPU tensors"),
     "cuda": Backend("cuda", ("cuda",), _cuda_ok,
                     "build with a CUDA toolkit and a CUDA build of torch: "
                     "pip install --no-build-isolation -e . (without VIMD_SKIP_CUDA_BUILD)"),
