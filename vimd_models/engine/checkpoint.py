@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load_file, save
 
 from .errors import UserError
 
@@ -110,19 +110,7 @@ def save_weights(path: str, state_dict: dict, meta: dict | None = None) -> None:
     """Release weights: a plain safetensors file (string metadata), written atomically."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     md = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (meta or {}).items()}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=md)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, save(tensors, metadata=md))
 
 
 def load_weights(path: str) -> dict[str, torch.Tensor]:
