@@ -62,6 +62,19 @@ def _tiny(c):
     return c["L"] <= 7
 
 
+def _check_grads(out, ref, o_out, p, r, o, gen, scale):
+    """Backward one random cotangent through all three; every input's gradient must match."""
+    dout = torch.randn(out.shape, generator=gen)
+    for t in (out, ref, o_out):
+        (t * dout.to(t.dtype)).sum().backward()
+    for name, t in p.items():
+        if t is None:
+            continue
+        assert t.grad is not None, f"no gradient reached {name}"
+        assert_close(t.grad, r[name].grad, "scan", torch.float32, f"d{name} vs ref", scale=scale)
+        assert_close(t.grad, o[name].grad, "scan", torch.float32, f"d{name} vs oracle", scale=scale)
+
+
 @pytest.mark.parametrize("backend,case", backend_params(KERNEL, MIXER_CASES, _tiny))
 def test_mamba_inner(backend, case):
     gen = torch.Generator().manual_seed(0)
@@ -91,17 +104,7 @@ def test_mamba_inner(backend, case):
     assert out.shape == (b, L, d_model)
     assert_close(out, ref, "scan", torch.float32, "out vs mamba_inner_ref")
     assert_close(out, o_out, "scan", torch.float32, "out vs float64 oracle")
-
-    dout = torch.randn(out.shape, generator=gen)
-    for t in (out, ref, o_out):
-        (t * dout.to(t.dtype)).sum().backward()
-    scale = reduction_scale(b * L * d_inner)
-    for name, t in p.items():
-        if t is None:
-            continue
-        assert t.grad is not None, f"no gradient reached {name}"
-        assert_close(t.grad, r[name].grad, "scan", torch.float32, f"d{name} vs ref", scale=scale)
-        assert_close(t.grad, o[name].grad, "scan", torch.float32, f"d{name} vs oracle", scale=scale)
+    _check_grads(out, ref, o_out, p, r, o, gen, reduction_scale(b * L * d_inner))
 
 
 @pytest.mark.parametrize("backend,case", backend_params(KERNEL, [dict(batch=2, L=7, out_bias=True),
@@ -128,17 +131,7 @@ def test_bimamba_inner(backend, case):
     assert out.shape == (b, L, d_model)
     assert_close(out, ref, "scan", torch.float32, "out vs bimamba_inner_ref")
     assert_close(out, o_out, "scan", torch.float32, "out vs float64 oracle")
-
-    dout = torch.randn(out.shape, generator=gen)
-    for t in (out, ref, o_out):
-        (t * dout.to(t.dtype)).sum().backward()
-    scale = reduction_scale(b * L * d_inner)
-    for name, t in p.items():
-        if t is None:
-            continue
-        assert t.grad is not None, f"no gradient reached {name}"
-        assert_close(t.grad, r[name].grad, "scan", torch.float32, f"d{name} vs ref", scale=scale)
-        assert_close(t.grad, o[name].grad, "scan", torch.float32, f"d{name} vs oracle", scale=scale)
+    _check_grads(out, ref, o_out, p, r, o, gen, reduction_scale(b * L * d_inner))
 
 
 # ----------------------------------------------------------------------------- the mixer op
