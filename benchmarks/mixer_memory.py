@@ -24,7 +24,8 @@ def _weights(d_model: int, d_inner: int, N: int, rank: int, width: int, gen) -> 
                 D=torch.ones(d_inner), delta_bias=torch.rand(d_inner, generator=gen) - 4.0)
 
 
-def _saved_bytes(fn) -> int:
+def saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd keeps for backward while running fn (distinct storages)."""
     seen = {}
 
     def pack(t):
@@ -78,7 +79,7 @@ def main() -> None:
         for name, fn in (("composed", composed), ("fused", fused)):
             def step():
                 fn(bi).square().mean().backward()
-            saved = _saved_bytes(lambda: fn(bi)) / 2 ** 20
+            saved = saved_bytes(lambda: fn(bi)) / 2 ** 20
             peak = peak_bytes(step, "cpu") / 2 ** 20
             print(f"{'bimamba' if bi else 'mamba':10s} {name:9s} {saved:18.1f} {peak:17.1f}")
 

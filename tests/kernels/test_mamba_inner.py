@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.mixer_memory import saved_bytes
 from tests.kernels.helpers import backend_params, reduction_scale
 from tests.kernels.oracle import conv64, scan64
 from tests.tolerances import assert_close
@@ -197,19 +198,6 @@ def test_bimamba_mixer_op_with_missing_optional_weights(drop):
             assert_close(t.grad, r[k].grad, "scan", torch.float32, f"d{k}", scale=reduction_scale(18))
 
 
-def _saved_bytes(fn) -> int:
-    """Bytes of the tensors autograd keeps for backward while running fn (distinct storages)."""
-    seen = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
-
-
 @needs_cpu
 @pytest.mark.parametrize("bidirectional", (False, True))
 def test_mixer_op_saves_only_xz_and_weights(bidirectional):
@@ -225,7 +213,7 @@ def test_mixer_op_saves_only_xz_and_weights(bidirectional):
         return mamba_inner_fn(*(p[k] for k in fwd_names), None, None, p["D"], p["delta_bias"], True,
                               backend=backend)
 
-    fused_bytes, composed_bytes = _saved_bytes(lambda: run("cpu")), _saved_bytes(lambda: run("ref"))
+    fused_bytes, composed_bytes = saved_bytes(lambda: run("cpu")), saved_bytes(lambda: run("ref"))
     xz_bytes = flat["xz"].numel() * 4
     y_bytes = xz_bytes // 2  # the out_proj input, saved by F.linear in both paths
     weights = sum(v.numel() * 4 for k, v in flat.items() if v is not None and k != "xz")
