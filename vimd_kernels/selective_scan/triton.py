@@ -79,6 +79,19 @@ def _load_tile(u_ptr, delta_ptr, db_ptr, B_ptr, C_ptr, A, b, dim, L, N, B_G, C_G
 
 
 @triton.jit
+def _load_state(ptr, HAS: tl.constexpr, PER_CHUNK: tl.constexpr, chunk_off, b, dim, N, state_off,
+                dn_mask, BD: tl.constexpr, NP: tl.constexpr, CT: tl.constexpr):
+    """A (BD, NP) state block: per (batch, chunk) when PER_CHUNK, else per batch; zeros when absent."""
+    x = tl.zeros((BD, NP), dtype=CT)
+    if HAS:
+        if PER_CHUNK:
+            x = tl.load(ptr + chunk_off, mask=dn_mask, other=0.0).to(CT)
+        else:
+            x = tl.load(ptr + b * dim * N + state_off, mask=dn_mask, other=0.0).to(CT)
+    return x
+
+
+@triton.jit
 def _last_col(x, BT: tl.constexpr):
     col = tl.arange(0, BT)[None, None, :]
     return tl.sum(tl.where(col == BT - 1, x, 0.0), axis=2)
@@ -116,12 +129,7 @@ def _ss_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, 
     state_off = offs_d[:, None] * N + offs_n[None, :]
     A = tl.load(A_ptr + state_off, mask=dn_mask, other=0.0).to(CT)
     chunk_off = ((b * n_chunks + c) * dim) * N + state_off
-    h = tl.zeros((BD, NP), dtype=CT)
-    if HAS_H0:
-        if H0_PER_CHUNK:
-            h = tl.load(h0_ptr + chunk_off, mask=dn_mask, other=0.0).to(CT)
-        else:
-            h = tl.load(h0_ptr + b * dim * N + state_off, mask=dn_mask, other=0.0).to(CT)
+    h = _load_state(h0_ptr, HAS_H0, H0_PER_CHUNK, chunk_off, b, dim, N, state_off, dn_mask, BD, NP, CT)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(CT)
     P = tl.full((BD, NP), 1.0, dtype=CT)
@@ -202,18 +210,9 @@ def _ss_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, 
     state_off = offs_d[:, None] * N + offs_n[None, :]
     A = tl.load(A_ptr + state_off, mask=dn_mask, other=0.0).to(CT)
     chunk_off = ((b * n_chunks + c) * dim) * N + state_off
-    h = tl.zeros((BD, NP), dtype=CT)
-    if HAS_H0:
-        if H0_PER_CHUNK:
-            h = tl.load(h0_ptr + chunk_off, mask=dn_mask, other=0.0).to(CT)
-        else:
-            h = tl.load(h0_ptr + b * dim * N + state_off, mask=dn_mask, other=0.0).to(CT)
-    q = tl.zeros((BD, NP), dtype=CT)  # adjoint of the state at the chunk end, from later steps
-    if HAS_QIN:
-        if QIN_PER_CHUNK:
-            q = tl.load(qin_ptr + chunk_off, mask=dn_mask, other=0.0).to(CT)
-        else:
-            q = tl.load(qin_ptr + b * dim * N + state_off, mask=dn_mask, other=0.0).to(CT)
+    h = _load_state(h0_ptr, HAS_H0, H0_PER_CHUNK, chunk_off, b, dim, N, state_off, dn_mask, BD, NP, CT)
+    # adjoint of the state at the chunk end, from later steps
+    q = _load_state(qin_ptr, HAS_QIN, QIN_PER_CHUNK, chunk_off, b, dim, N, state_off, dn_mask, BD, NP, CT)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(CT)
     start = c * chunk_len
