@@ -1,61 +1,76 @@
 #!/usr/bin/env bash
 # One-shot GPU check (see /work/shared/GPU.md): build the extension for this GPU only, run the
-# CUDA test suite, then the kernel benchmarks; logs and results go to $OUT (default ./gpu_out).
-# Peers: if .carry/peers/*.tar.gz (mamba_ssm / causal_conv1d sdists) are present, they are built
-# in the background while our build and tests run, and the benchmarks wait for them (bounded).
+# CUDA test suite, then the kernel and model benchmarks; logs and results go to $OUT.
+# Everything is bounded by DEADLINE_S (default 570 s, under the lent machine's 10-minute limit):
+# a stage that would start too late is skipped and says so. Build outputs (build/ and the peers'
+# in-place builds under .gpu_cache/) stay on a warm machine, so a second call resumes quickly:
 #
-#   bash benchmarks/gpu_check.sh            # everything
-#   STAGES="build test" bash benchmarks/gpu_check.sh
-# Env: OUT, STAGES (build peers test bench), ARCH (default: this GPU's, e.g. 90), MAX_JOBS,
-#      PEER_WAIT_S (how long the benchmarks wait for the peers' build, default 300),
-#      PYTEST_ARGS (extra pytest arguments), BENCH_ARGS (extra benchmark arguments).
+#   STAGES="build peers test" bash benchmarks/gpu_check.sh     # call 1: build + tests
+#   STAGES="build peers bench models" bash benchmarks/gpu_check.sh  # call 2: (no-op build) + benchmarks
+#
+# Peers (mamba_ssm, causal_conv1d) are not built by this repository: if an executable
+# .carry/build_peers.sh exists (yours, carried with the working tree), the `peers` stage runs it
+# in the background and the benchmarks import what it built from PEER_PATH (default: the in-place
+# builds under .gpu_cache/peers/). Without it, their columns say "not installed".
+# Env: OUT, STAGES (build peers test bench models), ARCH (default: this GPU's, e.g. 90),
+#      MAX_JOBS, DEADLINE_S, PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 STAGES=${STAGES:-"build peers test bench"}
 MAX_JOBS=${MAX_JOBS:-16}
+DEADLINE_S=${DEADLINE_S:-570}
 PY=${PY:-python3}
 summary="$OUT/summary.txt"
 : >"$summary"
 note() { echo "$*" | tee -a "$summary"; }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 t0=$(date +%s)
-elapsed() { echo $(( $(date +%s) - t0 ))s; }
+left() { echo $(( DEADLINE_S - ($(date +%s) - t0) )); }
+# enough_time NAME SECONDS: true when SECONDS are left before the deadline, else notes the skip.
+enough_time() {
+  [ "$(left)" -ge "$2" ] && return 0
+  note "$1: skipped, only $(left)s left of DEADLINE_S=$DEADLINE_S (needs ~$2s)"; return 1
+}
 
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "git: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1
   nvcc --version 2>&1 | tail -1
   $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
   $PY -c "import triton; print('triton', triton.__version__)" 2>&1
+  $PY -c "import setuptools, sys; print('setuptools', setuptools.__version__)" 2>&1 | tail -1
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
 ARCH=${ARCH:-$($PY -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}{c[1]}')" 2>/dev/null || echo 90)}
+PEER_PATH=${PEER_PATH:-$PWD/.gpu_cache/peers/mamba_ssm-2.3.2.post1:$PWD/.gpu_cache/peers/causal_conv1d-1.7.0}
+export PYTHONPATH="$PEER_PATH${PYTHONPATH:+:$PYTHONPATH}"
+
+# Our build needs setuptools; install carried wheels if this Python lacks it (offline machine).
+if ! $PY -c "import setuptools" 2>/dev/null && ls .carry/peers/setuptools-*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps .carry/peers/setuptools-*.whl .carry/peers/wheel-*.whl
+fi
 
 peer_pid=""
 if has peers; then
-  shopt -s nullglob
-  peers=(.carry/peers/*.tar.gz)
-  if [ ${#peers[@]} -gt 0 ]; then
-    # Their own builds, for this GPU only; never part of this repository.
-    ( MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" \
-      MAX_JOBS=$MAX_JOBS $PY -m pip install --no-build-isolation --no-deps --no-index "${peers[@]}" \
-      >"$OUT/peers_build.log" 2>&1; echo $? >"$OUT/peers_build.rc" ) &
+  if [ -x .carry/build_peers.sh ]; then
+    ( ARCH=$ARCH MAX_JOBS=$MAX_JOBS PY=$PY timeout "$(left)" bash .carry/build_peers.sh \
+        >"$OUT/peers_build.log" 2>&1; echo $? >"$OUT/peers_build.rc" ) &
     peer_pid=$!
-    note "peers: building ${#peers[@]} sdist(s) in the background (pid $peer_pid, log peers_build.log)"
+    note "peers: .carry/build_peers.sh running in the background (log peers_build.log)"
   else
-    note "peers: none carried (.carry/peers/*.tar.gz); mamba_ssm/causal_conv1d columns will be missing"
+    note "peers: no .carry/build_peers.sh; mamba_ssm/causal_conv1d columns will say not installed"
   fi
 fi
 
 build_rc=skip
-if has build; then
+if has build && enough_time build 120; then
   bstart=$(date +%s)
   TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" VIMD_CUDA_ARCHS=$ARCH MAX_JOBS=$MAX_JOBS \
-    $PY -m pip install --no-build-isolation --no-deps -v -e . >"$OUT/build.log" 2>&1
+    timeout "$(left)" $PY -m pip install --no-build-isolation --no-deps -v -e . >"$OUT/build.log" 2>&1
   build_rc=$?
   note "build: rc=$build_rc in $(( $(date +%s) - bstart ))s (sm_$ARCH; log build.log)"
   grep -E "spill (stores|loads)" "$OUT/build.log" | grep -v " 0 bytes spill stores, 0 bytes spill loads" | head -5
@@ -63,31 +78,52 @@ if has build; then
 fi
 
 test_rc=skip
-if has test; then
-  $PY -m pytest -m cuda -x -q -p no:cacheprovider --junitxml="$OUT/pytest_cuda.xml" ${PYTEST_ARGS:-} tests \
-    >"$OUT/pytest_cuda.log" 2>&1
+if has test && enough_time tests 60; then
+  timeout "$(( $(left) - 20 ))" $PY -m pytest -m cuda -x -q -p no:cacheprovider \
+    --junitxml="$OUT/pytest_cuda.xml" ${PYTEST_ARGS:-} tests >"$OUT/pytest_cuda.log" 2>&1
   test_rc=$?
   note "tests (-m cuda): rc=$test_rc -- $(tail -1 "$OUT/pytest_cuda.log")"
   [ $test_rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/pytest_cuda.log" | head -20 | tee -a "$summary"
 fi
 
+wait_peers() {  # until the peer build ends or only $1 seconds are left
+  [ -n "$peer_pid" ] || return 0
+  while kill -0 "$peer_pid" 2>/dev/null && [ "$(left)" -gt "$1" ]; do sleep 5; done
+  if kill -0 "$peer_pid" 2>/dev/null; then
+    note "peers: still building with $(left)s left; benchmarking without them (a later call resumes the build)"
+  else
+    note "peers: build rc=$(cat "$OUT/peers_build.rc" 2>/dev/null || echo '?'); $(tail -1 "$OUT/peers_build.log")"
+  fi
+  peer_pid=""
+}
+
 bench_rc=skip
 if has bench; then
-  if [ -n "$peer_pid" ]; then
-    waited=0
-    while kill -0 "$peer_pid" 2>/dev/null && [ $waited -lt "${PEER_WAIT_S:-300}" ]; do sleep 10; waited=$((waited + 10)); done
-    note "peers: $( [ -f "$OUT/peers_build.rc" ] && echo "build rc=$(cat "$OUT/peers_build.rc")" || echo "still building after ${waited}s wait; benchmarking without them")"
+  wait_peers 240
+  if enough_time bench 90; then
+    timeout "$(( $(left) - 10 ))" $PY -m benchmarks.kernels --preset gpu-bar --device cuda \
+      --budget-s "$(( $(left) - 40 ))" --out "$OUT/bench" ${BENCH_ARGS:-} >"$OUT/bench_kernels.log" 2>&1
+    bench_rc=$?
+    note "bench (benchmarks.kernels --preset gpu-bar): rc=$bench_rc (log bench_kernels.log, results bench/)"
   fi
-  $PY -m benchmarks.kernels --device cuda --out "$OUT/bench" ${BENCH_ARGS:-} >"$OUT/bench_kernels.log" 2>&1
-  bench_rc=$?
-  note "bench (benchmarks.kernels): rc=$bench_rc (log bench_kernels.log, results bench/)"
 fi
 
+if has models; then
+  wait_peers 120
+  if enough_time models 60; then
+    timeout "$(( $(left) - 5 ))" $PY -m benchmarks.models --device cuda --backends cuda,triton,ref \
+      --models vim_tiny_patch16_224,hrvm_net,srvm_net,dvmsr --ref-models vim_tiny_patch16_224 --out "$OUT/bench" >"$OUT/bench_models.log" 2>&1
+    note "bench (benchmarks.models): rc=$? (log bench_models.log)"
+  fi
+fi
+wait_peers 0
+
 echo
-echo "================ GPU check summary ($(elapsed)) ================"
+echo "================ GPU check summary ($(( $(date +%s) - t0 ))s) ================"
 head -3 "$OUT/env.txt"
 cat "$summary"
-[ -f "$OUT/bench_kernels.log" ] && { echo "--- benchmark table (tail) ---"; tail -40 "$OUT/bench_kernels.log"; }
+[ -f "$OUT/bench_kernels.log" ] && { echo "--- kernel benchmark (tail) ---"; tail -45 "$OUT/bench_kernels.log"; }
+[ -f "$OUT/bench_models.log" ] && { echo "--- model benchmark (tail) ---"; tail -15 "$OUT/bench_models.log"; }
 [ "$build_rc" = 0 ] || [ "$build_rc" = skip ] || exit 1
 [ "$test_rc" = 0 ] || [ "$test_rc" = skip ] || exit 1
 exit 0

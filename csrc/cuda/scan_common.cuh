@@ -120,8 +120,11 @@ __device__ __forceinline__ long long row_index(const ScanParams& p, int b, int d
 // state entering each chunk, starting from initial_state. Backward (kAdjoint) does the same for
 // chunk_q (the adjoint entering each chunk from its end), walking from the last chunk, from
 // dlast_state. A chunk's decay is prod_t exp(delta_t A) = exp(A * sum_t delta_t).
+// The walk is serial in the carry only: the loads of kAhead chunks are issued together, so their
+// latency is paid once per kAhead chunks (the SR shape has 256 chunks in the backward).
 template <bool kAdjoint>
 __global__ void scan_combine_kernel(ScanParams p) {
+  constexpr int kAhead = 8;
   const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int N = p.dstate;
   if (i >= static_cast<long long>(p.batch) * p.dim * N) return;
@@ -131,13 +134,25 @@ __global__ void scan_combine_kernel(ScanParams p) {
   const float a = p.A[d * N + n];
   const float* init = kAdjoint ? p.dlast_state : p.initial_state;
   float* chunk = kAdjoint ? p.chunk_q : p.chunk_h;
+  const float* sum_delta = p.chunk_sum_delta + row * p.n_chunks;
   float carry = init ? init[i] : 0.f;
-  for (int k = 0; k < p.n_chunks; ++k) {
-    const int c = kAdjoint ? p.n_chunks - 1 - k : k;
-    const long long idx = (row * p.n_chunks + c) * N + n;
-    const float local = chunk[idx];
-    chunk[idx] = carry;
-    carry = fmaf(__expf(a * p.chunk_sum_delta[row * p.n_chunks + c]), carry, local);
+  for (int k0 = 0; k0 < p.n_chunks; k0 += kAhead) {
+    float local[kAhead], decay[kAhead];
+#pragma unroll
+    for (int s = 0; s < kAhead; ++s) {
+      const int k = k0 + s;
+      const int c = kAdjoint ? p.n_chunks - 1 - k : k;
+      local[s] = k < p.n_chunks ? chunk[(row * p.n_chunks + c) * N + n] : 0.f;
+      decay[s] = k < p.n_chunks ? __expf(a * sum_delta[c]) : 0.f;
+    }
+#pragma unroll
+    for (int s = 0; s < kAhead; ++s) {
+      const int k = k0 + s;
+      if (k >= p.n_chunks) break;
+      const int c = kAdjoint ? p.n_chunks - 1 - k : k;
+      chunk[(row * p.n_chunks + c) * N + n] = carry;
+      carry = fmaf(decay[s], carry, local[s]);
+    }
   }
 }
 

@@ -157,6 +157,7 @@ def _check_backend_scan(case: ScanCase, fwd, bwd):
 EMU_SCAN_CASES = [
     ScanCase(2, 8, 300, 4, initial_state=True),                     # 2 tiles: chunked fwd and bwd
     ScanCase(2, 8, 300, 4, initial_state=True, reverse=True),
+    ScanCase(1, 4, 2600, 2, initial_state=True, reverse=True),      # 11 tiles: > 8 chunk carries
     ScanCase(1, 8, 100, 3, "g2", "const", reverse=True),
     ScanCase(2, 6, 40, 2, "g2", "g3", D=False, delta_bias=False),  # groups of 3: partly idle warps
     ScanCase(1, 4, 1, 1, "const", "const", z=False, softplus=False),
