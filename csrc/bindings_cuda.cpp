@@ -43,8 +43,10 @@ void check_cuda_tensor(const Tensor& t, const char* name) {
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
-void check_float32(const Tensor& t, const char* name) {
+// A float32 operand that must live on the device of `like` (u or x).
+void check_float32(const Tensor& t, const Tensor& like, const char* name) {
   check_cuda_tensor(t, name);
+  TORCH_CHECK(t.device() == like.device(), name, " must be on ", like.device(), ", got ", t.device());
   TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32 for the cuda kernels, got ",
               t.scalar_type());
 }
@@ -87,7 +89,7 @@ vc::ScanParams scan_params(const Tensor& u, const Tensor& delta, const Tensor& A
   check_cuda_tensor(u, "u");
   TORCH_CHECK(u.dim() == 3, "u must be (batch, dim, L)");
   check_io(delta, u, "delta");
-  check_float32(A, "A");
+  check_float32(A, u, "A");
   const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
   TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, "A must be (dim, N)");
   const int64_t N = A.size(1);
@@ -104,7 +106,7 @@ vc::ScanParams scan_params(const Tensor& u, const Tensor& delta, const Tensor& A
   const char* names[2] = {"B", "C"};
   for (int k = 0; k < 2; ++k) {
     const Tensor& X = *bc[k];
-    check_float32(X, names[k]);
+    check_float32(X, u, names[k]);
     if (X.dim() == 2) {
       TORCH_CHECK(X.size(0) == dim && X.size(1) == N, names[k], " must be (dim, N)");
       *groups[k] = 0;
@@ -122,15 +124,15 @@ vc::ScanParams scan_params(const Tensor& u, const Tensor& delta, const Tensor& A
   p.C = C.data_ptr<float>();
   p.A = A.data_ptr<float>();
   if (D) {
-    check_float32(*D, "D");
+    check_float32(*D, u, "D");
     TORCH_CHECK(D->numel() == dim, "D must be (dim,)");
   }
   if (delta_bias) {
-    check_float32(*delta_bias, "delta_bias");
+    check_float32(*delta_bias, u, "delta_bias");
     TORCH_CHECK(delta_bias->numel() == dim, "delta_bias must be (dim,)");
   }
   if (initial_state) {
-    check_float32(*initial_state, "initial_state");
+    check_float32(*initial_state, u, "initial_state");
     TORCH_CHECK(initial_state->numel() == batch * dim * N, "initial_state must be (batch, dim, N)");
   }
   if (z) check_io(*z, u, "z");
@@ -149,7 +151,8 @@ void set_chunks(vc::ScanParams& p, int64_t chunk_len) {
   TORCH_CHECK(chunk_len >= vc::kScanTile && chunk_len % vc::kScanTile == 0,
               "chunk_len must be a positive multiple of ", vc::kScanTile, ", got ", chunk_len);
   const int64_t n_chunks = (p.seqlen + chunk_len - 1) / chunk_len;
-  TORCH_CHECK(n_chunks <= 65535, "too many chunks (", n_chunks, "): raise chunk_len");
+  TORCH_CHECK(n_chunks <= 65535, "L=", p.seqlen, " in chunks of ", chunk_len, " gives ", n_chunks,
+              " chunks; the grid takes at most 65535");
   p.chunk_len = static_cast<int>(chunk_len);
   p.n_chunks = static_cast<int>(n_chunks);
 }
@@ -206,7 +209,7 @@ void setup_scan_bwd(vc::ScanParams& p, ScanBwdOut& o, std::vector<Tensor>& work,
                     int64_t slab_channels) {
   check_io(dout, u, "dout");
   if (dlast_state) {
-    check_float32(*dlast_state, "dlast_state");
+    check_float32(*dlast_state, u, "dlast_state");
     TORCH_CHECK(dlast_state->numel() == static_cast<int64_t>(p.batch) * p.dim * p.dstate,
                 "dlast_state must be (batch, dim, N)");
   }
@@ -375,6 +378,9 @@ std::vector<OptTensor> selective_scan_bi_bwd_cuda(const Tensor& u, const Tensor&
                    at_dir(D, s), z, at_dir(delta_bias, s), std::nullopt, s == 0 ? dout_f : dout_b,
                    std::nullopt, seg_channels, slab_channels);
   }
+  TORCH_CHECK(2 * static_cast<int64_t>(bp.dir[0].n_chunks) <= 65535, "L=", bp.dir[0].seqlen,
+              " is too long for the two-direction backward (", bp.dir[0].n_chunks, " tiles of ",
+              vc::kScanTile, " per direction; the grid takes at most 65535 in all)");
   const cudaStream_t stream = current_stream();
   check_launch(dispatch_io(u.scalar_type(),
                            [&](auto t) { return vc::selective_scan_bi_bwd_launch<decltype(t)>(bp, stream); }),
@@ -386,13 +392,13 @@ vc::ConvParams conv_params(const Tensor& x, const Tensor& weight, const OptTenso
                            bool reverse) {
   check_cuda_tensor(x, "x");
   TORCH_CHECK(x.dim() == 3, "x must be (batch, dim, L)");
-  check_float32(weight, "weight");
+  check_float32(weight, x, "weight");
   TORCH_CHECK(weight.dim() == 2 && weight.size(0) == x.size(1), "weight must be (dim, width)");
   const int64_t width = weight.size(1);
   TORCH_CHECK(width >= 2 && width <= vc::kConvMaxWidth, "weight width must be in [2, ",
               vc::kConvMaxWidth, "], got ", width);
   if (bias) {
-    check_float32(*bias, "bias");
+    check_float32(*bias, x, "bias");
     TORCH_CHECK(bias->numel() == x.size(1), "bias must be (dim,)");
   }
   vc::ConvParams p;

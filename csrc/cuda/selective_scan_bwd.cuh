@@ -96,11 +96,20 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
   if (lane == 0) p.chunk_sum_delta[row * p.n_chunks + c] = s;
 }
 
+// Shared-memory layout of one tile's per-step values: step lane * kScanItems + i is stored at
+// lane * kPadItems + i. A warp storing its item i (fixed i, 32 lanes) then hits 32 distinct
+// banks (kPadItems is odd), and a block reading consecutive steps is almost conflict-free.
+constexpr int kPadItems = kScanItems + 1;
+constexpr int kPadTile = 32 * kPadItems;
+__device__ __forceinline__ int padded(int pos) { return pos + pos / kScanItems; }
+
 // Phase 3: all gradients. Block = (channel slab inside one B/C group segment, batch, tile).
 template <typename T>
 __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
-  VIMD_DYNAMIC_SMEM(float, acc);                   // (2, N, kScanTile) when B or C is grouped
-  __shared__ float red[kScanWarps][2][kScanTile];  // one state's dB/dC per warp, to be summed
+  VIMD_DYNAMIC_SMEM(float, acc);  // (2, N, kPadTile) when B or C is grouped
+  // One state's dB/dC per warp, to be summed over the warps; double-buffered over the states so
+  // that one barrier per state suffices.
+  __shared__ float red[2][kScanWarps][2][kPadTile];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = blockIdx.y;
   const int L = p.seqlen, N = p.dstate;
@@ -114,8 +123,9 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   const int J = p.batch * p.n_chunks;
   const long long j = static_cast<long long>(b) * p.n_chunks + c;
 
+  int buf = 0;  // red buffer of the current state
   if (grouped) {
-    for (int i = threadIdx.x; i < 2 * N * kScanTile; i += blockDim.x) acc[i] = 0.f;
+    for (int i = threadIdx.x; i < 2 * N * kPadTile; i += blockDim.x) acc[i] = 0.f;
     __syncthreads();
   }
 
@@ -213,18 +223,21 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       if (grouped) {  // sum the warps' contributions to this state, in warp order
 #pragma unroll
         for (int i = 0; i < kScanItems; ++i) {
-          red[warp][0][lane * kScanItems + i] = dBv[i];
-          red[warp][1][lane * kScanItems + i] = dCv[i];
+          red[buf][warp][0][lane * kPadItems + i] = dBv[i];
+          red[buf][warp][1][lane * kPadItems + i] = dCv[i];
         }
         __syncthreads();
-        for (int k = threadIdx.x; k < 2 * kScanTile; k += blockDim.x) {
-          const int which = k / kScanTile, pos = k % kScanTile;
+        // Each acc slot is owned by one thread (k mod blockDim), so no barrier is needed after
+        // this; red[buf] is written again two states later, after the next state's barrier.
+        for (int k = threadIdx.x; k < 2 * kPadTile; k += blockDim.x) {
+          const int which = k / kPadTile, q = k % kPadTile;
+          if (q % kPadItems == kScanItems) continue;  // padding slot
           float s = 0.f;
 #pragma unroll
-          for (int w = 0; w < kScanWarps; ++w) s += red[w][which][pos];
-          acc[(which * N + n) * kScanTile + pos] += s;
+          for (int w = 0; w < kScanWarps; ++w) s += red[buf][w][which][q];
+          acc[(which * N + n) * kPadTile + q] += s;
         }
-        __syncthreads();
+        buf ^= 1;
       }
     }
     if (!active) continue;
@@ -237,8 +250,9 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       du[i] = fmaf(Dd, in.dy[i], du[i]);
       y[i] = fmaf(Dd, in.u[i], y[i]);
       zgrad[i] *= y[i];
-      // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
-      if (p.delta_softplus) ddelta[i] *= 1.f - __expf(-in.delta[i]);
+      // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x)); expm1f keeps it accurate when
+      // softplus(x) is tiny (very negative x), where 1 - exp(.) would cancel.
+      if (p.delta_softplus) ddelta[i] *= -expm1f(-in.delta[i]);
       if (t + i >= t_end) ddelta[i] = 0.f;  // padded steps: keep them out of ddelta_bias
       ddb += ddelta[i];
     }
@@ -254,6 +268,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   }
 
   if (grouped) {  // the block's partial dB/dC for its tile, in physical time order
+    __syncthreads();  // acc slots were summed by other threads
     const long long n_parts = gridDim.x;
     for (int k = threadIdx.x; k < 2 * N * kScanTile; k += blockDim.x) {
       const int which = k / (N * kScanTile), n = (k / kScanTile) % N, pos = k % kScanTile;
@@ -262,7 +277,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
                                : (p.c_groups > 0 ? p.part_C : nullptr);
       if (part == nullptr || ti >= L) continue;
       const long long idx = ((b * n_parts + blockIdx.x) * N + n) * static_cast<long long>(L);
-      part[idx + (p.reverse ? L - 1 - ti : ti)] = acc[k];
+      part[idx + (p.reverse ? L - 1 - ti : ti)] = acc[(which * N + n) * kPadTile + padded(pos)];
     }
   }
 }
@@ -321,7 +336,16 @@ inline cudaError_t scan_bwd_reduce(const ScanParams& p, unsigned n_parts, cudaSt
 
 inline size_t scan_bwd_smem(const ScanParams& p) {
   const bool grouped = p.b_groups > 0 || p.c_groups > 0;
-  return grouped ? 2 * sizeof(float) * p.dstate * kScanTile : 0;
+  return grouped ? 2 * sizeof(float) * p.dstate * kPadTile : 0;
+}
+
+// Raises the kernel's dynamic shared-memory limit to `smem` (the default is 48 KB minus the
+// kernel's static shared memory, which the backward's red buffers already use).
+template <typename Kernel>
+inline cudaError_t allow_dynamic_smem(Kernel kernel, size_t smem) {
+  if (smem == 0) return cudaSuccess;
+  return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
 }
 
 inline unsigned scan_bwd_parts(const ScanParams& p) {
@@ -342,12 +366,7 @@ cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream) 
     if ((err = scan_combine(p, true, stream)) != cudaSuccess) return err;
   }
   const size_t smem = scan_bwd_smem(p);
-  if (smem > 48 * 1024) {
-    void (*kernel)(ScanParams) = scan_bwd_kernel<T>;
-    err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
+  if ((err = allow_dynamic_smem(scan_bwd_kernel<T>, smem)) != cudaSuccess) return err;
   const unsigned n_parts = scan_bwd_parts(p);
   err = launch_kernel(scan_bwd_kernel<T>, dim3(n_parts, p.batch, p.n_chunks), block, smem, stream, p);
   if (err != cudaSuccess) return err;
@@ -369,12 +388,7 @@ cudaError_t selective_scan_bi_bwd_launch(const BiScanParams& bp, cudaStream_t st
     }
   }
   const size_t smem = scan_bwd_smem(p);
-  if (smem > 48 * 1024) {
-    void (*kernel)(BiScanParams) = scan_bwd_bi_kernel<T>;
-    err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
+  if ((err = allow_dynamic_smem(scan_bwd_bi_kernel<T>, smem)) != cudaSuccess) return err;
   const unsigned n_parts = scan_bwd_parts(p);
   err = launch_kernel(scan_bwd_bi_kernel<T>, dim3(n_parts, p.batch, 2 * p.n_chunks), block, smem, stream, bp);
   if (err != cudaSuccess) return err;

@@ -36,25 +36,36 @@ SCAN_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_stat
 
 # ----------------------------------------------------------------------------- host logic (CPU)
 
+def _fwd_time_estimate(batch, dim, L, sms, chunk):
+    """The planner's cost model, written out independently: waves x tiles per chunk (+ the
+    summary pass and the combine when L is split)."""
+    tiles, n = math.ceil(L / scan_cuda.TILE), math.ceil(L / chunk)
+    blocks = batch * math.ceil(dim / scan_cuda.WARPS) * n
+    main = math.ceil(blocks / (sms * scan_cuda.FWD_BLOCKS_PER_SM)) * (chunk // scan_cuda.TILE)
+    return main if n == 1 else main * (1 + scan_cuda.SUMMARY_COST) + 0.02 * n
+
+
 @pytest.mark.parametrize("batch,dim,L,sms", [(1, 120, 65536, 132), (128, 384, 197, 132),
                                              (1, 384, 730, 132), (2, 120, 4096, 108),
-                                             (1, 1, 1, 1), (1, 8, 10 ** 8, 132)])
+                                             (1, 1, 1, 1), (1, 8, 10 ** 8, 132), (3, 50, 5000, 16)])
 def test_plan_chunk_len(batch, dim, L, sms):
     chunk = scan_cuda.plan_chunk_len(batch, dim, L, sms)
     assert chunk % scan_cuda.TILE == 0 and chunk >= scan_cuda.TILE
     n_chunks = math.ceil(L / chunk)
     assert n_chunks <= 65535
-    rows, tiles = batch * dim, math.ceil(L / scan_cuda.TILE)
-    target = sms * scan_cuda.WARPS_PER_SM
-    if rows >= target:
-        assert n_chunks == 1  # enough rows: no second pass
-    elif tiles <= 65535:  # split until the grid reaches the target or every chunk is one tile
-        assert rows * n_chunks >= min(target, rows * tiles)
+    tiles = math.ceil(L / scan_cuda.TILE)
+    if batch * math.ceil(dim / scan_cuda.WARPS) >= sms * scan_cuda.FWD_BLOCKS_PER_SM:
+        assert n_chunks == 1  # the rows fill the GPU: no second pass
+    if tiles <= 4096:  # no split is estimated faster (brute force over every chunk length)
+        best = min(_fwd_time_estimate(batch, dim, L, sms, ct * scan_cuda.TILE)
+                   for ct in range(1, tiles + 1))
+        assert _fwd_time_estimate(batch, dim, L, sms, chunk) <= best + 1e-9
 
 
 def test_plan_chunk_len_sr_shape_fills_gpu():
     chunk = scan_cuda.plan_chunk_len(1, 120, 65536, 132)
-    assert 120 * math.ceil(65536 / chunk) >= 132 * scan_cuda.WARPS_PER_SM
+    blocks = 30 * math.ceil(65536 / chunk)
+    assert blocks >= 132 * scan_cuda.FWD_BLOCKS_PER_SM  # at least one full wave of blocks
 
 
 @pytest.mark.parametrize("dim,bg,cg", [(384, 1, 1), (384, 0, 0), (48, 4, 1), (48, 4, 6), (120, 0, 4),
@@ -169,6 +180,15 @@ EMU_SCAN_CASES = [
 @pytest.mark.parametrize("case", EMU_SCAN_CASES, ids=str)
 def test_emulated_scan_kernels_match_reference(emulated, case):
     _check_backend_scan(case, scan_cuda.forward, scan_cuda.backward)
+
+
+@pytest.mark.parametrize("slab", (8, 12))
+def test_emulated_backward_with_multi_slab_blocks(emulated, monkeypatch, slab):
+    """Blocks that walk several groups of 4 channels (the dB/dC reduction buffers alternate
+    across the walk), one of them partly idle (slab 8 over 12 channels per group)."""
+    monkeypatch.setattr(scan_cuda, "plan_backward", lambda *a: (12, slab))
+    _check_backend_scan(ScanCase(2, 24, 300, 5, "g2", "var", initial_state=True),
+                        scan_cuda.forward, scan_cuda.backward)
 
 
 @pytest.mark.parametrize("reverse", (False, True))
@@ -406,6 +426,8 @@ def _scan_cases():
     cases.append(ScanCase(1, 120, 4096, 16, initial_state=True))
     cases.append(ScanCase(1, 120, 4096, 16, reverse=True, initial_state=True, b_kind="g4", c_kind="g4"))
     cases.append(ScanCase(1, 64, 1000, 64, b_kind="g2"))  # largest N, ragged multi-tile
+    for N in (24, 40):  # static + dynamic shared memory over the 48 KB default (opt-in needed)
+        cases.append(ScanCase(2, 8, 300, N))
     return cases
 
 

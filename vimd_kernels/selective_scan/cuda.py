@@ -19,7 +19,8 @@ from torch import Tensor
 TILE = 256          # time steps per warp tile (csrc/cuda/params.h: kScanTile)
 WARPS = 4           # warps per block (kScanWarps)
 MAX_STATE = 64      # kScanMaxState
-WARPS_PER_SM = 32   # resident warps per multiprocessor to aim for when planning chunks
+FWD_BLOCKS_PER_SM = 4  # forward main kernel: 120-128 registers x 128 threads (ptxas, sm_90) -> 4
+SUMMARY_COST = 0.6     # the forward's summary pass (no C, no outputs) relative to its main pass
 BLOCKS_PER_SM = 8   # backward blocks per multiprocessor to keep before merging channel slabs
 
 
@@ -43,16 +44,34 @@ def groups_of(X: Tensor) -> int:
 
 
 def plan_chunk_len(batch: int, dim: int, L: int, sm_count: int) -> int:
-    """Forward chunk length (a multiple of TILE): one chunk per row when the rows alone fill the
-    GPU (ViM: batch x d_inner rows), else L is split so rows x chunks reaches the target."""
+    """Forward chunk length (a multiple of TILE).
+
+    One chunk per row when the rows alone fill the GPU (ViM: batch x d_inner rows). Otherwise L
+    is split into chunks, and the split is the one with the least estimated time: a block walks
+    its chunk's tiles in sequence, blocks run in waves of sm_count * FWD_BLOCKS_PER_SM, and more
+    than one chunk adds the summary pass and the carries' combine.
+    """
     if min(batch, dim, L, sm_count) < 1:
         raise ValueError("batch, dim, L and sm_count must be >= 1")
-    tiles = math.ceil(L / TILE)
-    rows = batch * dim
-    n_chunks = min(tiles, max(1, math.ceil(sm_count * WARPS_PER_SM / rows)))
-    chunk_tiles = max(1, tiles // n_chunks)  # round down: at least n_chunks chunks
-    chunk_tiles = max(chunk_tiles, math.ceil(tiles / 65535))  # grid.z limit
-    return chunk_tiles * TILE
+    return _plan_chunk_tiles(batch * math.ceil(dim / WARPS), math.ceil(L / TILE), sm_count) * TILE
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_chunk_tiles(col_blocks: int, tiles: int, sm_count: int) -> int:
+    slots = sm_count * FWD_BLOCKS_PER_SM
+    min_tiles = math.ceil(tiles / 65535)  # grid.z limit on the number of chunks
+    if col_blocks >= slots or tiles == 1:
+        return max(tiles, min_tiles)
+
+    def cost(chunk_tiles: int) -> float:
+        n = math.ceil(tiles / chunk_tiles)
+        main = math.ceil(col_blocks * n / slots) * chunk_tiles
+        return main if n == 1 else main * (1 + SUMMARY_COST) + 0.02 * n
+
+    # Beyond a few waves more chunks only add overhead: try n_chunks up to 8 waves' worth.
+    max_chunks = min(tiles, 8 * math.ceil(slots / col_blocks))
+    candidates = {max(math.ceil(tiles / n), min_tiles) for n in range(1, max_chunks + 1)}
+    return min(candidates, key=lambda ct: (cost(ct), -ct))
 
 
 def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
