@@ -22,56 +22,106 @@ union ItemWords {
   T items[kScanItems];
 };
 
-// True when the lane's steps [t, t + kScanItems) are all inside the row and their physical block
-// (ascending, or descending when reverse) starts on a 16-byte boundary.
-template <typename T>
-__device__ __forceinline__ bool whole_words(const T* row, int t, int t_end, int L, bool reverse) {
-  const int start = reverse ? L - t - kScanItems : t;
-  return t + kScanItems <= t_end && (reinterpret_cast<uintptr_t>(row + start) & 15) == 0;
-}
+// Shared-memory layout of one tile's per-step values: step lane * kScanItems + i is stored at
+// lane * kPadItems + i. A warp storing or loading its item i (fixed i, 32 lanes) then hits 32
+// distinct banks (kPadItems is odd), and consecutive steps are almost conflict-free.
+constexpr int kPadItems = kScanItems + 1;
+constexpr int kPadTile = 32 * kPadItems;
+__device__ __forceinline__ int padded(int pos) { return pos + pos / kScanItems; }
 
-// Loads the lane's kScanItems logical steps [t, t + kScanItems) of a row; zero past t_end.
-template <typename T>
-__device__ __forceinline__ void load_items(const T* __restrict__ row, int t, int t_end, int L,
-                                           bool reverse, float (&v)[kScanItems]) {
-  if (whole_words(row, t, t_end, L, reverse)) {
-    ItemWords<T> w;
-    const uint4* src = reinterpret_cast<const uint4*>(row + (reverse ? L - t - kScanItems : t));
-#pragma unroll
-    for (int k = 0; k < ItemWords<T>::kWords; ++k) w.words[k] = src[k];
-#pragma unroll
-    for (int i = 0; i < kScanItems; ++i) {  // both indices compile-time: w stays in registers
-      v[i] = reverse ? to_float(w.items[kScanItems - 1 - i]) : to_float(w.items[i]);
-    }
-    return;
-  }
-#pragma unroll
-  for (int i = 0; i < kScanItems; ++i) {
-    const int ti = t + i;
-    v[i] = ti < t_end ? to_float(row[reverse ? L - 1 - ti : ti]) : 0.f;
-  }
-}
+// One warp's tile of logical steps [tile, tile + kScanTile), clipped to t_end: lane owns steps
+// tile + lane * kScanItems + i. Rows are read and written in one of two ways, chosen per row
+// (warp-uniform):
+//  - the physical start of the lanes' blocks is 16-byte aligned (the blocks are 16- or 32-byte
+//    multiples apart, so all lanes agree): whole-word vector accesses per lane;
+//  - otherwise (e.g. fp32 rows of odd L): coalesced accesses, one step per lane per round,
+//    transposed through the warp's staging buffer in shared memory.
+struct TileIO {
+  float* stage;  // this warp's kPadTile floats of shared memory
+  int tile, t_end, L, lane;
+  bool reverse;
 
-template <typename T>
-__device__ __forceinline__ void store_items(T* __restrict__ row, int t, int t_end, int L, bool reverse,
-                                            const float (&v)[kScanItems]) {
-  if (whole_words(row, t, t_end, L, reverse)) {
-    ItemWords<T> w;
+  __device__ __forceinline__ int t() const { return tile + lane * kScanItems; }
+  __device__ __forceinline__ int phys(int ti) const { return reverse ? L - 1 - ti : ti; }
+
+  template <typename T>
+  __device__ __forceinline__ bool aligned(const T* row) const {
+    // a block's physical start: t, or L - t - kScanItems, with t a multiple of kScanItems
+    const long long first = reverse ? static_cast<long long>(L) - kScanItems : 0;
+    return ((reinterpret_cast<uintptr_t>(row) + first * static_cast<long long>(sizeof(T))) & 15) == 0;
+  }
+
+  // The lane's kScanItems logical steps as float; zero past t_end.
+  template <typename T>
+  __device__ __forceinline__ void load(const T* __restrict__ row, float (&v)[kScanItems]) const {
+    const int t0 = t();
+    if (aligned(row)) {
+      if (t0 + kScanItems <= t_end) {
+        ItemWords<T> w;
+        const uint4* src = reinterpret_cast<const uint4*>(row + (reverse ? L - t0 - kScanItems : t0));
 #pragma unroll
-    for (int i = 0; i < kScanItems; ++i) {
-      w.items[i] = from_float<T>(reverse ? v[kScanItems - 1 - i] : v[i]);
+        for (int k = 0; k < ItemWords<T>::kWords; ++k) w.words[k] = src[k];
+#pragma unroll
+        for (int i = 0; i < kScanItems; ++i) {  // both indices compile-time: w stays in registers
+          v[i] = reverse ? to_float(w.items[kScanItems - 1 - i]) : to_float(w.items[i]);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kScanItems; ++i) v[i] = t0 + i < t_end ? to_float(row[phys(t0 + i)]) : 0.f;
+      }
+      return;
     }
-    uint4* dst = reinterpret_cast<uint4*>(row + (reverse ? L - t - kScanItems : t));
+    // round j: the lane's step is tile + 32 j + lane, at padded slot 36 j + padded(lane)
+    const int rem = t_end - tile;
+    const T* src = row + (reverse ? L - 1 - tile - lane : tile + lane);
+    const int stride = reverse ? -32 : 32;
+    float* slot = stage + padded(lane);
 #pragma unroll
-    for (int k = 0; k < ItemWords<T>::kWords; ++k) dst[k] = w.words[k];
-    return;
-  }
+    for (int j = 0; j < kScanItems; ++j) {
+      slot[j * (32 + 32 / kScanItems)] = j * 32 + lane < rem ? to_float(src[j * stride]) : 0.f;
+    }
+    __syncwarp();
 #pragma unroll
-  for (int i = 0; i < kScanItems; ++i) {
-    const int ti = t + i;
-    if (ti < t_end) row[reverse ? L - 1 - ti : ti] = from_float<T>(v[i]);
+    for (int i = 0; i < kScanItems; ++i) v[i] = stage[lane * kPadItems + i];
+    __syncwarp();
   }
-}
+
+  // Writes the lane's steps below t_end.
+  template <typename T>
+  __device__ __forceinline__ void store(T* __restrict__ row, const float (&v)[kScanItems]) const {
+    const int t0 = t();
+    if (aligned(row)) {
+      if (t0 + kScanItems <= t_end) {
+        ItemWords<T> w;
+#pragma unroll
+        for (int i = 0; i < kScanItems; ++i) {
+          w.items[i] = from_float<T>(reverse ? v[kScanItems - 1 - i] : v[i]);
+        }
+        uint4* dst = reinterpret_cast<uint4*>(row + (reverse ? L - t0 - kScanItems : t0));
+#pragma unroll
+        for (int k = 0; k < ItemWords<T>::kWords; ++k) dst[k] = w.words[k];
+      } else {
+#pragma unroll
+        for (int i = 0; i < kScanItems; ++i) {
+          if (t0 + i < t_end) row[phys(t0 + i)] = from_float<T>(v[i]);
+        }
+      }
+      return;
+    }
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i) stage[lane * kPadItems + i] = v[i];
+    __syncwarp();
+    const int rem = t_end - tile;
+    T* dst = row + (reverse ? L - 1 - tile - lane : tile + lane);
+    const int stride = reverse ? -32 : 32;
+    const float* slot = stage + padded(lane);
+#pragma unroll
+    for (int j = 0; j < kScanItems; ++j) {
+      if (j * 32 + lane < rem) dst[j * stride] = from_float<T>(slot[j * (32 + 32 / kScanItems)]);
+    }
+    __syncwarp();
+  }
+};
 
 // One row's view of B or C: constant (dim, N) or grouped (batch, G, N, L).
 struct BCView {
@@ -89,10 +139,9 @@ struct BCView {
     }
   }
 
-  __device__ __forceinline__ void load(int n, int t, int t_end, bool reverse,
-                                       float (&v)[kScanItems]) const {
+  __device__ __forceinline__ void load(int n, const TileIO& io, float (&v)[kScanItems]) const {
     if (grouped) {
-      load_items<float>(base + static_cast<long long>(n) * L, t, t_end, L, reverse, v);
+      io.load(base + static_cast<long long>(n) * L, v);
     } else {
       const float s = base[n];
 #pragma unroll

@@ -27,16 +27,16 @@ struct RowInputs {
   float u[kScanItems], delta[kScanItems], dy[kScanItems];
 
   // zgrad (optional): dout * silu'(z), so that dz = zgrad * y once y is known.
-  __device__ __forceinline__ void load(const ScanParams& p, long long row, int d, int t, int t_end,
+  __device__ __forceinline__ void load(const ScanParams& p, const TileIO& io, long long row, int d,
                                        float* zgrad) {
     const int L = p.seqlen;
-    load_items(static_cast<const T*>(p.u) + row * L, t, t_end, L, p.reverse, u);
-    load_items(static_cast<const T*>(p.delta) + row * L, t, t_end, L, p.reverse, delta);
-    prepare_delta(delta, t, t_end, p.delta_bias ? p.delta_bias[d] : 0.f, p.delta_softplus);
-    load_items(static_cast<const T*>(p.dout) + row * L, t, t_end, L, p.reverse, dy);
+    io.load(static_cast<const T*>(p.u) + row * L, u);
+    io.load(static_cast<const T*>(p.delta) + row * L, delta);
+    prepare_delta(delta, io.t(), io.t_end, p.delta_bias ? p.delta_bias[d] : 0.f, p.delta_softplus);
+    io.load(static_cast<const T*>(p.dout) + row * L, dy);
     if (p.z) {
       float zv[kScanItems];
-      load_items(static_cast<const T*>(p.z) + row * L, t, t_end, L, p.reverse, zv);
+      io.load(static_cast<const T*>(p.z) + row * L, zv);
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
         const float s = sigmoidf(zv[i]);
@@ -60,16 +60,17 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
   const int b = blockIdx.y;
   const int N = p.dstate;
   const long long row = row_index(p, b, d);
-  const int t = c * kScanTile + lane * kScanItems;
-  const int t_end = min(p.seqlen, (c + 1) * kScanTile);
+  __shared__ float stage_smem[kScanWarps][kPadTile];
+  const TileIO io{stage_smem[warp], c * kScanTile, min(p.seqlen, (c + 1) * kScanTile), p.seqlen, lane,
+                  p.reverse};
   RowInputs<T> in;
-  in.load(p, row, d, t, t_end, nullptr);
+  in.load(p, io, row, d, nullptr);
   const BCView Bv(p.B, p.b_groups, p, b, d), Cv(p.C, p.c_groups, p, b, d);
   for (int n = 0; n < N; ++n) {
     const float a = p.A[d * N + n];
     float bv[kScanItems], cv[kScanItems], dA[kScanItems];
-    Bv.load(n, t, t_end, p.reverse, bv);
-    Cv.load(n, t, t_end, p.reverse, cv);
+    Bv.load(n, io, bv);
+    Cv.load(n, io, cv);
     float ha = 1.f, hb = 0.f;
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) {
@@ -96,13 +97,6 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
   if (lane == 0) p.chunk_sum_delta[row * p.n_chunks + c] = s;
 }
 
-// Shared-memory layout of one tile's per-step values: step lane * kScanItems + i is stored at
-// lane * kPadItems + i. A warp storing its item i (fixed i, 32 lanes) then hits 32 distinct
-// banks (kPadItems is odd), and a block reading consecutive steps is almost conflict-free.
-constexpr int kPadItems = kScanItems + 1;
-constexpr int kPadTile = 32 * kPadItems;
-__device__ __forceinline__ int padded(int pos) { return pos + pos / kScanItems; }
-
 // Phase 3: all gradients. Block = (channel slab inside one B/C group segment, batch, tile).
 template <typename T>
 __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
@@ -110,6 +104,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   // One state's dB/dC per warp, to be summed over the warps; double-buffered over the states so
   // that one barrier per state suffices.
   __shared__ float red[2][kScanWarps][2][kPadTile];
+  __shared__ float stage_smem[kScanWarps][kPadTile];  // each warp's row staging (TileIO)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = blockIdx.y;
   const int L = p.seqlen, N = p.dstate;
@@ -118,8 +113,8 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   const int d_begin = seg * p.seg_channels + slab * p.slab_channels;
   const int d_end = min((seg + 1) * p.seg_channels, d_begin + p.slab_channels);
   const int tile = c * kScanTile;
-  const int t = tile + lane * kScanItems;
   const int t_end = min(L, tile + kScanTile);
+  const TileIO io{stage_smem[warp], tile, t_end, L, lane, p.reverse};
   const int J = p.batch * p.n_chunks;
   const long long j = static_cast<long long>(b) * p.n_chunks + c;
 
@@ -135,7 +130,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
     const long long row = row_index(p, b, d);
     RowInputs<T> in;
     float zgrad[kScanItems], y[kScanItems], du[kScanItems], ddelta[kScanItems];
-    if (active) in.load(p, row, d, t, t_end, zgrad);
+    if (active) in.load(p, io, row, d, zgrad);
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) y[i] = du[i] = ddelta[i] = 0.f;
     const BCView Bv(p.B, p.b_groups, p, b, d), Cv(p.C, p.c_groups, p, b, d);
@@ -154,8 +149,8 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
           if (p.dlast_state) q_in = p.dlast_state[row * N + n];
         }
         float bv[kScanItems], cv[kScanItems], dA[kScanItems], dBu[kScanItems], hp[kScanItems];
-        Bv.load(n, t, t_end, p.reverse, bv);
-        Cv.load(n, t, t_end, p.reverse, cv);
+        Bv.load(n, io, bv);
+        Cv.load(n, io, cv);
         // Forward: h over the tile; hp[i] = h before step i.
         float la = 1.f, lb = 0.f;
 #pragma unroll
@@ -253,7 +248,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x)); expm1f keeps it accurate when
       // softplus(x) is tiny (very negative x), where 1 - exp(.) would cancel.
       if (p.delta_softplus) ddelta[i] *= -expm1f(-in.delta[i]);
-      if (t + i >= t_end) ddelta[i] = 0.f;  // padded steps: keep them out of ddelta_bias
+      if (io.t() + i >= t_end) ddelta[i] = 0.f;  // padded steps: keep them out of ddelta_bias
       ddb += ddelta[i];
     }
     dD = warp_sum(dD);
@@ -262,9 +257,9 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       if (p.part_D) p.part_D[static_cast<long long>(d) * J + j] = dD;
       if (p.part_delta_bias) p.part_delta_bias[static_cast<long long>(d) * J + j] = ddb;
     }
-    store_items(static_cast<T*>(p.du) + row * L, t, t_end, L, p.reverse, du);
-    store_items(static_cast<T*>(p.ddelta) + row * L, t, t_end, L, p.reverse, ddelta);
-    if (p.z) store_items(static_cast<T*>(p.dz) + row * L, t, t_end, L, p.reverse, zgrad);
+    io.store(static_cast<T*>(p.du) + row * L, du);
+    io.store(static_cast<T*>(p.ddelta) + row * L, ddelta);
+    if (p.z) io.store(static_cast<T*>(p.dz) + row * L, zgrad);
   }
 
   if (grouped) {  // the block's partial dB/dC for its tile, in physical time order

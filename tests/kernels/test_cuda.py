@@ -169,6 +169,10 @@ EMU_SCAN_CASES = [
     ScanCase(2, 8, 300, 4, initial_state=True),                     # 2 tiles: chunked fwd and bwd
     ScanCase(2, 8, 300, 4, initial_state=True, reverse=True),
     ScanCase(1, 4, 2600, 2, initial_state=True, reverse=True),      # 11 tiles: > 8 chunk carries
+    # odd L: most rows start off a 16-byte boundary and go through the warp's staging buffer
+    ScanCase(2, 8, 299, 4, "g2", "var", initial_state=True),
+    ScanCase(2, 8, 299, 4, "var", "g2", initial_state=True, reverse=True),
+    ScanCase(2, 8, 197, 3, dtype=torch.bfloat16, reverse=True),
     ScanCase(1, 8, 100, 3, "g2", "const", reverse=True),
     ScanCase(2, 6, 40, 2, "g2", "g3", D=False, delta_bias=False),  # groups of 3: partly idle warps
     ScanCase(1, 4, 1, 1, "const", "const", z=False, softplus=False),
@@ -187,7 +191,7 @@ def test_emulated_backward_with_multi_slab_blocks(emulated, monkeypatch, slab):
     """Blocks that walk several groups of 4 channels (the dB/dC reduction buffers alternate
     across the walk), one of them partly idle (slab 8 over 12 channels per group)."""
     monkeypatch.setattr(scan_cuda, "plan_backward", lambda *a: (12, slab))
-    _check_backend_scan(ScanCase(2, 24, 300, 5, "g2", "var", initial_state=True),
+    _check_backend_scan(ScanCase(2, 24, 299, 5, "g2", "var", initial_state=True),
                         scan_cuda.forward, scan_cuda.backward)
 
 
