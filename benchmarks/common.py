@@ -4,6 +4,10 @@ Timing: on GPU, ``triton.testing.do_bench`` (median, L2 flushed between runs) wh
 importable, else CUDA events (median).  On CPU, the median of repeated ``time.perf_counter``
 runs after warm-up.
 
+Guards: ``deadline(s)`` interrupts the main thread after ``s`` seconds (SIGALRM raising ``TimeUp``,
+a BaseException so library ``except Exception`` blocks cannot swallow it); ``Budget`` is a run's
+overall and per-job wall-clock allowance.
+
 Peak memory: on GPU, ``torch.cuda.max_memory_allocated`` above what was allocated before the call.
 On CPU, torch's profiler with ``profile_memory=True`` records every allocation/free made through
 torch's CPU allocator with the running total since the profile started; the peak is the largest
@@ -13,15 +17,21 @@ takes outside torch's allocator (std::vector, thread stacks).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import importlib.metadata
+import importlib.util
 import json
 import math
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -68,6 +78,59 @@ def time_fn(fn, device: str, quick: bool = False) -> float:
     if device == "cuda":
         return time_cuda(fn, *((5, 20) if quick else (25, 100)))
     return time_cpu(fn, *((1, 3, 3, 0.0) if quick else (2, 5, 200, 1.0)))
+
+
+# ----------------------------------------------------------------------------- guards
+
+class TimeUp(BaseException):
+    """A ``deadline`` expired (BaseException, like KeyboardInterrupt, so that ``except Exception``
+    inside torch.compile or a provider cannot turn it into an ordinary error)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Raise ``TimeUp`` in the main thread once ``seconds`` have passed (inf: no limit; off the main
+    thread, where signals cannot be delivered, no limit either).  It lands when control next returns
+    to Python, so a long C++/CUDA call finishes first."""
+    if seconds <= 0:
+        raise TimeUp(f"no time left ({seconds:.0f} s)")
+    if math.isinf(seconds) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeUp(f"{seconds:.0f} s limit")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@dataclass
+class Budget:
+    """Wall-clock allowance of a run: ``total_s`` for all jobs, ``job_s`` for any one job (0: none).
+    ``clock`` is injectable so tests can fake time."""
+    total_s: float = 0.0
+    job_s: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+    start: float = field(init=False)
+
+    def __post_init__(self):
+        self.start = self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def left(self) -> float:
+        return self.total_s - self.elapsed() if self.total_s else math.inf
+
+    def job_limit(self) -> float:
+        """Seconds the next job may take: the job cap, or what is left of the run if less."""
+        return min(self.left(), self.job_s or math.inf)
 
 
 # ----------------------------------------------------------------------------- memory
@@ -144,16 +207,58 @@ def git_sha() -> str:
         return "unknown"
 
 
-def metadata(device: str) -> dict:
+PEER_PACKAGES = ("mamba_ssm", "causal_conv1d", "mambapy")
+
+
+def package_version(name: str) -> str | None:
+    """Installed version of ``name``; for an in-place build on PYTHONPATH (no dist metadata) the
+    folder it is imported from (which names the sdist); None when it is not importable."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        spec = importlib.util.find_spec(name)  # finds, does not import
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return None
+    where = spec.submodule_search_locations[0] if spec.submodule_search_locations else spec.origin
+    return f"unknown version, from {os.path.dirname(where or '')}"
+
+
+def metadata(device: str, packages=PEER_PACKAGES) -> dict:
+    """Device, versions (torch, CUDA, triton, Python, the peers), threads, git sha, UTC date, and
+    ``summary``: all of it on one line."""
     try:
         import triton
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    return {"device": device_name(device), "device_type": device, "torch": torch.__version__,
+    meta = {"device": device_name(device), "device_type": device, "torch": torch.__version__,
             "cuda": torch.version.cuda, "triton": triton_version, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "git_sha": git_sha(),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "peers": {p: package_version(p) for p in packages}}
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        meta.update(cuda_capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
+                    gpu_memory_gib=round(props.total_memory / 2 ** 30, 1))
+    meta["summary"] = summary_line(meta)
+    return meta
+
+
+def summary_line(meta: dict) -> str:
+    """One line naming the machine, versions and commit (the header of every table and plot)."""
+    dev = meta["device"] + (f" (sm_{meta['cuda_capability'].replace('.', '')}, {meta['sm_count']} SMs, "
+                            f"{meta['gpu_memory_gib']} GiB)" if meta.get("cuda_capability") else "")
+    parts = [dev, f"torch {meta['torch']}" + (f" CUDA {meta['cuda']}" if meta.get("cuda") else ""),
+             f"triton {meta['triton']}", f"git {meta['git_sha']}", meta["date"],
+             f"threads {meta['threads']}"]
+    peers = meta.get("peers") or {}
+    if peers:
+        parts.append("peers " + ", ".join(f"{k} {v or 'absent'}" for k, v in peers.items()))
+    return " | ".join(parts)
 
 
 # ----------------------------------------------------------------------------- output
@@ -175,8 +280,10 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
                      + [line(b) for b in body])
 
 
-def write_results(out_dir: str, stem: str, meta: dict, rows: list[dict]) -> dict:
-    """CSV (metadata as leading '#' comments) and JSON next to each other; returns their paths."""
+def write_results(out_dir: str, stem: str, meta: dict, rows: list[dict],
+                  verdicts: list[dict] | None = None) -> dict:
+    """CSV (metadata, then each verdict's line, as leading '#' comments) and JSON (``meta``,
+    ``verdicts``, ``rows``) next to each other; returns their paths."""
     import csv
 
     os.makedirs(out_dir, exist_ok=True)
@@ -187,25 +294,32 @@ def write_results(out_dir: str, stem: str, meta: dict, rows: list[dict]) -> dict
     with open(csv_path, "w", newline="") as f:
         for k, v in meta.items():
             f.write(f"# {k}: {v}\n")
+        for v in verdicts or []:
+            f.write(f"# verdict: {v['line']}\n")
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
     json_path = os.path.join(out_dir, stem + ".json")
     with open(json_path, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
+        json.dump({"meta": meta, "verdicts": verdicts or [], "rows": rows}, f, indent=1, default=str)
     return {"csv": csv_path, "json": json_path}
 
 
 def plot_times(path: str, rows: list[dict], title: str) -> str | None:
-    """Grouped bar chart of median time per (op, shape, mode) and provider, log scale."""
-    import matplotlib
+    """Grouped bar chart of median time per (op, shape, mode, dtype) and provider, log scale
+    (None when nothing was timed or matplotlib is missing, as on the GPU machine)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     timed = [r for r in rows if r.get("ms") is not None and not math.isnan(r["ms"])]
     if not timed:
         return None
-    groups = list(dict.fromkeys(f"{r['op']}\n{r['shape']}\n{r['mode']}" for r in timed))
+    label = lambda r: f"{r['op']}\n{r['shape']}\n{r['mode']}\n{r['dtype']}"  # noqa: E731
+    groups = list(dict.fromkeys(label(r) for r in timed))
     providers = list(dict.fromkeys(r["provider"] for r in timed))
     width = 0.8 / len(providers)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(providers)) / 2), 4.5))
@@ -213,7 +327,7 @@ def plot_times(path: str, rows: list[dict], title: str) -> str | None:
         xs, ys = [], []
         for j, g in enumerate(groups):
             for r in timed:
-                if r["provider"] == p and f"{r['op']}\n{r['shape']}\n{r['mode']}" == g:
+                if r["provider"] == p and label(r) == g:
                     xs.append(j + i * width)
                     ys.append(r["ms"])
         ax.bar(xs, ys, width, label=p)

@@ -2,15 +2,28 @@
 
 Times selective_scan, causal_conv1d, mamba_inner and bimamba_inner (fwd and fwd+bwd) on the
 workloads of benchmarks/shapes.py for every provider that is importable here, and writes a table
-to stdout plus CSV/JSON/PNG under benchmarks/results/<device>/.  ``--preset cpu-bar`` is the
-issue's CPU perf bar: cpu vs mambapy vs ref, fwd+bwd, u = (8, 384, 197), N = 16, float32.
+to stdout plus CSV/JSON/PNG under benchmarks/results/<device>/.  Presets:
+
+- ``--preset cpu-bar``: the issue's CPU perf bar: cpu vs mambapy vs ref, fwd+bwd, u = (8, 384, 197),
+  N = 16, float32.
+- ``--preset gpu-bar``: the GPU perf bars (GPU_BARS: issue 4's CUDA, issue 3's Triton), exactly the jobs they need, bar-critical
+  jobs first; after the table one verdict line per bar (PASS / FAIL / NOT MEASURED).
+
+Every run is bounded: ``--budget-s`` for the whole run (jobs past it are recorded as skipped) and
+``--job-timeout-s`` for any one job (it bounds torch.compile's first call too).  ``--dry-run``
+prints the job list.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
+import importlib.util
+import itertools
 import math
 import os
 import sys
+import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,8 +36,12 @@ from benchmarks.shapes import Workload
 OPS = ("selective_scan", "causal_conv1d", "mamba_inner", "bimamba_inner")
 MODES = ("fwd", "fwd+bwd")
 OURS = ("cpu", "triton", "cuda")
-PEERS = ("ref", "compiled_ref", "mambapy", "mamba_ssm", "causal_conv1d")
-PROVIDERS = ("ref", "compiled_ref", "cpu", "triton", "cuda", "mambapy", "mamba_ssm", "causal_conv1d")
+# mamba_ssm: its own fused function (selective_scan_fn, mamba_inner_fn).  mamba_ssm_composed: the
+# mixer composed from mamba_ssm's selective_scan_fn and causal_conv1d's causal_conv1d_fn exactly as
+# our reference composes it (ViM's reverse branch on flipped xz), since upstream has no ViM mixer.
+PEERS = ("ref", "compiled_ref", "mambapy", "mamba_ssm", "mamba_ssm_composed", "causal_conv1d")
+PROVIDERS = ("ref", "compiled_ref", "cpu", "triton", "cuda", "mambapy", "mamba_ssm", "mamba_ssm_composed",
+             "causal_conv1d")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # The reference and mambapy materialise several (batch, dim, L, N) float32 tensors and the reference
@@ -32,9 +49,76 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 REF_BUDGET = {"cpu": 2 ** 25, "cuda": 2 ** 28}   # batch * dim * L * N elements
 COMPILE_MAX_L = 256                               # torch.compile unrolls the reference's L loop
 
+
+# ----------------------------------------------------------------------------- bars and presets
+
+@dataclass(frozen=True)
+class Bar:
+    """A performance bar: ``ours`` must reach ``threshold`` in every cell (shape x dtype x mode).
+
+    metric "speedup": time of ``peer`` / time of ``ours``, both timed in the same run.
+    metric "pct_copy": our achieved bandwidth (bytes of the minimal algorithm / time) as a fraction
+    of the measured device-to-device copy; ``peer`` is then timed beside it for context only.
+    """
+    name: str
+    op: str
+    shapes: tuple
+    modes: tuple
+    dtypes: tuple
+    peer: str
+    threshold: float
+    metric: str = "speedup"
+    ours: str = "cuda"
+
+
+VIM_BAR_SHAPES = ("vim-ti-s16", "vim-s-s16", "vim-ti-s8", "vim-s-s8")
+# Issue 4, CUDA kernels.  Where a bar names no dtype it is measured in float32 (the mixers are
+# benchmarked in float32 only; SR models run in float32).
+GPU_BARS = (
+    Bar("a", "selective_scan", VIM_BAR_SHAPES, ("fwd+bwd",), ("float32", "bfloat16"), "mamba_ssm", 1.5),
+    Bar("b", "bimamba_inner", VIM_BAR_SHAPES, ("fwd+bwd",), ("float32",), "mamba_ssm_composed", 2.0),
+    Bar("c", "selective_scan", ("dvmsr-256",), ("fwd+bwd",), ("float32",), "mamba_ssm", 3.0),
+    Bar("d", "selective_scan", VIM_BAR_SHAPES + ("dvmsr-256",), ("fwd",), ("float32",), "mamba_ssm", 0.70,
+        metric="pct_copy"),
+    Bar("e", "causal_conv1d", VIM_BAR_SHAPES, ("fwd", "fwd+bwd"), ("float32",), "causal_conv1d", 1.0),
+    # Issue 3, Triton kernels (the conv bar: forward within 1.1x of a plain copy of its input and
+    # output, i.e. at least 1/1.1 of the copy's bandwidth).
+    Bar("t1", "selective_scan", ("vim-ti-s16",), ("fwd+bwd",), ("float32", "bfloat16"), "mamba_ssm", 1.2,
+        ours="triton"),
+    Bar("t2", "bimamba_inner", VIM_BAR_SHAPES, ("fwd+bwd",), ("float32",), "mamba_ssm_composed", 1.5,
+        ours="triton"),
+    Bar("t3", "causal_conv1d", VIM_BAR_SHAPES, ("fwd",), ("float32",), "causal_conv1d", 1 / 1.1,
+        metric="pct_copy", ours="triton"),
+)
+PEER_SHAPE = "vim-ti-s16"   # where gpu-bar also times the slow peers of /work/shared/GPU.md
+
+
+def _group(ops, shapes_, modes, dtypes, providers) -> dict:
+    """A block of jobs: every op x shape x dtype x mode x provider (in that nesting)."""
+    return dict(ops=list(ops), shapes=list(shapes_), modes=list(modes), dtypes=list(dtypes),
+                providers=list(providers))
+
+
+def _bar_group(bar: Bar, providers) -> dict:
+    return _group([bar.op], bar.shapes, bar.modes, bar.dtypes, providers)
+
+
+def _slow_peer_group(providers, modes=("fwd+bwd", "fwd")) -> dict:
+    return _group(["selective_scan"], [PEER_SHAPE], modes, ["float32"], providers)
+
+
+# A preset is a device and an ordered list of job groups.  gpu-bar: ours vs each bar's peer first,
+# then the cheap slow peers (reference, mambapy), then triton on the bars' cells, and torch.compile
+# of the reference last (its L loop unrolled: minutes of compile, cut by --job-timeout-s; fwd first,
+# the cheaper compile).
 PRESETS = {
-    "cpu-bar": dict(ops=["selective_scan"], shapes=["cpu-row"], providers=["cpu", "mambapy", "ref"],
-                    modes=["fwd+bwd"], dtype="float32", device="cpu"),
+    "cpu-bar": dict(device="cpu", groups=[
+        _group(["selective_scan"], ["cpu-row"], ["fwd+bwd"], ["float32"], ["cpu", "mambapy", "ref"])]),
+    "gpu-bar": dict(device="cuda", groups=(
+        [_bar_group(b, [b.ours, b.peer]) for b in GPU_BARS]
+        + [_slow_peer_group(["ref", "mambapy"])]
+        + [_bar_group(b, ["triton"]) for b in GPU_BARS]
+        + [_slow_peer_group(["compiled_ref"], ("fwd", "fwd+bwd"))])),
 }
 
 
@@ -128,8 +212,9 @@ def _call_conv(fn, x, **kw):
 
 
 def _call_mamba(fn, x, **kw):
+    # delta_softplus by keyword: mamba_ssm's mamba_inner_fn has B_proj_bias, C_proj_bias before it
     return fn(x["xz"], x["conv1d_weight"], x["conv1d_bias"], x["x_proj_weight"], x["delta_proj_weight"],
-              x["out_proj_weight"], None, x["A"], None, None, x["D"], x["delta_bias"], True, **kw)
+              x["out_proj_weight"], None, x["A"], None, None, x["D"], x["delta_bias"], delta_softplus=True, **kw)
 
 
 def _call_bimamba(fn, x, **kw):
@@ -150,6 +235,94 @@ def _ref_fn(op: str):
     import vimd_kernels as vk
     return {"selective_scan": vk.selective_scan_ref, "causal_conv1d": vk.causal_conv1d_ref,
             "mamba_inner": vk.mamba_inner_ref, "bimamba_inner": vk.bimamba_inner_ref}[op]
+
+
+def peer_kernels(selective_scan_fn, causal_conv1d_fn) -> tuple[Callable, Callable]:
+    """The ``scan`` and ``conv`` callables vimd_kernels.ops.inner_core calls, made from mamba_ssm's
+    ``selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    return_last_state=False)`` and causal_conv1d's ``causal_conv1d_fn(x, weight (dim, width),
+    bias=None, seq_idx=None, initial_states=None, return_final_states=False, final_states_out=None,
+    activation=None)``.  Neither has a reverse flag: composed_mixer flips xz itself."""
+    def scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse=False):
+        if reverse:
+            raise ValueError("the peer scan runs forward only; flip the inputs")
+        return selective_scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                 delta_softplus=delta_softplus)
+
+    def conv(x, weight, bias, activation, reverse=False):
+        if reverse:
+            raise ValueError("the peer conv runs forward only; flip the inputs")
+        return causal_conv1d_fn(x, weight.reshape(weight.shape[0], -1), bias, activation=activation)
+
+    return scan, conv
+
+
+def composed_mixer(op: str, scan: Callable, conv: Callable) -> Callable:
+    """f(inputs) for mamba_inner / bimamba_inner composed from separate scan and conv kernels the way
+    vimd_kernels/mamba_inner/reference.py composes them: inner_core per branch; ViM's reverse
+    branch runs on xz.flip(-1) and its output is flipped back; out_proj of the branches' mean.
+    Same arguments as _call_mamba/_call_bimamba (no out_proj bias, B/C from x_proj, softplus)."""
+    from vimd_kernels.ops import inner_core
+
+    def branch(xz, x, s=""):
+        return inner_core(xz, x["conv1d_weight" + s], x["conv1d_bias" + s], x["x_proj_weight" + s],
+                          x["delta_proj_weight" + s], x["A" + s], None, None, x["D" + s],
+                          x["delta_bias" + s], True, False, scan=scan, conv=conv)
+
+    def mixer(x):
+        y = branch(x["xz"], x)
+        if op == "bimamba_inner":
+            y = (y + branch(x["xz"].flip(-1), x, "_b").flip(-1)) * 0.5
+        return F.linear(y.transpose(1, 2), x["out_proj_weight"])
+
+    return mixer
+
+
+def import_peer(name: str):
+    """Import module ``name`` (e.g. "mamba_ssm.ops.selective_scan_interface") without running its
+    top-level package's __init__ unless that is already imported: mamba_ssm's __init__ imports its
+    model classes and with them transformers and huggingface_hub, which the GPU machine lacks and
+    the ops do not use.  ImportError when the package, the module or its extension is missing."""
+    top = name.split(".")[0]
+    stub = top not in sys.modules
+    if stub:
+        spec = importlib.util.find_spec(top)
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError(f"No module named {top!r}", name=top)
+        package = types.ModuleType(top)
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules[top] = package
+    try:
+        return importlib.import_module(name)
+    except BaseException:
+        if stub:
+            sys.modules.pop(top, None)
+        raise
+
+
+# What each peer package provides (anything else: Unsupported, with the reason).
+PEER_OPS = {"mamba_ssm": ("selective_scan", "mamba_inner"), "causal_conv1d": ("causal_conv1d",),
+            "mamba_ssm_composed": ("mamba_inner", "bimamba_inner")}
+
+
+def _peer_fn(provider: str, op: str, device: str) -> Callable:
+    if op not in PEER_OPS[provider]:
+        hint = " (upstream has no ViM mixer: see mamba_ssm_composed)" if provider == "mamba_ssm" else ""
+        raise Unsupported(f"{provider} has no {op}{hint}")
+    if device != "cuda":
+        raise Unsupported("GPU only")
+    try:
+        if provider == "causal_conv1d":
+            from causal_conv1d import causal_conv1d_fn
+            return lambda x: causal_conv1d_fn(x["x"], x["weight"], x["bias"], activation="silu")
+        msi = import_peer("mamba_ssm.ops.selective_scan_interface")
+        if provider == "mamba_ssm":
+            fn = msi.selective_scan_fn if op == "selective_scan" else msi.mamba_inner_fn
+            return lambda x: CALL[op](fn, x)
+        from causal_conv1d import causal_conv1d_fn
+        return composed_mixer(op, *peer_kernels(msi.selective_scan_fn, causal_conv1d_fn))
+    except ImportError as e:
+        raise Unsupported(f"not installed ({e.name or e})") from None
 
 
 _COMPILED: dict = {}
@@ -194,25 +367,8 @@ def provider_fn(provider: str, op: str, w: Workload, batch: int, device: str) ->
         except ImportError:
             raise Unsupported("not installed: pip install mambapy") from None
         return lambda x: CALL[op](_mambapy_scan, x)
-    if provider in ("mamba_ssm", "causal_conv1d"):
-        if device != "cuda":
-            raise Unsupported("GPU only")
-        try:
-            if provider == "causal_conv1d":
-                if op != "causal_conv1d":
-                    raise Unsupported("causal_conv1d provides the conv only")
-                from causal_conv1d import causal_conv1d_fn as fn
-                return lambda x: fn(x["x"], x["weight"], x["bias"], activation="silu")
-            from mamba_ssm.ops import selective_scan_interface as msi
-        except ImportError:
-            raise Unsupported(f"not installed ({provider})") from None
-        if op == "selective_scan":
-            return lambda x: CALL[op](msi.selective_scan_fn, x)
-        if op == "mamba_inner":
-            return lambda x: CALL[op](msi.mamba_inner_fn, x)
-        if op == "bimamba_inner" and hasattr(msi, "bimamba_inner_fn"):
-            return lambda x: CALL[op](msi.bimamba_inner_fn, x)
-        raise Unsupported(f"{provider} has no {op}")
+    if provider in PEER_OPS:
+        return _peer_fn(provider, op, device)
     raise ValueError(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}")
 
 
@@ -243,9 +399,13 @@ def min_bytes(op: str, w: Workload, batch: int, dtype, mode: str) -> int:
     return fwd if mode == "fwd" else fwd + bwd
 
 
-# ----------------------------------------------------------------------------- running
+# ----------------------------------------------------------------------------- jobs
 
-@dataclass
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@dataclass(frozen=True)
 class Job:
     op: str
     workload: Workload
@@ -253,7 +413,29 @@ class Job:
     dtype: torch.dtype
     provider: str
 
+    def __str__(self) -> str:
+        return f"{self.op} {self.workload.name} {_dtype_name(self.dtype)} {self.mode} {self.provider}"
 
+
+def build_jobs(groups: list[dict], keep: dict | None = None) -> list[Job]:
+    """The jobs of ``groups`` in order, each once.  ``keep`` ({"ops": [...], "providers": [...], ...};
+    empty lists ignored) keeps only the jobs it names: command-line lists narrow a preset."""
+    keep = {k: v for k, v in (keep or {}).items() if v}
+    jobs, seen = [], set()
+    for g in groups:
+        for key in itertools.product(g["ops"], g["shapes"], g["dtypes"], g["modes"], g["providers"]):
+            named = dict(zip(("ops", "shapes", "dtypes", "modes", "providers"), key))
+            if key in seen or any(named[k] not in v for k, v in keep.items()):
+                continue
+            seen.add(key)
+            op, shape, dtype, mode, provider = key
+            jobs.append(Job(op, shapes.get(shape), mode, DTYPES[dtype], provider))
+    return jobs
+
+
+# ----------------------------------------------------------------------------- running
+
+@functools.lru_cache(maxsize=1)  # consecutive jobs (other providers, modes) reuse one input set
 def _inputs(op, w, batch, dtype, device):
     if op == "selective_scan":
         return scan_inputs(w, batch, dtype, device)
@@ -264,53 +446,101 @@ def _inputs(op, w, batch, dtype, device):
 
 def make_runner(fn: Callable, x: dict, mode: str) -> Callable:
     """fwd: no-grad call.  fwd+bwd: forward then torch.autograd.grad of every output against fixed
-    random cotangents, w.r.t. every floating input (no .grad accumulation between runs)."""
+    random cotangents (drawn at the first call, not by an extra no-grad call, which for compiled_ref
+    would be one more compile), w.r.t. every floating input (no .grad accumulation between runs)."""
     if mode == "fwd":
         def run():
             with torch.no_grad():
                 return fn(x)
         return run
     leaves = {k: v.detach().requires_grad_(True) for k, v in x.items()}
-    with torch.no_grad():
-        out = fn(x)
-    outs = out if isinstance(out, tuple) else (out,)
-    cot = [torch.randn_like(o) for o in outs]
     ins = list(leaves.values())
+    cot: list = []
 
     def run():
         o = fn(leaves)
         o = o if isinstance(o, tuple) else (o,)
+        if not cot:
+            cot.extend(torch.randn_like(t) for t in o)
         return torch.autograd.grad(o, ins, cot, allow_unused=True)
     return run
 
 
-def run_job(job: Job, device: str, batch_override, quick: bool, copy_bw: float | None) -> dict:
+def _new_row(job: Job, device: str, batch_override) -> dict:
     w = job.workload
-    batch = w.batch(device, batch_override)
-    row = dict(op=job.op, shape=w.name, batch=batch, dim=w.d_inner, L=w.L, N=w.N,
-               groups=w.groups, mode=job.mode, dtype=str(job.dtype).replace("torch.", ""),
-               provider=job.provider, ms=math.nan, peak_mb=math.nan, gbps=math.nan,
-               pct_copy=math.nan, note="")
+    return dict(op=job.op, shape=w.name, batch=w.batch(device, batch_override), dim=w.d_inner, L=w.L,
+                N=w.N, groups=w.groups, mode=job.mode, dtype=_dtype_name(job.dtype), provider=job.provider,
+                ms=math.nan, peak_mb=math.nan, gbps=math.nan, pct_copy=math.nan, note="")
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _recover(job: Job, device: str) -> None:
+    """After an interrupted job: drop a half-built torch.compile, let queued GPU work finish."""
+    if job.provider == "compiled_ref":
+        _COMPILED.clear()
+        torch._dynamo.reset()
+    _sync(device)
+
+
+def run_job(job: Job, device: str, batch_override=None, quick: bool = False, copy_bw: float | None = None,
+            budget: common.Budget | None = None) -> dict:
+    """Time one job.  Inputs, the first call (torch.compile for compiled_ref) and the timing all run
+    under ``budget.job_limit()``; a provider that cannot run, fails or runs out of time gives a row
+    with a note instead of a time."""
+    budget = budget or common.Budget()
+    row = _new_row(job, device, batch_override)
+    w, batch = job.workload, row["batch"]
+    limit = budget.job_limit()
+    stage = "setup"
     try:
-        fn = provider_fn(job.provider, job.op, w, batch, device)
-        x = _inputs(job.op, w, batch, job.dtype, device)
-        run = make_runner(fn, x, job.mode)
-        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-        run()
-        sync()
-        t = common.time_fn(run, device, quick)
+        with common.deadline(limit):
+            fn = provider_fn(job.provider, job.op, w, batch, device)
+            x = _inputs(job.op, w, batch, job.dtype, device)
+            run = make_runner(fn, x, job.mode)
+            stage = "first call (torch.compile)" if job.provider == "compiled_ref" else "first call"
+            run()
+            _sync(device)
+            stage = "timing"
+            t = common.time_fn(run, device, quick)
+            peak = common.peak_bytes(run, device)
     except Unsupported as e:
         row["note"] = str(e)
+        return row
+    except common.TimeUp:
+        _recover(job, device)
+        row["note"] = (f"skipped: over budget (--budget-s {budget.total_s:g}) in {stage}" if budget.left() <= 0
+                       else f"skipped: {stage} exceeded the {limit:.3g} s job limit (--job-timeout-s)")
         return row
     except Exception as e:  # a broken provider must not kill the whole sweep
         row["note"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
         return row
     row["ms"] = t * 1e3
-    row["peak_mb"] = common.peak_bytes(run, device) / 2 ** 20
+    row["peak_mb"] = peak / 2 ** 20
     row["gbps"] = min_bytes(job.op, w, batch, job.dtype, job.mode) / t / 1e9
     if copy_bw:
         row["pct_copy"] = 100 * row["gbps"] * 1e9 / copy_bw
     return row
+
+
+def run_jobs(jobs: list[Job], device: str, batch_override=None, quick: bool = False,
+             copy_bw: float | None = None, budget: common.Budget | None = None) -> list[dict]:
+    """Run ``jobs`` in order; once ``budget`` is spent the rest are recorded as skipped, not run."""
+    budget = budget or common.Budget()
+    rows = []
+    for job in jobs:
+        if budget.left() <= 0:
+            row = _new_row(job, device, batch_override)
+            row["note"] = f"skipped: over budget (--budget-s {budget.total_s:g})"
+        else:
+            row = run_job(job, device, batch_override, quick, copy_bw, budget)
+        rows.append(row)
+        status = f"{row['ms']:.3f} ms" if not math.isnan(row["ms"]) else row["note"]
+        print(f"  [{budget.elapsed():5.0f} s] {job}: {status}", file=sys.stderr, flush=True)
+    return rows
 
 
 def add_speedups(rows: list[dict]) -> None:
@@ -332,6 +562,88 @@ def add_speedups(rows: list[dict]) -> None:
             r["speedup"] = ", ".join(parts)
 
 
+def clustered(rows: list[dict]) -> list[dict]:
+    """Rows regrouped so each (op, shape, dtype, mode) is contiguous, in order of first appearance
+    (gpu-bar runs triton and the slow peers after the bar-critical jobs)."""
+    order: dict = {}
+    for r in rows:
+        order.setdefault((r["op"], r["shape"], r["dtype"], r["mode"]), len(order))
+    return sorted(rows, key=lambda r: order[(r["op"], r["shape"], r["dtype"], r["mode"])])
+
+
+# ----------------------------------------------------------------------------- bar verdicts
+
+def _why_not_timed(row: dict | None, provider: str) -> str | None:
+    if row is None:
+        return f"{provider} not run"
+    if math.isnan(row["ms"]):
+        return f"{provider}: {row['note'] or 'not timed'}"
+    return None
+
+
+def _bar_value(bar: Bar, ours: dict | None, peer: dict | None) -> tuple[float | None, str | None]:
+    """(value, None) for one cell of ``bar``, or (None, why it is not measured)."""
+    why = _why_not_timed(ours, bar.ours)
+    if bar.metric == "speedup":
+        why = why or _why_not_timed(peer, bar.peer)
+        return (None, why) if why else (peer["ms"] / ours["ms"], None)
+    if why:
+        return None, why
+    pct = ours.get("pct_copy", math.nan)
+    return (None, "no copy bandwidth measured (GPU only)") if math.isnan(pct) else (pct / 100, None)
+
+
+def bar_verdicts(rows: list[dict], bars=GPU_BARS) -> list[dict]:
+    """One verdict per bar from the rows of one run: PASS when every cell is measured and reaches the
+    threshold, FAIL when a measured cell falls short, NOT MEASURED otherwise (saying what and why)."""
+    index = {(r["op"], r["shape"], r["dtype"], r["mode"], r["provider"]): r for r in rows}
+    verdicts = []
+    for bar in bars:
+        values, missing = {}, {}
+        for shape, dtype, mode in itertools.product(bar.shapes, bar.dtypes, bar.modes):
+            cell = "/".join([shape, dtype] + ([mode] if len(bar.modes) > 1 else []))
+            value, why = _bar_value(bar, index.get((bar.op, shape, dtype, mode, bar.ours)),
+                                    index.get((bar.op, shape, dtype, mode, bar.peer)))
+            if why:
+                missing[cell] = why
+            else:
+                values[cell] = value
+        verdicts.append(_verdict(bar, values, missing))
+    return verdicts
+
+
+def _verdict(bar: Bar, values: dict, missing: dict) -> dict:
+    fmt = (lambda v: f"{v:.2f}x") if bar.metric == "speedup" else (lambda v: f"{100 * v:.0f}%")  # noqa: E731
+    short = [c for c, v in values.items() if v < bar.threshold]
+    status = "FAIL" if short else "NOT MEASURED" if missing else "PASS"
+    target = (f"{bar.ours} vs {bar.peer} >= {fmt(bar.threshold)}" if bar.metric == "speedup"
+              else f"{bar.ours} bandwidth >= {fmt(bar.threshold)} of d2d copy")
+    parts = [f"({bar.name}) {status}: {bar.op} {', '.join(bar.modes)} {target}"]
+    if values:
+        parts.append(f"min {fmt(min(values.values()))} [" + ", ".join(f"{c} {fmt(v)}" for c, v in values.items())
+                     + "]")
+    if short:
+        parts.append("below the bar: " + ", ".join(short))
+    if missing:
+        by_reason: dict = {}
+        for cell, why in missing.items():
+            by_reason.setdefault(why, []).append(cell)
+        parts.append(f"not measured ({len(missing)} of {len(missing) + len(values)} cells): " + "; ".join(
+            f"{why} [{', '.join(cells)}]" for why, cells in by_reason.items()))
+    return dict(bar=bar.name, status=status, op=bar.op, modes=list(bar.modes), dtypes=list(bar.dtypes),
+                shapes=list(bar.shapes), ours=bar.ours, peer=bar.peer, metric=bar.metric,
+                threshold=bar.threshold, min=min(values.values()) if values else None, values=values,
+                missing=missing, line=" | ".join(parts))
+
+
+def print_verdicts(verdicts: list[dict], meta: dict) -> None:
+    print(f"# GPU perf bars (issue 4): medians, each peer timed in this run | {meta['summary']}")
+    for v in verdicts:
+        print("#   " + v["line"])
+
+
+# ----------------------------------------------------------------------------- command line
+
 def _split(values) -> list[str]:
     return [v for item in values or [] for v in item.split(",") if v]
 
@@ -342,15 +654,43 @@ def parse_args(argv=None):
     p.add_argument("--shapes", nargs="+", help="workload names (benchmarks/shapes.py); default per device")
     p.add_argument("--providers", nargs="+", help=f"subset of {', '.join(PROVIDERS)}")
     p.add_argument("--modes", nargs="+", help="fwd and/or fwd+bwd")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--dtype", nargs="+", help=f"one or more of {', '.join(DTYPES)} (default float32)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: the preset's, else cuda when available")
     p.add_argument("--batch", type=int, help="override every workload's batch")
-    p.add_argument("--preset", choices=sorted(PRESETS))
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a fixed job list; --ops/--shapes/--providers/--modes/--dtype then narrow it")
+    p.add_argument("--budget-s", type=float, default=420.0,
+                   help="wall-clock budget of all jobs; jobs after it are recorded as skipped (0: none)")
+    p.add_argument("--job-timeout-s", type=float, default=120.0,
+                   help="limit of any one job, torch.compile's first call included (0: none)")
     p.add_argument("--quick", action="store_true", help="tiny shape, few repetitions (smoke test)")
+    p.add_argument("--dry-run", action="store_true", help="print the job list and exit")
     p.add_argument("--out", help="results folder (default benchmarks/results/<device>)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--list", action="store_true", help="list workloads and exit")
     return p.parse_args(argv)
+
+
+def plan(a, device: str) -> list[Job]:
+    """The job list of parsed arguments ``a``: the preset's (narrowed by the lists given), else one
+    group from the lists and the device's default workloads."""
+    cli = dict(ops=_split(a.ops), shapes=_split(a.shapes), modes=_split(a.modes), dtypes=_split(a.dtype),
+               providers=_split(a.providers))
+    for key, flag, known in (("ops", "--ops", OPS), ("shapes", "--shapes", shapes.WORKLOADS),
+                             ("modes", "--modes", MODES), ("dtypes", "--dtype", DTYPES),
+                             ("providers", "--providers", PROVIDERS)):
+        bad = [v for v in cli[key] if v not in known]
+        if bad:
+            raise SystemExit(f"{flag}: unknown {bad}; choose from {', '.join(known)}")
+    if a.preset:
+        jobs = build_jobs(PRESETS[a.preset]["groups"], keep=cli)
+    else:
+        default_shapes = shapes.QUICK if a.quick else shapes.DEFAULTS[device]
+        jobs = build_jobs([_group(cli["ops"] or OPS, cli["shapes"] or default_shapes, cli["modes"] or MODES,
+                                  cli["dtypes"] or ["float32"], cli["providers"] or PROVIDERS)])
+    if not jobs:
+        raise SystemExit("no jobs: the lists given select nothing of the preset")
+    return jobs
 
 
 def main(argv=None) -> list[dict]:
@@ -362,41 +702,28 @@ def main(argv=None) -> list[dict]:
         return []
     preset = PRESETS.get(a.preset, {})
     device = a.device or preset.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    ops = _split(a.ops) or preset.get("ops") or list(OPS)
-    default_shapes = shapes.QUICK if a.quick else shapes.DEFAULTS[device]
-    shape_names = _split(a.shapes) or preset.get("shapes") or default_shapes
-    providers = _split(a.providers) or preset.get("providers") or list(PROVIDERS)
-    modes = _split(a.modes) or preset.get("modes") or list(MODES)
-    dtype = DTYPES[preset.get("dtype", a.dtype)]
-    for name, values, known in (("--ops", ops, OPS), ("--providers", providers, PROVIDERS),
-                                ("--modes", modes, MODES)):
-        bad = [v for v in values if v not in known]
-        if bad:
-            raise SystemExit(f"{name}: unknown {bad}; choose from {', '.join(known)}")
-    workloads = [shapes.get(s) for s in shape_names]
+    jobs = plan(a, device)
+    if a.dry_run:
+        print("\n".join(str(j) for j in jobs) + f"\n# {len(jobs)} jobs on {device}")
+        return []
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here (--device cpu runs the plumbing; --dry-run lists the jobs)")
 
+    budget = common.Budget(a.budget_s, a.job_timeout_s)
     meta = common.metadata(device)
     copy_bw = common.copy_bandwidth(device, 1 << (20 if a.quick else 28)) if device == "cuda" else None
-    meta["copy_gbps"] = copy_bw / 1e9 if copy_bw else None
-    meta["argv"] = " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"# {meta['device']} | torch {meta['torch']} | triton {meta['triton']} | git {meta['git_sha']}"
-          f" | {meta['date']} | threads {meta['threads']}"
-          + (f" | d2d copy {meta['copy_gbps']:.0f} GB/s" if copy_bw else ""), flush=True)
+    meta.update(copy_gbps=copy_bw / 1e9 if copy_bw else None, budget_s=a.budget_s, job_timeout_s=a.job_timeout_s,
+                argv=" ".join(sys.argv[1:] if argv is None else argv))
+    print(f"# {meta['summary']}" + (f" | d2d copy {meta['copy_gbps']:.0f} GB/s" if copy_bw else ""), flush=True)
 
-    rows = []
-    for op in ops:
-        for w in workloads:
-            for mode in modes:
-                for prov in providers:
-                    row = run_job(Job(op, w, mode, dtype, prov), device, a.batch, a.quick, copy_bw)
-                    rows.append(row)
-                    status = f"{row['ms']:.3f} ms" if not math.isnan(row["ms"]) else row["note"]
-                    print(f"  {op} {w.name} {mode} {prov}: {status}", file=sys.stderr, flush=True)
+    rows = run_jobs(jobs, device, a.batch, a.quick, copy_bw, budget)
     add_speedups(rows)
+    rows = clustered(rows)
+    verdicts = bar_verdicts(rows) if a.preset == "gpu-bar" else []
 
     cols = [("op", "op"), ("shape", "shape"), ("batch", "b"), ("dim", "dim"), ("L", "L"), ("N", "N"),
-            ("mode", "mode"), ("provider", "provider"), ("ms", "ms"), ("peak_mb", "peak MB"),
-            ("gbps", "GB/s")]
+            ("dtype", "dtype"), ("mode", "mode"), ("provider", "provider"), ("ms", "ms"),
+            ("peak_mb", "peak MB"), ("gbps", "GB/s")]
     if copy_bw:
         cols.append(("pct_copy", "% copy"))
     cols += [("speedup", "speed-up"), ("note", "note")]
@@ -405,15 +732,18 @@ def main(argv=None) -> list[dict]:
     out_dir = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                     common.slug(meta["device"]))
     stem = "kernels" + (f"-{a.preset}" if a.preset else "") + ("-quick" if a.quick else "")
-    paths = common.write_results(out_dir, stem, meta, rows)
+    paths = common.write_results(out_dir, stem, meta, rows, verdicts)
     if not a.no_plot:
-        png = common.plot_times(os.path.join(out_dir, stem + ".png"), rows,
-                                f"{meta['device']} | {dtype} | torch {meta['torch']}")
+        png = common.plot_times(os.path.join(out_dir, stem + ".png"), rows, meta["summary"])
         if png:
             paths["png"] = png
     print("# wrote " + ", ".join(paths.values()))
+    print(f"# {len(jobs)} jobs in {budget.elapsed():.0f} s (--budget-s {a.budget_s:g}, "
+          f"--job-timeout-s {a.job_timeout_s:g})")
     if a.preset == "cpu-bar":
         _print_bar(rows)
+    if verdicts:
+        print_verdicts(verdicts, meta)
     return rows
 
 
