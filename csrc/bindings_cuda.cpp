@@ -409,6 +409,7 @@ vc::ConvParams conv_params(const Tensor& x, const Tensor& weight, const OptTenso
   p.silu = silu;
   p.reverse = reverse;
   p.segs = (p.seqlen + vc::kConvItems - 1) / vc::kConvItems;
+  p.seg_groups = (p.segs + 31) / 32;
   p.x = x.data_ptr();
   p.weight = weight.data_ptr<float>();
   p.bias = fptr(bias);
@@ -436,7 +437,7 @@ std::vector<OptTensor> causal_conv1d_bwd_cuda(const Tensor& x, const Tensor& wei
   check_io(dout, x, "dout");
   const DeviceGuard guard(x.device());
   Tensor dx = at::empty_like(x), dweight = at::empty_like(weight);
-  Tensor part = at::empty({p.dim, p.width + 1, static_cast<int64_t>(p.batch) * p.segs},
+  Tensor part = at::empty({p.dim, p.width + 1, static_cast<int64_t>(p.batch) * p.seg_groups},
                           x.options().dtype(at::kFloat));
   OptTensor dbias;
   if (bias) {
@@ -491,7 +492,7 @@ std::vector<OptTensor> causal_conv1d_bi_bwd_cuda(const Tensor& x, const Tensor& 
   OptTensor dbias;
   if (bias) dbias = at::empty_like(*bias);
   const vc::ConvParams& p = bp.dir[0];
-  Tensor part = at::empty({2, p.dim, p.width + 1, static_cast<int64_t>(p.batch) * p.segs},
+  Tensor part = at::empty({2, p.dim, p.width + 1, static_cast<int64_t>(p.batch) * p.seg_groups},
                           x.options().dtype(at::kFloat));
   for (int s = 0; s < 2; ++s) {
     vc::ConvParams& q = bp.dir[s];

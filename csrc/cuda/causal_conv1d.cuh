@@ -4,8 +4,10 @@
 // are flattened over (row, segment) so short rows (L = 197) waste no lanes. Time is walked in
 // logical order, physical index L-1-t when reverse (anti-causal), with no flip copies:
 //   out[t] = act(bias + sum_k w[k] x[t - (W-1) + k])   (logical t).
-// Backward: dpre = dout * act'(pre) recomputed on a halo, dx[t] = sum_k w[k] dpre[t + W-1-k];
-// dweight/dbias are per-thread partials reduced in a fixed order (deterministic).
+// Backward: dpre = dout * act'(pre) recomputed on a halo, dx[t] = sum_k w[k] dpre[t + W-1-k].
+// There a warp covers 32 segments (256 steps) of one row, so dweight/dbias partials are summed
+// over the warp (fixed shuffle tree) and written once per (row, warp); an ordered reduction
+// finishes them (deterministic, no atomics).
 #pragma once
 
 #include "common.cuh"
@@ -23,6 +25,7 @@ __device__ __forceinline__ float load_logical(const T* row, int s, int L, bool r
   return (s >= 0 && s < L) ? to_float(row[reverse ? L - 1 - s : s]) : 0.f;
 }
 
+// The forward flattens threads over (row, segment): short rows waste no lanes.
 struct ConvThread {
   long long row;
   int d, t0;
@@ -34,6 +37,23 @@ struct ConvThread {
     valid = row < rows;
     d = valid ? static_cast<int>(row % p.dim) : 0;
     t0 = static_cast<int>(i % p.segs) * kConvItems;
+  }
+};
+
+// The backward gives each warp 32 segments of one row (lanes past the row's end compute zeros),
+// so the warp can sum its weight-gradient partials. `valid` is warp-uniform.
+struct ConvWarpThread {
+  long long row;
+  int d, t0, group;
+  bool valid;
+  __device__ __forceinline__ explicit ConvWarpThread(const ConvParams& p) {
+    const long long w = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+    const long long rows = static_cast<long long>(p.batch) * p.dim;
+    row = w / p.seg_groups;
+    group = static_cast<int>(w % p.seg_groups);
+    valid = row < rows;
+    d = valid ? static_cast<int>(row % p.dim) : 0;
+    t0 = (group * 32 + static_cast<int>(threadIdx.x % 32)) * kConvItems;
   }
 };
 
@@ -65,7 +85,7 @@ __device__ __forceinline__ void conv_fwd_thread(const ConvParams& p) {
 
 template <typename T>
 __device__ __forceinline__ void conv_bwd_thread(const ConvParams& p) {
-  const ConvThread th(p);
+  const ConvWarpThread th(p);
   if (!th.valid) return;
   const int L = p.seqlen, W = p.width;
   const T* x = static_cast<const T*>(p.x) + th.row * L;
@@ -105,22 +125,25 @@ __device__ __forceinline__ void conv_bwd_thread(const ConvParams& p) {
     const int t = th.t0 + i;
     if (t < L) dx[p.reverse ? L - 1 - t : t] = from_float<T>(s);
   }
-  // Partials over this thread's own steps: dweight[k] = sum_i dp[i] x[t0 + i - (W-1) + k].
-  const long long J = static_cast<long long>(p.batch) * p.segs;
-  const long long jj = (th.row / p.dim) * p.segs + th.t0 / kConvItems;
+  // The warp's partials: dweight[k] = sum over its steps of dp[i] x[t0 + i - (W-1) + k].
+  const long long J = static_cast<long long>(p.batch) * p.seg_groups;
+  const long long jj = (th.row / p.dim) * p.seg_groups + th.group;
   float* part = p.part_w + static_cast<long long>(th.d) * (W + 1) * J + jj;
+  const bool writer = threadIdx.x % 32 == 0;
 #pragma unroll
   for (int k = 0; k < kConvMaxWidth; ++k) {
-    if (k >= W) break;
+    if (k >= W) break;  // W is uniform: the whole warp leaves together
     float s = 0.f;
 #pragma unroll
     for (int i = 0; i < kConvItems; ++i) s = fmaf(dp[i], xw[i + k], s);
-    part[k * J] = s;
+    s = warp_sum(s);
+    if (writer) part[k * J] = s;
   }
   float sb = 0.f;
 #pragma unroll
   for (int i = 0; i < kConvItems; ++i) sb += dp[i];
-  part[W * J] = sb;
+  sb = warp_sum(sb);
+  if (writer) part[W * J] = sb;
 }
 
 template <typename T>
@@ -142,7 +165,7 @@ __global__ __launch_bounds__(kConvThreads) void conv_bwd_bi_kernel(BiConvParams 
 
 // part_w is (dim, W + 1, J): per channel W rows of dweight partials, then one of dbias.
 inline cudaError_t conv_bwd_reduce(const ConvParams& p, cudaStream_t stream) {
-  const int J = p.batch * p.segs;
+  const int J = p.batch * p.seg_groups;
   const int W = p.width;
   cudaError_t err = reduce_inner(p.part_w, p.dweight, p.dim, W, W + 1, J, stream);
   if (err != cudaSuccess) return err;
@@ -156,6 +179,10 @@ inline unsigned conv_blocks(const ConvParams& p) {
   return ceil_div(static_cast<long long>(p.batch) * p.dim * p.segs, kConvThreads);
 }
 
+inline unsigned conv_bwd_blocks(const ConvParams& p) {
+  return ceil_div(static_cast<long long>(p.batch) * p.dim * p.seg_groups * 32, kConvThreads);
+}
+
 }  // namespace
 
 template <typename T>
@@ -165,7 +192,7 @@ cudaError_t causal_conv1d_fwd_launch(const ConvParams& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t causal_conv1d_bwd_launch(const ConvParams& p, cudaStream_t stream) {
-  cudaError_t err = launch_kernel(conv_bwd_kernel<T>, conv_blocks(p), kConvThreads, 0, stream, p);
+  cudaError_t err = launch_kernel(conv_bwd_kernel<T>, conv_bwd_blocks(p), kConvThreads, 0, stream, p);
   if (err != cudaSuccess) return err;
   return conv_bwd_reduce(p, stream);
 }
@@ -177,8 +204,8 @@ cudaError_t causal_conv1d_bi_fwd_launch(const BiConvParams& bp, cudaStream_t str
 
 template <typename T>
 cudaError_t causal_conv1d_bi_bwd_launch(const BiConvParams& bp, cudaStream_t stream) {
-  cudaError_t err = launch_kernel(conv_bwd_bi_kernel<T>, dim3(conv_blocks(bp.dir[0]), 2), kConvThreads, 0,
-                                  stream, bp);
+  cudaError_t err = launch_kernel(conv_bwd_bi_kernel<T>, dim3(conv_bwd_blocks(bp.dir[0]), 2), kConvThreads,
+                                  0, stream, bp);
   if (err != cudaSuccess) return err;
   for (const ConvParams& q : bp.dir) {
     if ((err = conv_bwd_reduce(q, stream)) != cudaSuccess) return err;

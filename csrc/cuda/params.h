@@ -81,13 +81,14 @@ struct ConvParams {
   int batch = 0, dim = 0, seqlen = 0, width = 0;
   bool silu = false, reverse = false;
   int segs = 1;                        // ceil(seqlen / kConvItems) thread segments per row
+  int seg_groups = 1;                  // backward: ceil(segs / 32) warps per row
   const void* x = nullptr;             // (batch, dim, L) T
   const float* weight = nullptr;       // (dim, width)
   const float* bias = nullptr;         // optional (dim)
   void* out = nullptr;                 // forward output (batch, dim, L) T
   const void* dout = nullptr;          // backward
   void* dx = nullptr;
-  float* part_w = nullptr;             // (dim, width + 1, batch * segs): dweight then dbias partials
+  float* part_w = nullptr;             // (dim, width + 1, batch * seg_groups): dweight, dbias partials
   float* dweight = nullptr;            // (dim, width)
   float* dbias = nullptr;              // (dim) when bias is given
 };
