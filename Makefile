@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup test test-cpu test-interpret test-cuda demo bench clean
+.PHONY: setup test test-cpu test-interpret test-cuda demo bench check-gpu-code clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,13 @@ demo: setup
 
 bench: setup
 	$(PY) -m benchmarks.kernels
+
+# Compile-only checks of the GPU code, no GPU needed: every CUDA kernel with nvcc (spills fail),
+# the CUDA binding layer against torch's headers, every Triton kernel ahead of time.
+check-gpu-code: setup
+	bash scripts/check_cuda_compile.sh
+	bash scripts/check_cuda_bindings.sh
+	$(PY) scripts/check_triton_compile.py --arch 80 90 --allow-occupancy-spills
 
 clean:
 	rm -rf build *.egg-info vimd_kernels/_C*.so

@@ -374,6 +374,13 @@ def _flags(pl: _Plan, D, z, delta_bias, delta_softplus, reverse) -> dict:
                 HAS_DB=delta_bias is not None, BD=pl.BD, NP=pl.NP, BT=pl.BT, CT=pl.tl_ct)
 
 
+def _bwd_warps(pl: _Plan) -> int:
+    """The backward keeps ~a dozen (BD, NP, BT) tiles live: at the default tiling (2048 elements,
+    16 a thread with 4 warps) it needs over 255 registers and spills, so big tiles get 8 warps
+    (scripts/check_triton_compile.py).  Small tiles keep Triton's default of 4."""
+    return 8 if pl.BD * pl.NP * pl.BT > 1024 else 4
+
+
 def _chunk_starts(pl: _Plan, flags, u, delta, A, B, C, D, z, delta_bias, initial_state,
                   dout=None, dlast_state=None):
     """Phases 1-2: chunk start states (and, given dout, the adjoints entering every chunk end)."""
@@ -456,7 +463,7 @@ def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_sta
         du, ddelta, dz, dA_p, dD_p, ddb_p, dB_p, dC_p, dh0,
         pl.batch, pl.dim, pl.L, pl.N, pl.B_G, pl.C_G, pl.chunk_len, pl.n_chunks, pl.n_tiles,
         HAS_H0=h0 is not None, H0_PER_CHUNK=per_chunk, HAS_QIN=qin is not None,
-        QIN_PER_CHUNK=per_chunk, **flags)
+        QIN_PER_CHUNK=per_chunk, num_warps=_bwd_warps(pl), **flags)
     dA = dA_p.sum(dim=(0, 1)).to(A.dtype)
     dB = _reduce_bc(dB_p, B, pl, pl.B_kind, pl.B_G)
     dC = _reduce_bc(dC_p, C, pl, pl.C_kind, pl.C_G)
