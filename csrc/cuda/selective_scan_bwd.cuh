@@ -67,14 +67,14 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
   in.load(p, io, row, d, nullptr);
   const BCView Bv(p.B, p.b_groups, p, b, d), Cv(p.C, p.c_groups, p, b, d);
   for (int n = 0; n < N; ++n) {
-    const float a = p.A[d * N + n];
+    const float a2 = p.A[d * N + n] * kLog2e;
     float bv[kScanItems], cv[kScanItems], dA[kScanItems];
     Bv.load(n, io, bv);
     Cv.load(n, io, cv);
     float ha = 1.f, hb = 0.f;
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) {
-      dA[i] = __expf(in.delta[i] * a);
+      dA[i] = exp2f(in.delta[i] * a2);
       hb = fmaf(dA[i], hb, in.delta[i] * in.u[i] * bv[i]);
       ha *= dA[i];
     }
@@ -138,7 +138,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
     for (int n = 0; n < N; ++n) {
       float dBv[kScanItems], dCv[kScanItems];
       if (active) {
-        const float a = p.A[d * N + n];
+        const float a = p.A[d * N + n], a2 = a * kLog2e;
         const long long sidx = (row * p.n_chunks + c) * N + n;
         float h_in = 0.f, q_in = 0.f;
         if (p.n_chunks > 1) {
@@ -155,7 +155,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
         float la = 1.f, lb = 0.f;
 #pragma unroll
         for (int i = 0; i < kScanItems; ++i) {
-          dA[i] = __expf(in.delta[i] * a);
+          dA[i] = exp2f(in.delta[i] * a2);
           dBu[i] = in.delta[i] * in.u[i] * bv[i];
           lb = fmaf(dA[i], lb, dBu[i]);
           la *= dA[i];

@@ -64,13 +64,13 @@ __device__ __forceinline__ void scan_fwd_block(const ScanParams& p, int c) {
       y[i] = 0.f;
     }
     for (int n = 0; n < N; ++n) {
-      const float a = p.A[d * N + n];
+      const float a2 = p.A[d * N + n] * kLog2e;
       float bv[kScanItems], dA[kScanItems], dBu[kScanItems];
       Bv.load(n, io, bv);
       float la = 1.f, lb = 0.f;  // the lane's map h -> la * h + lb over its steps
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
-        dA[i] = __expf(dv[i] * a);
+        dA[i] = exp2f(dv[i] * a2);
         dBu[i] = dv[i] * uv[i] * bv[i];
         lb = fmaf(dA[i], lb, dBu[i]);
         la *= dA[i];
