@@ -103,21 +103,33 @@ vc::ScanParams scan_params(const Tensor& u, const Tensor& delta, const Tensor& A
   p.dstate = static_cast<int>(N);
   const Tensor* bc[2] = {&B, &C};
   int* groups[2] = {&p.b_groups, &p.c_groups};
+  long long* row_strides[2] = {&p.b_row_stride, &p.c_row_stride};
   const char* names[2] = {"B", "C"};
   for (int k = 0; k < 2; ++k) {
     const Tensor& X = *bc[k];
-    check_float32(X, u, names[k]);
     if (X.dim() == 2) {
+      check_float32(X, u, names[k]);
       TORCH_CHECK(X.size(0) == dim && X.size(1) == N, names[k], " must be (dim, N)");
       *groups[k] = 0;
     } else {
+      // Rows of L steps, equally spaced (they may be padded for alignment: stride(-2) >= L).
+      TORCH_CHECK(on_kernel_device(X), names[k], " must be a CUDA tensor");
+      TORCH_CHECK(X.device() == u.device(), names[k], " must be on ", u.device(), ", got ", X.device());
+      TORCH_CHECK(X.scalar_type() == at::kFloat, names[k], " must be float32 for the cuda kernels, got ",
+                  X.scalar_type());
       const bool grouped = X.dim() == 4;
       TORCH_CHECK(X.dim() == 3 || grouped, names[k], " must be (dim, N), (batch, N, L) or (batch, G, N, L)");
       const int64_t G = grouped ? X.size(1) : 1;
       TORCH_CHECK(G >= 1 && dim % G == 0, names[k], " groups must divide dim");
       TORCH_CHECK(X.size(0) == batch && X.size(grouped ? 2 : 1) == N && X.size(grouped ? 3 : 2) == L,
                   names[k], " has the wrong shape ", X.sizes());
+      const int64_t S = X.stride(-2);
+      const bool rows_ok = X.stride(-1) == 1 && S >= L && (batch == 1 || X.stride(0) == G * N * S) &&
+                           (!grouped || G == 1 || X.stride(1) == N * S);
+      TORCH_CHECK(rows_ok, names[k], " must be laid out as rows of L contiguous steps, equally spaced ",
+                  "(contiguous, or padded rows); got strides ", X.strides());
       *groups[k] = static_cast<int>(G);
+      *row_strides[k] = S;
     }
   }
   p.B = B.data_ptr<float>();
@@ -237,8 +249,9 @@ void setup_scan_bwd(vc::ScanParams& p, ScanBwdOut& o, std::vector<Tensor>& work,
   fill(o.du, u);
   fill(o.ddelta, u);
   fill(o.dA, A);
-  fill(o.dB, B);
-  fill(o.dC, C);
+  // dB/dC are written contiguous (B/C themselves may have padded rows).
+  if (!o.dB.defined()) o.dB = at::empty(B.sizes(), B.options());
+  if (!o.dC.defined()) o.dC = at::empty(C.sizes(), C.options());
   fill_opt(o.dD, D);
   fill_opt(o.dz, z);
   fill_opt(o.ddelta_bias, delta_bias);
@@ -365,7 +378,8 @@ std::vector<OptTensor> selective_scan_bi_bwd_cuda(const Tensor& u, const Tensor&
   vc::BiScanParams bp = bi_scan_params(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
   const DeviceGuard guard(u.device());
   Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
-  Tensor dA = at::empty_like(A), dB = at::empty_like(B), dC = at::empty_like(C);
+  Tensor dA = at::empty_like(A);
+  Tensor dB = at::empty(B.sizes(), B.options()), dC = at::empty(C.sizes(), C.options());  // contiguous
   OptTensor dD, dz, ddelta_bias;
   if (D) dD = at::empty_like(*D);
   if (delta_bias) ddelta_bias = at::empty_like(*delta_bias);

@@ -25,6 +25,9 @@ enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 struct ScanParams {
   int batch = 0, dim = 0, seqlen = 0, dstate = 0;
   int b_groups = 0, c_groups = 0;  // 0: constant (dim, N); G >= 1: (batch, G, N, L)
+  // Grouped B/C: elements between consecutive (batch, group, state) rows (>= L). The Python side
+  // pads rows so that the lanes' 16-byte blocks are aligned in the direction scanned.
+  long long b_row_stride = 0, c_row_stride = 0;
   bool delta_softplus = false, reverse = false;
   int chunk_len = kScanTile;       // multiple of kScanTile (the backward uses kScanTile)
   int n_chunks = 1;                // ceil(seqlen / chunk_len)
@@ -34,7 +37,7 @@ struct ScanParams {
   const void* delta = nullptr;
   const void* z = nullptr;             // optional
   const float* A = nullptr;            // (dim, N)
-  const float* B = nullptr;            // (dim, N) or (batch, G, N, L)
+  const float* B = nullptr;            // (dim, N) or (batch, G, N, L) with rows b/c_row_stride apart
   const float* C = nullptr;
   const float* D = nullptr;            // optional (dim)
   const float* delta_bias = nullptr;   // optional (dim)

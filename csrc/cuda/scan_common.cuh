@@ -123,17 +123,18 @@ struct TileIO {
   }
 };
 
-// One row's view of B or C: constant (dim, N) or grouped (batch, G, N, L).
+// One row's view of B or C: constant (dim, N) or grouped (batch, G, N, L), rows `stride` apart.
 struct BCView {
   const float* base;  // grouped: row for state 0 of this (batch, group); constant: &X[d * N]
   bool grouped;
-  int L;
+  long long stride;
 
-  __device__ __forceinline__ BCView(const float* X, int groups, const ScanParams& p, int b, int d)
-      : grouped(groups > 0), L(p.seqlen) {
+  __device__ __forceinline__ BCView(const float* X, int groups, long long row_stride, const ScanParams& p,
+                                    int b, int d)
+      : grouped(groups > 0), stride(row_stride) {
     if (grouped) {
       const int g = d / (p.dim / groups);
-      base = X + (static_cast<long long>(b) * groups + g) * p.dstate * static_cast<long long>(L);
+      base = X + (static_cast<long long>(b) * groups + g) * p.dstate * stride;
     } else {
       base = X + static_cast<long long>(d) * p.dstate;
     }
@@ -141,7 +142,7 @@ struct BCView {
 
   __device__ __forceinline__ void load(int n, const TileIO& io, float (&v)[kScanItems]) const {
     if (grouped) {
-      io.load(base + static_cast<long long>(n) * L, v);
+      io.load(base + n * stride, v);
     } else {
       const float s = base[n];
 #pragma unroll

@@ -65,7 +65,7 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
                   p.reverse};
   RowInputs<T> in;
   in.load(p, io, row, d, nullptr);
-  const BCView Bv(p.B, p.b_groups, p, b, d), Cv(p.C, p.c_groups, p, b, d);
+  const BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d), Cv(p.C, p.c_groups, p.c_row_stride, p, b, d);
   for (int n = 0; n < N; ++n) {
     const float a2 = p.A[d * N + n] * kLog2e;
     float bv[kScanItems], cv[kScanItems], dA[kScanItems];
@@ -133,7 +133,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
     if (active) in.load(p, io, row, d, zgrad);
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) y[i] = du[i] = ddelta[i] = 0.f;
-    const BCView Bv(p.B, p.b_groups, p, b, d), Cv(p.C, p.c_groups, p, b, d);
+    const BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d), Cv(p.C, p.c_groups, p.c_row_stride, p, b, d);
 
     for (int n = 0; n < N; ++n) {
       float dBv[kScanItems], dCv[kScanItems];

@@ -9,6 +9,7 @@ import dataclasses
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,6 +85,38 @@ def test_plan_backward_segments_lie_in_groups(dim, bg, cg, batch, L):
 def test_plan_backward_rejects_bad_groups():
     with pytest.raises(ValueError, match="groups"):
         scan_cuda.plan_backward(1, 10, 5, 3, 0, 132)
+
+
+def _blocks_aligned(view: torch.Tensor, reverse: bool) -> bool:
+    """Every lane block of 8 steps (logical t0 = 0, 8, ...; physical L-8-t0 when reversed) of every
+    row starts on a 16-byte boundary."""
+    L = view.shape[-1]
+    starts = [L - 8 - t0 if reverse else t0 for t0 in range(0, L - 7, 8)]
+    rows = [view[idx] for idx in np.ndindex(*view.shape[:-1])]
+    return all((r.data_ptr() + 4 * s) % 16 == 0 for r in rows for s in starts)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 197), (2, 4, 3, 197), (1, 5, 730), (2, 3, 64)])
+@pytest.mark.parametrize("reverse", (False, True))
+def test_bc_rows_pads_rows_for_aligned_vector_loads(shape, reverse):
+    X = torch.randn(shape, dtype=torch.bfloat16)
+    view = scan_cuda.bc_rows(X, reverse)
+    assert view.dtype == torch.float32 and torch.equal(view, X.float())
+    assert view.stride(-1) == 1 and view.stride(-2) % scan_cuda.ALIGN == 0
+    assert _blocks_aligned(view, reverse)
+    const = torch.randn(6, 16)
+    assert scan_cuda.bc_rows(const, reverse).is_contiguous()
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 3, 197), (2, 2, 4, 3, 197), (2, 1, 5, 730)])
+def test_bc_rows_bi_aligns_each_direction_its_way(shape):
+    X = torch.randn(shape)
+    view = scan_cuda.bc_rows_bi(X)
+    assert torch.equal(view, X)
+    assert _blocks_aligned(view[0], reverse=False) and _blocks_aligned(view[1], reverse=True)
+    # the two directions' storage does not overlap
+    lo = [v.data_ptr() for v in (view[0], view[1])]
+    assert lo[1] >= lo[0] + 4 * view[0].numel()
 
 
 def test_groups_of():
@@ -226,6 +259,16 @@ def test_emulated_bindings_reject_bad_launch_arguments(emu):
         emu.selective_scan_fwd_cuda(*[wide[k] for k in SCAN_NAMES], True, False, 256)
     with pytest.raises(RuntimeError, match="weight width must be in"):
         emu.causal_conv1d_fwd_cuda(x["u"], torch.randn(8, 9), None, False, False)
+    # B/C rows may be padded (bc_rows) but must stay rows of contiguous steps, equally spaced
+    steps_apart = dict(x, C=x["C"].transpose(-1, -2).contiguous().transpose(-1, -2))
+    with pytest.raises(RuntimeError, match="C must be laid out as rows of L contiguous steps"):
+        emu.selective_scan_fwd_cuda(*[steps_apart[k] for k in SCAN_NAMES], True, False, 256)
+    x21 = scan_inputs(ScanCase(1, 8, 21, 4, "g2", "var"))  # odd L: bc_rows pads the rows
+    padded = dict(x21, B=scan_cuda.bc_rows(x21["B"], True), C=scan_cuda.bc_rows(x21["C"], True))
+    assert padded["B"].stride(-2) == 24 and padded["C"].stride(-2) == 24
+    got = emu.selective_scan_fwd_cuda(*[padded[k] for k in SCAN_NAMES], True, True, 256)
+    want = emu.selective_scan_fwd_cuda(*[x21[k] for k in SCAN_NAMES], True, True, 256)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 @pytest.mark.parametrize("width", range(2, 9))

@@ -117,12 +117,54 @@ def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.to(torch.float32).contiguous()
 
 
+ALIGN = 4  # float32 elements per 16 bytes
+
+
+def _row_strides(shape, Lp: int) -> list[int]:
+    """Strides of a tensor of `shape` (..., L) whose rows are Lp elements apart."""
+    strides, step = [1], Lp
+    for size in reversed(shape[:-1]):
+        strides.insert(0, step)
+        step *= size
+    return strides
+
+
+def bc_rows(X: Tensor, reverse: bool) -> Tensor:
+    """B or C in float32 for the kernels. Variable/grouped B/C are read once per state, so their
+    rows are padded to a multiple of 16 bytes, with the steps placed so that every lane's block of
+    8 steps is one aligned vector load in the direction scanned: data first (pad after) forward,
+    pad first reversed. Constant (dim, N) B/C, and rows already aligned, are only made float32."""
+    L = X.shape[-1]
+    if X.dim() == 2 or L % ALIGN == 0:
+        return _f32(X)
+    Lp = -(-L // ALIGN) * ALIGN
+    buf = torch.empty(X.numel() // L * Lp + ALIGN, dtype=torch.float32, device=X.device)
+    view = buf.as_strided(X.shape, _row_strides(X.shape, Lp), Lp - L if reverse else 0)
+    view.copy_(X)
+    return view
+
+
+def bc_rows_bi(X: Tensor) -> Tensor:
+    """bc_rows for both ViM directions stacked, (2, batch, [G,] N, L): direction 0 forward,
+    direction 1 reversed, each aligned its way (the direction stride carries the shift)."""
+    L = X.shape[-1]
+    if X.dim() == 3 or L % ALIGN == 0:  # constant (2, dim, N), or aligned rows
+        return _f32(X)
+    Lp = -(-L // ALIGN) * ALIGN
+    span = X[0].numel() // L * Lp + ALIGN
+    buf = torch.empty(2 * span, dtype=torch.float32, device=X.device)
+    view = buf.as_strided(X.shape, [span + Lp - L] + _row_strides(X.shape[1:], Lp), 0)
+    view.copy_(X)
+    return view
+
+
 def forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
             initial_state: Optional[Tensor], delta_softplus: bool, reverse: bool) -> tuple[Tensor, Tensor]:
     _check_supported(u, A)
     batch, dim, L = u.shape
     chunk_len = plan_chunk_len(batch, dim, L, _device_sms(u))
-    out, last = _ext().selective_scan_fwd_cuda(u, delta, A, _f32(B), _f32(C), D, z, delta_bias,
+    out, last = _ext().selective_scan_fwd_cuda(u, delta, A, bc_rows(B, reverse), bc_rows(C, reverse), D, z,
+                                               delta_bias,
                                                initial_state, bool(delta_softplus), bool(reverse),
                                                chunk_len)
     return out, last
@@ -133,7 +175,8 @@ def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_sta
     _check_supported(u, A)
     batch, dim, L = u.shape
     seg, slab = plan_backward(batch, dim, L, groups_of(B), groups_of(C), _device_sms(u))
-    grads = _ext().selective_scan_bwd_cuda(u, delta, A, _f32(B), _f32(C), D, z, delta_bias,
+    grads = _ext().selective_scan_bwd_cuda(u, delta, A, bc_rows(B, reverse), bc_rows(C, reverse), D, z,
+                                           delta_bias,
                                            initial_state, dout.contiguous(), _f32(dlast_state),
                                            bool(delta_softplus), bool(reverse), seg, slab)
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit = grads
@@ -149,7 +192,7 @@ def bi_forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delt
     _check_supported(u, A[0])
     _, batch, dim, L = u.shape
     chunk_len = plan_chunk_len(batch, 2 * dim, L, _device_sms(u))  # both directions fill the grid
-    return _ext().selective_scan_bi_fwd_cuda(u, delta, A, _f32(B), _f32(C), D, z, delta_bias,
+    return _ext().selective_scan_bi_fwd_cuda(u, delta, A, bc_rows_bi(B), bc_rows_bi(C), D, z, delta_bias,
                                              bool(delta_softplus), chunk_len)
 
 
@@ -158,6 +201,6 @@ def bi_backward(u, delta, A, B, C, D, z, delta_bias, dout, delta_softplus: bool)
     _, batch, dim, L = u.shape
     seg, slab = plan_backward(2 * batch, dim, L, groups_of(B[0]), groups_of(C[0]), _device_sms(u))
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _ext().selective_scan_bi_bwd_cuda(
-        u, delta, A, _f32(B), _f32(C), D, z, delta_bias, dout[0].contiguous(), dout[1].contiguous(),
-        bool(delta_softplus), seg, slab)
+        u, delta, A, bc_rows_bi(B), bc_rows_bi(C), D, z, delta_bias, dout[0].contiguous(),
+        dout[1].contiguous(), bool(delta_softplus), seg, slab)
     return du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddelta_bias
