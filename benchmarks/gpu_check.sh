@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot GPU check (see /work/shared/GPU.md): build the extension for this GPU only, run the
-# CUDA test suite, then the kernel and model benchmarks; logs and results go to $OUT.
+# CUDA test suite (up to 25 failures reported, not just the first), then the kernel and model benchmarks; logs and results go to $OUT.
 # Everything is bounded by DEADLINE_S (default 570 s, under the lent machine's 10-minute limit):
 # a stage that would start too late is skipped and says so. Build outputs (build/ and the peers'
 # in-place builds under .gpu_cache/) stay on a warm machine, so a second call resumes quickly:
@@ -79,7 +79,7 @@ fi
 
 test_rc=skip
 if has test && enough_time tests 60; then
-  timeout "$(( $(left) - 20 ))" $PY -m pytest -m cuda -x -q -p no:cacheprovider \
+  timeout "$(( $(left) - 20 ))" $PY -m pytest -m cuda --maxfail=25 -q -rfE --durations=15 -p no:cacheprovider \
     --junitxml="$OUT/pytest_cuda.xml" ${PYTEST_ARGS:-} tests >"$OUT/pytest_cuda.log" 2>&1
   test_rc=$?
   note "tests (-m cuda): rc=$test_rc -- $(tail -1 "$OUT/pytest_cuda.log")"
