@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU check (see /work/shared/GPU.md): build the extension for this GPU only, run the
-# CUDA test suite (up to 25 failures reported, not just the first), then the kernel and model benchmarks; logs and results go to $OUT.
+# CUDA test suite (up to 25 failures reported, not just the first), then the kernel and model
+# benchmarks; logs and results go to $OUT.
 # Everything is bounded by DEADLINE_S (default 570 s, under the lent machine's 10-minute limit):
 # a stage that would start too late is skipped and says so. Build outputs (build/ and the peers'
 # in-place builds under .gpu_cache/) stay on a warm machine, so a second call resumes quickly:
