@@ -7,13 +7,13 @@
 # in-place builds under .gpu_cache/) stay on a warm machine, so a second call resumes quickly:
 #
 #   STAGES="build peers test" bash benchmarks/gpu_check.sh     # call 1: build + tests
-#   STAGES="build peers bench models" bash benchmarks/gpu_check.sh  # call 2: (no-op build) + benchmarks
+#   STAGES="build peers bench profile models" bash benchmarks/gpu_check.sh  # call 2: benchmarks
 #
 # Peers (mamba_ssm, causal_conv1d) are not built by this repository: if an executable
 # .carry/build_peers.sh exists (yours, carried with the working tree), the `peers` stage runs it
 # in the background and the benchmarks import what it built from PEER_PATH (default: the in-place
 # builds under .gpu_cache/peers/). Without it, their columns say "not installed".
-# Env: OUT, STAGES (build peers test bench models), ARCH (default: this GPU's, e.g. 90),
+# Env: OUT, STAGES (build peers test bench profile models), ARCH (default: this GPU's, e.g. 90),
 #      MAX_JOBS, DEADLINE_S, PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -109,6 +109,15 @@ if has bench; then
   fi
 fi
 
+if has profile; then
+  wait_peers 150
+  if enough_time profile 45; then
+    timeout "$(( $(left) - 5 ))" $PY -m benchmarks.profile_kernels --device cuda --out "$OUT/bench" \
+      >"$OUT/profile.log" 2>&1
+    note "profile (benchmarks.profile_kernels): rc=$? (log profile.log: time per kernel)"
+  fi
+fi
+
 if has models; then
   wait_peers 120
   if enough_time models 60; then
@@ -124,6 +133,7 @@ echo "================ GPU check summary ($(( $(date +%s) - t0 ))s) ============
 head -3 "$OUT/env.txt"
 cat "$summary"
 [ -f "$OUT/bench_kernels.log" ] && { echo "--- kernel benchmark (tail) ---"; tail -45 "$OUT/bench_kernels.log"; }
+[ -f "$OUT/profile.log" ] && { echo "--- profile (head) ---"; grep -v USDT "$OUT/profile.log" | head -40; }
 [ -f "$OUT/bench_models.log" ] && { echo "--- model benchmark (tail) ---"; tail -15 "$OUT/bench_models.log"; }
 [ "$build_rc" = 0 ] || [ "$build_rc" = skip ] || exit 1
 [ "$test_rc" = 0 ] || [ "$test_rc" = skip ] || exit 1

@@ -307,7 +307,8 @@ PEER_OPS = {"mamba_ssm": ("selective_scan", "mamba_inner"), "causal_conv1d": ("c
 
 def _peer_fn(provider: str, op: str, device: str) -> Callable:
     if op not in PEER_OPS[provider]:
-        hint = " (upstream has no ViM mixer: see mamba_ssm_composed)" if provider == "mamba_ssm" else ""
+        hint = (" (upstream has no ViM mixer: see mamba_ssm_composed)"
+                if provider == "mamba_ssm" and op == "bimamba_inner" else "")
         raise Unsupported(f"{provider} has no {op}{hint}")
     if device != "cuda":
         raise Unsupported("GPU only")
