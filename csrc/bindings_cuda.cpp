@@ -218,7 +218,7 @@ void setup_scan_bwd(vc::ScanParams& p, ScanBwdOut& o, std::vector<Tensor>& work,
                     const Tensor& A, const Tensor& B, const Tensor& C, const OptTensor& D,
                     const OptTensor& z, const OptTensor& delta_bias, const OptTensor& initial_state,
                     const Tensor& dout, const OptTensor& dlast_state, int64_t seg_channels,
-                    int64_t slab_channels) {
+                    int64_t slab_channels, bool row_walk) {
   check_io(dout, u, "dout");
   if (dlast_state) {
     check_float32(*dlast_state, u, "dlast_state");
@@ -226,6 +226,7 @@ void setup_scan_bwd(vc::ScanParams& p, ScanBwdOut& o, std::vector<Tensor>& work,
                 "dlast_state must be (batch, dim, N)");
   }
   set_chunks(p, vc::kScanTile);
+  p.row_walk = row_walk && p.n_chunks > 1;
   TORCH_CHECK(seg_channels >= 1 && p.dim % seg_channels == 0, "seg_channels must divide dim");
   for (int G : {p.b_groups, p.c_groups}) {
     TORCH_CHECK(G == 0 || (p.dim / G) % seg_channels == 0,
@@ -285,7 +286,7 @@ void setup_scan_bwd(vc::ScanParams& p, ScanBwdOut& o, std::vector<Tensor>& work,
   if (p.n_chunks > 1) {
     p.chunk_h = workspace({p.batch, p.dim, p.n_chunks, p.dstate});
     p.chunk_q = workspace({p.batch, p.dim, p.n_chunks, p.dstate});
-    p.chunk_sum_delta = workspace({p.batch, p.dim, p.n_chunks});
+    if (!p.row_walk) p.chunk_sum_delta = workspace({p.batch, p.dim, p.n_chunks});
   }
 }
 
@@ -297,14 +298,14 @@ std::vector<OptTensor> selective_scan_bwd_cuda(const Tensor& u, const Tensor& de
                                                const OptTensor& initial_state, const Tensor& dout,
                                                const OptTensor& dlast_state, bool delta_softplus,
                                                bool reverse, int64_t seg_channels,
-                                               int64_t slab_channels) {
+                                               int64_t slab_channels, bool row_walk) {
   vc::ScanParams p = scan_params(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                                  reverse);
   const DeviceGuard guard(u.device());
   ScanBwdOut o;
   std::vector<Tensor> work;
   setup_scan_bwd(p, o, work, u, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
-                 seg_channels, slab_channels);
+                 seg_channels, slab_channels, row_walk);
   const cudaStream_t stream = current_stream();
   check_launch(dispatch_io(u.scalar_type(),
                            [&](auto t) { return vc::selective_scan_bwd_launch<decltype(t)>(p, stream); }),
@@ -374,7 +375,7 @@ std::vector<OptTensor> selective_scan_bi_bwd_cuda(const Tensor& u, const Tensor&
                                                   const OptTensor& z, const OptTensor& delta_bias,
                                                   const Tensor& dout_f, const Tensor& dout_b,
                                                   bool delta_softplus, int64_t seg_channels,
-                                                  int64_t slab_channels) {
+                                                  int64_t slab_channels, bool row_walk) {
   vc::BiScanParams bp = bi_scan_params(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
   const DeviceGuard guard(u.device());
   Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
@@ -390,9 +391,10 @@ std::vector<OptTensor> selective_scan_bi_bwd_cuda(const Tensor& u, const Tensor&
                  at_dir(dD, s), at_dir(dz, s), at_dir(ddelta_bias, s), std::nullopt};
     setup_scan_bwd(bp.dir[s], o, work, u.select(0, s), A.select(0, s), B.select(0, s), C.select(0, s),
                    at_dir(D, s), z, at_dir(delta_bias, s), std::nullopt, s == 0 ? dout_f : dout_b,
-                   std::nullopt, seg_channels, slab_channels);
+                   std::nullopt, seg_channels, slab_channels, row_walk);
   }
-  TORCH_CHECK(2 * static_cast<int64_t>(bp.dir[0].n_chunks) <= 65535, "L=", bp.dir[0].seqlen,
+  TORCH_CHECK(bp.dir[0].row_walk || 2 * static_cast<int64_t>(bp.dir[0].n_chunks) <= 65535, "L=",
+              bp.dir[0].seqlen,
               " is too long for the two-direction backward (", bp.dir[0].n_chunks, " tiles of ",
               vc::kScanTile, " per direction; the grid takes at most 65535 in all)");
   const cudaStream_t stream = current_stream();
@@ -544,7 +546,7 @@ void register_cuda_ops(pybind11::module_& m) {
         py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"),
         py::arg("z"), py::arg("delta_bias"), py::arg("initial_state"), py::arg("dout"),
         py::arg("dlast_state"), py::arg("delta_softplus"), py::arg("reverse"),
-        py::arg("seg_channels"), py::arg("slab_channels"));
+        py::arg("seg_channels"), py::arg("slab_channels"), py::arg("row_walk") = false);
   m.def("causal_conv1d_fwd_cuda", &causal_conv1d_fwd_cuda, "causal conv1d forward (CUDA)",
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("silu"), py::arg("reverse"));
   m.def("causal_conv1d_bwd_cuda", &causal_conv1d_bwd_cuda, "causal conv1d backward (CUDA)",
@@ -558,7 +560,7 @@ void register_cuda_ops(pybind11::module_& m) {
         "selective scan backward, both directions in one launch (CUDA)", py::arg("u"), py::arg("delta"),
         py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"), py::arg("delta_bias"),
         py::arg("dout_f"), py::arg("dout_b"), py::arg("delta_softplus"), py::arg("seg_channels"),
-        py::arg("slab_channels"));
+        py::arg("slab_channels"), py::arg("row_walk") = false);
   m.def("causal_conv1d_bi_fwd_cuda", &causal_conv1d_bi_fwd_cuda,
         "causal conv1d forward, both directions in one launch (CUDA)", py::arg("x"), py::arg("weight"),
         py::arg("bias"), py::arg("silu"));

@@ -30,6 +30,10 @@ struct ScanParams {
   long long b_row_stride = 0, c_row_stride = 0;
   bool delta_softplus = false, reverse = false;
   int chunk_len = kScanTile;       // multiple of kScanTile (the backward uses kScanTile)
+  // Backward with several tiles: false = the tiles run in parallel (a summary pass and the
+  // carries' combine give their entry values); true = each block walks its rows' tiles, last
+  // first, after a forward sweep of the states (for when the rows alone fill the GPU).
+  bool row_walk = false;
   int n_chunks = 1;                // ceil(seqlen / chunk_len)
 
   // Inputs: u, delta, z, dout have the element type T; everything else is float32.

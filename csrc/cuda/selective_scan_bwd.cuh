@@ -5,9 +5,12 @@
 // from the state entering the tile) and g (backward warp scan, from the adjoint entering at the
 // tile's end), keeping h_{t-1} of its own steps in registers, and accumulates every gradient.
 //
-// The backward chunk is one tile. With several tiles, a summary pass computes each tile's local
-// end state and local adjoint, a sequential combine turns them into entry values (the forward
-// chunks' machinery), then the main pass runs all tiles in parallel.
+// The backward chunk is one tile. With several tiles, either (few rows, long L) a summary pass
+// computes each tile's local end state and local adjoint, a sequential combine turns them into
+// entry values (the forward chunks' machinery) and the main pass runs all tiles in parallel; or
+// (p.row_walk: the rows alone fill the GPU) each block first sweeps its rows' states forward
+// through the tiles (h entering each tile into chunk_h), then runs the main pass over its tiles
+// last to first, handing the adjoint at each tile's start to the tile before through chunk_q.
 //
 // Determinism: gradients of weights shared across rows (A, D, delta_bias, constant B/C) are
 // written as per-(batch, tile) partials; grouped dB/dC are summed over a block's channels in
@@ -119,6 +122,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   const long long j = static_cast<long long>(b) * p.n_chunks + c;
 
   int buf = 0;  // red buffer of the current state
+  if (p.row_walk) __syncthreads();  // the previous tile's acc reads and chunk_q writes are done
   if (grouped) {
     for (int i = threadIdx.x; i < 2 * N * kPadTile; i += blockDim.x) acc[i] = 0.f;
     __syncthreads();
@@ -195,6 +199,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
           q = dA[i] * g;
         }
         if (c == 0 && lane == 0 && p.dinitial_state) p.dinitial_state[row * N + n] = q;
+        if (p.row_walk && c > 0 && lane == 0) p.chunk_q[(row * p.n_chunks + c - 1) * N + n] = q;
         dA_sum = warp_sum(dA_sum);
         if (lane == 0) p.part_A[(static_cast<long long>(d) * N + n) * J + j] = dA_sum;
         if (p.b_groups == 0) {
@@ -277,6 +282,61 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   }
 }
 
+// Row walk, first phase: for every channel of the block's slab, the state entering each tile
+// (chunk_h, from initial_state) by a forward sweep of the tiles, and the adjoint entering the last
+// tile (chunk_q, from dlast_state). A channel is handled by the same warp as in the main pass.
+template <typename T>
+__device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
+  __shared__ float sweep_stage[kScanWarps][kPadTile];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.y;
+  const int L = p.seqlen, N = p.dstate, tiles = p.n_chunks;
+  const int seg = blockIdx.x / p.slabs_per_seg, slab = blockIdx.x % p.slabs_per_seg;
+  const int d_begin = seg * p.seg_channels + slab * p.slab_channels;
+  const int d_end = min((seg + 1) * p.seg_channels, d_begin + p.slab_channels);
+  for (int d = d_begin + warp; d < d_end; d += kScanWarps) {
+    const long long row = row_index(p, b, d);
+    const BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d);
+    const float bias = p.delta_bias ? p.delta_bias[d] : 0.f;
+    for (int n = lane; n < N; n += 32) {
+      p.chunk_h[row * tiles * N + n] = p.initial_state ? p.initial_state[row * N + n] : 0.f;
+      p.chunk_q[(row * tiles + tiles - 1) * N + n] = p.dlast_state ? p.dlast_state[row * N + n] : 0.f;
+    }
+    __syncwarp();
+    for (int c = 0; c + 1 < tiles; ++c) {
+      const TileIO io{sweep_stage[warp], c * kScanTile, min(L, (c + 1) * kScanTile), L, lane, p.reverse};
+      float uv[kScanItems], dv[kScanItems];
+      io.load(static_cast<const T*>(p.u) + row * L, uv);
+      io.load(static_cast<const T*>(p.delta) + row * L, dv);
+      prepare_delta(dv, io.t(), io.t_end, bias, p.delta_softplus);
+      for (int n = 0; n < N; ++n) {
+        const float a2 = p.A[d * N + n] * kLog2e;
+        float bv[kScanItems];
+        Bv.load(n, io, bv);
+        float la = 1.f, lb = 0.f;
+#pragma unroll
+        for (int i = 0; i < kScanItems; ++i) {
+          const float dA = exp2f(dv[i] * a2);
+          lb = fmaf(dA, lb, dv[i] * uv[i] * bv[i]);
+          la *= dA;
+        }
+        warp_scan_affine_up(la, lb, lane);
+        const float h_in = p.chunk_h[(row * tiles + c) * N + n];
+        const float h_out = fmaf(la, h_in, lb);
+        if (lane == 31) p.chunk_h[(row * tiles + c + 1) * N + n] = h_out;
+        __syncwarp();
+      }
+    }
+  }
+}
+
+// Row walk: the sweep, then the main pass over the tiles, last first.
+template <typename T>
+__device__ __forceinline__ void scan_bwd_row_walk(const ScanParams& p) {
+  scan_bwd_row_sweep<T>(p);
+  for (int c = p.n_chunks - 1; c >= 0; --c) scan_bwd_block<T>(p, c);
+}
+
 template <typename T>
 __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_kernel(ScanParams p) {
   scan_bwd_summary_block<T>(p, blockIdx.z);
@@ -284,7 +344,11 @@ __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_kernel(Sc
 
 template <typename T>
 __global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_kernel(ScanParams p) {
-  scan_bwd_block<T>(p, blockIdx.z);
+  if (p.row_walk) {
+    scan_bwd_row_walk<T>(p);
+  } else {
+    scan_bwd_block<T>(p, blockIdx.z);
+  }
 }
 
 // Both directions: grid.z = 2 * n_chunks, direction-major.
@@ -295,8 +359,13 @@ __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_bi_kernel
   scan_bwd_summary_block<T>(bp.dir[dir], blockIdx.z - dir * n_chunks);
 }
 
+// Row walk: grid.z = 2, one per direction.
 template <typename T>
 __global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_bi_kernel(BiScanParams bp) {
+  if (bp.dir[0].row_walk) {
+    scan_bwd_row_walk<T>(bp.dir[blockIdx.z]);
+    return;
+  }
   const int n_chunks = bp.dir[0].n_chunks;
   const int dir = blockIdx.z >= n_chunks;
   scan_bwd_block<T>(bp.dir[dir], blockIdx.z - dir * n_chunks);
@@ -353,7 +422,7 @@ template <typename T>
 cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream) {
   cudaError_t err;
   const dim3 block(kScanWarps * 32);
-  if (p.n_chunks > 1) {
+  if (p.n_chunks > 1 && !p.row_walk) {
     err = launch_kernel(scan_bwd_summary_kernel<T>, dim3(ceil_div(p.dim, kScanWarps), p.batch, p.n_chunks),
                         block, 0, stream, p);
     if (err != cudaSuccess) return err;
@@ -363,7 +432,8 @@ cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream) 
   const size_t smem = scan_bwd_smem(p);
   if ((err = allow_dynamic_smem(scan_bwd_kernel<T>, smem)) != cudaSuccess) return err;
   const unsigned n_parts = scan_bwd_parts(p);
-  err = launch_kernel(scan_bwd_kernel<T>, dim3(n_parts, p.batch, p.n_chunks), block, smem, stream, p);
+  err = launch_kernel(scan_bwd_kernel<T>, dim3(n_parts, p.batch, p.row_walk ? 1 : p.n_chunks), block, smem,
+                      stream, p);
   if (err != cudaSuccess) return err;
   return scan_bwd_reduce(p, n_parts, stream);
 }
@@ -373,7 +443,7 @@ cudaError_t selective_scan_bi_bwd_launch(const BiScanParams& bp, cudaStream_t st
   cudaError_t err;
   const ScanParams& p = bp.dir[0];  // sizes and the channel planning are the same in both
   const dim3 block(kScanWarps * 32);
-  if (p.n_chunks > 1) {
+  if (p.n_chunks > 1 && !p.row_walk) {
     err = launch_kernel(scan_bwd_summary_bi_kernel<T>,
                         dim3(ceil_div(p.dim, kScanWarps), p.batch, 2 * p.n_chunks), block, 0, stream, bp);
     if (err != cudaSuccess) return err;
@@ -385,7 +455,8 @@ cudaError_t selective_scan_bi_bwd_launch(const BiScanParams& bp, cudaStream_t st
   const size_t smem = scan_bwd_smem(p);
   if ((err = allow_dynamic_smem(scan_bwd_bi_kernel<T>, smem)) != cudaSuccess) return err;
   const unsigned n_parts = scan_bwd_parts(p);
-  err = launch_kernel(scan_bwd_bi_kernel<T>, dim3(n_parts, p.batch, 2 * p.n_chunks), block, smem, stream, bp);
+  err = launch_kernel(scan_bwd_bi_kernel<T>, dim3(n_parts, p.batch, p.row_walk ? 2 : 2 * p.n_chunks), block,
+                      smem, stream, bp);
   if (err != cudaSuccess) return err;
   for (const ScanParams& q : bp.dir) {
     if ((err = scan_bwd_reduce(q, n_parts, stream)) != cudaSuccess) return err;

@@ -228,6 +228,37 @@ def test_emulated_backward_with_multi_slab_blocks(emulated, monkeypatch, slab):
                         scan_cuda.forward, scan_cuda.backward)
 
 
+ROW_WALK_CASES = [
+    ScanCase(2, 8, 300, 4, initial_state=True),
+    ScanCase(2, 8, 299, 4, "g2", "var", initial_state=True, reverse=True),
+    ScanCase(1, 4, 2600, 2, "const", "g2", initial_state=True),          # 11 tiles
+    ScanCase(2, 8, 530, 3, dtype=torch.bfloat16, z=False, softplus=False),
+]
+
+
+@pytest.mark.parametrize("case", ROW_WALK_CASES, ids=str)
+def test_emulated_backward_row_walk_matches_reference(emulated, monkeypatch, case):
+    """The backward that walks each row's tiles in one block (forward sweep, then the tiles last
+    to first), forced on at these small shapes."""
+    monkeypatch.setattr(scan_cuda, "use_row_walk", lambda *a: True)
+    _check_backend_scan(case, scan_cuda.forward, scan_cuda.backward)
+
+
+def test_emulated_backward_row_walk_with_multi_slab_blocks(emulated, monkeypatch):
+    monkeypatch.setattr(scan_cuda, "use_row_walk", lambda *a: True)
+    monkeypatch.setattr(scan_cuda, "plan_backward", lambda *a: (12, 8))
+    _check_backend_scan(ScanCase(2, 24, 299, 5, "g2", "var", initial_state=True),
+                        scan_cuda.forward, scan_cuda.backward)
+
+
+@pytest.mark.parametrize("batch,dim,L,sms,walk", [(32, 384, 730, 132, True), (32, 768, 730, 132, True),
+                                                  (128, 384, 197, 132, False), (1, 120, 65536, 132, False),
+                                                  (2, 120, 4096, 132, False), (64, 384, 4096, 132, True),
+                                                  (64, 384, 65536, 132, False)])
+def test_use_row_walk(batch, dim, L, sms, walk):
+    assert scan_cuda.use_row_walk(batch, dim, L, sms) is walk
+
+
 @pytest.mark.parametrize("reverse", (False, True))
 def test_emulated_chunked_forward_equals_single_pass(emu, reverse):
     """Chunks of several tiles (three-phase forward) against one chunk over the same inputs."""
@@ -370,6 +401,12 @@ def test_emulated_bi_scan_matches_reference_per_direction(emulated, case):
     _check_bi_scan(case)
 
 
+@pytest.mark.parametrize("case", [ScanCase(1, 4, 300, 3), ScanCase(2, 4, 299, 2, "g2", "var")], ids=str)
+def test_emulated_bi_scan_row_walk(emulated, monkeypatch, case):
+    monkeypatch.setattr(scan_cuda, "use_row_walk", lambda *a: True)
+    _check_bi_scan(case)
+
+
 @pytest.mark.parametrize("width,bias,dtype", [(4, True, torch.float32), (3, False, torch.bfloat16)])
 def test_emulated_bi_conv_matches_reference_per_direction(emulated, width, bias, dtype):
     _check_bi_conv(width, bias, dtype)
@@ -476,6 +513,9 @@ def _scan_cases():
     cases.append(ScanCase(1, 64, 1000, 64, b_kind="g2"))  # largest N, ragged multi-tile
     for N in (24, 40):  # static + dynamic shared memory over the 48 KB default (opt-in needed)
         cases.append(ScanCase(2, 8, 300, N))
+    # Vim stride-8 rows fill the GPU: the backward walks each row's 3 tiles in one block
+    cases.append(ScanCase(32, 384, 730, 16, initial_state=True))
+    cases.append(ScanCase(32, 384, 730, 16, reverse=True, dtype=torch.bfloat16))
     return cases
 
 

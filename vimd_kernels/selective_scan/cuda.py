@@ -22,6 +22,8 @@ MAX_STATE = 64      # kScanMaxState
 FWD_BLOCKS_PER_SM = 4  # forward main kernel: 120-128 registers x 128 threads (ptxas, sm_90) -> 4
 SUMMARY_COST = 0.6     # the forward's summary pass (no C, no outputs) relative to its main pass
 BLOCKS_PER_SM = 8   # backward blocks per multiprocessor to keep before merging channel slabs
+MAIN_BLOCKS_PER_SM = 3   # backward main kernel: ~168 registers x 128 threads (ptxas, sm_90) -> 3
+ROW_WALK_MAX_TILES = 32  # a row walk sweeps its tiles in sequence: keep that serial part short
 
 
 def _ext():
@@ -74,8 +76,17 @@ def _plan_chunk_tiles(col_blocks: int, tiles: int, sm_count: int) -> int:
     return min(candidates, key=lambda ct: (cost(ct), -ct))
 
 
+def use_row_walk(batch: int, dim: int, L: int, sm_count: int) -> bool:
+    """Backward over several tiles: walk each row's tiles in one block (a forward sweep of the
+    states, then the tiles last to first) when the rows alone give two waves of blocks; else run
+    the tiles in parallel after a summary pass and the carries' combine (long L, few rows)."""
+    tiles = math.ceil(L / TILE)
+    return (1 < tiles <= ROW_WALK_MAX_TILES
+            and batch * math.ceil(dim / WARPS) >= 2 * MAIN_BLOCKS_PER_SM * sm_count)
+
+
 def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
-                  sm_count: int) -> tuple[int, int]:
+                  sm_count: int, row_walk: bool = False) -> tuple[int, int]:
     """(seg_channels, slab_channels) for the backward launch.
 
     A segment is a run of channels inside one group of every grouped B/C (the gcd of their
@@ -92,7 +103,7 @@ def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
     seg = functools.reduce(math.gcd, sizes) if sizes else dim
     if not sizes:
         return seg, WARPS  # no grouped operand: nothing summed across channels in a block
-    tiles = math.ceil(L / TILE)
+    tiles = 1 if row_walk else math.ceil(L / TILE)  # blocks per row: one walks all tiles
     cap = math.ceil(seg / WARPS) * WARPS
 
     def blocks(slab: int) -> int:
@@ -174,11 +185,13 @@ def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_sta
              delta_softplus: bool, reverse: bool):
     _check_supported(u, A)
     batch, dim, L = u.shape
-    seg, slab = plan_backward(batch, dim, L, groups_of(B), groups_of(C), _device_sms(u))
+    sms = _device_sms(u)
+    walk = use_row_walk(batch, dim, L, sms)
+    seg, slab = plan_backward(batch, dim, L, groups_of(B), groups_of(C), sms, walk)
     grads = _ext().selective_scan_bwd_cuda(u, delta, A, bc_rows(B, reverse), bc_rows(C, reverse), D, z,
-                                           delta_bias,
-                                           initial_state, dout.contiguous(), _f32(dlast_state),
-                                           bool(delta_softplus), bool(reverse), seg, slab)
+                                           delta_bias, initial_state, dout.contiguous(),
+                                           _f32(dlast_state), bool(delta_softplus), bool(reverse), seg,
+                                           slab, walk)
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit = grads
     return (du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddelta_bias, dinit)
 
@@ -199,8 +212,10 @@ def bi_forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delt
 def bi_backward(u, delta, A, B, C, D, z, delta_bias, dout, delta_softplus: bool):
     _check_supported(u, A[0])
     _, batch, dim, L = u.shape
-    seg, slab = plan_backward(2 * batch, dim, L, groups_of(B[0]), groups_of(C[0]), _device_sms(u))
+    sms = _device_sms(u)
+    walk = use_row_walk(2 * batch, dim, L, sms)  # both directions' blocks share the grid
+    seg, slab = plan_backward(2 * batch, dim, L, groups_of(B[0]), groups_of(C[0]), sms, walk)
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _ext().selective_scan_bi_bwd_cuda(
         u, delta, A, bc_rows_bi(B), bc_rows_bi(C), D, z, delta_bias, dout[0].contiguous(),
-        dout[1].contiguous(), bool(delta_softplus), seg, slab)
+        dout[1].contiguous(), bool(delta_softplus), seg, slab, walk)
     return du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddelta_bias
