@@ -54,14 +54,16 @@ __device__ __forceinline__ void scan_fwd_block(const ScanParams& p, int c) {
   float sum_delta = 0.f;
   for (int tile = t_begin; tile < t_end; tile += kScanTile) {
     const TileIO io{stage_smem[warp], tile, t_end, L, lane, p.reverse};
-    float uv[kScanItems], dv[kScanItems], y[kScanItems];
-    io.load(u, uv);
+    // duv = delta * u (hoisted out of the state loop); y starts from the skip term D * u.
+    float duv[kScanItems], dv[kScanItems], y[kScanItems];
+    io.load(u, duv);
     io.load(delta, dv);
     prepare_delta(dv, io.t(), t_end, bias, p.delta_softplus);
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) {
       sum_delta += dv[i];
-      y[i] = 0.f;
+      y[i] = Dd * duv[i];
+      duv[i] *= dv[i];
     }
     for (int n = 0; n < N; ++n) {
       const float a2 = p.A[d * N + n] * kLog2e;
@@ -71,7 +73,7 @@ __device__ __forceinline__ void scan_fwd_block(const ScanParams& p, int c) {
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
         dA[i] = exp2f(dv[i] * a2);
-        dBu[i] = dv[i] * uv[i] * bv[i];
+        dBu[i] = duv[i] * bv[i];
         lb = fmaf(dA[i], lb, dBu[i]);
         la *= dA[i];
       }
@@ -99,7 +101,7 @@ __device__ __forceinline__ void scan_fwd_block(const ScanParams& p, int c) {
       if (z) io.load(z, zv);
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
-        float o = fmaf(Dd, uv[i], y[i]);
+        float o = y[i];
         if (z) o *= zv[i] * sigmoidf(zv[i]);
         y[i] = o;
       }
