@@ -117,13 +117,19 @@ def _blocks(x: Tensor) -> tuple[int, int, tuple]:
     return BD, BT, (triton.cdiv(L, BT), triton.cdiv(dim, BD), batch)
 
 
+def _warps(BD: int, BT: int) -> int:
+    """8 warps for full (2048-element) tiles: 8 elements per thread, so the W shifted windows
+    stay in registers at every width (4 warps needed up to 242 registers at W = 7-8, sm_90)."""
+    return 8 if BD * BT >= 2048 else 4
+
+
 def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool) -> Tensor:
     batch, dim, L = x.shape
     BD, BT, grid = _blocks(x)
     out = torch.empty_like(x)
     _conv_fwd_kernel[grid](x, weight, bias, out, dim, L, W=weight.shape[1], HAS_BIAS=bias is not None,
                            SILU=bool(silu), REVERSE=bool(reverse), BD=BD, BT=BT,
-                           CT=compute_dtype(x)[1])
+                           CT=compute_dtype(x)[1], num_warps=_warps(BD, BT))
     return out
 
 
@@ -137,12 +143,12 @@ def backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], dout: Tensor, si
     if silu:
         dpre = torch.empty(x.shape, dtype=ct, device=x.device)
         _conv_dpre_kernel[grid](x, weight, bias, dout, dpre, dim, L, W=W, HAS_BIAS=bias is not None,
-                                REVERSE=bool(reverse), BD=BD, BT=BT, CT=tl_ct)
+                                REVERSE=bool(reverse), BD=BD, BT=BT, CT=tl_ct, num_warps=_warps(BD, BT))
     dx = torch.empty_like(x)
     dw_part = torch.empty((grid[0], batch, dim, W), dtype=ct, device=x.device)
     db_part = torch.empty((grid[0], batch, dim), dtype=ct, device=x.device)
     _conv_bwd_kernel[grid](x, weight, dpre, dx, dw_part, db_part, batch, dim, L, W=W,
-                           REVERSE=bool(reverse), BD=BD, BT=BT, CT=tl_ct)
+                           REVERSE=bool(reverse), BD=BD, BT=BT, CT=tl_ct, num_warps=_warps(BD, BT))
     dw = dw_part.sum(dim=(0, 1)).to(weight.dtype)
     db = db_part.sum(dim=(0, 1)).to(bias.dtype) if bias is not None else None
     return dx, dw, db
