@@ -13,7 +13,8 @@
 # .carry/build_peers.sh exists (yours, carried with the working tree), the `peers` stage runs it
 # in the background and the benchmarks import what it built from PEER_PATH (default: the in-place
 # builds under .gpu_cache/peers/). Without it, their columns say "not installed".
-# Env: OUT, STAGES (build peers test bench profile models), ARCH (default: this GPU's, e.g. 90),
+# Optional stage `tune`: sweeps the Triton kernels' tile knobs (benchmarks/tune_triton.py).
+# Env: OUT, STAGES (build peers test bench profile models tune), ARCH (default: this GPU's, e.g. 90),
 #      MAX_JOBS, DEADLINE_S, PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -116,6 +117,14 @@ if has profile; then
       >"$OUT/profile.log" 2>&1
     note "profile (benchmarks.profile_kernels): rc=$? (log profile.log: time per kernel)"
   fi
+fi
+
+if has tune && enough_time tune 120; then
+  for op in selective_scan causal_conv1d; do
+    timeout "$(( $(left) - 5 ))" $PY -m benchmarks.tune_triton --op $op --quick --out "$OUT/bench" \
+      >"$OUT/tune_$op.log" 2>&1
+    note "tune ($op): rc=$? (log tune_$op.log; fastest: $(grep -m1 ' ms ' "$OUT/tune_$op.log"))"
+  done
 fi
 
 if has models; then

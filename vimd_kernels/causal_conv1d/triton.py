@@ -18,7 +18,7 @@ from torch import Tensor
 from ..triton_utils import compute_dtype, pow2
 
 # Test hooks: force the tiling (None = heuristic).
-TUNE: dict = {"block_d": None, "block_t": None}
+TUNE: dict = {"block_d": None, "block_t": None, "warps": None}
 
 
 @triton.jit
@@ -120,7 +120,7 @@ def _blocks(x: Tensor) -> tuple[int, int, tuple]:
 def _warps(BD: int, BT: int) -> int:
     """8 warps for full (2048-element) tiles: 8 elements per thread, so the W shifted windows
     stay in registers at every width (4 warps needed up to 242 registers at W = 7-8, sm_90)."""
-    return 8 if BD * BT >= 2048 else 4
+    return TUNE["warps"] or (8 if BD * BT >= 2048 else 4)
 
 
 def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool) -> Tensor:

@@ -29,7 +29,7 @@ from torch import Tensor
 from ..triton_utils import compute_dtype, device_sms, linear_combine, pow2, softplus
 
 # Test hooks: force the tiling (None = heuristic).  chunk_len must be a multiple of block_t.
-TUNE: dict = {"block_d": None, "block_t": None, "chunk_len": None}
+TUNE: dict = {"block_d": None, "block_t": None, "chunk_len": None, "bwd_warps": None}
 
 _CONST, _VAR = 0, 1  # B/C kinds: constant (dim, N) or variable/grouped (batch, G, N, L)
 
@@ -378,7 +378,7 @@ def _bwd_warps(pl: _Plan) -> int:
     """The backward keeps ~a dozen (BD, NP, BT) tiles live: at the default tiling (2048 elements,
     16 a thread with 4 warps) it needs over 255 registers and spills, so big tiles get 8 warps
     (scripts/check_triton_compile.py).  Small tiles keep Triton's default of 4."""
-    return 8 if pl.BD * pl.NP * pl.BT > 1024 else 4
+    return TUNE["bwd_warps"] or (8 if pl.BD * pl.NP * pl.BT > 1024 else 4)
 
 
 def _chunk_starts(pl: _Plan, flags, u, delta, A, B, C, D, z, delta_bias, initial_state,
