@@ -123,7 +123,7 @@ if has tune && enough_time tune 120; then
   for op in selective_scan causal_conv1d; do
     timeout "$(( $(left) - 5 ))" $PY -m benchmarks.tune_triton --op $op --quick --out "$OUT/bench" \
       >"$OUT/tune_$op.log" 2>&1
-    note "tune ($op): rc=$? (log tune_$op.log; fastest: $(grep -m1 ' ms ' "$OUT/tune_$op.log"))"
+    note "tune ($op): rc=$? (log tune_$op.log; fastest: $(grep -m1 -E '^ *[0-9.]+ ms  ' "$OUT/tune_$op.log"))"
   done
 fi
 
