@@ -261,6 +261,21 @@ def test_emulated_scan_reads_stay_inside_the_tensors(emulated, monkeypatch, case
             assert_close(got, want, "scan", case.dtype, f"d{name}", scale=scan_grad_scale(case, name, t))
 
 
+@pytest.mark.parametrize("width,reverse", [(4, False), (7, True), (2, True)])
+def test_emulated_conv_reads_stay_inside_the_tensors(emulated, width, reverse):
+    from vimd_kernels.causal_conv1d import reference as conv_ref
+    x = torch.randn(2, 3, 530)
+    w, b = torch.randn(3, width), torch.randn(3)
+    out = conv_cuda.forward(_nan_guarded(x), w, b, True, reverse)
+    dout = torch.randn(out.shape)
+    got = conv_cuda.backward(_nan_guarded(x), w, b, _nan_guarded(dout), True, reverse)
+    ref = conv_ref.backward(x, w, b, dout, True, reverse)
+    assert torch.isfinite(out).all() and all(torch.isfinite(t).all() for t in got)
+    assert_close(out, conv_ref.forward(x, w, b, True, reverse), "conv", torch.float32, "out")
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, ref):
+        assert_close(g, r, "conv", torch.float32, name, scale=reduction_scale(2 * 530))
+
+
 ROW_WALK_CASES = [
     ScanCase(2, 8, 300, 4, initial_state=True),
     ScanCase(2, 8, 299, 4, "g2", "var", initial_state=True, reverse=True),
