@@ -103,10 +103,12 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
 // Phase 3: all gradients. Block = (channel slab inside one B/C group segment, batch, tile).
 template <typename T>
 __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
-  VIMD_DYNAMIC_SMEM(float, acc);  // (2, N, kPadTile) when B or C is grouped
+  // Per-step dB/dC sums of the tile, item-major: step lane * kScanItems + i at i * 32 + lane, so
+  // a warp storing its item i is conflict-free and the cross-warp sums read whole float4s.
+  VIMD_DYNAMIC_SMEM(float, acc);  // (2, N, kScanTile) when B or C is grouped
   // One state's dB/dC per warp, to be summed over the warps; double-buffered over the states so
   // that one barrier per state suffices.
-  __shared__ float red[2][kScanWarps][2][kPadTile];
+  __shared__ __align__(16) float red[2][kScanWarps][2][kScanTile];
   __shared__ float stage_smem[kScanWarps][kPadTile];  // each warp's row staging (TileIO)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = blockIdx.y;
@@ -124,7 +126,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   int buf = 0;  // red buffer of the current state
   if (p.row_walk) __syncthreads();  // the previous tile's acc reads and chunk_q writes are done
   if (grouped) {
-    for (int i = threadIdx.x; i < 2 * N * kPadTile; i += blockDim.x) acc[i] = 0.f;
+    for (int i = threadIdx.x; i < 2 * N * kScanTile; i += blockDim.x) acc[i] = 0.f;
     __syncthreads();
   }
 
@@ -223,19 +225,26 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       if (grouped) {  // sum the warps' contributions to this state, in warp order
 #pragma unroll
         for (int i = 0; i < kScanItems; ++i) {
-          red[buf][warp][0][lane * kPadItems + i] = dBv[i];
-          red[buf][warp][1][lane * kPadItems + i] = dCv[i];
+          red[buf][warp][0][i * 32 + lane] = dBv[i];
+          red[buf][warp][1][i * 32 + lane] = dCv[i];
         }
         __syncthreads();
-        // Each acc slot is owned by one thread (k mod blockDim), so no barrier is needed after
-        // this; red[buf] is written again two states later, after the next state's barrier.
-        for (int k = threadIdx.x; k < 2 * kPadTile; k += blockDim.x) {
-          const int which = k / kPadTile, q = k % kPadTile;
-          if (q % kPadItems == kScanItems) continue;  // padding slot
-          float s = 0.f;
+        // One float4 of the 2 x kScanTile sums per thread (blockDim = 2 * kScanTile / 4), each
+        // owned by that thread across the states, so no barrier is needed after this; red[buf]
+        // is written again two states later, after the next state's barrier.
+        static_assert(kScanWarps * 32 * 4 == 2 * kScanTile, "one float4 of sums per thread");
+        {
+          const int which = threadIdx.x / (kScanTile / 4), q4 = threadIdx.x % (kScanTile / 4);
+          float4 sum = reinterpret_cast<const float4*>(red[buf][0][which])[q4];
 #pragma unroll
-          for (int w = 0; w < kScanWarps; ++w) s += red[buf][w][which][q];
-          acc[(which * N + n) * kPadTile + q] += s;
+          for (int w = 1; w < kScanWarps; ++w) {
+            const float4 r = reinterpret_cast<const float4*>(red[buf][w][which])[q4];
+            sum.x += r.x, sum.y += r.y, sum.z += r.z, sum.w += r.w;
+          }
+          float4* a = reinterpret_cast<float4*>(acc + (which * N + n) * kScanTile) + q4;
+          float4 cur = *a;
+          cur.x += sum.x, cur.y += sum.y, cur.z += sum.z, cur.w += sum.w;
+          *a = cur;
         }
         buf ^= 1;
       }
@@ -277,7 +286,8 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
                                : (p.c_groups > 0 ? p.part_C : nullptr);
       if (part == nullptr || ti >= L) continue;
       const long long idx = ((b * n_parts + blockIdx.x) * N + n) * static_cast<long long>(L);
-      part[idx + (p.reverse ? L - 1 - ti : ti)] = acc[(which * N + n) * kPadTile + padded(pos)];
+      const int q = (pos % kScanItems) * 32 + pos / kScanItems;  // item-major slot of step pos
+      part[idx + (p.reverse ? L - 1 - ti : ti)] = acc[(which * N + n) * kScanTile + q];
     }
   }
 }
@@ -400,7 +410,7 @@ inline cudaError_t scan_bwd_reduce(const ScanParams& p, unsigned n_parts, cudaSt
 
 inline size_t scan_bwd_smem(const ScanParams& p) {
   const bool grouped = p.b_groups > 0 || p.c_groups > 0;
-  return grouped ? 2 * sizeof(float) * p.dstate * kPadTile : 0;
+  return grouped ? 2 * sizeof(float) * p.dstate * kScanTile : 0;
 }
 
 // Raises the kernel's dynamic shared-memory limit to `smem` (the default is 48 KB minus the
