@@ -598,7 +598,24 @@ def test_scan_chunked_forward_equals_single_pass(reverse):
 @pytest.mark.cuda
 @pytest.mark.parametrize("b_kind", ("var", "g4", "const"))
 def test_scan_backward_is_bitwise_deterministic(b_kind):
-    case = ScanCase(4, 64, 1000, 16, b_kind=b_kind, initial_state=True)
+    # batch 64 x 384 channels fills the GPU: the backward walks each row's 4 tiles in one block
+    case = ScanCase(64, 384, 1000, 16, b_kind=b_kind, initial_state=True)
+    assert scan_cuda.use_row_walk(case.batch, case.dim, case.L, _sms())
+    _assert_backward_repeats_bitwise(case)
+
+
+@pytest.mark.cuda
+def test_scan_backward_is_bitwise_deterministic_tiles_in_parallel():
+    case = ScanCase(4, 64, 1000, 16, b_kind="var", initial_state=True)  # few rows: summary + combine
+    assert not scan_cuda.use_row_walk(case.batch, case.dim, case.L, _sms())
+    _assert_backward_repeats_bitwise(case)
+
+
+def _sms() -> int:
+    return torch.cuda.get_device_properties(0).multi_processor_count
+
+
+def _assert_backward_repeats_bitwise(case: ScanCase):
     base = _to_cuda(scan_inputs(case))
     dout = torch.randn(base["u"].shape, device="cuda")
     prev = torch.are_deterministic_algorithms_enabled()
