@@ -28,6 +28,7 @@ namespace {
 template <typename T>
 struct RowInputs {
   float u[kScanItems], delta[kScanItems], dy[kScanItems];
+  float dt_sum;  // sum of the lane's steps' delta (after bias and softplus)
 
   // zgrad (optional): dout * silu'(z), so that dz = zgrad * y once y is known.
   __device__ __forceinline__ void load(const ScanParams& p, const TileIO& io, long long row, int d,
@@ -36,6 +37,9 @@ struct RowInputs {
     io.load(static_cast<const T*>(p.u) + row * L, u);
     io.load(static_cast<const T*>(p.delta) + row * L, delta);
     prepare_delta(delta, io.t(), io.t_end, p.delta_bias ? p.delta_bias[d] : 0.f, p.delta_softplus);
+    dt_sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i) dt_sum += delta[i];
     io.load(static_cast<const T*>(p.dout) + row * L, dy);
     if (p.z) {
       float zv[kScanItems];
@@ -74,19 +78,15 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
     float bv[kScanItems], cv[kScanItems], dA[kScanItems];
     Bv.load(n, io, bv);
     Cv.load(n, io, cv);
-    float ha = 1.f, hb = 0.f;
+    float ha = exp2f(in.dt_sum * a2), hb = 0.f;
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) {
       dA[i] = exp2f(in.delta[i] * a2);
       hb = fmaf(dA[i], hb, in.delta[i] * in.u[i] * bv[i]);
-      ha *= dA[i];
     }
-    float qa = 1.f, qb = 0.f;
+    float qa = ha, qb = 0.f;
 #pragma unroll
-    for (int i = kScanItems - 1; i >= 0; --i) {
-      qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
-      qa *= dA[i];
-    }
+    for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
     warp_scan_affine_up(ha, hb, lane);
     warp_scan_affine_down(qa, qb, lane);
     const long long idx = (row * p.n_chunks + c) * N + n;
@@ -158,13 +158,13 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
         Bv.load(n, io, bv);
         Cv.load(n, io, cv);
         // Forward: h over the tile; hp[i] = h before step i.
-        float la = 1.f, lb = 0.f;
+        const float lane_a = exp2f(in.dt_sum * a2);  // the lane's decay, both sweeps
+        float la = lane_a, lb = 0.f;
 #pragma unroll
         for (int i = 0; i < kScanItems; ++i) {
           dA[i] = exp2f(in.delta[i] * a2);
           dBu[i] = in.delta[i] * in.u[i] * bv[i];
           lb = fmaf(dA[i], lb, dBu[i]);
-          la *= dA[i];
         }
         warp_scan_affine_up(la, lb, lane);
         float ea = __shfl_up_sync(kFullMask, la, 1), eb = __shfl_up_sync(kFullMask, lb, 1);
@@ -178,12 +178,9 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
           dCv[i] = in.dy[i] * h;
         }
         // Backward: the adjoint g over the tile, from the lane's incoming q.
-        float qa = 1.f, qb = 0.f;
+        float qa = lane_a, qb = 0.f;
 #pragma unroll
-        for (int i = kScanItems - 1; i >= 0; --i) {
-          qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
-          qa *= dA[i];
-        }
+        for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
         warp_scan_affine_down(qa, qb, lane);
         float fa = __shfl_down_sync(kFullMask, qa, 1), fb = __shfl_down_sync(kFullMask, qb, 1);
         if (lane == 31) fa = 1.f, fb = 0.f;
@@ -319,17 +316,16 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
       io.load(static_cast<const T*>(p.u) + row * L, uv);
       io.load(static_cast<const T*>(p.delta) + row * L, dv);
       prepare_delta(dv, io.t(), io.t_end, bias, p.delta_softplus);
+      float lane_dt = 0.f;
+#pragma unroll
+      for (int i = 0; i < kScanItems; ++i) lane_dt += dv[i];
       for (int n = 0; n < N; ++n) {
         const float a2 = p.A[d * N + n] * kLog2e;
         float bv[kScanItems];
         Bv.load(n, io, bv);
-        float la = 1.f, lb = 0.f;
+        float la = exp2f(lane_dt * a2), lb = 0.f;
 #pragma unroll
-        for (int i = 0; i < kScanItems; ++i) {
-          const float dA = exp2f(dv[i] * a2);
-          lb = fmaf(dA, lb, dv[i] * uv[i] * bv[i]);
-          la *= dA;
-        }
+        for (int i = 0; i < kScanItems; ++i) lb = fmaf(exp2f(dv[i] * a2), lb, dv[i] * uv[i] * bv[i]);
         warp_scan_affine_up(la, lb, lane);
         const float h_in = p.chunk_h[(row * tiles + c) * N + n];
         const float h_out = fmaf(la, h_in, lb);

@@ -59,23 +59,24 @@ __device__ __forceinline__ void scan_fwd_block(const ScanParams& p, int c) {
     io.load(u, duv);
     io.load(delta, dv);
     prepare_delta(dv, io.t(), t_end, bias, p.delta_softplus);
+    float lane_dt = 0.f;  // sum of the lane's steps' delta
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) {
-      sum_delta += dv[i];
+      lane_dt += dv[i];
       y[i] = Dd * duv[i];
       duv[i] *= dv[i];
     }
+    sum_delta += lane_dt;
     for (int n = 0; n < N; ++n) {
       const float a2 = p.A[d * N + n] * kLog2e;
       float bv[kScanItems], dA[kScanItems], dBu[kScanItems];
       Bv.load(n, io, bv);
-      float la = 1.f, lb = 0.f;  // the lane's map h -> la * h + lb over its steps
+      float la = exp2f(lane_dt * a2), lb = 0.f;  // the lane's map h -> la * h + lb
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
         dA[i] = exp2f(dv[i] * a2);
         dBu[i] = duv[i] * bv[i];
         lb = fmaf(dA[i], lb, dBu[i]);
-        la *= dA[i];
       }
       warp_scan_affine_up(la, lb, lane);
       const float h_in = carry[n];
