@@ -174,9 +174,19 @@ def _mixer_bwd(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: T
             del du
             if sl.stop == S:
                 del x
-            part = torch.cat([dx[0], dz[0]] if k == 1 else [dx.sum(0), dz.sum(0)], dim=1).to(xz.dtype)
+            # this pass's dx and dz summed over its directions straight into dxz's two halves
+            # (no concatenated copy); later passes add theirs
+            first = dxz is None
+            if first:
+                dxz = torch.empty_like(xz)
+            for half, g in ((dxz[:, :d], dx), (dxz[:, d:], dz)):
+                if first and k > 1 and g.dtype == half.dtype:
+                    torch.sum(g, 0, out=half)
+                elif first:
+                    half.copy_(g.sum(0) if k > 1 else g[0])  # fp32 sum, then one rounding
+                else:
+                    half.add_(g.sum(0) if k > 1 else g[0])
             del dx, dz
-            dxz = part if dxz is None else dxz.add_(part)
             for acc, g in zip(grads, (d_conv_w, d_conv_b, d_x_proj_w, d_dt_proj_w, dA, dD, ddb)):
                 acc.append(g)
     like = (conv_w, conv_b, x_proj_w, dt_proj_w, A, D, delta_bias)
