@@ -59,6 +59,24 @@ void check_io(const Tensor& t, const Tensor& u, const char* name) {
   TORCH_CHECK(t.device() == u.device(), name, " must be on ", u.device());
 }
 
+// A (batch, dim, L) operand read as rows of L contiguous steps, the channels of a batch element
+// one after another, batch elements `stride(0)` apart: a contiguous tensor, or a channel slice of
+// a bigger one (e.g. x and z inside the mixer's xz). Returns the batch stride in elements.
+int64_t check_rows(const Tensor& t, const Tensor& like, const char* name) {
+  TORCH_CHECK(on_kernel_device(t), name, " must be a CUDA tensor");
+  TORCH_CHECK(t.dim() == 3, name, " must be (batch, dim, L)");
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have the dtype of u/x (",
+              like.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == like.sizes(), name, " must have shape ", like.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.device() == like.device(), name, " must be on ", like.device());
+  const int64_t dim = t.size(1), L = t.size(2);
+  const bool rows = (L == 1 || t.stride(2) == 1) && (dim == 1 || t.stride(1) == L) &&
+                    (t.size(0) == 1 || t.stride(0) >= dim * L);
+  TORCH_CHECK(rows, name, " must be rows of L contiguous steps with the channels contiguous (a contiguous ",
+              "tensor or a channel slice of one); got strides ", t.strides());
+  return t.size(0) == 1 ? dim * L : t.stride(0);
+}
+
 const float* fptr(const OptTensor& t) {
   return t.has_value() ? t->data_ptr<float>() : nullptr;
 }
@@ -147,7 +165,7 @@ vc::ScanParams scan_params(const Tensor& u, const Tensor& delta, const Tensor& A
     check_float32(*initial_state, u, "initial_state");
     TORCH_CHECK(initial_state->numel() == batch * dim * N, "initial_state must be (batch, dim, N)");
   }
-  if (z) check_io(*z, u, "z");
+  if (z) p.z_batch_stride = check_rows(*z, u, "z");
   p.D = fptr(D);
   p.delta_bias = fptr(delta_bias);
   p.initial_state = fptr(initial_state);
@@ -254,7 +272,7 @@ void setup_scan_bwd(vc::ScanParams& p, ScanBwdOut& o, std::vector<Tensor>& work,
   if (!o.dB.defined()) o.dB = at::empty(B.sizes(), B.options());
   if (!o.dC.defined()) o.dC = at::empty(C.sizes(), C.options());
   fill_opt(o.dD, D);
-  fill_opt(o.dz, z);
+  if (z && !o.dz) o.dz = at::empty(z->sizes(), z->options());  // contiguous, whatever z's strides
   fill_opt(o.ddelta_bias, delta_bias);
   fill_opt(o.dinit, initial_state);
   p.du = o.du.data_ptr();
@@ -406,8 +424,8 @@ std::vector<OptTensor> selective_scan_bi_bwd_cuda(const Tensor& u, const Tensor&
 
 vc::ConvParams conv_params(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu,
                            bool reverse) {
-  check_cuda_tensor(x, "x");
   TORCH_CHECK(x.dim() == 3, "x must be (batch, dim, L)");
+  const int64_t x_batch_stride = check_rows(x, x, "x");
   check_float32(weight, x, "weight");
   TORCH_CHECK(weight.dim() == 2 && weight.size(0) == x.size(1), "weight must be (dim, width)");
   const int64_t width = weight.size(1);
@@ -422,6 +440,7 @@ vc::ConvParams conv_params(const Tensor& x, const Tensor& weight, const OptTenso
   p.dim = static_cast<int>(x.size(1));
   p.seqlen = static_cast<int>(x.size(2));
   p.width = static_cast<int>(width);
+  p.x_batch_stride = x_batch_stride;
   p.silu = silu;
   p.reverse = reverse;
   p.segs = (p.seqlen + vc::kConvItems - 1) / vc::kConvItems;
@@ -436,7 +455,7 @@ Tensor causal_conv1d_fwd_cuda(const Tensor& x, const Tensor& weight, const OptTe
                               bool reverse) {
   vc::ConvParams p = conv_params(x, weight, bias, silu, reverse);
   const DeviceGuard guard(x.device());
-  Tensor out = at::empty_like(x);
+  Tensor out = at::empty(x.sizes(), x.options());  // contiguous, whatever x's strides
   p.out = out.data_ptr();
   const cudaStream_t stream = current_stream();
   check_launch(dispatch_io(x.scalar_type(),
@@ -452,7 +471,7 @@ std::vector<OptTensor> causal_conv1d_bwd_cuda(const Tensor& x, const Tensor& wei
   vc::ConvParams p = conv_params(x, weight, bias, silu, reverse);
   check_io(dout, x, "dout");
   const DeviceGuard guard(x.device());
-  Tensor dx = at::empty_like(x), dweight = at::empty_like(weight);
+  Tensor dx = at::empty(x.sizes(), x.options()), dweight = at::empty_like(weight);
   Tensor part = at::empty({p.dim, p.width + 1, static_cast<int64_t>(p.batch) * p.seg_groups},
                           x.options().dtype(at::kFloat));
   OptTensor dbias;

@@ -25,6 +25,11 @@ __device__ __forceinline__ float load_logical(const T* row, int s, int L, bool r
   return (s >= 0 && s < L) ? to_float(row[reverse ? L - 1 - s : s]) : 0.f;
 }
 
+// x may be a channel slice of a bigger tensor: batch elements x_batch_stride apart.
+__device__ __forceinline__ long long x_row_offset(const ConvParams& p, long long row, int d) {
+  return (row - d) / p.dim * p.x_batch_stride + static_cast<long long>(d) * p.seqlen;
+}
+
 // The forward flattens threads over (row, segment): short rows waste no lanes.
 struct ConvThread {
   long long row;
@@ -62,7 +67,7 @@ __device__ __forceinline__ void conv_fwd_thread(const ConvParams& p) {
   const ConvThread th(p);
   if (!th.valid) return;
   const int L = p.seqlen, W = p.width;
-  const T* x = static_cast<const T*>(p.x) + th.row * L;
+  const T* x = static_cast<const T*>(p.x) + x_row_offset(p, th.row, th.d);
   float w[kConvMaxWidth];
 #pragma unroll
   for (int k = 0; k < kConvMaxWidth; ++k) w[k] = k < W ? p.weight[th.d * W + k] : 0.f;
@@ -88,7 +93,7 @@ __device__ __forceinline__ void conv_bwd_thread(const ConvParams& p) {
   const ConvWarpThread th(p);
   if (!th.valid) return;
   const int L = p.seqlen, W = p.width;
-  const T* x = static_cast<const T*>(p.x) + th.row * L;
+  const T* x = static_cast<const T*>(p.x) + x_row_offset(p, th.row, th.d);
   const T* dout = static_cast<const T*>(p.dout) + th.row * L;
   float w[kConvMaxWidth], wr[kConvMaxWidth];  // wr[m] = w[W-1-m]
 #pragma unroll

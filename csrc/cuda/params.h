@@ -39,7 +39,8 @@ struct ScanParams {
   // Inputs: u, delta, z, dout have the element type T; everything else is float32.
   const void* u = nullptr;
   const void* delta = nullptr;
-  const void* z = nullptr;             // optional
+  const void* z = nullptr;             // optional; rows of L, batch elements z_batch_stride apart
+  long long z_batch_stride = 0;
   const float* A = nullptr;            // (dim, N)
   const float* B = nullptr;            // (dim, N) or (batch, G, N, L) with rows b/c_row_stride apart
   const float* C = nullptr;
@@ -89,7 +90,8 @@ struct ConvParams {
   bool silu = false, reverse = false;
   int segs = 1;                        // ceil(seqlen / kConvItems) thread segments per row
   int seg_groups = 1;                  // backward: ceil(segs / 32) warps per row
-  const void* x = nullptr;             // (batch, dim, L) T
+  const void* x = nullptr;             // (batch, dim, L) T; batch elements x_batch_stride apart
+  long long x_batch_stride = 0;
   const float* weight = nullptr;       // (dim, width)
   const float* bias = nullptr;         // optional (dim)
   void* out = nullptr;                 // forward output (batch, dim, L) T

@@ -43,7 +43,8 @@ struct RowInputs {
     io.load(static_cast<const T*>(p.dout) + row * L, dy);
     if (p.z) {
       float zv[kScanItems];
-      io.load(static_cast<const T*>(p.z) + row * L, zv);
+      const long long b = (row - d) / p.dim;  // z may be a channel slice (batch stride)
+      io.load(static_cast<const T*>(p.z) + b * p.z_batch_stride + static_cast<long long>(d) * L, zv);
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
         const float s = sigmoidf(zv[i]);

@@ -30,7 +30,8 @@ __device__ __forceinline__ void scan_fwd_block(const ScanParams& p, int c) {
   const long long row = row_index(p, b, d);
   const T* u = static_cast<const T*>(p.u) + row * L;
   const T* delta = static_cast<const T*>(p.delta) + row * L;
-  const T* z = p.z ? static_cast<const T*>(p.z) + row * L : nullptr;
+  const T* z = p.z ? static_cast<const T*>(p.z) + b * p.z_batch_stride + static_cast<long long>(d) * L
+                  : nullptr;
   const BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d), Cv(p.C, p.c_groups, p.c_row_stride, p, b, d);
   const float Dd = p.D ? p.D[d] : 0.f;
   const float bias = p.delta_bias ? p.delta_bias[d] : 0.f;

@@ -338,6 +338,13 @@ def test_emulated_bindings_reject_bad_launch_arguments(emu):
         emu.selective_scan_fwd_cuda(*[wide[k] for k in SCAN_NAMES], True, False, 256)
     with pytest.raises(RuntimeError, match="weight width must be in"):
         emu.causal_conv1d_fwd_cuda(x["u"], torch.randn(8, 9), None, False, False)
+    # x and z may be channel slices (any batch stride) but their rows must be contiguous steps
+    xt = torch.randn(8, 2, 20).transpose(0, 1)  # (2, 8, 20), channels 2 * L apart
+    with pytest.raises(RuntimeError, match="x must be rows of L contiguous steps with the channels"):
+        emu.causal_conv1d_fwd_cuda(xt, torch.randn(8, 4), None, False, False)
+    zt = torch.randn(20, 8).t().unsqueeze(0)  # (1, 8, 20) with the steps 8 apart
+    with pytest.raises(RuntimeError, match="z must be rows of L contiguous steps with the channels"):
+        emu.selective_scan_fwd_cuda(*[dict(x, z=zt)[k] for k in SCAN_NAMES], True, False, 256)
     # B/C rows may be padded (bc_rows) but must stay rows of contiguous steps, equally spaced
     steps_apart = dict(x, C=x["C"].transpose(-1, -2).contiguous().transpose(-1, -2))
     with pytest.raises(RuntimeError, match="C must be laid out as rows of L contiguous steps"):
@@ -472,10 +479,11 @@ def test_emulated_bi_bindings_reject_single_direction_inputs(emu):
 @pytest.mark.parametrize("bidirectional", (False, True))
 def test_emulated_mixer_op_on_cuda_backend(emulated, bidirectional):
     """The mixer op (vimd::mixer_fwd/bwd) with backend "cuda" on the emulated kernels, both
-    directions through bi_forward/bi_backward, against bimamba_inner_ref / mamba_inner_ref."""
+    directions through bi_forward/bi_backward, against bimamba_inner_ref / mamba_inner_ref. Batch 3:
+    the kernels read x and z as channel slices of xz (batch stride 2 * d_inner * L)."""
     from tests.kernels.test_mamba_inner import BI_ORDER, _bi_inputs as mixer_inputs, _stacked_op_args
     from vimd_kernels.mamba_inner import fused
-    flat = mixer_inputs(b=1, L=10, d_inner=4, N=2, rank=1)
+    flat = mixer_inputs(b=3, L=10, d_inner=4, N=2, rank=1)
     args = _stacked_op_args(flat, bidirectional)
     y = fused._mixer_fwd(*args, True, "cuda")
     r = {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in flat.items()}

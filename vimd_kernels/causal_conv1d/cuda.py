@@ -11,6 +11,11 @@ import torch
 from torch import Tensor
 
 
+# x may be a channel slice of a bigger tensor (rows of L contiguous steps, any batch stride): the
+# mixer passes xz[:, :d] without a copy (vimd_kernels/mamba_inner/fused.py).
+ROW_VIEWS = True
+
+
 def _ext():
     from vimd_kernels import _C
     return _C

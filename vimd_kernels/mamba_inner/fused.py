@@ -105,6 +105,17 @@ def _scan_bwd(backend, u, delta, B, C, A, D, z, delta_bias, dout, softplus, sl: 
     return _stack([grads[:8]])
 
 
+def _halves(backend: str, xz: Tensor, d: int) -> tuple[Tensor, Tensor]:
+    """x = xz[:, :d] for the conv and z = xz[:, d:] for the scan: channel slices, passed as they are
+    to kernel modules that read such rows (``ROW_VIEWS``), else copied contiguous."""
+    x, z = xz[:, :d], xz[:, d:]
+    if not getattr(kernel_module("causal_conv1d", backend), "ROW_VIEWS", False):
+        x = x.contiguous()
+    if not getattr(kernel_module("selective_scan", backend), "ROW_VIEWS", False):
+        z = z.contiguous()
+    return x, z
+
+
 def _project(xc: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor, N: int):
     """x_dbl (k, b, L, rank + 2N) and delta, B, C ((k, b, d, L), (k, b, N, L) x2) in xc's dtype."""
     rank = dt_proj_w.shape[-1]
@@ -124,7 +135,7 @@ def _mixer_fwd(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: T
     d, S = xz.shape[1] // 2, conv_w.shape[0]
     y = None
     with _no_autocast(xz.device.type):
-        x, z = xz[:, :d].contiguous(), xz[:, d:].contiguous()
+        x, z = _halves(backend, xz, d)
         for sl in _passes(backend, S):
             xc = _conv_fwd(backend, x, conv_w, conv_b, sl)
             _, delta, B, C = _project(xc, x_proj_w[sl], dt_proj_w[sl], A.shape[-1])
@@ -148,7 +159,7 @@ def _mixer_bwd(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: T
     dxz = None
     grads: list[list] = [[] for _ in range(7)]  # per pass: conv_w, conv_b, x_proj_w, dt_proj_w, A, D, db
     with _no_autocast(xz.device.type):
-        x, z = xz[:, :d].contiguous(), xz[:, d:].contiguous()
+        x, z = _halves(backend, xz, d)
         dy_s = dy if S == 1 else (dy * (1.0 / S)).to(dy.dtype)  # each direction gets dy / S
         for sl in _passes(backend, S):
             k = sl.stop - sl.start

@@ -26,6 +26,11 @@ MAIN_BLOCKS_PER_SM = 3   # backward main kernel: ~168 registers x 128 threads (p
 ROW_WALK_MAX_TILES = 32  # a row walk sweeps its tiles in sequence: keep that serial part short
 
 
+# z may be a channel slice of a bigger tensor (rows of L contiguous steps, any batch stride): the
+# mixer passes xz[:, d:] without a copy (vimd_kernels/mamba_inner/fused.py).
+ROW_VIEWS = True
+
+
 def _ext():
     from vimd_kernels import _C
     return _C
