@@ -147,8 +147,10 @@ def inner_core(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
     N = A.shape[-1]
     x, z = xz.chunk(2, dim=1)
     x = conv(x, conv1d_weight, conv1d_bias, "silu", reverse=reverse)
-    x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # (b, L, rank [+N] [+N])
-    delta = F.linear(x_dbl[..., :rank], delta_proj_weight).transpose(1, 2).to(x.dtype)
+    # x_proj / dt_proj in the weights' dtype, as the fused mixer does (vimd_kernels/mamba_inner/fused.py)
+    x_dbl = F.linear(x.transpose(1, 2).to(x_proj_weight.dtype), x_proj_weight)  # (b, L, rank [+N] [+N])
+    delta = F.linear(x_dbl[..., :rank].to(delta_proj_weight.dtype), delta_proj_weight)
+    delta = delta.transpose(1, 2).to(x.dtype)
     col = rank
     if B is None:
         B = x_dbl[..., col:col + N].transpose(1, 2).to(x.dtype)

@@ -344,3 +344,20 @@ def test_mixer_op_is_one_node_under_compile():
     assert any("vimd.mixer_fwd" in s for s in seen), seen
     ref = bimamba_inner_ref(*(flat[k] for k in BI_ORDER), True)
     assert_close(out, ref, "scan", torch.float32, "compiled out")
+
+
+def test_bimamba_bf16_activations_with_fp32_weights_match_reference():
+    """xz in bfloat16, weights in float32 (no autocast): the fused mixer and the reference both run
+    x_proj / dt_proj in the weights' dtype, so they agree (the reference used to raise)."""
+    flat = _bi_inputs()
+    flat["xz"] = flat["xz"].to(torch.bfloat16)
+    flat["out_proj_weight"] = flat["out_proj_weight"].to(torch.bfloat16)
+    flat["out_proj_bias"] = flat["out_proj_bias"].to(torch.bfloat16)
+    outs = {}
+    for backend in ("ref", "cpu"):
+        x = {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in flat.items()}
+        y = bimamba_inner_fn(*(x[k] for k in BI_ORDER), backend=backend)
+        y.float().sum().backward()
+        outs[backend] = (y.float(), x["xz"].grad.float())
+    assert_close(outs["cpu"][0], outs["ref"][0], "scan", torch.bfloat16, "y")
+    assert_close(outs["cpu"][1], outs["ref"][1], "scan", torch.bfloat16, "dxz")
