@@ -30,8 +30,10 @@ struct RowInputs {
   float u[kScanItems], delta[kScanItems], dy[kScanItems];
   float dt_sum;  // sum of the lane's steps' delta (after bias and softplus)
 
-  // zgrad (optional): dout * silu'(z), so that dz = zgrad * y once y is known.
-  __device__ __forceinline__ void load(const ScanParams& p, const TileIO& io, long long row, int d,
+  // zgrad (optional): dout * silu'(z), so that dz = zgrad * y once y is known; stored item-major
+  // (step lane * kScanItems + i at i * 32 + lane) in the warp's shared-memory slots, so it holds
+  // no registers through the state loop.
+  __device__ __forceinline__ void load(const ScanParams& p, const TileIO& io, int b, long long row, int d,
                                        float* zgrad) {
     const int L = p.seqlen;
     io.load(static_cast<const T*>(p.u) + row * L, u);
@@ -43,17 +45,17 @@ struct RowInputs {
     io.load(static_cast<const T*>(p.dout) + row * L, dy);
     if (p.z) {
       float zv[kScanItems];
-      const long long b = (row - d) / p.dim;  // z may be a channel slice (batch stride)
+      // z may be a channel slice (batch stride)
       io.load(static_cast<const T*>(p.z) + b * p.z_batch_stride + static_cast<long long>(d) * L, zv);
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
         const float s = sigmoidf(zv[i]);
-        if (zgrad) zgrad[i] = dy[i] * s * (1.f + zv[i] * (1.f - s));
+        if (zgrad) zgrad[i * 32 + io.lane] = dy[i] * s * (1.f + zv[i] * (1.f - s));
         dy[i] *= zv[i] * s;
       }
     } else if (zgrad) {
 #pragma unroll
-      for (int i = 0; i < kScanItems; ++i) zgrad[i] = 0.f;
+      for (int i = 0; i < kScanItems; ++i) zgrad[i * 32 + io.lane] = 0.f;
     }
   }
 };
@@ -72,7 +74,7 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
   const TileIO io{stage_smem[warp], c * kScanTile, min(p.seqlen, (c + 1) * kScanTile), p.seqlen, lane,
                   p.reverse};
   RowInputs<T> in;
-  in.load(p, io, row, d, nullptr);
+  in.load(p, io, b, row, d, nullptr);
   const BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d), Cv(p.C, p.c_groups, p.c_row_stride, p, b, d);
   for (int n = 0; n < N; ++n) {
     const float a2 = p.A[d * N + n] * kLog2e;
@@ -111,6 +113,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   // that one barrier per state suffices.
   __shared__ __align__(16) float red[2][kScanWarps][2][kScanTile];
   __shared__ float stage_smem[kScanWarps][kPadTile];  // each warp's row staging (TileIO)
+  __shared__ float zgrad_smem[kScanWarps][kScanTile];  // each warp's dout * silu'(z), item-major
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = blockIdx.y;
   const int L = p.seqlen, N = p.dstate;
@@ -136,14 +139,18 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
     const int d = active ? d0 + warp : d_begin;  // inactive warps still take part in the barriers
     const long long row = row_index(p, b, d);
     RowInputs<T> in;
-    float zgrad[kScanItems], y[kScanItems], du[kScanItems], ddelta[kScanItems];
-    if (active) in.load(p, io, row, d, zgrad);
+    float y[kScanItems], du[kScanItems], ddelta[kScanItems];
+    float* zgrad = zgrad_smem[warp];
+    if (active) in.load(p, io, b, row, d, zgrad);
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) y[i] = du[i] = ddelta[i] = 0.f;
     const BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d), Cv(p.C, p.c_groups, p.c_row_stride, p, b, d);
 
     for (int n = 0; n < N; ++n) {
-      float dBv[kScanItems], dCv[kScanItems];
+      // This state's per-step dB / dC: grouped ones go straight to the warp's slots of red (no
+      // registers held for them), constant ones are summed over the steps.
+      float* red_b = red[buf][warp][0];
+      float* red_c = red[buf][warp][1];
       if (active) {
         const float a = p.A[d * N + n], a2 = a * kLog2e;
         const long long sidx = (row * p.n_chunks + c) * N + n;
@@ -159,24 +166,31 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
         Bv.load(n, io, bv);
         Cv.load(n, io, cv);
         // Forward: h over the tile; hp[i] = h before step i.
-        const float lane_a = exp2f(in.dt_sum * a2);  // the lane's decay, both sweeps
-        float la = lane_a, lb = 0.f;
+        float la = 1.f, lb = 0.f;
 #pragma unroll
         for (int i = 0; i < kScanItems; ++i) {
           dA[i] = exp2f(in.delta[i] * a2);
           dBu[i] = in.delta[i] * in.u[i] * bv[i];
           lb = fmaf(dA[i], lb, dBu[i]);
+          la *= dA[i];
         }
+        const float lane_a = la;  // the lane's decay, for both sweeps
         warp_scan_affine_up(la, lb, lane);
         float ea = __shfl_up_sync(kFullMask, la, 1), eb = __shfl_up_sync(kFullMask, lb, 1);
         if (lane == 0) ea = 1.f, eb = 0.f;
         float h = fmaf(ea, h_in, eb);
+        float dc_sum = 0.f;
 #pragma unroll
         for (int i = 0; i < kScanItems; ++i) {
           hp[i] = h;
           h = fmaf(dA[i], h, dBu[i]);
           y[i] = fmaf(h, cv[i], y[i]);
-          dCv[i] = in.dy[i] * h;
+          const float dc = in.dy[i] * h;
+          if (p.c_groups > 0) {
+            red_c[i * 32 + lane] = dc;
+          } else {
+            dc_sum += dc;
+          }
         }
         // Backward: the adjoint g over the tile, from the lane's incoming q.
         float qa = lane_a, qb = 0.f;
@@ -186,7 +200,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
         float fa = __shfl_down_sync(kFullMask, qa, 1), fb = __shfl_down_sync(kFullMask, qb, 1);
         if (lane == 31) fa = 1.f, fb = 0.f;
         float q = fmaf(fa, q_in, fb);
-        float dA_sum = 0.f;
+        float dA_sum = 0.f, db_sum = 0.f;
 #pragma unroll
         for (int i = kScanItems - 1; i >= 0; --i) {
           const float g = fmaf(cv[i], in.dy[i], q);
@@ -195,7 +209,12 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
           const float dA_h = dA[i] * hp[i];
           ddelta[i] += g * fmaf(bv[i], in.u[i], a * dA_h);
           dA_sum = fmaf(gd, dA_h, dA_sum);
-          dBv[i] = gd * in.u[i];
+          const float db = gd * in.u[i];
+          if (p.b_groups > 0) {
+            red_b[i * 32 + lane] = db;
+          } else {
+            db_sum += db;
+          }
           q = dA[i] * g;
         }
         if (c == 0 && lane == 0 && p.dinitial_state) p.dinitial_state[row * N + n] = q;
@@ -203,29 +222,18 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
         dA_sum = warp_sum(dA_sum);
         if (lane == 0) p.part_A[(static_cast<long long>(d) * N + n) * J + j] = dA_sum;
         if (p.b_groups == 0) {
-          float s = 0.f;
-#pragma unroll
-          for (int i = 0; i < kScanItems; ++i) s += dBv[i];
-          s = warp_sum(s);
+          const float s = warp_sum(db_sum);
           if (lane == 0) p.part_B[(static_cast<long long>(d) * N + n) * J + j] = s;
         }
         if (p.c_groups == 0) {
-          float s = 0.f;
-#pragma unroll
-          for (int i = 0; i < kScanItems; ++i) s += dCv[i];
-          s = warp_sum(s);
+          const float s = warp_sum(dc_sum);
           if (lane == 0) p.part_C[(static_cast<long long>(d) * N + n) * J + j] = s;
         }
-      } else {
+      } else if (grouped) {  // an idle warp adds zeros
 #pragma unroll
-        for (int i = 0; i < kScanItems; ++i) dBv[i] = dCv[i] = 0.f;
+        for (int i = 0; i < kScanItems; ++i) red_b[i * 32 + lane] = red_c[i * 32 + lane] = 0.f;
       }
       if (grouped) {  // sum the warps' contributions to this state, in warp order
-#pragma unroll
-        for (int i = 0; i < kScanItems; ++i) {
-          red[buf][warp][0][i * 32 + lane] = dBv[i];
-          red[buf][warp][1][i * 32 + lane] = dCv[i];
-        }
         __syncthreads();
         // One float4 of the 2 x kScanTile sums per thread (blockDim = 2 * kScanTile / 4), each
         // owned by that thread across the states, so no barrier is needed after this; red[buf]
@@ -249,14 +257,14 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
     }
     if (!active) continue;
 
-    float dD = 0.f, ddb = 0.f;
+    float dD = 0.f, ddb = 0.f, zg[kScanItems];
     const float Dd = p.D ? p.D[d] : 0.f;
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) {
       dD = fmaf(in.dy[i], in.u[i], dD);
       du[i] = fmaf(Dd, in.dy[i], du[i]);
       y[i] = fmaf(Dd, in.u[i], y[i]);
-      zgrad[i] *= y[i];
+      zg[i] = zgrad[i * 32 + lane] * y[i];
       // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x)); expm1f keeps it accurate when
       // softplus(x) is tiny (very negative x), where 1 - exp(.) would cancel.
       if (p.delta_softplus) ddelta[i] *= -expm1f(-in.delta[i]);
@@ -271,7 +279,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
     }
     io.store(static_cast<T*>(p.du) + row * L, du);
     io.store(static_cast<T*>(p.ddelta) + row * L, ddelta);
-    if (p.z) io.store(static_cast<T*>(p.dz) + row * L, zgrad);
+    if (p.z) io.store(static_cast<T*>(p.dz) + row * L, zg);
   }
 
   if (grouped) {  // the block's partial dB/dC for its tile, in physical time order
@@ -337,11 +345,17 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
   }
 }
 
-// Row walk: the sweep, then the main pass over the tiles, last first.
+// A block's tiles: tile c, or (row walk) after the forward sweep all of them, last first. One
+// call site of the main body, so the kernel holds one copy of it.
 template <typename T>
-__device__ __forceinline__ void scan_bwd_row_walk(const ScanParams& p) {
-  scan_bwd_row_sweep<T>(p);
-  for (int c = p.n_chunks - 1; c >= 0; --c) scan_bwd_block<T>(p, c);
+__device__ __forceinline__ void scan_bwd_tiles(const ScanParams& p, int c) {
+  int c_end = c;
+  if (p.row_walk) {
+    scan_bwd_row_sweep<T>(p);
+    c = p.n_chunks - 1;
+    c_end = 0;
+  }
+  for (; c >= c_end; --c) scan_bwd_block<T>(p, c);
 }
 
 template <typename T>
@@ -351,11 +365,7 @@ __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_kernel(Sc
 
 template <typename T>
 __global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_kernel(ScanParams p) {
-  if (p.row_walk) {
-    scan_bwd_row_walk<T>(p);
-  } else {
-    scan_bwd_block<T>(p, blockIdx.z);
-  }
+  scan_bwd_tiles<T>(p, blockIdx.z);
 }
 
 // Both directions: grid.z = 2 * n_chunks, direction-major.
@@ -369,13 +379,9 @@ __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_bi_kernel
 // Row walk: grid.z = 2, one per direction.
 template <typename T>
 __global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_bi_kernel(BiScanParams bp) {
-  if (bp.dir[0].row_walk) {
-    scan_bwd_row_walk<T>(bp.dir[blockIdx.z]);
-    return;
-  }
-  const int n_chunks = bp.dir[0].n_chunks;
+  const int n_chunks = bp.dir[0].row_walk ? 1 : bp.dir[0].n_chunks;  // row walk: grid.z = 2
   const int dir = blockIdx.z >= n_chunks;
-  scan_bwd_block<T>(bp.dir[dir], blockIdx.z - dir * n_chunks);
+  scan_bwd_tiles<T>(bp.dir[dir], blockIdx.z - dir * n_chunks);
 }
 
 // The ordered reductions of one direction's partials (after the main pass).
