@@ -75,7 +75,8 @@ inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 bloc
   kernel<<<grid, block, smem, stream>>>(args...);
   return cudaGetLastError();
 }
-#define VIMD_DYNAMIC_SMEM(type, name) extern __shared__ type name[]
+// 16-byte aligned: the backward reads and writes its dynamic buffer as float4.
+#define VIMD_DYNAMIC_SMEM(type, name) extern __shared__ __align__(16) type name[]
 #endif
 
 }  // namespace cuda
