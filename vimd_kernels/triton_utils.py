@@ -16,6 +16,18 @@ def pow2(n: int, at_least: int = 1) -> int:
     return max(triton.next_power_of_2(max(int(n), 1)), at_least)
 
 
+def rows(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A (batch, dim, L) operand as rows of L contiguous steps with its channels one after another:
+    (t, batch stride) when it already is (a contiguous tensor, or a channel slice of one such as
+    x / z inside the mixer's xz), else (a contiguous copy, dim * L)."""
+    batch, dim, L = t.shape
+    ok = ((L == 1 or t.stride(2) == 1) and (dim == 1 or t.stride(1) == L)
+          and (batch == 1 or t.stride(0) >= dim * L))
+    if not ok:
+        t = t.contiguous()
+    return t, (t.stride(0) if batch > 1 else dim * L)
+
+
 def compute_dtype(t: torch.Tensor) -> tuple[torch.dtype, "tl.dtype"]:
     """float64 math for float64 inputs (gradcheck), float32 math for everything else."""
     if t.dtype == torch.float64:

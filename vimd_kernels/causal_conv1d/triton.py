@@ -15,10 +15,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..triton_utils import compute_dtype, pow2
+from ..triton_utils import compute_dtype, pow2, rows
 
 # Test hooks: force the tiling (None = heuristic).
 TUNE: dict = {"block_d": None, "block_t": None, "warps": None}
+# x may be a channel slice of a bigger tensor (any batch stride): the mixer passes xz[:, :d] as is.
+ROW_VIEWS = True
 
 
 @triton.jit
@@ -30,7 +32,7 @@ def _addr(q, L, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def _preact(x_ptr, w_ptr, b_ptr, row, offs_d, d_mask, p, L, W: tl.constexpr,
+def _preact(x_ptr, w_ptr, b_ptr, xrow, offs_d, d_mask, p, L, W: tl.constexpr,
             HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
             CT: tl.constexpr):
     acc = tl.zeros((BD, BT), dtype=CT)
@@ -39,14 +41,14 @@ def _preact(x_ptr, w_ptr, b_ptr, row, offs_d, d_mask, p, L, W: tl.constexpr,
     for k in tl.static_range(W):
         q = p - (W - 1) + k
         m = d_mask[:, None] & ((q >= 0) & (q < L))[None, :]
-        xv = tl.load(x_ptr + row[:, None] + _addr(q, L, REVERSE)[None, :], mask=m, other=0.0)
+        xv = tl.load(x_ptr + xrow[:, None] + _addr(q, L, REVERSE)[None, :], mask=m, other=0.0)
         wk = tl.load(w_ptr + offs_d * W + k, mask=d_mask, other=0.0).to(CT)
         acc += wk[:, None] * xv.to(CT)
     return acc
 
 
 @triton.jit
-def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, dim, L, W: tl.constexpr,
+def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, dim, L, xs, W: tl.constexpr,
                      HAS_BIAS: tl.constexpr, SILU: tl.constexpr, REVERSE: tl.constexpr,
                      BD: tl.constexpr, BT: tl.constexpr, CT: tl.constexpr):
     p = tl.program_id(0) * BT + tl.arange(0, BT)
@@ -54,7 +56,8 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, dim, L, W: tl.constexpr,
     b = tl.program_id(2).to(tl.int64)
     d_mask = offs_d < dim
     row = (b * dim + offs_d).to(tl.int64) * L
-    acc = _preact(x_ptr, w_ptr, b_ptr, row, offs_d, d_mask, p, L, W, HAS_BIAS, REVERSE, BD, BT, CT)
+    xrow = b * xs + offs_d.to(tl.int64) * L  # x may be a channel slice (batch stride xs)
+    acc = _preact(x_ptr, w_ptr, b_ptr, xrow, offs_d, d_mask, p, L, W, HAS_BIAS, REVERSE, BD, BT, CT)
     if SILU:
         acc = acc / (1.0 + tl.exp(-acc))
     m = d_mask[:, None] & (p < L)[None, :]
@@ -63,7 +66,7 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, dim, L, W: tl.constexpr,
 
 
 @triton.jit
-def _conv_dpre_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, dpre_ptr, dim, L, W: tl.constexpr,
+def _conv_dpre_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, dpre_ptr, dim, L, xs, W: tl.constexpr,
                       HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr,
                       BD: tl.constexpr, BT: tl.constexpr, CT: tl.constexpr):
     """d(pre-activation) = dout * silu'(pre), pre recomputed."""
@@ -72,7 +75,8 @@ def _conv_dpre_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, dpre_ptr, dim, L, W: tl.con
     b = tl.program_id(2).to(tl.int64)
     d_mask = offs_d < dim
     row = (b * dim + offs_d).to(tl.int64) * L
-    pre = _preact(x_ptr, w_ptr, b_ptr, row, offs_d, d_mask, p, L, W, HAS_BIAS, REVERSE, BD, BT, CT)
+    xrow = b * xs + offs_d.to(tl.int64) * L
+    pre = _preact(x_ptr, w_ptr, b_ptr, xrow, offs_d, d_mask, p, L, W, HAS_BIAS, REVERSE, BD, BT, CT)
     m = d_mask[:, None] & (p < L)[None, :]
     ptrs = row[:, None] + _addr(p, L, REVERSE)[None, :]
     dout = tl.load(dout_ptr + ptrs, mask=m, other=0.0).to(CT)
@@ -81,7 +85,7 @@ def _conv_dpre_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, dpre_ptr, dim, L, W: tl.con
 
 
 @triton.jit
-def _conv_bwd_kernel(x_ptr, w_ptr, dpre_ptr, dx_ptr, dw_ptr, db_ptr, batch, dim, L,
+def _conv_bwd_kernel(x_ptr, w_ptr, dpre_ptr, dx_ptr, dw_ptr, db_ptr, batch, dim, L, xs,
                      W: tl.constexpr, REVERSE: tl.constexpr,
                      BD: tl.constexpr, BT: tl.constexpr, CT: tl.constexpr):
     """dx[p] = sum_k w[k] dpre[p + W-1-k]; partial dw[k] = sum_p dpre[p] x[p-(W-1)+k], db = sum dpre."""
@@ -91,6 +95,7 @@ def _conv_bwd_kernel(x_ptr, w_ptr, dpre_ptr, dx_ptr, dw_ptr, db_ptr, batch, dim,
     b = tl.program_id(2).to(tl.int64)
     d_mask = offs_d < dim
     row = (b * dim + offs_d).to(tl.int64) * L
+    xrow = b * xs + offs_d.to(tl.int64) * L
     m = d_mask[:, None] & (p < L)[None, :]
     dpre = tl.load(dpre_ptr + row[:, None] + _addr(p, L, REVERSE)[None, :], mask=m, other=0.0).to(CT)
     dx = tl.zeros((BD, BT), dtype=CT)
@@ -103,7 +108,7 @@ def _conv_bwd_kernel(x_ptr, w_ptr, dpre_ptr, dx_ptr, dw_ptr, db_ptr, batch, dim,
         dx += wk[:, None] * dq.to(CT)
         r = p - (W - 1) + k
         mr = m & (r >= 0)[None, :]
-        xr = tl.load(x_ptr + row[:, None] + _addr(r, L, REVERSE)[None, :], mask=mr, other=0.0)
+        xr = tl.load(x_ptr + xrow[:, None] + _addr(r, L, REVERSE)[None, :], mask=mr, other=0.0)
         tl.store(dw_ptr + part * W + k, tl.sum(dpre * xr.to(CT), axis=1), mask=d_mask)
     tl.store(db_ptr + part, tl.sum(dpre, axis=1), mask=d_mask)
     tl.store(dx_ptr + row[:, None] + _addr(p, L, REVERSE)[None, :], dx.to(dx_ptr.dtype.element_ty),
@@ -126,8 +131,9 @@ def _warps(BD: int, BT: int) -> int:
 def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool) -> Tensor:
     batch, dim, L = x.shape
     BD, BT, grid = _blocks(x)
-    out = torch.empty_like(x)
-    _conv_fwd_kernel[grid](x, weight, bias, out, dim, L, W=weight.shape[1], HAS_BIAS=bias is not None,
+    x, xs = rows(x)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _conv_fwd_kernel[grid](x, weight, bias, out, dim, L, xs, W=weight.shape[1], HAS_BIAS=bias is not None,
                            SILU=bool(silu), REVERSE=bool(reverse), BD=BD, BT=BT,
                            CT=compute_dtype(x)[1], num_warps=_warps(BD, BT))
     return out
@@ -139,15 +145,16 @@ def backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], dout: Tensor, si
     W = weight.shape[1]
     BD, BT, grid = _blocks(x)
     ct, tl_ct = compute_dtype(x)
+    x, xs = rows(x)
     dpre = dout
     if silu:
         dpre = torch.empty(x.shape, dtype=ct, device=x.device)
-        _conv_dpre_kernel[grid](x, weight, bias, dout, dpre, dim, L, W=W, HAS_BIAS=bias is not None,
+        _conv_dpre_kernel[grid](x, weight, bias, dout, dpre, dim, L, xs, W=W, HAS_BIAS=bias is not None,
                                 REVERSE=bool(reverse), BD=BD, BT=BT, CT=tl_ct, num_warps=_warps(BD, BT))
-    dx = torch.empty_like(x)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     dw_part = torch.empty((grid[0], batch, dim, W), dtype=ct, device=x.device)
     db_part = torch.empty((grid[0], batch, dim), dtype=ct, device=x.device)
-    _conv_bwd_kernel[grid](x, weight, dpre, dx, dw_part, db_part, batch, dim, L, W=W,
+    _conv_bwd_kernel[grid](x, weight, dpre, dx, dw_part, db_part, batch, dim, L, xs, W=W,
                            REVERSE=bool(reverse), BD=BD, BT=BT, CT=tl_ct, num_warps=_warps(BD, BT))
     dw = dw_part.sum(dim=(0, 1)).to(weight.dtype)
     db = db_part.sum(dim=(0, 1)).to(bias.dtype) if bias is not None else None

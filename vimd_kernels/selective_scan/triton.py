@@ -26,10 +26,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..triton_utils import compute_dtype, device_sms, linear_combine, pow2, softplus
+from ..triton_utils import compute_dtype, device_sms, linear_combine, pow2, rows, softplus
 
 # Test hooks: force the tiling (None = heuristic).  chunk_len must be a multiple of block_t.
 TUNE: dict = {"block_d": None, "block_t": None, "chunk_len": None, "bwd_warps": None}
+# z may be a channel slice of a bigger tensor (any batch stride): the mixer passes xz[:, d:] as is.
+ROW_VIEWS = True
 
 _CONST, _VAR = 0, 1  # B/C kinds: constant (dim, N) or variable/grouped (batch, G, N, L)
 
@@ -98,10 +100,11 @@ def _last_col(x, BT: tl.constexpr):
 
 
 @triton.jit
-def _gate(y, z_ptr, ptrs, m2, HAS_Z: tl.constexpr, CT: tl.constexpr):
-    """out = y * silu(z); also returns silu(z) and d silu / dz (ones/zeros without z)."""
+def _gate(y, z_ptr, z_off, ptrs, m2, HAS_Z: tl.constexpr, CT: tl.constexpr):
+    """out = y * silu(z); also returns silu(z) and d silu / dz (ones/zeros without z). z's rows
+    are u's shifted by z_off (z may be a channel slice with its own batch stride)."""
     if HAS_Z:
-        z = tl.load(z_ptr + ptrs, mask=m2, other=0.0).to(CT)
+        z = tl.load(z_ptr + z_off + ptrs, mask=m2, other=0.0).to(CT)
         sz = 1.0 / (1.0 + tl.exp(-z))
         return y * z * sz, z * sz, sz * (1.0 + z * (1.0 - sz))
     else:
@@ -111,7 +114,7 @@ def _gate(y, z_ptr, ptrs, m2, HAS_Z: tl.constexpr, CT: tl.constexpr):
 @triton.jit
 def _ss_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr, dout_ptr,
                    out_ptr, last_ptr, P_ptr, S_ptr, Q_ptr,
-                   batch, dim, L, N, B_G, C_G, chunk_len, n_chunks,
+                   batch, dim, L, N, B_G, C_G, chunk_len, n_chunks, z_shift,
                    REVERSE: tl.constexpr, B_KIND: tl.constexpr, C_KIND: tl.constexpr,
                    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                    HAS_DB: tl.constexpr, HAS_H0: tl.constexpr, H0_PER_CHUNK: tl.constexpr,
@@ -148,7 +151,7 @@ def _ss_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, 
         if SUMMARY:
             if HAS_DOUT:
                 dout = tl.load(dout_ptr + ptrs, mask=m2, other=0.0).to(CT)
-                _, silu_z, _ = _gate(u, z_ptr, ptrs, m2, HAS_Z, CT)  # silu(z) only
+                _, silu_z, _ = _gate(u, z_ptr, b * z_shift, ptrs, m2, HAS_Z, CT)  # silu(z) only
                 dout = dout * silu_z
                 Q += tl.sum((P[:, :, None] * a_cum) * Ct * dout[:, None, :], axis=2)
             P = P * _last_col(a_cum, BT)
@@ -156,7 +159,7 @@ def _ss_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, 
             y = tl.sum(hs * Ct, axis=1)
             if HAS_D:
                 y += Dv[:, None] * u
-            out, _, _ = _gate(y, z_ptr, ptrs, m2, HAS_Z, CT)
+            out, _, _ = _gate(y, z_ptr, b * z_shift, ptrs, m2, HAS_Z, CT)
             tl.store(out_ptr + ptrs, out.to(out_ptr.dtype.element_ty), mask=m2)
     if SUMMARY:
         tl.store(P_ptr + chunk_off, P, mask=dn_mask)
@@ -193,7 +196,7 @@ def _ss_combine_kernel(P_ptr, S_ptr, init_ptr, H_ptr, final_ptr, n_chunks, DN,
 def _ss_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr, qin_ptr,
                    dout_ptr, ckpt_ptr,
                    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dD_ptr, ddb_ptr, dB_ptr, dC_ptr, dh0_ptr,
-                   batch, dim, L, N, B_G, C_G, chunk_len, n_chunks, n_tiles,
+                   batch, dim, L, N, B_G, C_G, chunk_len, n_chunks, n_tiles, z_shift,
                    REVERSE: tl.constexpr, B_KIND: tl.constexpr, C_KIND: tl.constexpr,
                    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                    HAS_DB: tl.constexpr, HAS_H0: tl.constexpr, H0_PER_CHUNK: tl.constexpr,
@@ -251,7 +254,7 @@ def _ss_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, 
         if HAS_D:
             y += Dv[:, None] * u
         dout = tl.load(dout_ptr + ptrs, mask=m2, other=0.0).to(CT)
-        _, silu_z, dsilu = _gate(y, z_ptr, ptrs, m2, HAS_Z, CT)
+        _, silu_z, dsilu = _gate(y, z_ptr, b * z_shift, ptrs, m2, HAS_Z, CT)
         if HAS_Z:
             tl.store(dz_ptr + ptrs, (dout * y * dsilu).to(dz_ptr.dtype.element_ty), mask=m2)
         dy = dout * silu_z
@@ -381,7 +384,15 @@ def _bwd_warps(pl: _Plan) -> int:
     return TUNE["bwd_warps"] or (8 if pl.BD * pl.NP * pl.BT > 1024 else 4)
 
 
-def _chunk_starts(pl: _Plan, flags, u, delta, A, B, C, D, z, delta_bias, initial_state,
+def _z_rows(z: Optional[Tensor], u: Tensor) -> tuple[Optional[Tensor], int]:
+    """z and the shift of its rows from u's (z may be a channel slice with its own batch stride)."""
+    if z is None:
+        return None, 0
+    z, zs = rows(z)
+    return z, zs - u.shape[1] * u.shape[2]
+
+
+def _chunk_starts(pl: _Plan, flags, u, delta, A, B, C, D, z, z_shift, delta_bias, initial_state,
                   dout=None, dlast_state=None):
     """Phases 1-2: chunk start states (and, given dout, the adjoints entering every chunk end)."""
     shape = (pl.batch, pl.n_chunks, pl.dim, pl.N)
@@ -389,7 +400,7 @@ def _chunk_starts(pl: _Plan, flags, u, delta, A, B, C, D, z, delta_bias, initial
     Q = u.new_empty(shape, dtype=pl.ct) if dout is not None else P
     _ss_fwd_kernel[_grid(pl)](
         u, delta, A, B, C, D, z, delta_bias, u, dout, u, u, P, S, Q,
-        pl.batch, pl.dim, pl.L, pl.N, pl.B_G, pl.C_G, pl.chunk_len, pl.n_chunks,
+        pl.batch, pl.dim, pl.L, pl.N, pl.B_G, pl.C_G, pl.chunk_len, pl.n_chunks, z_shift,
         HAS_H0=False, H0_PER_CHUNK=False, SUMMARY=True, HAS_DOUT=dout is not None, **flags)
     DN = pl.dim * pl.N
     block = min(1024, pow2(DN))
@@ -414,15 +425,16 @@ def forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Option
             delta_softplus: bool, reverse: bool) -> tuple[Tensor, Tensor]:
     pl = _plan(u, A, B, C)
     flags = _flags(pl, D, z, delta_bias, delta_softplus, reverse)
+    z, z_shift = _z_rows(z, u)
     out = torch.empty_like(u)
     last = u.new_empty((pl.batch, pl.dim, pl.N), dtype=pl.ct)
     h0, per_chunk = initial_state, False
     if pl.n_chunks > 1:
-        h0, _ = _chunk_starts(pl, flags, u, delta, A, B, C, D, z, delta_bias, initial_state)
+        h0, _ = _chunk_starts(pl, flags, u, delta, A, B, C, D, z, z_shift, delta_bias, initial_state)
         per_chunk = True
     _ss_fwd_kernel[_grid(pl)](
         u, delta, A, B, C, D, z, delta_bias, h0, u, out, last, u, u, u,
-        pl.batch, pl.dim, pl.L, pl.N, pl.B_G, pl.C_G, pl.chunk_len, pl.n_chunks,
+        pl.batch, pl.dim, pl.L, pl.N, pl.B_G, pl.C_G, pl.chunk_len, pl.n_chunks, z_shift,
         HAS_H0=h0 is not None, H0_PER_CHUNK=per_chunk, SUMMARY=False, HAS_DOUT=False, **flags)
     return out, last
 
@@ -440,15 +452,16 @@ def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_sta
              delta_softplus: bool, reverse: bool):
     pl = _plan(u, A, B, C)
     flags = _flags(pl, D, z, delta_bias, delta_softplus, reverse)
+    z, z_shift = _z_rows(z, u)
     h0, qin, per_chunk = initial_state, dlast_state, False
     if pl.n_chunks > 1:
-        h0, qin = _chunk_starts(pl, flags, u, delta, A, B, C, D, z, delta_bias, initial_state,
-                                dout, dlast_state)
+        h0, qin = _chunk_starts(pl, flags, u, delta, A, B, C, D, z, z_shift, delta_bias,
+                                initial_state, dout, dlast_state)
         per_chunk = True
     n_db = triton.cdiv(pl.dim, pl.BD)
     ct = pl.ct
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else None
+    dz = torch.empty(z.shape, dtype=z.dtype, device=z.device) if z is not None else None
     cshape = (pl.batch, pl.n_chunks, pl.dim, pl.N)
     vshape = (n_db, pl.batch, pl.N, pl.L)
     dA_p = u.new_empty(cshape, dtype=ct)
@@ -461,7 +474,7 @@ def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_sta
     _ss_bwd_kernel[_grid(pl)](
         u, delta, A, B, C, D, z, delta_bias, h0, qin, dout, ckpt,
         du, ddelta, dz, dA_p, dD_p, ddb_p, dB_p, dC_p, dh0,
-        pl.batch, pl.dim, pl.L, pl.N, pl.B_G, pl.C_G, pl.chunk_len, pl.n_chunks, pl.n_tiles,
+        pl.batch, pl.dim, pl.L, pl.N, pl.B_G, pl.C_G, pl.chunk_len, pl.n_chunks, pl.n_tiles, z_shift,
         HAS_H0=h0 is not None, H0_PER_CHUNK=per_chunk, HAS_QIN=qin is not None,
         QIN_PER_CHUNK=per_chunk, num_warps=_bwd_warps(pl), **flags)
     dA = dA_p.sum(dim=(0, 1)).to(A.dtype)
