@@ -48,15 +48,23 @@ def _preact(x_ptr, w_ptr, b_ptr, xrow, offs_d, d_mask, p, L, W: tl.constexpr,
 
 
 @triton.jit
+def _tile(p0, dim, L, xs, BD: tl.constexpr, BT: tl.constexpr):
+    """A program's (BD channels, BT steps from p0) tile of batch row program_id(2): steps, channels,
+    batch, channel mask, row offsets of the contiguous tensors and of x (batch stride xs: x may be
+    a channel slice of a bigger tensor)."""
+    p = p0 + tl.arange(0, BT)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    b = tl.program_id(2).to(tl.int64)
+    row = (b * dim + offs_d).to(tl.int64) * L
+    xrow = b * xs + offs_d.to(tl.int64) * L
+    return p, offs_d, b, offs_d < dim, row, xrow
+
+
+@triton.jit
 def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, dim, L, xs, W: tl.constexpr,
                      HAS_BIAS: tl.constexpr, SILU: tl.constexpr, REVERSE: tl.constexpr,
                      BD: tl.constexpr, BT: tl.constexpr, CT: tl.constexpr):
-    p = tl.program_id(0) * BT + tl.arange(0, BT)
-    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    b = tl.program_id(2).to(tl.int64)
-    d_mask = offs_d < dim
-    row = (b * dim + offs_d).to(tl.int64) * L
-    xrow = b * xs + offs_d.to(tl.int64) * L  # x may be a channel slice (batch stride xs)
+    p, offs_d, b, d_mask, row, xrow = _tile(tl.program_id(0) * BT, dim, L, xs, BD, BT)
     acc = _preact(x_ptr, w_ptr, b_ptr, xrow, offs_d, d_mask, p, L, W, HAS_BIAS, REVERSE, BD, BT, CT)
     if SILU:
         acc = acc / (1.0 + tl.exp(-acc))
@@ -70,12 +78,7 @@ def _conv_dpre_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, dpre_ptr, dim, L, xs, W: tl
                       HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr,
                       BD: tl.constexpr, BT: tl.constexpr, CT: tl.constexpr):
     """d(pre-activation) = dout * silu'(pre), pre recomputed."""
-    p = tl.program_id(0) * BT + tl.arange(0, BT)
-    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    b = tl.program_id(2).to(tl.int64)
-    d_mask = offs_d < dim
-    row = (b * dim + offs_d).to(tl.int64) * L
-    xrow = b * xs + offs_d.to(tl.int64) * L
+    p, offs_d, b, d_mask, row, xrow = _tile(tl.program_id(0) * BT, dim, L, xs, BD, BT)
     pre = _preact(x_ptr, w_ptr, b_ptr, xrow, offs_d, d_mask, p, L, W, HAS_BIAS, REVERSE, BD, BT, CT)
     m = d_mask[:, None] & (p < L)[None, :]
     ptrs = row[:, None] + _addr(p, L, REVERSE)[None, :]
@@ -90,12 +93,7 @@ def _conv_bwd_kernel(x_ptr, w_ptr, dpre_ptr, dx_ptr, dw_ptr, db_ptr, batch, dim,
                      BD: tl.constexpr, BT: tl.constexpr, CT: tl.constexpr):
     """dx[p] = sum_k w[k] dpre[p + W-1-k]; partial dw[k] = sum_p dpre[p] x[p-(W-1)+k], db = sum dpre."""
     pid_t = tl.program_id(0)
-    p = pid_t * BT + tl.arange(0, BT)
-    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    b = tl.program_id(2).to(tl.int64)
-    d_mask = offs_d < dim
-    row = (b * dim + offs_d).to(tl.int64) * L
-    xrow = b * xs + offs_d.to(tl.int64) * L
+    p, offs_d, b, d_mask, row, xrow = _tile(pid_t * BT, dim, L, xs, BD, BT)
     m = d_mask[:, None] & (p < L)[None, :]
     dpre = tl.load(dpre_ptr + row[:, None] + _addr(p, L, REVERSE)[None, :], mask=m, other=0.0).to(CT)
     dx = tl.zeros((BD, BT), dtype=CT)
