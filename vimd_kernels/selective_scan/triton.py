@@ -112,6 +112,25 @@ def _gate(y, z_ptr, z_off, ptrs, m2, HAS_Z: tl.constexpr, CT: tl.constexpr):
 
 
 @triton.jit
+def _program_states(A_ptr, h0_ptr, dim, N, n_chunks, HAS_H0: tl.constexpr, H0_PER_CHUNK: tl.constexpr,
+                    BD: tl.constexpr, NP: tl.constexpr, CT: tl.constexpr):
+    """A program's (BD channels, NP states) block of chunk program_id(2), batch program_id(1):
+    indices, masks, offsets, A and the state entering the chunk."""
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2)
+    offs_d = tl.program_id(0) * BD + tl.arange(0, BD)
+    d_mask = offs_d < dim
+    offs_n = tl.arange(0, NP)
+    n_mask = offs_n < N
+    dn_mask = d_mask[:, None] & n_mask[None, :]
+    state_off = offs_d[:, None] * N + offs_n[None, :]
+    chunk_off = ((b * n_chunks + c) * dim) * N + state_off
+    A = tl.load(A_ptr + state_off, mask=dn_mask, other=0.0).to(CT)
+    h = _load_state(h0_ptr, HAS_H0, H0_PER_CHUNK, chunk_off, b, dim, N, state_off, dn_mask, BD, NP, CT)
+    return b, c, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, chunk_off, A, h
+
+
+@triton.jit
 def _ss_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr, dout_ptr,
                    out_ptr, last_ptr, P_ptr, S_ptr, Q_ptr,
                    batch, dim, L, N, B_G, C_G, chunk_len, n_chunks, z_shift,
@@ -121,18 +140,8 @@ def _ss_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, 
                    SUMMARY: tl.constexpr, HAS_DOUT: tl.constexpr,
                    BD: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, CT: tl.constexpr):
     """SUMMARY: per chunk P = prod a, S = end state from zero (and Q with HAS_DOUT); else outputs."""
-    pid_d = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    c = tl.program_id(2)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    d_mask = offs_d < dim
-    offs_n = tl.arange(0, NP)
-    n_mask = offs_n < N
-    dn_mask = d_mask[:, None] & n_mask[None, :]
-    state_off = offs_d[:, None] * N + offs_n[None, :]
-    A = tl.load(A_ptr + state_off, mask=dn_mask, other=0.0).to(CT)
-    chunk_off = ((b * n_chunks + c) * dim) * N + state_off
-    h = _load_state(h0_ptr, HAS_H0, H0_PER_CHUNK, chunk_off, b, dim, N, state_off, dn_mask, BD, NP, CT)
+    b, c, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, chunk_off, A, h = _program_states(
+        A_ptr, h0_ptr, dim, N, n_chunks, HAS_H0, H0_PER_CHUNK, BD, NP, CT)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(CT)
     P = tl.full((BD, NP), 1.0, dtype=CT)
@@ -202,18 +211,8 @@ def _ss_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, 
                    HAS_DB: tl.constexpr, HAS_H0: tl.constexpr, H0_PER_CHUNK: tl.constexpr,
                    HAS_QIN: tl.constexpr, QIN_PER_CHUNK: tl.constexpr,
                    BD: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, CT: tl.constexpr):
-    pid_d = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    c = tl.program_id(2)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    d_mask = offs_d < dim
-    offs_n = tl.arange(0, NP)
-    n_mask = offs_n < N
-    dn_mask = d_mask[:, None] & n_mask[None, :]
-    state_off = offs_d[:, None] * N + offs_n[None, :]
-    A = tl.load(A_ptr + state_off, mask=dn_mask, other=0.0).to(CT)
-    chunk_off = ((b * n_chunks + c) * dim) * N + state_off
-    h = _load_state(h0_ptr, HAS_H0, H0_PER_CHUNK, chunk_off, b, dim, N, state_off, dn_mask, BD, NP, CT)
+    b, c, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, chunk_off, A, h = _program_states(
+        A_ptr, h0_ptr, dim, N, n_chunks, HAS_H0, H0_PER_CHUNK, BD, NP, CT)
     # adjoint of the state at the chunk end, from later steps
     q = _load_state(qin_ptr, HAS_QIN, QIN_PER_CHUNK, chunk_off, b, dim, N, state_off, dn_mask, BD, NP, CT)
     if HAS_D:
@@ -280,12 +279,12 @@ def _ss_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, 
         if B_KIND == 0:
             dBc_acc += tl.sum(gdtu, axis=2)
         else:
-            dB_off = ((pid_d * batch + b) * N + offs_n)[:, None].to(tl.int64) * L + idx[None, :]
+            dB_off = ((tl.program_id(0) * batch + b) * N + offs_n)[:, None].to(tl.int64) * L + idx[None, :]
             tl.store(dB_ptr + dB_off, tl.sum(gdtu, axis=0), mask=n_mask[:, None] & p_mask[None, :])
         if C_KIND == 0:
             dCc_acc += tl.sum(hdy, axis=2)
         else:
-            dC_off = ((pid_d * batch + b) * N + offs_n)[:, None].to(tl.int64) * L + idx[None, :]
+            dC_off = ((tl.program_id(0) * batch + b) * N + offs_n)[:, None].to(tl.int64) * L + idx[None, :]
             tl.store(dC_ptr + dC_off, tl.sum(hdy, axis=0), mask=n_mask[:, None] & p_mask[None, :])
         if SOFTPLUS:
             ddt = ddt / (1.0 + tl.exp(-dt_pre))
