@@ -25,6 +25,14 @@ __device__ __forceinline__ float load_logical(const T* row, int s, int L, bool r
   return (s >= 0 && s < L) ? to_float(row[reverse ? L - 1 - s : s]) : 0.f;
 }
 
+// Channel d's taps, zero past the width; reversed (w[m] = tap W-1-m) for the backward's dx.
+__device__ __forceinline__ void load_taps(const ConvParams& p, int d, bool reversed,
+                                          float (&w)[kConvMaxWidth]) {
+  const int W = p.width;
+#pragma unroll
+  for (int k = 0; k < kConvMaxWidth; ++k) w[k] = k < W ? p.weight[d * W + (reversed ? W - 1 - k : k)] : 0.f;
+}
+
 // x may be a channel slice of a bigger tensor: batch elements x_batch_stride apart.
 __device__ __forceinline__ long long x_row_offset(const ConvParams& p, long long row, int d) {
   return (row - d) / p.dim * p.x_batch_stride + static_cast<long long>(d) * p.seqlen;
@@ -69,8 +77,7 @@ __device__ __forceinline__ void conv_fwd_thread(const ConvParams& p) {
   const int L = p.seqlen, W = p.width;
   const T* x = static_cast<const T*>(p.x) + x_row_offset(p, th.row, th.d);
   float w[kConvMaxWidth];
-#pragma unroll
-  for (int k = 0; k < kConvMaxWidth; ++k) w[k] = k < W ? p.weight[th.d * W + k] : 0.f;
+  load_taps(p, th.d, false, w);
   // xw[m] = x at logical t0 - (W-1) + m
   float xw[kConvItems + kConvHalo];
 #pragma unroll
@@ -96,11 +103,8 @@ __device__ __forceinline__ void conv_bwd_thread(const ConvParams& p) {
   const T* x = static_cast<const T*>(p.x) + x_row_offset(p, th.row, th.d);
   const T* dout = static_cast<const T*>(p.dout) + th.row * L;
   float w[kConvMaxWidth], wr[kConvMaxWidth];  // wr[m] = w[W-1-m]
-#pragma unroll
-  for (int k = 0; k < kConvMaxWidth; ++k) {
-    w[k] = k < W ? p.weight[th.d * W + k] : 0.f;
-    wr[k] = k < W ? p.weight[th.d * W + (W - 1 - k)] : 0.f;
-  }
+  load_taps(p, th.d, false, w);
+  load_taps(p, th.d, true, wr);
   const float bias = p.bias ? p.bias[th.d] : 0.f;
   // xw[m] = x at logical t0 - (W-1) + m, covering the pre-activations of steps t0 .. t0+7+W-1.
   constexpr int kSpan = kConvItems + kConvHalo;  // steps whose dpre we need
