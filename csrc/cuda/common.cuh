@@ -39,16 +39,19 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 // Inclusive scan of affine maps h -> a * h + b over the lanes of a warp, lane 0 first
-// (composition: earlier map applied first).
+// (composition: earlier map applied first). Lanes with no partner at a level combine with the
+// identity map (1, 0): selects instead of a branch, so each level is 2 shuffles, 2 selects and
+// 2 math instructions, with no predicated register copies.
 __device__ __forceinline__ void warp_scan_affine_up(float& a, float& b, int lane) {
 #pragma unroll
   for (int off = 1; off < 32; off <<= 1) {
-    const float pa = __shfl_up_sync(kFullMask, a, off);
-    const float pb = __shfl_up_sync(kFullMask, b, off);
-    if (lane >= off) {
-      b = fmaf(a, pb, b);
-      a *= pa;
-    }
+    float pa = __shfl_up_sync(kFullMask, a, off);
+    float pb = __shfl_up_sync(kFullMask, b, off);
+    const bool has = lane >= off;
+    pa = has ? pa : 1.f;
+    pb = has ? pb : 0.f;
+    b = fmaf(a, pb, b);
+    a *= pa;
   }
 }
 
@@ -56,12 +59,13 @@ __device__ __forceinline__ void warp_scan_affine_up(float& a, float& b, int lane
 __device__ __forceinline__ void warp_scan_affine_down(float& a, float& b, int lane) {
 #pragma unroll
   for (int off = 1; off < 32; off <<= 1) {
-    const float pa = __shfl_down_sync(kFullMask, a, off);
-    const float pb = __shfl_down_sync(kFullMask, b, off);
-    if (lane + off < 32) {
-      b = fmaf(a, pb, b);
-      a *= pa;
-    }
+    float pa = __shfl_down_sync(kFullMask, a, off);
+    float pb = __shfl_down_sync(kFullMask, b, off);
+    const bool has = lane + off < 32;
+    pa = has ? pa : 1.f;
+    pb = has ? pb : 0.f;
+    b = fmaf(a, pb, b);
+    a *= pa;
   }
 }
 

@@ -29,26 +29,60 @@ constexpr int kPadItems = kScanItems + 1;
 constexpr int kPadTile = 32 * kPadItems;
 __device__ __forceinline__ int padded(int pos) { return pos + pos / kScanItems; }
 
+// Static shared memory of the scan kernels. The block functions are instantiated once per
+// direction, and a __shared__ array declared in a function template is allocated once per
+// instantiation; declared here instead, each buffer is allocated once per kernel.
+struct ScanStageSmem {  // each warp's row staging (TileIO)
+  float warp[kScanWarps][kPadTile];
+};
+template <typename Buffer>
+__device__ __forceinline__ Buffer& shared_buffer() {
+  __shared__ __align__(16) Buffer buffer;
+  return buffer;
+}
+
+// Whether a row's lane blocks start on 16-byte boundaries: a block's physical start is t, or
+// L - t - kScanItems when reversed, with t a multiple of kScanItems.
+template <typename T>
+__device__ __forceinline__ bool block_aligned(const T* row, int L, bool reverse) {
+  const long long first = reverse ? static_cast<long long>(L) - kScanItems : 0;
+  return ((reinterpret_cast<uintptr_t>(row) + first * static_cast<long long>(sizeof(T))) & 15) == 0;
+}
+
 // One warp's tile of logical steps [tile, tile + kScanTile), clipped to t_end: lane owns steps
-// tile + lane * kScanItems + i. Rows are read and written in one of two ways, chosen per row
+// tile + lane * kScanItems + i. The direction is a compile-time parameter, so reversed rows cost
+// no per-element selects. Rows are read and written in one of two ways, chosen per row
 // (warp-uniform):
 //  - the physical start of the lanes' blocks is 16-byte aligned (the blocks are 16- or 32-byte
 //    multiples apart, so all lanes agree): whole-word vector accesses per lane;
 //  - otherwise (e.g. fp32 rows of odd L): coalesced accesses, one step per lane per round,
 //    transposed through the warp's staging buffer in shared memory.
+template <bool kReverse>
 struct TileIO {
+  static constexpr bool reverse = kReverse;
   float* stage;  // this warp's kPadTile floats of shared memory
   int tile, t_end, L, lane;
-  bool reverse;
 
   __device__ __forceinline__ int t() const { return tile + lane * kScanItems; }
   __device__ __forceinline__ int phys(int ti) const { return reverse ? L - 1 - ti : ti; }
+  // whether the lane's block lies wholly below t_end
+  __device__ __forceinline__ bool full() const { return t() + kScanItems <= t_end; }
 
   template <typename T>
-  __device__ __forceinline__ bool aligned(const T* row) const {
-    // a block's physical start: t, or L - t - kScanItems, with t a multiple of kScanItems
-    const long long first = reverse ? static_cast<long long>(L) - kScanItems : 0;
-    return ((reinterpret_cast<uintptr_t>(row) + first * static_cast<long long>(sizeof(T))) & 15) == 0;
+  __device__ __forceinline__ bool aligned(const T* row) const { return block_aligned(row, L, reverse); }
+
+  // The lane's whole block of a row whose blocks are aligned (full() and aligned(row) hold).
+  template <typename T>
+  __device__ __forceinline__ void load_block(const T* __restrict__ row, float (&v)[kScanItems]) const {
+    const int t0 = t();
+    ItemWords<T> w;
+    const uint4* src = reinterpret_cast<const uint4*>(row + (reverse ? L - t0 - kScanItems : t0));
+#pragma unroll
+    for (int k = 0; k < ItemWords<T>::kWords; ++k) w.words[k] = src[k];
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i) {  // both indices compile-time: w stays in registers
+      v[i] = reverse ? to_float(w.items[kScanItems - 1 - i]) : to_float(w.items[i]);
+    }
   }
 
   // The lane's kScanItems logical steps as float; zero past t_end.
@@ -56,15 +90,8 @@ struct TileIO {
   __device__ __forceinline__ void load(const T* __restrict__ row, float (&v)[kScanItems]) const {
     const int t0 = t();
     if (aligned(row)) {
-      if (t0 + kScanItems <= t_end) {
-        ItemWords<T> w;
-        const uint4* src = reinterpret_cast<const uint4*>(row + (reverse ? L - t0 - kScanItems : t0));
-#pragma unroll
-        for (int k = 0; k < ItemWords<T>::kWords; ++k) w.words[k] = src[k];
-#pragma unroll
-        for (int i = 0; i < kScanItems; ++i) {  // both indices compile-time: w stays in registers
-          v[i] = reverse ? to_float(w.items[kScanItems - 1 - i]) : to_float(w.items[i]);
-        }
+      if (full()) {
+        load_block(row, v);
       } else {
 #pragma unroll
         for (int i = 0; i < kScanItems; ++i) v[i] = t0 + i < t_end ? to_float(row[phys(t0 + i)]) : 0.f;
@@ -91,7 +118,7 @@ struct TileIO {
   __device__ __forceinline__ void store(T* __restrict__ row, const float (&v)[kScanItems]) const {
     const int t0 = t();
     if (aligned(row)) {
-      if (t0 + kScanItems <= t_end) {
+      if (full()) {
         ItemWords<T> w;
 #pragma unroll
         for (int i = 0; i < kScanItems; ++i) {
@@ -123,31 +150,46 @@ struct TileIO {
   }
 };
 
-// One row's view of B or C: constant (dim, N) or grouped (batch, G, N, L), rows `stride` apart.
+// A cursor over the states of one row's B or C: constant (dim, N) or grouped (batch, G, N, L),
+// rows `stride` apart. next() gives state n's values for the lane's steps and moves to state n + 1,
+// so the state loops walk a pointer instead of recomputing 64-bit row addresses. B and C are read
+// once per state, so the grouped rows' alignment is checked once per row: when every state's row
+// has aligned lane blocks (a 16-byte multiple apart, the Python layer pads them so), a full block
+// is two (fp32) vector loads with no further checks. Copy the cursor to walk the states again.
 struct BCView {
-  const float* base;  // grouped: row for state 0 of this (batch, group); constant: &X[d * N]
-  bool grouped;
-  long long stride;
+  const float* row;  // the current state's row (grouped) or value (constant: &X[d * N + n])
+  long long step;    // to the next state: stride (grouped) or 1
+  bool grouped, vec;
 
   __device__ __forceinline__ BCView(const float* X, int groups, long long row_stride, const ScanParams& p,
                                     int b, int d)
-      : grouped(groups > 0), stride(row_stride) {
+      : grouped(groups > 0) {
     if (grouped) {
       const int g = d / (p.dim / groups);
-      base = X + (static_cast<long long>(b) * groups + g) * p.dstate * stride;
+      row = X + (static_cast<long long>(b) * groups + g) * p.dstate * row_stride;
+      step = row_stride;
+      vec = row_stride % 4 == 0 && block_aligned(row, p.seqlen, p.reverse);
     } else {
-      base = X + static_cast<long long>(d) * p.dstate;
+      row = X + static_cast<long long>(d) * p.dstate;
+      step = 1;
+      vec = false;
     }
   }
 
-  __device__ __forceinline__ void load(int n, const TileIO& io, float (&v)[kScanItems]) const {
+  template <typename IO>
+  __device__ __forceinline__ void next(const IO& io, float (&v)[kScanItems]) {
     if (grouped) {
-      io.load(base + n * stride, v);
+      if (vec && io.full()) {
+        io.load_block(row, v);
+      } else {
+        io.load(row, v);
+      }
     } else {
-      const float s = base[n];
+      const float s = *row;
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) v[i] = s;
     }
+    row += step;
   }
 };
 

@@ -33,7 +33,8 @@ struct RowInputs {
   // zgrad (optional): dout * silu'(z), so that dz = zgrad * y once y is known; stored item-major
   // (step lane * kScanItems + i at i * 32 + lane) in the warp's shared-memory slots, so it holds
   // no registers through the state loop.
-  __device__ __forceinline__ void load(const ScanParams& p, const TileIO& io, int b, long long row, int d,
+  template <typename IO>
+  __device__ __forceinline__ void load(const ScanParams& p, const IO& io, int b, long long row, int d,
                                        float* zgrad) {
     const int L = p.seqlen;
     io.load(static_cast<const T*>(p.u) + row * L, u);
@@ -62,7 +63,7 @@ struct RowInputs {
 
 // Phase 1 (several tiles only): tile-local end state (from h = 0), tile-local adjoint leaving
 // the tile's start (from g = 0 at its end), and sum of delta, per (batch, channel, tile, state).
-template <typename T>
+template <typename T, bool kReverse>
 __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int c) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int d = blockIdx.x * kScanWarps + warp;
@@ -70,17 +71,17 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
   const int b = blockIdx.y;
   const int N = p.dstate;
   const long long row = row_index(p, b, d);
-  __shared__ float stage_smem[kScanWarps][kPadTile];
-  const TileIO io{stage_smem[warp], c * kScanTile, min(p.seqlen, (c + 1) * kScanTile), p.seqlen, lane,
-                  p.reverse};
+  float(&stage_smem)[kScanWarps][kPadTile] = shared_buffer<ScanStageSmem>().warp;
+  const TileIO<kReverse> io{stage_smem[warp], c * kScanTile, min(p.seqlen, (c + 1) * kScanTile), p.seqlen,
+                            lane};
   RowInputs<T> in;
   in.load(p, io, b, row, d, nullptr);
-  const BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d), Cv(p.C, p.c_groups, p.c_row_stride, p, b, d);
+  BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d), Cv(p.C, p.c_groups, p.c_row_stride, p, b, d);
   for (int n = 0; n < N; ++n) {
     const float a2 = p.A[d * N + n] * kLog2e;
     float bv[kScanItems], cv[kScanItems], dA[kScanItems];
-    Bv.load(n, io, bv);
-    Cv.load(n, io, cv);
+    Bv.next(io, bv);
+    Cv.next(io, cv);
     float ha = exp2f(in.dt_sum * a2), hb = 0.f;
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) {
@@ -103,17 +104,23 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
   if (lane == 0) p.chunk_sum_delta[row * p.n_chunks + c] = s;
 }
 
+struct ScanBwdSmem {
+  // One state's dB/dC per warp, to be summed over the warps; double-buffered over the states so
+  // that one barrier per state suffices.
+  float red[2][kScanWarps][2][kScanTile];
+  float zgrad[kScanWarps][kScanTile];  // each warp's dout * silu'(z), item-major
+};
+
 // Phase 3: all gradients. Block = (channel slab inside one B/C group segment, batch, tile).
-template <typename T>
+template <typename T, bool kReverse>
 __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   // Per-step dB/dC sums of the tile, item-major: step lane * kScanItems + i at i * 32 + lane, so
   // a warp storing its item i is conflict-free and the cross-warp sums read whole float4s.
   VIMD_DYNAMIC_SMEM(float, acc);  // (2, N, kScanTile) when B or C is grouped
-  // One state's dB/dC per warp, to be summed over the warps; double-buffered over the states so
-  // that one barrier per state suffices.
-  __shared__ __align__(16) float red[2][kScanWarps][2][kScanTile];
-  __shared__ float stage_smem[kScanWarps][kPadTile];  // each warp's row staging (TileIO)
-  __shared__ float zgrad_smem[kScanWarps][kScanTile];  // each warp's dout * silu'(z), item-major
+  ScanBwdSmem& smem = shared_buffer<ScanBwdSmem>();
+  float(&red)[2][kScanWarps][2][kScanTile] = smem.red;
+  float(&zgrad_smem)[kScanWarps][kScanTile] = smem.zgrad;
+  float(&stage_smem)[kScanWarps][kPadTile] = shared_buffer<ScanStageSmem>().warp;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = blockIdx.y;
   const int L = p.seqlen, N = p.dstate;
@@ -123,7 +130,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   const int d_end = min((seg + 1) * p.seg_channels, d_begin + p.slab_channels);
   const int tile = c * kScanTile;
   const int t_end = min(L, tile + kScanTile);
-  const TileIO io{stage_smem[warp], tile, t_end, L, lane, p.reverse};
+  const TileIO<kReverse> io{stage_smem[warp], tile, t_end, L, lane};
   const int J = p.batch * p.n_chunks;
   const long long j = static_cast<long long>(b) * p.n_chunks + c;
 
@@ -144,7 +151,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
     if (active) in.load(p, io, b, row, d, zgrad);
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) y[i] = du[i] = ddelta[i] = 0.f;
-    const BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d), Cv(p.C, p.c_groups, p.c_row_stride, p, b, d);
+    BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d), Cv(p.C, p.c_groups, p.c_row_stride, p, b, d);
 
     for (int n = 0; n < N; ++n) {
       // This state's per-step dB / dC: grouped ones go straight to the warp's slots of red (no
@@ -163,8 +170,8 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
           if (p.dlast_state) q_in = p.dlast_state[row * N + n];
         }
         float bv[kScanItems], cv[kScanItems], dA[kScanItems], dBu[kScanItems], hp[kScanItems];
-        Bv.load(n, io, bv);
-        Cv.load(n, io, cv);
+        Bv.next(io, bv);
+        Cv.next(io, cv);
         // Forward: h over the tile; hp[i] = h before step i.
         float la = 1.f, lb = 0.f;
 #pragma unroll
@@ -293,7 +300,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       if (part == nullptr || ti >= L) continue;
       const long long idx = ((b * n_parts + blockIdx.x) * N + n) * static_cast<long long>(L);
       const int q = (pos % kScanItems) * 32 + pos / kScanItems;  // item-major slot of step pos
-      part[idx + (p.reverse ? L - 1 - ti : ti)] = acc[(which * N + n) * kScanTile + q];
+      part[idx + (kReverse ? L - 1 - ti : ti)] = acc[(which * N + n) * kScanTile + q];
     }
   }
 }
@@ -301,9 +308,10 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
 // Row walk, first phase: for every channel of the block's slab, the state entering each tile
 // (chunk_h, from initial_state) by a forward sweep of the tiles, and the adjoint entering the last
 // tile (chunk_q, from dlast_state). A channel is handled by the same warp as in the main pass.
-template <typename T>
+template <typename T, bool kReverse>
 __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
-  __shared__ float sweep_stage[kScanWarps][kPadTile];
+  // the main pass's staging buffer: a warp's last use of it here ends with a __syncwarp
+  float(&sweep_stage)[kScanWarps][kPadTile] = shared_buffer<ScanStageSmem>().warp;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = blockIdx.y;
   const int L = p.seqlen, N = p.dstate, tiles = p.n_chunks;
@@ -320,7 +328,7 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
     }
     __syncwarp();
     for (int c = 0; c + 1 < tiles; ++c) {
-      const TileIO io{sweep_stage[warp], c * kScanTile, min(L, (c + 1) * kScanTile), L, lane, p.reverse};
+      const TileIO<kReverse> io{sweep_stage[warp], c * kScanTile, min(L, (c + 1) * kScanTile), L, lane};
       float uv[kScanItems], dv[kScanItems];
       io.load(static_cast<const T*>(p.u) + row * L, uv);
       io.load(static_cast<const T*>(p.delta) + row * L, dv);
@@ -328,10 +336,11 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
       float lane_dt = 0.f;
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) lane_dt += dv[i];
+      BCView Bn = Bv;  // walk the states from n = 0
       for (int n = 0; n < N; ++n) {
         const float a2 = p.A[d * N + n] * kLog2e;
         float bv[kScanItems];
-        Bv.load(n, io, bv);
+        Bn.next(io, bv);
         float la = exp2f(lane_dt * a2), lb = 0.f;
 #pragma unroll
         for (int i = 0; i < kScanItems; ++i) lb = fmaf(exp2f(dv[i] * a2), lb, dv[i] * uv[i] * bv[i]);
@@ -346,42 +355,56 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
 }
 
 // A block's tiles: tile c, or (row walk) after the forward sweep all of them, last first. One
-// call site of the main body, so the kernel holds one copy of it.
-template <typename T>
+// call site of the main body per direction.
+template <typename T, bool kReverse>
 __device__ __forceinline__ void scan_bwd_tiles(const ScanParams& p, int c) {
   int c_end = c;
   if (p.row_walk) {
-    scan_bwd_row_sweep<T>(p);
+    scan_bwd_row_sweep<T, kReverse>(p);
     c = p.n_chunks - 1;
     c_end = 0;
   }
-  for (; c >= c_end; --c) scan_bwd_block<T>(p, c);
+  for (; c >= c_end; --c) scan_bwd_block<T, kReverse>(p, c);
 }
 
 template <typename T>
 __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_kernel(ScanParams p) {
-  scan_bwd_summary_block<T>(p, blockIdx.z);
+  if (p.reverse) {
+    scan_bwd_summary_block<T, true>(p, blockIdx.z);
+  } else {
+    scan_bwd_summary_block<T, false>(p, blockIdx.z);
+  }
 }
 
 template <typename T>
 __global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_kernel(ScanParams p) {
-  scan_bwd_tiles<T>(p, blockIdx.z);
+  if (p.reverse) {
+    scan_bwd_tiles<T, true>(p, blockIdx.z);
+  } else {
+    scan_bwd_tiles<T, false>(p, blockIdx.z);
+  }
 }
 
-// Both directions: grid.z = 2 * n_chunks, direction-major.
+// Both directions: grid.z = 2 * n_chunks, direction-major; direction 1 is the reversed one.
 template <typename T>
 __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_bi_kernel(BiScanParams bp) {
   const int n_chunks = bp.dir[0].n_chunks;
-  const int dir = blockIdx.z >= n_chunks;
-  scan_bwd_summary_block<T>(bp.dir[dir], blockIdx.z - dir * n_chunks);
+  if (blockIdx.z < n_chunks) {
+    scan_bwd_summary_block<T, false>(bp.dir[0], blockIdx.z);
+  } else {
+    scan_bwd_summary_block<T, true>(bp.dir[1], blockIdx.z - n_chunks);
+  }
 }
 
 // Row walk: grid.z = 2, one per direction.
 template <typename T>
 __global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_bi_kernel(BiScanParams bp) {
   const int n_chunks = bp.dir[0].row_walk ? 1 : bp.dir[0].n_chunks;  // row walk: grid.z = 2
-  const int dir = blockIdx.z >= n_chunks;
-  scan_bwd_tiles<T>(bp.dir[dir], blockIdx.z - dir * n_chunks);
+  if (blockIdx.z < n_chunks) {
+    scan_bwd_tiles<T, false>(bp.dir[0], blockIdx.z);
+  } else {
+    scan_bwd_tiles<T, true>(bp.dir[1], blockIdx.z - n_chunks);
+  }
 }
 
 // The ordered reductions of one direction's partials (after the main pass).

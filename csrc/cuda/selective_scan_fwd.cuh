@@ -17,11 +17,15 @@ namespace vimd {
 namespace cuda {
 namespace {
 
-// One (channel block, batch, chunk c) of one direction's scan.
-template <typename T, bool kSummary>
+struct ScanCarrySmem {  // each warp's states entering the next tile
+  float warp[kScanWarps][kScanMaxState];
+};
+
+// One (channel block, batch, chunk c) of one direction's scan; kReverse is p.reverse.
+template <typename T, bool kSummary, bool kReverse>
 __device__ __forceinline__ void scan_fwd_block(const ScanParams& p, int c) {
-  __shared__ float carry_smem[kScanWarps][kScanMaxState];
-  __shared__ float stage_smem[kScanWarps][kPadTile];
+  float(&carry_smem)[kScanWarps][kScanMaxState] = shared_buffer<ScanCarrySmem>().warp;
+  float(&stage_smem)[kScanWarps][kPadTile] = shared_buffer<ScanStageSmem>().warp;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int d = blockIdx.x * kScanWarps + warp;
   if (d >= p.dim) return;
@@ -54,7 +58,7 @@ __device__ __forceinline__ void scan_fwd_block(const ScanParams& p, int c) {
 
   float sum_delta = 0.f;
   for (int tile = t_begin; tile < t_end; tile += kScanTile) {
-    const TileIO io{stage_smem[warp], tile, t_end, L, lane, p.reverse};
+    const TileIO<kReverse> io{stage_smem[warp], tile, t_end, L, lane};
     // duv = delta * u (hoisted out of the state loop); y starts from the skip term D * u.
     float duv[kScanItems], dv[kScanItems], y[kScanItems];
     io.load(u, duv);
@@ -68,10 +72,11 @@ __device__ __forceinline__ void scan_fwd_block(const ScanParams& p, int c) {
       duv[i] *= dv[i];
     }
     sum_delta += lane_dt;
+    BCView Bn = Bv, Cn = Cv;  // walk the states from n = 0
     for (int n = 0; n < N; ++n) {
       const float a2 = p.A[d * N + n] * kLog2e;
       float bv[kScanItems], dA[kScanItems], dBu[kScanItems];
-      Bv.load(n, io, bv);
+      Bn.next(io, bv);
       float la = exp2f(lane_dt * a2), lb = 0.f;  // the lane's map h -> la * h + lb
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
@@ -83,7 +88,7 @@ __device__ __forceinline__ void scan_fwd_block(const ScanParams& p, int c) {
       const float h_in = carry[n];
       if (!kSummary) {
         float cv[kScanItems];
-        Cv.load(n, io, cv);
+        Cn.next(io, cv);
         float ea = __shfl_up_sync(kFullMask, la, 1), eb = __shfl_up_sync(kFullMask, lb, 1);
         if (lane == 0) ea = 1.f, eb = 0.f;
         float h = fmaf(ea, h_in, eb);
@@ -122,10 +127,14 @@ __device__ __forceinline__ void scan_fwd_block(const ScanParams& p, int c) {
 
 template <typename T, bool kSummary>
 __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_fwd_kernel(ScanParams p) {
-  scan_fwd_block<T, kSummary>(p, blockIdx.z);
+  if (p.reverse) {
+    scan_fwd_block<T, kSummary, true>(p, blockIdx.z);
+  } else {
+    scan_fwd_block<T, kSummary, false>(p, blockIdx.z);
+  }
 }
 
-// Both directions: grid.z = 2 * n_chunks, direction-major.
+// Both directions: grid.z = 2 * n_chunks, direction-major; direction 1 is the reversed one.
 template <typename T, bool kSummary>
 __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_fwd_bi_kernel(BiScanParams bp) {
   const int n_chunks = bp.dir[0].n_chunks;
@@ -133,9 +142,9 @@ __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_fwd_bi_kernel(BiScanP
   // Two call sites with constant indices: the body reads its parameters at fixed offsets
   // (a runtime index into the parameter struct costs registers).
   if (dir == 0) {
-    scan_fwd_block<T, kSummary>(bp.dir[0], blockIdx.z);
+    scan_fwd_block<T, kSummary, false>(bp.dir[0], blockIdx.z);
   } else {
-    scan_fwd_block<T, kSummary>(bp.dir[1], blockIdx.z - n_chunks);
+    scan_fwd_block<T, kSummary, true>(bp.dir[1], blockIdx.z - n_chunks);
   }
 }
 
