@@ -177,9 +177,10 @@ vc::ScanParams scan_params(const Tensor& u, const Tensor& delta, const Tensor& A
   return p;
 }
 
-void set_chunks(vc::ScanParams& p, int64_t chunk_len) {
-  TORCH_CHECK(chunk_len >= vc::kScanTile && chunk_len % vc::kScanTile == 0,
-              "chunk_len must be a positive multiple of ", vc::kScanTile, ", got ", chunk_len);
+// chunk_len: a positive multiple of `unit` (forward: kFwdSteps; backward: kScanTile).
+void set_chunks(vc::ScanParams& p, int64_t chunk_len, int unit) {
+  TORCH_CHECK(chunk_len >= unit && chunk_len % unit == 0,
+              "chunk_len must be a positive multiple of ", unit, ", got ", chunk_len);
   const int64_t n_chunks = (p.seqlen + chunk_len - 1) / chunk_len;
   TORCH_CHECK(n_chunks <= 65535, "L=", p.seqlen, " in chunks of ", chunk_len, " gives ", n_chunks,
               " chunks; the grid takes at most 65535");
@@ -191,7 +192,9 @@ void set_chunks(vc::ScanParams& p, int64_t chunk_len) {
 // stacked outputs); `work` keeps the workspaces alive until the launch is queued.
 void setup_scan_fwd(vc::ScanParams& p, const Tensor& out, const Tensor& last, int64_t chunk_len,
                     std::vector<Tensor>& work) {
-  set_chunks(p, chunk_len);
+  TORCH_CHECK(p.seqlen <= vc::kFwdMaxSeqlen, "selective scan forward: L=", p.seqlen,
+              " is above the kernel's limit of ", vc::kFwdMaxSeqlen, " steps");
+  set_chunks(p, chunk_len, vc::kFwdSteps);
   if (p.n_chunks > 1) {
     work.push_back(at::empty({p.batch, p.dim, p.n_chunks, p.dstate}, last.options()));
     p.chunk_h = work.back().data_ptr<float>();
@@ -243,7 +246,7 @@ void setup_scan_bwd(vc::ScanParams& p, ScanBwdOut& o, std::vector<Tensor>& work,
     TORCH_CHECK(dlast_state->numel() == static_cast<int64_t>(p.batch) * p.dim * p.dstate,
                 "dlast_state must be (batch, dim, N)");
   }
-  set_chunks(p, vc::kScanTile);
+  set_chunks(p, vc::kScanTile, vc::kScanTile);
   p.row_walk = row_walk && p.n_chunks > 1;
   TORCH_CHECK(seg_channels >= 1 && p.dim % seg_channels == 0, "seg_channels must divide dim");
   for (int G : {p.b_groups, p.c_groups}) {

@@ -8,12 +8,22 @@
 namespace vimd {
 namespace cuda {
 
-// Selective scan layout: one warp walks one (batch, channel) row; each lane owns kScanItems
-// consecutive time steps, so a warp covers one tile of kScanTile steps per iteration.
+// Selective scan backward layout: one warp walks one (batch, channel) row; each lane owns
+// kScanItems consecutive time steps, so a warp covers one tile of kScanTile steps per iteration.
 constexpr int kScanWarps = 4;
 constexpr int kScanItems = 8;
 constexpr int kScanTile = 32 * kScanItems;
 constexpr int kScanMaxState = 64;  // the backward keeps (2, N, kScanTile) floats in shared memory
+
+// Selective scan forward layout: one thread walks one (batch, channel) row with its states in
+// registers (kFwdStateGroup at a time); a block's kFwdRows rows share B/C, staged kFwdSteps steps
+// at a time. Forward chunks are multiples of kFwdSteps.
+constexpr int kFwdRows = 128;
+constexpr int kFwdSteps = 8;
+constexpr int kFwdStateGroup = 16;
+// The forward addresses a warp's 32 rows and a block's N <= kScanMaxState B/C rows (padded by
+// fewer than 16 steps) with 32-bit offsets from one base.
+constexpr int kFwdMaxSeqlen = (1 << 25) - 16;
 
 // Causal conv1d layout: one thread computes kConvItems consecutive outputs of one row.
 constexpr int kConvItems = 8;
@@ -29,7 +39,7 @@ struct ScanParams {
   // pads rows so that the lanes' 16-byte blocks are aligned in the direction scanned.
   long long b_row_stride = 0, c_row_stride = 0;
   bool delta_softplus = false, reverse = false;
-  int chunk_len = kScanTile;       // multiple of kScanTile (the backward uses kScanTile)
+  int chunk_len = kScanTile;       // forward: multiple of kFwdSteps; backward: kScanTile
   // Backward with several tiles: false = the tiles run in parallel (a summary pass and the
   // carries' combine give their entry values); true = each block walks its rows' tiles, last
   // first, after a forward sweep of the states (for when the rows alone fill the GPU).
@@ -78,8 +88,9 @@ struct ScanParams {
   float* dD = nullptr;                 // when D is given
   float* ddelta_bias = nullptr;        // when delta_bias is given
   // Grouped B/C: channels are cut into segments that lie inside one B group and one C group
-  // (seg_channels = gcd of the group sizes of the grouped operands); each block reduces the
-  // dB/dC contributions of slab_channels channels of one segment (kScanWarps warps, looping).
+  // (seg_channels = gcd of the group sizes of the grouped operands). Backward: each block reduces
+  // the dB/dC contributions of slab_channels channels of one segment (kScanWarps warps, looping).
+  // Forward: the launcher sets it; a block's rows lie in one segment.
   int seg_channels = 0;
   int slab_channels = kScanWarps;
   int slabs_per_seg = 1;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common.cuh"
 #include "params.h"
@@ -39,6 +40,15 @@ template <typename Buffer>
 __device__ __forceinline__ Buffer& shared_buffer() {
   __shared__ __align__(16) Buffer buffer;
   return buffer;
+}
+
+// Raises the kernel's dynamic shared-memory limit to `smem` (the default is 48 KB minus the
+// kernel's static shared memory).
+template <typename Kernel>
+inline cudaError_t allow_dynamic_smem(Kernel kernel, size_t smem) {
+  if (smem == 0) return cudaSuccess;
+  return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
 }
 
 // Whether a row's lane blocks start on 16-byte boundaries: a block's physical start is t, or
@@ -161,9 +171,10 @@ struct BCView {
   long long step;    // to the next state: stride (grouped) or 1
   bool grouped, vec;
 
-  __device__ __forceinline__ BCView(const float* X, int groups, long long row_stride, const ScanParams& p,
-                                    int b, int d)
-      : grouped(groups > 0) {
+  // grouped is groups > 0, passed separately so that a compile-time true folds the constant branch
+  __device__ __forceinline__ BCView(const float* X, bool grouped_, int groups, long long row_stride,
+                                    const ScanParams& p, int b, int d)
+      : grouped(grouped_) {
     if (grouped) {
       const int g = d / (p.dim / groups);
       row = X + (static_cast<long long>(b) * groups + g) * p.dstate * row_stride;
@@ -193,11 +204,32 @@ struct BCView {
   }
 };
 
+// The scan kernels are compiled per B/C layout: kBCGrouped when B and C are both grouped (the
+// models' case; the per-state code then has no constant-B/C branches), else each one's layout is
+// read at run time. Separate kernels rather than a branch inside one: one kernel holding both
+// bodies needs more registers than either (the backward spilled). Calls launch(std::true_type)
+// or launch(std::false_type).
+inline bool bc_grouped(const ScanParams& p) { return p.b_groups > 0 && p.c_groups > 0; }
+template <typename Launch>
+inline cudaError_t with_bc_layout(const ScanParams& p, Launch&& launch) {
+  return bc_grouped(p) ? launch(std::true_type{}) : launch(std::false_type{});
+}
+
+// B and C views of row (b, d); kBCGrouped: both are grouped.
+template <bool kBCGrouped>
+__device__ __forceinline__ BCView b_view(const ScanParams& p, int b, int d) {
+  return BCView(p.B, kBCGrouped || p.b_groups > 0, p.b_groups, p.b_row_stride, p, b, d);
+}
+template <bool kBCGrouped>
+__device__ __forceinline__ BCView c_view(const ScanParams& p, int b, int d) {
+  return BCView(p.C, kBCGrouped || p.c_groups > 0, p.c_groups, p.c_row_stride, p, b, d);
+}
+
 // delta after delta_bias and softplus; exactly zero past t_end so padded steps are identities.
-__device__ __forceinline__ void prepare_delta(float (&dv)[kScanItems], int t, int t_end, float bias,
-                                              bool softplus) {
+template <int kSteps>
+__device__ __forceinline__ void prepare_delta(float (&dv)[kSteps], int t, int t_end, float bias, bool softplus) {
 #pragma unroll
-  for (int i = 0; i < kScanItems; ++i) {
+  for (int i = 0; i < kSteps; ++i) {
     const float x = dv[i] + bias;
     dv[i] = t + i < t_end ? (softplus ? softplusf(x) : x) : 0.f;
   }

@@ -63,7 +63,7 @@ struct RowInputs {
 
 // Phase 1 (several tiles only): tile-local end state (from h = 0), tile-local adjoint leaving
 // the tile's start (from g = 0 at its end), and sum of delta, per (batch, channel, tile, state).
-template <typename T, bool kReverse>
+template <typename T, bool kReverse, bool kBCGrouped>
 __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int c) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int d = blockIdx.x * kScanWarps + warp;
@@ -76,7 +76,7 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
                             lane};
   RowInputs<T> in;
   in.load(p, io, b, row, d, nullptr);
-  BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d), Cv(p.C, p.c_groups, p.c_row_stride, p, b, d);
+  BCView Bv = b_view<kBCGrouped>(p, b, d), Cv = c_view<kBCGrouped>(p, b, d);
   for (int n = 0; n < N; ++n) {
     const float a2 = p.A[d * N + n] * kLog2e;
     float bv[kScanItems], cv[kScanItems], dA[kScanItems];
@@ -112,7 +112,7 @@ struct ScanBwdSmem {
 };
 
 // Phase 3: all gradients. Block = (channel slab inside one B/C group segment, batch, tile).
-template <typename T, bool kReverse>
+template <typename T, bool kReverse, bool kBCGrouped>
 __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   // Per-step dB/dC sums of the tile, item-major: step lane * kScanItems + i at i * 32 + lane, so
   // a warp storing its item i is conflict-free and the cross-warp sums read whole float4s.
@@ -124,7 +124,8 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = blockIdx.y;
   const int L = p.seqlen, N = p.dstate;
-  const bool grouped = p.b_groups > 0 || p.c_groups > 0;
+  const bool b_grouped = kBCGrouped || p.b_groups > 0, c_grouped = kBCGrouped || p.c_groups > 0;
+  const bool grouped = b_grouped || c_grouped;
   const int seg = blockIdx.x / p.slabs_per_seg, slab = blockIdx.x % p.slabs_per_seg;
   const int d_begin = seg * p.seg_channels + slab * p.slab_channels;
   const int d_end = min((seg + 1) * p.seg_channels, d_begin + p.slab_channels);
@@ -151,7 +152,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
     if (active) in.load(p, io, b, row, d, zgrad);
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) y[i] = du[i] = ddelta[i] = 0.f;
-    BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d), Cv(p.C, p.c_groups, p.c_row_stride, p, b, d);
+    BCView Bv = b_view<kBCGrouped>(p, b, d), Cv = c_view<kBCGrouped>(p, b, d);
 
     for (int n = 0; n < N; ++n) {
       // This state's per-step dB / dC: grouped ones go straight to the warp's slots of red (no
@@ -185,6 +186,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
         warp_scan_affine_up(la, lb, lane);
         float ea = __shfl_up_sync(kFullMask, la, 1), eb = __shfl_up_sync(kFullMask, lb, 1);
         if (lane == 0) ea = 1.f, eb = 0.f;
+        // (with kBCGrouped the constant-B/C branches below fold away)
         float h = fmaf(ea, h_in, eb);
         float dc_sum = 0.f;
 #pragma unroll
@@ -193,7 +195,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
           h = fmaf(dA[i], h, dBu[i]);
           y[i] = fmaf(h, cv[i], y[i]);
           const float dc = in.dy[i] * h;
-          if (p.c_groups > 0) {
+          if (c_grouped) {
             red_c[i * 32 + lane] = dc;
           } else {
             dc_sum += dc;
@@ -217,7 +219,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
           ddelta[i] += g * fmaf(bv[i], in.u[i], a * dA_h);
           dA_sum = fmaf(gd, dA_h, dA_sum);
           const float db = gd * in.u[i];
-          if (p.b_groups > 0) {
+          if (b_grouped) {
             red_b[i * 32 + lane] = db;
           } else {
             db_sum += db;
@@ -228,11 +230,11 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
         if (p.row_walk && c > 0 && lane == 0) p.chunk_q[(row * p.n_chunks + c - 1) * N + n] = q;
         dA_sum = warp_sum(dA_sum);
         if (lane == 0) p.part_A[(static_cast<long long>(d) * N + n) * J + j] = dA_sum;
-        if (p.b_groups == 0) {
+        if (!b_grouped) {
           const float s = warp_sum(db_sum);
           if (lane == 0) p.part_B[(static_cast<long long>(d) * N + n) * J + j] = s;
         }
-        if (p.c_groups == 0) {
+        if (!c_grouped) {
           const float s = warp_sum(dc_sum);
           if (lane == 0) p.part_C[(static_cast<long long>(d) * N + n) * J + j] = s;
         }
@@ -295,8 +297,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
     for (int k = threadIdx.x; k < 2 * N * kScanTile; k += blockDim.x) {
       const int which = k / (N * kScanTile), n = (k / kScanTile) % N, pos = k % kScanTile;
       const int ti = tile + pos;
-      float* part = which == 0 ? (p.b_groups > 0 ? p.part_B : nullptr)
-                               : (p.c_groups > 0 ? p.part_C : nullptr);
+      float* part = which == 0 ? (b_grouped ? p.part_B : nullptr) : (c_grouped ? p.part_C : nullptr);
       if (part == nullptr || ti >= L) continue;
       const long long idx = ((b * n_parts + blockIdx.x) * N + n) * static_cast<long long>(L);
       const int q = (pos % kScanItems) * 32 + pos / kScanItems;  // item-major slot of step pos
@@ -308,7 +309,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
 // Row walk, first phase: for every channel of the block's slab, the state entering each tile
 // (chunk_h, from initial_state) by a forward sweep of the tiles, and the adjoint entering the last
 // tile (chunk_q, from dlast_state). A channel is handled by the same warp as in the main pass.
-template <typename T, bool kReverse>
+template <typename T, bool kReverse, bool kBCGrouped>
 __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
   // the main pass's staging buffer: a warp's last use of it here ends with a __syncwarp
   float(&sweep_stage)[kScanWarps][kPadTile] = shared_buffer<ScanStageSmem>().warp;
@@ -320,7 +321,7 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
   const int d_end = min((seg + 1) * p.seg_channels, d_begin + p.slab_channels);
   for (int d = d_begin + warp; d < d_end; d += kScanWarps) {
     const long long row = row_index(p, b, d);
-    const BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d);
+    const BCView Bv = b_view<kBCGrouped>(p, b, d);
     const float bias = p.delta_bias ? p.delta_bias[d] : 0.f;
     for (int n = lane; n < N; n += 32) {
       p.chunk_h[row * tiles * N + n] = p.initial_state ? p.initial_state[row * N + n] : 0.f;
@@ -356,54 +357,54 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
 
 // A block's tiles: tile c, or (row walk) after the forward sweep all of them, last first. One
 // call site of the main body per direction.
-template <typename T, bool kReverse>
+template <typename T, bool kReverse, bool kBCGrouped>
 __device__ __forceinline__ void scan_bwd_tiles(const ScanParams& p, int c) {
   int c_end = c;
   if (p.row_walk) {
-    scan_bwd_row_sweep<T, kReverse>(p);
+    scan_bwd_row_sweep<T, kReverse, kBCGrouped>(p);
     c = p.n_chunks - 1;
     c_end = 0;
   }
-  for (; c >= c_end; --c) scan_bwd_block<T, kReverse>(p, c);
+  for (; c >= c_end; --c) scan_bwd_block<T, kReverse, kBCGrouped>(p, c);
 }
 
-template <typename T>
+template <typename T, bool kBCGrouped>
 __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_kernel(ScanParams p) {
   if (p.reverse) {
-    scan_bwd_summary_block<T, true>(p, blockIdx.z);
+    scan_bwd_summary_block<T, true, kBCGrouped>(p, blockIdx.z);
   } else {
-    scan_bwd_summary_block<T, false>(p, blockIdx.z);
+    scan_bwd_summary_block<T, false, kBCGrouped>(p, blockIdx.z);
   }
 }
 
-template <typename T>
+template <typename T, bool kBCGrouped>
 __global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_kernel(ScanParams p) {
   if (p.reverse) {
-    scan_bwd_tiles<T, true>(p, blockIdx.z);
+    scan_bwd_tiles<T, true, kBCGrouped>(p, blockIdx.z);
   } else {
-    scan_bwd_tiles<T, false>(p, blockIdx.z);
+    scan_bwd_tiles<T, false, kBCGrouped>(p, blockIdx.z);
   }
 }
 
 // Both directions: grid.z = 2 * n_chunks, direction-major; direction 1 is the reversed one.
-template <typename T>
+template <typename T, bool kBCGrouped>
 __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_bi_kernel(BiScanParams bp) {
   const int n_chunks = bp.dir[0].n_chunks;
   if (blockIdx.z < n_chunks) {
-    scan_bwd_summary_block<T, false>(bp.dir[0], blockIdx.z);
+    scan_bwd_summary_block<T, false, kBCGrouped>(bp.dir[0], blockIdx.z);
   } else {
-    scan_bwd_summary_block<T, true>(bp.dir[1], blockIdx.z - n_chunks);
+    scan_bwd_summary_block<T, true, kBCGrouped>(bp.dir[1], blockIdx.z - n_chunks);
   }
 }
 
 // Row walk: grid.z = 2, one per direction.
-template <typename T>
+template <typename T, bool kBCGrouped>
 __global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_bi_kernel(BiScanParams bp) {
   const int n_chunks = bp.dir[0].row_walk ? 1 : bp.dir[0].n_chunks;  // row walk: grid.z = 2
   if (blockIdx.z < n_chunks) {
-    scan_bwd_tiles<T, false>(bp.dir[0], blockIdx.z);
+    scan_bwd_tiles<T, false, kBCGrouped>(bp.dir[0], blockIdx.z);
   } else {
-    scan_bwd_tiles<T, true>(bp.dir[1], blockIdx.z - n_chunks);
+    scan_bwd_tiles<T, true, kBCGrouped>(bp.dir[1], blockIdx.z - n_chunks);
   }
 }
 
@@ -439,15 +440,6 @@ inline size_t scan_bwd_smem(const ScanParams& p) {
   return grouped ? 2 * sizeof(float) * p.dstate * kScanTile : 0;
 }
 
-// Raises the kernel's dynamic shared-memory limit to `smem` (the default is 48 KB minus the
-// kernel's static shared memory, which the backward's red buffers already use).
-template <typename Kernel>
-inline cudaError_t allow_dynamic_smem(Kernel kernel, size_t smem) {
-  if (smem == 0) return cudaSuccess;
-  return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-}
-
 inline unsigned scan_bwd_parts(const ScanParams& p) {
   return static_cast<unsigned>((p.dim / p.seg_channels) * p.slabs_per_seg);
 }
@@ -456,48 +448,54 @@ inline unsigned scan_bwd_parts(const ScanParams& p) {
 
 template <typename T>
 cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream) {
-  cudaError_t err;
   const dim3 block(kScanWarps * 32);
-  if (p.n_chunks > 1 && !p.row_walk) {
-    err = launch_kernel(scan_bwd_summary_kernel<T>, dim3(ceil_div(p.dim, kScanWarps), p.batch, p.n_chunks),
-                        block, 0, stream, p);
+  return with_bc_layout(p, [&](auto grouped) {
+    constexpr bool kG = decltype(grouped)::value;
+    cudaError_t err;
+    if (p.n_chunks > 1 && !p.row_walk) {
+      err = launch_kernel(scan_bwd_summary_kernel<T, kG>, dim3(ceil_div(p.dim, kScanWarps), p.batch, p.n_chunks),
+                          block, 0, stream, p);
+      if (err != cudaSuccess) return err;
+      if ((err = scan_combine(p, false, stream)) != cudaSuccess) return err;
+      if ((err = scan_combine(p, true, stream)) != cudaSuccess) return err;
+    }
+    const size_t smem = scan_bwd_smem(p);
+    if ((err = allow_dynamic_smem(scan_bwd_kernel<T, kG>, smem)) != cudaSuccess) return err;
+    const unsigned n_parts = scan_bwd_parts(p);
+    err = launch_kernel(scan_bwd_kernel<T, kG>, dim3(n_parts, p.batch, p.row_walk ? 1 : p.n_chunks), block,
+                        smem, stream, p);
     if (err != cudaSuccess) return err;
-    if ((err = scan_combine(p, false, stream)) != cudaSuccess) return err;
-    if ((err = scan_combine(p, true, stream)) != cudaSuccess) return err;
-  }
-  const size_t smem = scan_bwd_smem(p);
-  if ((err = allow_dynamic_smem(scan_bwd_kernel<T>, smem)) != cudaSuccess) return err;
-  const unsigned n_parts = scan_bwd_parts(p);
-  err = launch_kernel(scan_bwd_kernel<T>, dim3(n_parts, p.batch, p.row_walk ? 1 : p.n_chunks), block, smem,
-                      stream, p);
-  if (err != cudaSuccess) return err;
-  return scan_bwd_reduce(p, n_parts, stream);
+    return scan_bwd_reduce(p, n_parts, stream);
+  });
 }
 
 template <typename T>
 cudaError_t selective_scan_bi_bwd_launch(const BiScanParams& bp, cudaStream_t stream) {
-  cudaError_t err;
-  const ScanParams& p = bp.dir[0];  // sizes and the channel planning are the same in both
+  const ScanParams& p = bp.dir[0];  // sizes, B/C layout and the channel planning are the same in both
   const dim3 block(kScanWarps * 32);
-  if (p.n_chunks > 1 && !p.row_walk) {
-    err = launch_kernel(scan_bwd_summary_bi_kernel<T>,
-                        dim3(ceil_div(p.dim, kScanWarps), p.batch, 2 * p.n_chunks), block, 0, stream, bp);
+  return with_bc_layout(p, [&](auto grouped) {
+    constexpr bool kG = decltype(grouped)::value;
+    cudaError_t err;
+    if (p.n_chunks > 1 && !p.row_walk) {
+      err = launch_kernel(scan_bwd_summary_bi_kernel<T, kG>,
+                          dim3(ceil_div(p.dim, kScanWarps), p.batch, 2 * p.n_chunks), block, 0, stream, bp);
+      if (err != cudaSuccess) return err;
+      for (const ScanParams& q : bp.dir) {
+        if ((err = scan_combine(q, false, stream)) != cudaSuccess) return err;
+        if ((err = scan_combine(q, true, stream)) != cudaSuccess) return err;
+      }
+    }
+    const size_t smem = scan_bwd_smem(p);
+    if ((err = allow_dynamic_smem(scan_bwd_bi_kernel<T, kG>, smem)) != cudaSuccess) return err;
+    const unsigned n_parts = scan_bwd_parts(p);
+    err = launch_kernel(scan_bwd_bi_kernel<T, kG>, dim3(n_parts, p.batch, p.row_walk ? 2 : 2 * p.n_chunks),
+                        block, smem, stream, bp);
     if (err != cudaSuccess) return err;
     for (const ScanParams& q : bp.dir) {
-      if ((err = scan_combine(q, false, stream)) != cudaSuccess) return err;
-      if ((err = scan_combine(q, true, stream)) != cudaSuccess) return err;
+      if ((err = scan_bwd_reduce(q, n_parts, stream)) != cudaSuccess) return err;
     }
-  }
-  const size_t smem = scan_bwd_smem(p);
-  if ((err = allow_dynamic_smem(scan_bwd_bi_kernel<T>, smem)) != cudaSuccess) return err;
-  const unsigned n_parts = scan_bwd_parts(p);
-  err = launch_kernel(scan_bwd_bi_kernel<T>, dim3(n_parts, p.batch, p.row_walk ? 2 : 2 * p.n_chunks), block,
-                      smem, stream, bp);
-  if (err != cudaSuccess) return err;
-  for (const ScanParams& q : bp.dir) {
-    if ((err = scan_bwd_reduce(q, n_parts, stream)) != cudaSuccess) return err;
-  }
-  return cudaSuccess;
+    return cudaSuccess;
+  });
 }
 
 }  // namespace cuda

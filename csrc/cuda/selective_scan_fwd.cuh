@@ -1,15 +1,23 @@
-// Selective scan forward.
+// Selective scan forward: one thread per (batch, channel) row.
 //
-// One warp per (batch, channel, chunk): lanes hold kScanItems consecutive steps each, so a warp
-// covers a 256-step tile; per state n the tile is scanned with a lane-sequential pass plus a
-// warp-shuffle scan of affine maps, continuing from the carry of the previous tile. The states
-// are looped (any N), the outputs of the tile stay in registers.
+// A thread walks its row's steps in order and holds the row's states in registers (a group of
+// kFwdStateGroup; larger N cycles the groups through shared memory). A step then costs, per
+// state, one multiply and one exp2 for the decay, a multiply and an FMA for the state and an FMA
+// for the output: no cross-lane scans and no per-state reloads, so the kernel is bound by the
+// exp2 throughput rather than by instruction issue (the warp-per-row layout the backward uses
+// spends most of its issue slots on the lane scans and per-state loads).
 //
-// Short L: one chunk per row, a single launch. Long L with few rows (batch 1 super-resolution):
-// the host splits L into chunks so the grid fills the GPU and runs three phases: chunk-local end
-// states (kSummary), a sequential combine of the carries, then the full pass from each chunk's
-// entry state.
+// A block's kFwdRows rows lie in one segment of the B/C groups, so they read the same B and C:
+// kFwdSteps steps of them are staged in shared memory per iteration, fetched one iteration ahead,
+// and read as broadcast float4s. Each warp loads and stores its 32 rows through a small
+// shared-memory transpose, so the global accesses are coalesced whatever the rows' alignment.
+//
+// Long L with few rows (batch-1 super-resolution): the host splits L into chunks so the grid
+// fills the GPU and runs three phases: chunk-local end states (kSummary), a sequential combine of
+// the carries (scan_combine), then the full pass from each chunk's entry state.
 #pragma once
+
+#include <numeric>
 
 #include "scan_common.cuh"
 
@@ -17,165 +25,348 @@ namespace vimd {
 namespace cuda {
 namespace {
 
-struct ScanCarrySmem {  // each warp's states entering the next tile
-  float warp[kScanWarps][kScanMaxState];
+constexpr int kFwdWarps = kFwdRows / 32;
+constexpr int kFwdPad = kFwdSteps + 1;           // staging row stride: lane-strided reads hit distinct banks
+constexpr int kFwdBCPad = kScanMaxState + 4;     // B/C step row stride: the staging writes hit distinct banks
+constexpr int kFwdStage = kScanMaxState * kFwdSteps / kFwdRows;  // B/C values a thread stages per step block
+static_assert(kFwdRows % 32 == 0 && 32 % kFwdSteps == 0, "a warp transposes whole step blocks of its rows");
+static_assert(kScanMaxState % kFwdStateGroup == 0 && kFwdStateGroup % 4 == 0, "state groups of float4s");
+
+struct ScanFwdSmem {
+  float bc[2][2][kFwdSteps][kFwdBCPad];     // [buffer][B, C][step][state]: the block's staged B/C
+  float rows[kFwdWarps][3][32 * kFwdPad];  // each warp's rows' steps: du, dt, y (RowSteps slots)
 };
 
-// One (channel block, batch, chunk c) of one direction's scan; kReverse is p.reverse.
-template <typename T, bool kSummary, bool kReverse>
-__device__ __forceinline__ void scan_fwd_block(const ScanParams& p, int c) {
-  float(&carry_smem)[kScanWarps][kScanMaxState] = shared_buffer<ScanCarrySmem>().warp;
-  float(&stage_smem)[kScanWarps][kPadTile] = shared_buffer<ScanStageSmem>().warp;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int d = blockIdx.x * kScanWarps + warp;
-  if (d >= p.dim) return;
+// kFwdSteps steps [t0, t0 + kFwdSteps) of a warp's 32 rows, moved between global memory and a
+// warp buffer of 32 * kFwdPad floats in which lane (row) r's step i is slot r * kFwdPad + i. Rows
+// past `rows` read zeros and write nothing, steps past t_end likewise. Each global access of the
+// warp covers whole kFwdSteps-step runs of kRowsPerRound rows (coalesced, any alignment).
+template <bool kReverse>
+struct RowSteps {
+  int t0, t_end, L, lane, rows;
+  static constexpr int kRowsPerRound = 32 / kFwdSteps;
+
+  __device__ __forceinline__ int phys(int t) const { return kReverse ? L - 1 - t : t; }
+  __device__ __forceinline__ int slot(int i) const { return lane * kFwdPad + i; }
+
+  // Row r starts at base + r * row_stride (32-bit offsets: kFwdMaxSeqlen bounds them).
+  template <typename T>
+  __device__ __forceinline__ void load(const T* base, int row_stride, float* buf) const {
+    __syncwarp();  // every lane is done with buf's previous contents
+    const int i = lane % kFwdSteps, t = t0 + i;
+#pragma unroll
+    for (int j = 0; j < kFwdSteps; ++j) {
+      const int r = j * kRowsPerRound + lane / kFwdSteps;
+      buf[r * kFwdPad + i] = (t < t_end && r < rows) ? to_float(base[r * row_stride + phys(t)]) : 0.f;
+    }
+    __syncwarp();
+  }
+
+  template <typename T>
+  __device__ __forceinline__ void store(T* base, int row_stride, const float (&v)[kFwdSteps],
+                                        float* buf) const {
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < kFwdSteps; ++k) buf[slot(k)] = v[k];
+    __syncwarp();
+    const int i = lane % kFwdSteps, t = t0 + i;
+#pragma unroll
+    for (int j = 0; j < kFwdSteps; ++j) {
+      const int r = j * kRowsPerRound + lane / kFwdSteps;
+      if (t < t_end && r < rows) base[r * row_stride + phys(t)] = from_float<T>(buf[r * kFwdPad + i]);
+    }
+  }
+};
+
+// The block's B or C rows (grouped: all its channels share them) for staging.
+struct BCRows {
+  const float* row0;  // state 0's row (grouped); nullptr when constant
+  int stride;         // 32-bit offsets within the N rows: kFwdMaxSeqlen bounds them
+
+  __device__ __forceinline__ BCRows(const float* X, bool grouped, int groups, long long row_stride,
+                                    const ScanParams& p, int b, int d_first)
+      : row0(nullptr), stride(static_cast<int>(row_stride)) {
+    if (grouped) {
+      const int g = d_first / (p.dim / groups);
+      row0 = X + (static_cast<long long>(b) * groups + g) * p.dstate * row_stride;
+    }
+  }
+};
+
+// One (channel block, batch, chunk c) of one direction's scan; kReverse is p.reverse, kBCGrouped
+// says B and C are both grouped (see with_bc_layout).
+template <typename T, bool kSummary, bool kReverse, bool kBCGrouped>
+__device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
+  ScanFwdSmem& smem = shared_buffer<ScanFwdSmem>();
+  VIMD_DYNAMIC_SMEM(float, h_spill);  // (N, kFwdRows) states when N > kFwdStateGroup
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int b = blockIdx.y;
   const int L = p.seqlen, N = p.dstate;
+  const int blocks_per_seg = (p.seg_channels + kFwdRows - 1) / kFwdRows;
+  const int seg = blockIdx.x / blocks_per_seg;
+  const int d_first = seg * p.seg_channels + (blockIdx.x % blocks_per_seg) * kFwdRows;
+  const int d_end = min((seg + 1) * p.seg_channels, d_first + kFwdRows);
+  const int d0 = d_first + warp * 32;  // the warp's first row
+  const int warp_rows = max(0, min(32, d_end - d0));
+  const bool active = lane < warp_rows;  // idle threads still stage B/C and meet the barriers
+  const int d = active ? d0 + lane : d_first;
   const long long row = row_index(p, b, d);
-  const T* u = static_cast<const T*>(p.u) + row * L;
-  const T* delta = static_cast<const T*>(p.delta) + row * L;
-  const T* z = p.z ? static_cast<const T*>(p.z) + b * p.z_batch_stride + static_cast<long long>(d) * L
-                  : nullptr;
-  const BCView Bv(p.B, p.b_groups, p.b_row_stride, p, b, d), Cv(p.C, p.c_groups, p.c_row_stride, p, b, d);
-  const float Dd = p.D ? p.D[d] : 0.f;
-  const float bias = p.delta_bias ? p.delta_bias[d] : 0.f;
   const int t_begin = c * p.chunk_len;
   const int t_end = min(L, t_begin + p.chunk_len);
 
-  float* carry = carry_smem[warp];
-  for (int n = lane; n < N; n += 32) {
-    float h0 = 0.f;
-    if (!kSummary) {
-      if (p.n_chunks > 1) {
-        h0 = p.chunk_h[(row * p.n_chunks + c) * N + n];
-      } else if (p.initial_state) {
-        h0 = p.initial_state[row * N + n];
-      }
-    }
-    carry[n] = h0;
-  }
-  __syncwarp();
+  const bool b_grouped = kBCGrouped || p.b_groups > 0, c_grouped = kBCGrouped || p.c_groups > 0;
+  const BCRows Bg(p.B, b_grouped, p.b_groups, p.b_row_stride, p, b, d_first);
+  const BCRows Cg(p.C, c_grouped, p.c_groups, p.c_row_stride, p, b, d_first);
+  const int n_pad = (N + kFwdStateGroup - 1) / kFwdStateGroup * kFwdStateGroup;
 
-  float sum_delta = 0.f;
-  for (int tile = t_begin; tile < t_end; tile += kScanTile) {
-    const TileIO<kReverse> io{stage_smem[warp], tile, t_end, L, lane};
-    // duv = delta * u (hoisted out of the state loop); y starts from the skip term D * u.
-    float duv[kScanItems], dv[kScanItems], y[kScanItems];
-    io.load(u, duv);
-    io.load(delta, dv);
-    prepare_delta(dv, io.t(), t_end, bias, p.delta_softplus);
-    float lane_dt = 0.f;  // sum of the lane's steps' delta
+  // Stage value k of the thread: state n = e / kFwdSteps at step tile + e % kFwdSteps (zero past
+  // N, past t_end, and for constant B/C).
+  auto fetch = [&](int tile, float (&vb)[kFwdStage], float (&vc)[kFwdStage]) {
 #pragma unroll
-    for (int i = 0; i < kScanItems; ++i) {
-      lane_dt += dv[i];
-      y[i] = Dd * duv[i];
-      duv[i] *= dv[i];
+    for (int k = 0; k < kFwdStage; ++k) {
+      const int e = tid + k * kFwdRows, n = e / kFwdSteps, t = tile + e % kFwdSteps;
+      const bool ok = n < N && t < t_end;
+      const int pt = kReverse ? L - 1 - t : t;
+      vb[k] = (b_grouped && ok) ? Bg.row0[n * Bg.stride + pt] : 0.f;
+      vc[k] = (!kSummary && c_grouped && ok) ? Cg.row0[n * Cg.stride + pt] : 0.f;
     }
-    sum_delta += lane_dt;
-    BCView Bn = Bv, Cn = Cv;  // walk the states from n = 0
-    for (int n = 0; n < N; ++n) {
-      const float a2 = p.A[d * N + n] * kLog2e;
-      float bv[kScanItems], dA[kScanItems], dBu[kScanItems];
-      Bn.next(io, bv);
-      float la = exp2f(lane_dt * a2), lb = 0.f;  // the lane's map h -> la * h + lb
+  };
+  auto put = [&](int buf, const float (&vb)[kFwdStage], const float (&vc)[kFwdStage]) {
 #pragma unroll
-      for (int i = 0; i < kScanItems; ++i) {
-        dA[i] = exp2f(dv[i] * a2);
-        dBu[i] = duv[i] * bv[i];
-        lb = fmaf(dA[i], lb, dBu[i]);
+    for (int k = 0; k < kFwdStage; ++k) {
+      const int e = tid + k * kFwdRows, n = e / kFwdSteps, i = e % kFwdSteps;
+      if (n < n_pad) {
+        smem.bc[buf][0][i][n] = vb[k];
+        smem.bc[buf][1][i][n] = vc[k];
       }
-      warp_scan_affine_up(la, lb, lane);
-      const float h_in = carry[n];
-      if (!kSummary) {
-        float cv[kScanItems];
-        Cn.next(io, cv);
-        float ea = __shfl_up_sync(kFullMask, la, 1), eb = __shfl_up_sync(kFullMask, lb, 1);
-        if (lane == 0) ea = 1.f, eb = 0.f;
-        float h = fmaf(ea, h_in, eb);
+    }
+  };
+
+  // The thread's state group g: decays (A log2 e) and, for constant B/C, the values.
+  const int n_groups = n_pad / kFwdStateGroup;
+  const bool spill = n_groups > 1;
+  float h[kFwdStateGroup], a2[kFwdStateGroup], b_const[kFwdStateGroup], c_const[kFwdStateGroup];
+  auto load_group = [&](int g) {
 #pragma unroll
-        for (int i = 0; i < kScanItems; ++i) {
-          h = fmaf(dA[i], h, dBu[i]);
-          y[i] = fmaf(h, cv[i], y[i]);
+    for (int k = 0; k < kFwdStateGroup; ++k) {
+      const int n = g * kFwdStateGroup + k;
+      a2[k] = n < N ? p.A[d * N + n] * kLog2e : 0.f;
+      b_const[k] = (!b_grouped && n < N) ? p.B[d * N + n] : 0.f;
+      c_const[k] = (!c_grouped && n < N) ? p.C[d * N + n] : 0.f;
+    }
+  };
+  auto entry_state = [&](int n) -> float {
+    if (kSummary || n >= N) return 0.f;
+    if (p.n_chunks > 1) return p.chunk_h[(row * p.n_chunks + c) * N + n];
+    return p.initial_state ? p.initial_state[row * N + n] : 0.f;
+  };
+  if (spill) {
+    for (int n = 0; n < n_pad; ++n) h_spill[n * kFwdRows + tid] = entry_state(n);
+  } else {
+    load_group(0);
+#pragma unroll
+    for (int k = 0; k < kFwdStateGroup; ++k) h[k] = entry_state(k);
+  }
+
+  const T* u = static_cast<const T*>(p.u) + row_index(p, b, d0) * L;
+  const T* delta = static_cast<const T*>(p.delta) + row_index(p, b, d0) * L;
+  const T* z = p.z ? static_cast<const T*>(p.z) + b * p.z_batch_stride + static_cast<long long>(d0) * L
+                   : nullptr;
+  const float Dd = p.D ? p.D[d] : 0.f;
+  const float bias = p.delta_bias ? p.delta_bias[d] : 0.f;
+
+  float* s_du = smem.rows[warp][0];  // the warp's rows' steps: delta * u, delta, y
+  float* s_dt = smem.rows[warp][1];
+  float* s_y = smem.rows[warp][2];
+  float vb[kFwdStage], vc[kFwdStage];
+  fetch(t_begin, vb, vc);
+  float sum_delta = 0.f;
+  int buf = 0;
+  for (int tile = t_begin; tile < t_end; tile += kFwdSteps, buf ^= 1) {
+    put(buf, vb, vc);
+    if (tile + kFwdSteps < t_end) fetch(tile + kFwdSteps, vb, vc);  // in flight during this block
+    const RowSteps<kReverse> io{tile, t_end, L, lane, warp_rows};
+    io.load(u, L, s_du);
+    io.load(delta, L, s_dt);
+    {  // per lane, its own slots: delta after bias/softplus, delta * u, y from the skip term D * u
+      float uv[kFwdSteps], dv[kFwdSteps];
+#pragma unroll
+      for (int i = 0; i < kFwdSteps; ++i) uv[i] = s_du[io.slot(i)], dv[i] = s_dt[io.slot(i)];
+      prepare_delta(dv, tile, t_end, bias, p.delta_softplus);  // padded steps: zero, an identity
+#pragma unroll
+      for (int i = 0; i < kFwdSteps; ++i) {
+        sum_delta += dv[i];
+        s_y[io.slot(i)] = Dd * uv[i];
+        s_du[io.slot(i)] = dv[i] * uv[i];
+        s_dt[io.slot(i)] = dv[i];
+      }
+    }
+    __syncthreads();  // this block's B/C are staged (and the buffer staged next was read by all)
+    for (int g = 0; g < n_groups; ++g) {
+      if (spill) {
+        load_group(g);
+#pragma unroll
+        for (int k = 0; k < kFwdStateGroup; ++k) h[k] = h_spill[(g * kFwdStateGroup + k) * kFwdRows + tid];
+      }
+      // Steps in order, states unrolled: the kFwdStateGroup state chains are independent. The step
+      // loop stays rolled (an unrolled one hoists every step's exp2 and runs out of registers).
+#pragma unroll 1
+      for (int i = 0; i < kFwdSteps; ++i) {
+        const float dt = s_dt[io.slot(i)], du = s_du[io.slot(i)];
+        const float* Bs = &smem.bc[buf][0][i][g * kFwdStateGroup];
+        const float* Cs = &smem.bc[buf][1][i][g * kFwdStateGroup];
+        float yi = 0.f;
+#pragma unroll
+        for (int q = 0; q < kFwdStateGroup / 4; ++q) {
+          const float4 bq = b_grouped ? reinterpret_cast<const float4*>(Bs)[q]
+                                      : make_float4(b_const[4 * q], b_const[4 * q + 1], b_const[4 * q + 2],
+                                                    b_const[4 * q + 3]);
+          const float bs[4] = {bq.x, bq.y, bq.z, bq.w};
+          float cs[4] = {0.f, 0.f, 0.f, 0.f};
+          if (!kSummary) {
+            const float4 cq = c_grouped ? reinterpret_cast<const float4*>(Cs)[q]
+                                        : make_float4(c_const[4 * q], c_const[4 * q + 1], c_const[4 * q + 2],
+                                                      c_const[4 * q + 3]);
+            cs[0] = cq.x, cs[1] = cq.y, cs[2] = cq.z, cs[3] = cq.w;
+          }
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int k = 4 * q + j;
+            h[k] = fmaf(exp2f(dt * a2[k]), h[k], du * bs[j]);
+            if (!kSummary) yi = fmaf(h[k], cs[j], yi);
+          }
+        }
+        if (!kSummary) s_y[io.slot(i)] += yi;
+      }
+      if (spill) {
+#pragma unroll
+        for (int k = 0; k < kFwdStateGroup; ++k) h_spill[(g * kFwdStateGroup + k) * kFwdRows + tid] = h[k];
+      }
+    }
+    if (!kSummary) {
+      float y[kFwdSteps];
+#pragma unroll
+      for (int i = 0; i < kFwdSteps; ++i) y[i] = s_y[io.slot(i)];
+      if (z) {
+        io.load(z, L, s_du);
+#pragma unroll
+        for (int i = 0; i < kFwdSteps; ++i) {
+          const float zv = s_du[io.slot(i)];
+          y[i] *= zv * sigmoidf(zv);
         }
       }
-      const float h_out = __shfl_sync(kFullMask, fmaf(la, h_in, lb), 31);
-      __syncwarp();
-      if (lane == 0) carry[n] = h_out;
-      __syncwarp();
-    }
-    if (!kSummary) {
-      float zv[kScanItems];
-      if (z) io.load(z, zv);
-#pragma unroll
-      for (int i = 0; i < kScanItems; ++i) {
-        float o = y[i];
-        if (z) o *= zv[i] * sigmoidf(zv[i]);
-        y[i] = o;
-      }
-      io.store(static_cast<T*>(p.out) + row * L, y);
+      io.store(static_cast<T*>(p.out) + row_index(p, b, d0) * L, L, y, s_dt);
     }
   }
 
+  if (!active) return;
+  float* out_state = nullptr;  // the chunk's local end state, or the row's last state
   if (kSummary) {
-    for (int n = lane; n < N; n += 32) p.chunk_h[(row * p.n_chunks + c) * N + n] = carry[n];
-    sum_delta = warp_sum(sum_delta);
-    if (lane == 0) p.chunk_sum_delta[row * p.n_chunks + c] = sum_delta;
+    out_state = p.chunk_h + (row * p.n_chunks + c) * N;
+    p.chunk_sum_delta[row * p.n_chunks + c] = sum_delta;
   } else if (c == p.n_chunks - 1) {
-    for (int n = lane; n < N; n += 32) p.last_state[row * N + n] = carry[n];
+    out_state = p.last_state + row * N;
+  }
+  if (out_state == nullptr) return;
+  if (spill) {
+    for (int n = 0; n < N; ++n) out_state[n] = h_spill[n * kFwdRows + tid];
+  } else {
+#pragma unroll
+    for (int k = 0; k < kFwdStateGroup; ++k) {  // constant indices: h stays in registers
+      if (k < N) out_state[k] = h[k];
+    }
   }
 }
 
-template <typename T, bool kSummary>
-__global__ __launch_bounds__(kScanWarps * 32, 4) void scan_fwd_kernel(ScanParams p) {
+// Constant B/C hold kFwdStateGroup values each in registers: that variant gets more registers.
+constexpr int fwd_min_blocks(bool bc_grouped) { return bc_grouped ? 4 : 3; }
+
+template <typename T, bool kSummary, bool kBCGrouped>
+__global__ __launch_bounds__(kFwdRows, fwd_min_blocks(kBCGrouped)) void scan_fwd_kernel(ScanParams p) {
   if (p.reverse) {
-    scan_fwd_block<T, kSummary, true>(p, blockIdx.z);
+    scan_fwd_rows<T, kSummary, true, kBCGrouped>(p, blockIdx.z);
   } else {
-    scan_fwd_block<T, kSummary, false>(p, blockIdx.z);
+    scan_fwd_rows<T, kSummary, false, kBCGrouped>(p, blockIdx.z);
   }
 }
 
 // Both directions: grid.z = 2 * n_chunks, direction-major; direction 1 is the reversed one.
-template <typename T, bool kSummary>
-__global__ __launch_bounds__(kScanWarps * 32, 4) void scan_fwd_bi_kernel(BiScanParams bp) {
+template <typename T, bool kSummary, bool kBCGrouped>
+__global__ __launch_bounds__(kFwdRows, fwd_min_blocks(kBCGrouped)) void scan_fwd_bi_kernel(BiScanParams bp) {
   const int n_chunks = bp.dir[0].n_chunks;
-  const int dir = blockIdx.z >= n_chunks;
   // Two call sites with constant indices: the body reads its parameters at fixed offsets
   // (a runtime index into the parameter struct costs registers).
-  if (dir == 0) {
-    scan_fwd_block<T, kSummary, false>(bp.dir[0], blockIdx.z);
+  if (blockIdx.z < n_chunks) {
+    scan_fwd_rows<T, kSummary, false, kBCGrouped>(bp.dir[0], blockIdx.z);
   } else {
-    scan_fwd_block<T, kSummary, true>(bp.dir[1], blockIdx.z - n_chunks);
+    scan_fwd_rows<T, kSummary, true, kBCGrouped>(bp.dir[1], blockIdx.z - n_chunks);
   }
+}
+
+// Channels per block segment: a run inside one group of every grouped B/C (the gcd of their
+// group sizes), so that a block's rows share B and C.
+inline int fwd_seg_channels(const ScanParams& p) {
+  int seg = 0;
+  for (int G : {p.b_groups, p.c_groups}) {
+    if (G > 0) seg = std::gcd(seg, p.dim / G);
+  }
+  return seg > 0 ? seg : p.dim;
+}
+
+inline dim3 fwd_grid(const ScanParams& p, int directions) {
+  const int seg = fwd_seg_channels(p);
+  return dim3(static_cast<unsigned>((p.dim / seg) * ceil_div(seg, kFwdRows)), p.batch, directions * p.n_chunks);
+}
+
+inline size_t fwd_smem(const ScanParams& p) {
+  return p.dstate > kFwdStateGroup ? sizeof(float) * kFwdRows * ceil_div(p.dstate, kFwdStateGroup) *
+                                         kFwdStateGroup
+                                   : 0;
 }
 
 }  // namespace
 
 template <typename T>
-cudaError_t selective_scan_bi_fwd_launch(const BiScanParams& bp, cudaStream_t stream) {
-  const ScanParams& p = bp.dir[0];
-  const dim3 grid(ceil_div(p.dim, kScanWarps), p.batch, 2 * p.n_chunks);
-  const dim3 block(kScanWarps * 32);
-  if (p.n_chunks > 1) {
-    cudaError_t err = launch_kernel(scan_fwd_bi_kernel<T, true>, grid, block, 0, stream, bp);
-    if (err != cudaSuccess) return err;
-    for (const ScanParams& q : bp.dir) {
-      if ((err = scan_combine(q, /*adjoint=*/false, stream)) != cudaSuccess) return err;
+cudaError_t selective_scan_bi_fwd_launch(const BiScanParams& bp_in, cudaStream_t stream) {
+  BiScanParams bp = bp_in;
+  for (ScanParams& q : bp.dir) q.seg_channels = fwd_seg_channels(q);
+  const ScanParams& p = bp.dir[0];  // both directions have the same sizes and B/C layout
+  const dim3 grid = fwd_grid(p, 2), block(kFwdRows);
+  const size_t smem = fwd_smem(p);
+  return with_bc_layout(p, [&](auto grouped) {
+    constexpr bool kG = decltype(grouped)::value;
+    cudaError_t err;
+    if ((err = allow_dynamic_smem(scan_fwd_bi_kernel<T, false, kG>, smem)) != cudaSuccess) return err;
+    if (p.n_chunks > 1) {
+      if ((err = allow_dynamic_smem(scan_fwd_bi_kernel<T, true, kG>, smem)) != cudaSuccess) return err;
+      err = launch_kernel(scan_fwd_bi_kernel<T, true, kG>, grid, block, smem, stream, bp);
+      if (err != cudaSuccess) return err;
+      for (const ScanParams& q : bp.dir) {
+        if ((err = scan_combine(q, /*adjoint=*/false, stream)) != cudaSuccess) return err;
+      }
     }
-  }
-  return launch_kernel(scan_fwd_bi_kernel<T, false>, grid, block, 0, stream, bp);
+    return launch_kernel(scan_fwd_bi_kernel<T, false, kG>, grid, block, smem, stream, bp);
+  });
 }
 
 template <typename T>
-cudaError_t selective_scan_fwd_launch(const ScanParams& p, cudaStream_t stream) {
-  const dim3 grid(ceil_div(p.dim, kScanWarps), p.batch, p.n_chunks);
-  const dim3 block(kScanWarps * 32);
-  if (p.n_chunks > 1) {
-    cudaError_t err = launch_kernel(scan_fwd_kernel<T, true>, grid, block, 0, stream, p);
-    if (err != cudaSuccess) return err;
-    err = scan_combine(p, /*adjoint=*/false, stream);
-    if (err != cudaSuccess) return err;
-  }
-  return launch_kernel(scan_fwd_kernel<T, false>, grid, block, 0, stream, p);
+cudaError_t selective_scan_fwd_launch(const ScanParams& p_in, cudaStream_t stream) {
+  ScanParams p = p_in;
+  p.seg_channels = fwd_seg_channels(p);
+  const dim3 grid = fwd_grid(p, 1), block(kFwdRows);
+  const size_t smem = fwd_smem(p);
+  return with_bc_layout(p, [&](auto grouped) {
+    constexpr bool kG = decltype(grouped)::value;
+    cudaError_t err;
+    if ((err = allow_dynamic_smem(scan_fwd_kernel<T, false, kG>, smem)) != cudaSuccess) return err;
+    if (p.n_chunks > 1) {
+      if ((err = allow_dynamic_smem(scan_fwd_kernel<T, true, kG>, smem)) != cudaSuccess) return err;
+      err = launch_kernel(scan_fwd_kernel<T, true, kG>, grid, block, smem, stream, p);
+      if (err != cudaSuccess) return err;
+      if ((err = scan_combine(p, /*adjoint=*/false, stream)) != cudaSuccess) return err;
+    }
+    return launch_kernel(scan_fwd_kernel<T, false, kG>, grid, block, smem, stream, p);
+  });
 }
 
 }  // namespace cuda

@@ -38,12 +38,12 @@ SCAN_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_stat
 # ----------------------------------------------------------------------------- host logic (CPU)
 
 def _fwd_time_estimate(batch, dim, L, sms, chunk):
-    """The planner's cost model, written out independently: waves x tiles per chunk (+ the
+    """The planner's cost model, written out independently: waves x step blocks per chunk (+ the
     summary pass and the combine when L is split)."""
-    tiles, n = math.ceil(L / scan_cuda.TILE), math.ceil(L / chunk)
-    blocks = batch * math.ceil(dim / scan_cuda.WARPS) * n
-    main = math.ceil(blocks / (sms * scan_cuda.FWD_BLOCKS_PER_SM)) * (chunk // scan_cuda.TILE)
-    return main if n == 1 else main * (1 + scan_cuda.SUMMARY_COST) + 0.02 * n
+    n = math.ceil(L / chunk)
+    blocks = batch * math.ceil(dim / scan_cuda.FWD_ROWS) * n
+    main = math.ceil(blocks / (sms * scan_cuda.FWD_BLOCKS_PER_SM)) * (chunk // scan_cuda.FWD_STEPS)
+    return main if n == 1 else main * (1 + scan_cuda.SUMMARY_COST) + scan_cuda.CHUNK_COST * n
 
 
 @pytest.mark.parametrize("batch,dim,L,sms", [(1, 120, 65536, 132), (128, 384, 197, 132),
@@ -51,22 +51,23 @@ def _fwd_time_estimate(batch, dim, L, sms, chunk):
                                              (1, 1, 1, 1), (1, 8, 10 ** 8, 132), (3, 50, 5000, 16)])
 def test_plan_chunk_len(batch, dim, L, sms):
     chunk = scan_cuda.plan_chunk_len(batch, dim, L, sms)
-    assert chunk % scan_cuda.TILE == 0 and chunk >= scan_cuda.TILE
+    assert chunk % scan_cuda.FWD_STEPS == 0 and chunk >= scan_cuda.FWD_STEPS
     n_chunks = math.ceil(L / chunk)
     assert n_chunks <= 65535
-    tiles = math.ceil(L / scan_cuda.TILE)
-    if batch * math.ceil(dim / scan_cuda.WARPS) >= sms * scan_cuda.FWD_BLOCKS_PER_SM:
+    blocks_per_step = math.ceil(L / scan_cuda.FWD_STEPS)
+    if batch * math.ceil(dim / scan_cuda.FWD_ROWS) >= sms * scan_cuda.FWD_BLOCKS_PER_SM:
         assert n_chunks == 1  # the rows fill the GPU: no second pass
-    if tiles <= 4096:  # no split is estimated faster (brute force over every chunk length)
-        best = min(_fwd_time_estimate(batch, dim, L, sms, ct * scan_cuda.TILE)
-                   for ct in range(1, tiles + 1))
+    if blocks_per_step <= 4096:  # no split is estimated faster (brute force over every chunk length)
+        best = min(_fwd_time_estimate(batch, dim, L, sms, k * scan_cuda.FWD_STEPS)
+                   for k in range(1, blocks_per_step + 1))
         assert _fwd_time_estimate(batch, dim, L, sms, chunk) <= best + 1e-9
 
 
 def test_plan_chunk_len_sr_shape_fills_gpu():
     chunk = scan_cuda.plan_chunk_len(1, 120, 65536, 132)
-    blocks = 30 * math.ceil(65536 / chunk)
-    assert blocks >= 132 * scan_cuda.FWD_BLOCKS_PER_SM  # at least one full wave of blocks
+    blocks = math.ceil(120 / scan_cuda.FWD_ROWS) * math.ceil(65536 / chunk)
+    # about one full wave of blocks (whole FWD_STEPS-step chunks: 512 of 128 steps for 528 slots)
+    assert blocks >= 0.9 * 132 * scan_cuda.FWD_BLOCKS_PER_SM
 
 
 @pytest.mark.parametrize("dim,bg,cg", [(384, 1, 1), (384, 0, 0), (48, 4, 1), (48, 4, 6), (120, 0, 4),
@@ -219,6 +220,34 @@ def test_emulated_scan_kernels_match_reference(emulated, case):
     _check_backend_scan(case, scan_cuda.forward, scan_cuda.backward)
 
 
+# The forward's layout (one thread per row, kFwdRows rows per block in one B/C group segment,
+# states in registers kFwdStateGroup at a time, B/C staged kFwdSteps steps at a time).
+EMU_FWD_CASES = [
+    ScanCase(1, 4, 30, 20, initial_state=True),                       # 2 state groups, the 2nd partly used
+    ScanCase(1, 4, 21, 40, "const", "g2", initial_state=True, reverse=True),  # 3 groups, constant B
+    ScanCase(2, 300, 19, 3, initial_state=True),                      # 3 blocks per row set, the last partial
+    ScanCase(1, 160, 13, 4, "g2", "g4", reverse=True),                # segments of 40 rows: partial warps
+    ScanCase(1, 200, 9, 17, "g4", "var", dtype=torch.bfloat16),       # 50-row segments, 2 state groups
+]
+
+
+@pytest.mark.parametrize("case", EMU_FWD_CASES, ids=str)
+def test_emulated_forward_layouts_match_reference(emulated, case):
+    _check_backend_scan(case, scan_cuda.forward, scan_cuda.backward)
+
+
+@pytest.mark.parametrize("chunk_len,N", [(8, 4), (200, 4), (24, 20)])
+def test_emulated_forward_chunks_of_any_step_multiple(emu, chunk_len, N):
+    """Chunks of a few step blocks (not multiples of the backward's tiles), with one and with two
+    state groups, against one chunk over the same inputs."""
+    x = scan_inputs(ScanCase(2, 6, 250, N, "g2", "var", initial_state=True, reverse=True))
+    args = [x[k] for k in SCAN_NAMES]
+    one = emu.selective_scan_fwd_cuda(*args, True, True, 256)
+    many = emu.selective_scan_fwd_cuda(*args, True, True, chunk_len)
+    assert_close(many[0], one[0], "scan", torch.float32, "out")
+    assert_close(many[1], one[1], "scan", torch.float32, "last_state")
+
+
 @pytest.mark.parametrize("slab", (8, 12))
 def test_emulated_backward_with_multi_slab_blocks(emulated, monkeypatch, slab):
     """Blocks that walk several groups of 4 channels (the dB/dC reduction buffers alternate
@@ -323,7 +352,7 @@ def test_emulated_bindings_reject_bad_launch_arguments(emu):
     """The binding layer's own checks (behind the Python ones): chunking, N, dtypes, slabs."""
     x = scan_inputs(ScanCase(1, 8, 20, 4, "g2", "var"))
     args = [x[k] for k in SCAN_NAMES]
-    with pytest.raises(RuntimeError, match="chunk_len must be a positive multiple of 256"):
+    with pytest.raises(RuntimeError, match="chunk_len must be a positive multiple of 8"):
         emu.selective_scan_fwd_cuda(*args, True, False, 100)
     bad = dict(x, B=x["B"].half())
     with pytest.raises(RuntimeError, match="B must be float32"):

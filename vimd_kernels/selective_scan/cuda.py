@@ -16,11 +16,16 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-TILE = 256          # time steps per warp tile (csrc/cuda/params.h: kScanTile)
-WARPS = 4           # warps per block (kScanWarps)
+TILE = 256          # backward: time steps per warp tile (csrc/cuda/params.h: kScanTile)
+WARPS = 4           # backward: warps per block (kScanWarps)
 MAX_STATE = 64      # kScanMaxState
-FWD_BLOCKS_PER_SM = 4  # forward main kernel: 120-128 registers x 128 threads (ptxas, sm_90) -> 4
-SUMMARY_COST = 0.6     # the forward's summary pass (no C, no outputs) relative to its main pass
+FWD_ROWS = 128      # forward: rows (one thread each) per block (kFwdRows)
+FWD_STEPS = 8       # forward: steps staged per iteration; chunks are multiples of it (kFwdSteps)
+FWD_BLOCKS_PER_SM = 4  # forward main kernel: 122-128 registers x 128 threads (ptxas, sm_90) -> 4
+SUMMARY_COST = 0.9     # the forward's summary pass (no C, no outputs; the same exp2 count) vs its main pass
+# Per chunk, in units of one FWD_STEPS-step block of a full wave (~2 us: 128 exp2 per row at 16
+# per clock per SM): the carries' combine walks the chunks in order, a load latency per 8 chunks.
+CHUNK_COST = 0.05
 BLOCKS_PER_SM = 8   # backward blocks per multiprocessor to keep before merging channel slabs
 MAIN_BLOCKS_PER_SM = 3   # backward main kernel: ~168 registers x 128 threads (ptxas, sm_90) -> 3
 ROW_WALK_MAX_TILES = 32  # a row walk sweeps its tiles in sequence: keep that serial part short
@@ -51,16 +56,17 @@ def groups_of(X: Tensor) -> int:
 
 
 def plan_chunk_len(batch: int, dim: int, L: int, sm_count: int) -> int:
-    """Forward chunk length (a multiple of TILE).
+    """Forward chunk length (a multiple of FWD_STEPS).
 
     One chunk per row when the rows alone fill the GPU (ViM: batch x d_inner rows). Otherwise L
-    is split into chunks, and the split is the one with the least estimated time: a block walks
-    its chunk's tiles in sequence, blocks run in waves of sm_count * FWD_BLOCKS_PER_SM, and more
-    than one chunk adds the summary pass and the carries' combine.
+    is split into chunks, and the split is the one with the least estimated time: a block (FWD_ROWS
+    rows) walks its chunk's steps in sequence, blocks run in waves of sm_count * FWD_BLOCKS_PER_SM,
+    and more than one chunk adds the summary pass and the carries' combine.
     """
     if min(batch, dim, L, sm_count) < 1:
         raise ValueError("batch, dim, L and sm_count must be >= 1")
-    return _plan_chunk_tiles(batch * math.ceil(dim / WARPS), math.ceil(L / TILE), sm_count) * TILE
+    steps = _plan_chunk_tiles(batch * math.ceil(dim / FWD_ROWS), math.ceil(L / FWD_STEPS), sm_count)
+    return steps * FWD_STEPS
 
 
 @functools.lru_cache(maxsize=256)
@@ -73,7 +79,7 @@ def _plan_chunk_tiles(col_blocks: int, tiles: int, sm_count: int) -> int:
     def cost(chunk_tiles: int) -> float:
         n = math.ceil(tiles / chunk_tiles)
         main = math.ceil(col_blocks * n / slots) * chunk_tiles
-        return main if n == 1 else main * (1 + SUMMARY_COST) + 0.02 * n
+        return main if n == 1 else main * (1 + SUMMARY_COST) + CHUNK_COST * n
 
     # Beyond a few waves more chunks only add overhead: try n_chunks up to 8 waves' worth.
     max_chunks = min(tiles, 8 * math.ceil(slots / col_blocks))
@@ -179,7 +185,8 @@ def forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delta_b
     _check_supported(u, A)
     batch, dim, L = u.shape
     chunk_len = plan_chunk_len(batch, dim, L, _device_sms(u))
-    out, last = _ext().selective_scan_fwd_cuda(u, delta, A, bc_rows(B, reverse), bc_rows(C, reverse), D, z,
+    # the forward stages B/C rows through shared memory with coalesced loads: no padding needed
+    out, last = _ext().selective_scan_fwd_cuda(u, delta, A, _f32(B), _f32(C), D, z,
                                                delta_bias,
                                                initial_state, bool(delta_softplus), bool(reverse),
                                                chunk_len)
@@ -210,7 +217,7 @@ def bi_forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delt
     _check_supported(u, A[0])
     _, batch, dim, L = u.shape
     chunk_len = plan_chunk_len(batch, 2 * dim, L, _device_sms(u))  # both directions fill the grid
-    return _ext().selective_scan_bi_fwd_cuda(u, delta, A, bc_rows_bi(B), bc_rows_bi(C), D, z, delta_bias,
+    return _ext().selective_scan_bi_fwd_cuda(u, delta, A, _f32(B), _f32(C), D, z, delta_bias,
                                              bool(delta_softplus), chunk_len)
 
 
