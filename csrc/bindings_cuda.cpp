@@ -253,8 +253,8 @@ void setup_scan_bwd(vc::ScanParams& p, ScanBwdOut& o, std::vector<Tensor>& work,
     TORCH_CHECK(G == 0 || (p.dim / G) % seg_channels == 0,
                 "seg_channels must divide the channels of every B/C group");
   }
-  TORCH_CHECK(slab_channels >= 1 && slab_channels % vc::kScanWarps == 0,
-              "slab_channels must be a positive multiple of ", vc::kScanWarps);
+  TORCH_CHECK(slab_channels >= 1 && slab_channels % vc::kScanRows == 0,
+              "slab_channels must be a positive multiple of ", vc::kScanRows);
   p.seg_channels = static_cast<int>(seg_channels);
   p.slab_channels = static_cast<int>(slab_channels);
   p.slabs_per_seg = static_cast<int>((seg_channels + slab_channels - 1) / slab_channels);
@@ -591,6 +591,6 @@ void register_cuda_ops(pybind11::module_& m) {
         py::arg("bias"), py::arg("dout_f"), py::arg("dout_b"), py::arg("silu"));
   m.def("cuda_sm_count", &sm_count, "number of multiprocessors of a CUDA device", py::arg("device"));
   m.attr("cuda_scan_tile") = vc::kScanTile;
-  m.attr("cuda_scan_warps") = vc::kScanWarps;
+  m.attr("cuda_scan_rows") = vc::kScanRows;
   m.attr("cuda_scan_max_state") = vc::kScanMaxState;
 }

@@ -32,21 +32,25 @@ __device__ __forceinline__ float softplusf(float x) { return x > 20.f ? x : log1
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
+// Sum over each kWidth-lane segment of the warp (every lane gets its segment's sum).
+template <int kWidth = 32>
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+  for (int off = kWidth / 2; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off, kWidth);
   return v;
 }
 
-// Inclusive scan of affine maps h -> a * h + b over the lanes of a warp, lane 0 first
-// (composition: earlier map applied first). Lanes with no partner at a level combine with the
-// identity map (1, 0): selects instead of a branch, so each level is 2 shuffles, 2 selects and
-// 2 math instructions, with no predicated register copies.
+// Inclusive scan of affine maps h -> a * h + b over each kWidth-lane segment of a warp (lane is
+// the lane within the segment), lane 0 first (composition: earlier map applied first). Lanes with
+// no partner at a level combine with the identity map (1, 0): selects instead of a branch, so each
+// level is 2 shuffles, 2 selects and 2 math instructions, with no predicated register copies.
+// Every lane of the warp must take part.
+template <int kWidth>
 __device__ __forceinline__ void warp_scan_affine_up(float& a, float& b, int lane) {
 #pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    float pa = __shfl_up_sync(kFullMask, a, off);
-    float pb = __shfl_up_sync(kFullMask, b, off);
+  for (int off = 1; off < kWidth; off <<= 1) {
+    float pa = __shfl_up_sync(kFullMask, a, off, kWidth);
+    float pb = __shfl_up_sync(kFullMask, b, off, kWidth);
     const bool has = lane >= off;
     pa = has ? pa : 1.f;
     pb = has ? pb : 0.f;
@@ -55,13 +59,14 @@ __device__ __forceinline__ void warp_scan_affine_up(float& a, float& b, int lane
   }
 }
 
-// Same, lane 31 first (for the adjoint recurrence that runs backwards in time).
+// Same, lane kWidth - 1 first (for the adjoint recurrence that runs backwards in time).
+template <int kWidth>
 __device__ __forceinline__ void warp_scan_affine_down(float& a, float& b, int lane) {
 #pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    float pa = __shfl_down_sync(kFullMask, a, off);
-    float pb = __shfl_down_sync(kFullMask, b, off);
-    const bool has = lane + off < 32;
+  for (int off = 1; off < kWidth; off <<= 1) {
+    float pa = __shfl_down_sync(kFullMask, a, off, kWidth);
+    float pb = __shfl_down_sync(kFullMask, b, off, kWidth);
+    const bool has = lane + off < kWidth;
     pa = has ? pa : 1.f;
     pb = has ? pb : 0.f;
     b = fmaf(a, pb, b);

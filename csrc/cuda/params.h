@@ -8,11 +8,14 @@
 namespace vimd {
 namespace cuda {
 
-// Selective scan backward layout: one warp walks one (batch, channel) row; each lane owns
-// kScanItems consecutive time steps, so a warp covers one tile of kScanTile steps per iteration.
+// Selective scan backward layout: kScanLanes lanes (half a warp) walk one (batch, channel) row;
+// each lane owns kScanItems consecutive time steps, so a row covers one tile of kScanTile steps
+// per iteration, and a block of kScanWarps warps holds kScanRows rows.
 constexpr int kScanWarps = 4;
-constexpr int kScanItems = 8;
-constexpr int kScanTile = 32 * kScanItems;
+constexpr int kScanLanes = 16;
+constexpr int kScanItems = 16;
+constexpr int kScanTile = kScanLanes * kScanItems;
+constexpr int kScanRows = kScanWarps * (32 / kScanLanes);
 constexpr int kScanMaxState = 64;  // the backward keeps (2, N, kScanTile) floats in shared memory
 
 // Selective scan forward layout: one thread walks one (batch, channel) row with its states in

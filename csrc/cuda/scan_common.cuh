@@ -15,7 +15,7 @@ namespace vimd {
 namespace cuda {
 namespace {
 
-// A lane's kScanItems elements as whole 16-byte words (32 bytes of float, 16 of half/bfloat16).
+// A lane's kScanItems elements as whole 16-byte words (64 bytes of float, 32 of half/bfloat16).
 template <typename T>
 union ItemWords {
   static constexpr int kWords = sizeof(T) * kScanItems / 16;
@@ -23,24 +23,36 @@ union ItemWords {
   T items[kScanItems];
 };
 
-// Shared-memory layout of one tile's per-step values: step lane * kScanItems + i is stored at
-// lane * kPadItems + i. A warp storing or loading its item i (fixed i, 32 lanes) then hits 32
-// distinct banks (kPadItems is odd), and consecutive steps are almost conflict-free.
+// Shared-memory layout of one row's tile of per-step values: step lane * kScanItems + i is stored
+// at lane * kPadItems + i. A row storing or loading its item i (fixed i, kScanLanes lanes) then
+// hits distinct banks (kPadItems is odd), and so do the two rows of a warp (their buffers are
+// kPadTile = 16 banks apart); consecutive steps likewise.
 constexpr int kPadItems = kScanItems + 1;
-constexpr int kPadTile = 32 * kPadItems;
+constexpr int kPadTile = kScanLanes * kPadItems;
 __device__ __forceinline__ int padded(int pos) { return pos + pos / kScanItems; }
 
 // Static shared memory of the scan kernels. The block functions are instantiated once per
 // direction, and a __shared__ array declared in a function template is allocated once per
 // instantiation; declared here instead, each buffer is allocated once per kernel.
-struct ScanStageSmem {  // each warp's row staging (TileIO)
-  float warp[kScanWarps][kPadTile];
+struct ScanStageSmem {  // each row's staging (TileIO)
+  float row[kScanRows][kPadTile];
 };
 template <typename Buffer>
 __device__ __forceinline__ Buffer& shared_buffer() {
   __shared__ __align__(16) Buffer buffer;
   return buffer;
 }
+
+// The backward's row layout within a block: row slot (0 .. kScanRows - 1), lane within the row,
+// and the row's lanes as a warp mask (for __syncwarp over one row).
+struct RowLane {
+  int slot, lane;
+  unsigned mask;
+  __device__ __forceinline__ RowLane()
+      : slot(threadIdx.x / kScanLanes),
+        lane(threadIdx.x % kScanLanes),
+        mask((kScanLanes == 32 ? kFullMask : (1u << kScanLanes) - 1u) << (threadIdx.x % 32 / kScanLanes * kScanLanes)) {}
+};
 
 // Raises the kernel's dynamic shared-memory limit to `smem` (the default is 48 KB minus the
 // kernel's static shared memory).
@@ -59,19 +71,21 @@ __device__ __forceinline__ bool block_aligned(const T* row, int L, bool reverse)
   return ((reinterpret_cast<uintptr_t>(row) + first * static_cast<long long>(sizeof(T))) & 15) == 0;
 }
 
-// One warp's tile of logical steps [tile, tile + kScanTile), clipped to t_end: lane owns steps
-// tile + lane * kScanItems + i. The direction is a compile-time parameter, so reversed rows cost
-// no per-element selects. Rows are read and written in one of two ways, chosen per row
-// (warp-uniform):
-//  - the physical start of the lanes' blocks is 16-byte aligned (the blocks are 16- or 32-byte
+// One row's tile of logical steps [tile, tile + kScanTile), clipped to t_end: lane (of the row's
+// kScanLanes) owns steps tile + lane * kScanItems + i. The direction is a compile-time parameter,
+// so reversed rows cost no per-element selects. Rows are read and written in one of two ways,
+// chosen per row (uniform over its lanes; the two rows of a warp may differ):
+//  - the physical start of the lanes' blocks is 16-byte aligned (the blocks are 32- or 64-byte
 //    multiples apart, so all lanes agree): whole-word vector accesses per lane;
 //  - otherwise (e.g. fp32 rows of odd L): coalesced accesses, one step per lane per round,
-//    transposed through the warp's staging buffer in shared memory.
+//    transposed through the row's staging buffer in shared memory (synchronised over the row's
+//    half of the warp only).
 template <bool kReverse>
 struct TileIO {
   static constexpr bool reverse = kReverse;
-  float* stage;  // this warp's kPadTile floats of shared memory
+  float* stage;  // this row's kPadTile floats of shared memory
   int tile, t_end, L, lane;
+  unsigned mask;  // the row's lanes in the warp (row_lane_mask)
 
   __device__ __forceinline__ int t() const { return tile + lane * kScanItems; }
   __device__ __forceinline__ int phys(int ti) const { return reverse ? L - 1 - ti : ti; }
@@ -108,19 +122,18 @@ struct TileIO {
       }
       return;
     }
-    // round j: the lane's step is tile + 32 j + lane, at padded slot 36 j + padded(lane)
+    // round j: the lane's step is tile + kScanLanes j + lane, at padded(kScanLanes j + lane)
     const int rem = t_end - tile;
     const T* src = row + (reverse ? L - 1 - tile - lane : tile + lane);
-    const int stride = reverse ? -32 : 32;
-    float* slot = stage + padded(lane);
+    const int stride = reverse ? -kScanLanes : kScanLanes;
 #pragma unroll
     for (int j = 0; j < kScanItems; ++j) {
-      slot[j * (32 + 32 / kScanItems)] = j * 32 + lane < rem ? to_float(src[j * stride]) : 0.f;
+      stage[padded(j * kScanLanes + lane)] = j * kScanLanes + lane < rem ? to_float(src[j * stride]) : 0.f;
     }
-    __syncwarp();
+    __syncwarp(mask);
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) v[i] = stage[lane * kPadItems + i];
-    __syncwarp();
+    __syncwarp(mask);
   }
 
   // Writes the lane's steps below t_end.
@@ -147,16 +160,15 @@ struct TileIO {
     }
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) stage[lane * kPadItems + i] = v[i];
-    __syncwarp();
+    __syncwarp(mask);
     const int rem = t_end - tile;
     T* dst = row + (reverse ? L - 1 - tile - lane : tile + lane);
-    const int stride = reverse ? -32 : 32;
-    const float* slot = stage + padded(lane);
+    const int stride = reverse ? -kScanLanes : kScanLanes;
 #pragma unroll
     for (int j = 0; j < kScanItems; ++j) {
-      if (j * 32 + lane < rem) dst[j * stride] = from_float<T>(slot[j * (32 + 32 / kScanItems)]);
+      if (j * kScanLanes + lane < rem) dst[j * stride] = from_float<T>(stage[padded(j * kScanLanes + lane)]);
     }
-    __syncwarp();
+    __syncwarp(mask);
   }
 };
 

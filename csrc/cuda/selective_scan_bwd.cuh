@@ -1,9 +1,12 @@
 // Selective scan backward: recompute, never store (batch, dim, L, N).
 //
 // With g_t = dL/dh_t, the adjoint runs backwards in time: g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1},
-// starting from dlast_state. Per 256-step tile and state n a warp recomputes h (forward warp scan,
-// from the state entering the tile) and g (backward warp scan, from the adjoint entering at the
-// tile's end), keeping h_{t-1} of its own steps in registers, and accumulates every gradient.
+// starting from dlast_state. Per 256-step tile and state n the kScanLanes lanes of a row (half a
+// warp: each lane owns kScanItems = 16 steps, so the lane scans have 4 levels for 16 steps)
+// recompute h (forward lane scan, from the state entering the tile) and g (backward lane scan,
+// from the adjoint entering at the tile's end), keeping h_{t-1} of their steps in registers, and
+// accumulate every gradient. Both rows of a warp always run the same instructions (a row past the
+// block's channels recomputes the block's first row and writes nothing), as the shuffles need.
 //
 // The backward chunk is one tile. With several tiles, either (few rows, long L) a summary pass
 // computes each tile's local end state and local adjoint, a sequential combine turns them into
@@ -31,8 +34,8 @@ struct RowInputs {
   float dt_sum;  // sum of the lane's steps' delta (after bias and softplus)
 
   // zgrad (optional): dout * silu'(z), so that dz = zgrad * y once y is known; stored item-major
-  // (step lane * kScanItems + i at i * 32 + lane) in the warp's shared-memory slots, so it holds
-  // no registers through the state loop.
+  // (step lane * kScanItems + i at i * kScanLanes + lane) in the row's shared-memory slots, so it
+  // holds no registers through the state loop.
   template <typename IO>
   __device__ __forceinline__ void load(const ScanParams& p, const IO& io, int b, long long row, int d,
                                        float* zgrad) {
@@ -51,12 +54,12 @@ struct RowInputs {
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
         const float s = sigmoidf(zv[i]);
-        if (zgrad) zgrad[i * 32 + io.lane] = dy[i] * s * (1.f + zv[i] * (1.f - s));
+        if (zgrad) zgrad[i * kScanLanes + io.lane] = dy[i] * s * (1.f + zv[i] * (1.f - s));
         dy[i] *= zv[i] * s;
       }
     } else if (zgrad) {
 #pragma unroll
-      for (int i = 0; i < kScanItems; ++i) zgrad[i * 32 + io.lane] = 0.f;
+      for (int i = 0; i < kScanItems; ++i) zgrad[i * kScanLanes + io.lane] = 0.f;
     }
   }
 };
@@ -65,15 +68,17 @@ struct RowInputs {
 // the tile's start (from g = 0 at its end), and sum of delta, per (batch, channel, tile, state).
 template <typename T, bool kReverse, bool kBCGrouped>
 __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int c) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int d = blockIdx.x * kScanWarps + warp;
-  if (d >= p.dim) return;
+  const RowLane rl;
+  const int lane = rl.lane;
+  const int d_first = blockIdx.x * kScanRows;
+  const bool active = d_first + rl.slot < p.dim;  // an idle row recomputes row d_first, writes nothing
+  const int d = active ? d_first + rl.slot : d_first;
   const int b = blockIdx.y;
   const int N = p.dstate;
   const long long row = row_index(p, b, d);
-  float(&stage_smem)[kScanWarps][kPadTile] = shared_buffer<ScanStageSmem>().warp;
-  const TileIO<kReverse> io{stage_smem[warp], c * kScanTile, min(p.seqlen, (c + 1) * kScanTile), p.seqlen,
-                            lane};
+  float(&stage_smem)[kScanRows][kPadTile] = shared_buffer<ScanStageSmem>().row;
+  const TileIO<kReverse> io{stage_smem[rl.slot], c * kScanTile, min(p.seqlen, (c + 1) * kScanTile), p.seqlen,
+                            lane, rl.mask};
   RowInputs<T> in;
   in.load(p, io, b, row, d, nullptr);
   BCView Bv = b_view<kBCGrouped>(p, b, d), Cv = c_view<kBCGrouped>(p, b, d);
@@ -91,39 +96,42 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
     float qa = ha, qb = 0.f;
 #pragma unroll
     for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
-    warp_scan_affine_up(ha, hb, lane);
-    warp_scan_affine_down(qa, qb, lane);
+    warp_scan_affine_up<kScanLanes>(ha, hb, lane);
+    warp_scan_affine_down<kScanLanes>(qa, qb, lane);
     const long long idx = (row * p.n_chunks + c) * N + n;
-    if (lane == 31) p.chunk_h[idx] = hb;
-    if (lane == 0) p.chunk_q[idx] = qb;
+    if (active && lane == kScanLanes - 1) p.chunk_h[idx] = hb;
+    if (active && lane == 0) p.chunk_q[idx] = qb;
   }
-  float s = 0.f;
-#pragma unroll
-  for (int i = 0; i < kScanItems; ++i) s += in.delta[i];
-  s = warp_sum(s);
-  if (lane == 0) p.chunk_sum_delta[row * p.n_chunks + c] = s;
+  const float s = warp_sum<kScanLanes>(in.dt_sum);
+  if (active && lane == 0) p.chunk_sum_delta[row * p.n_chunks + c] = s;
 }
 
 struct ScanBwdSmem {
-  // One state's dB/dC per warp, to be summed over the warps; double-buffered over the states so
-  // that one barrier per state suffices.
-  float red[2][kScanWarps][2][kScanTile];
-  float zgrad[kScanWarps][kScanTile];  // each warp's dout * silu'(z), item-major
+  float zgrad[kScanRows][kScanTile];  // each row's dout * silu'(z), item-major
 };
+
+// The per-state dB/dC of every row, summed over the rows after each state, are double-buffered
+// over the states (one barrier per state) when the dynamic shared memory leaves room for it on
+// every target (sm_80 takes 163 KB per block): N <= 32.
+__host__ __device__ inline int bwd_red_buffers(int N) { return N <= 32 ? 2 : 1; }
 
 // Phase 3: all gradients. Block = (channel slab inside one B/C group segment, batch, tile).
 template <typename T, bool kReverse, bool kBCGrouped>
 __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
-  // Per-step dB/dC sums of the tile, item-major: step lane * kScanItems + i at i * 32 + lane, so
-  // a warp storing its item i is conflict-free and the cross-warp sums read whole float4s.
-  VIMD_DYNAMIC_SMEM(float, acc);  // (2, N, kScanTile) when B or C is grouped
-  ScanBwdSmem& smem = shared_buffer<ScanBwdSmem>();
-  float(&red)[2][kScanWarps][2][kScanTile] = smem.red;
-  float(&zgrad_smem)[kScanWarps][kScanTile] = smem.zgrad;
-  float(&stage_smem)[kScanWarps][kPadTile] = shared_buffer<ScanStageSmem>().warp;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int b = blockIdx.y;
   const int L = p.seqlen, N = p.dstate;
+  // Dynamic shared memory when B or C is grouped: acc (2, N, kScanTile), the tile's per-step
+  // dB/dC sums over the block's rows; then red (buffers, kScanRows, 2, kScanTile), one state's
+  // per-row values. Both item-major (step lane * kScanItems + i at i * kScanLanes + lane), so a
+  // row storing its item i is conflict-free and the cross-row sums read whole float4s.
+  VIMD_DYNAMIC_SMEM(float, acc);
+  float* red = acc + 2 * N * kScanTile;
+  const int red_buffers = bwd_red_buffers(N);
+  auto red_slot = [&](int buf, int r, int which) { return red + ((buf * kScanRows + r) * 2 + which) * kScanTile; };
+  float(&zgrad_smem)[kScanRows][kScanTile] = shared_buffer<ScanBwdSmem>().zgrad;
+  float(&stage_smem)[kScanRows][kPadTile] = shared_buffer<ScanStageSmem>().row;
+  const RowLane rl;
+  const int lane = rl.lane;
+  const int b = blockIdx.y;
   const bool b_grouped = kBCGrouped || p.b_groups > 0, c_grouped = kBCGrouped || p.c_groups > 0;
   const bool grouped = b_grouped || c_grouped;
   const int seg = blockIdx.x / p.slabs_per_seg, slab = blockIdx.x % p.slabs_per_seg;
@@ -131,7 +139,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   const int d_end = min((seg + 1) * p.seg_channels, d_begin + p.slab_channels);
   const int tile = c * kScanTile;
   const int t_end = min(L, tile + kScanTile);
-  const TileIO<kReverse> io{stage_smem[warp], tile, t_end, L, lane};
+  const TileIO<kReverse> io{stage_smem[rl.slot], tile, t_end, L, lane, rl.mask};
   const int J = p.batch * p.n_chunks;
   const long long j = static_cast<long long>(b) * p.n_chunks + c;
 
@@ -142,129 +150,130 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
     __syncthreads();
   }
 
-  for (int d0 = d_begin; d0 < d_end; d0 += kScanWarps) {
-    const bool active = d0 + warp < d_end;
-    const int d = active ? d0 + warp : d_begin;  // inactive warps still take part in the barriers
+  for (int d0 = d_begin; d0 < d_end; d0 += kScanRows) {
+    // Both rows of a warp run every instruction below (the lane scans shuffle across the whole
+    // warp); a row past d_end recomputes row d_begin and its writes are skipped or zeroed.
+    const bool active = d0 + rl.slot < d_end;
+    const int d = active ? d0 + rl.slot : d_begin;
     const long long row = row_index(p, b, d);
     RowInputs<T> in;
     float y[kScanItems], du[kScanItems], ddelta[kScanItems];
-    float* zgrad = zgrad_smem[warp];
-    if (active) in.load(p, io, b, row, d, zgrad);
+    float* zgrad = zgrad_smem[rl.slot];
+    in.load(p, io, b, row, d, zgrad);
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) y[i] = du[i] = ddelta[i] = 0.f;
     BCView Bv = b_view<kBCGrouped>(p, b, d), Cv = c_view<kBCGrouped>(p, b, d);
 
     for (int n = 0; n < N; ++n) {
-      // This state's per-step dB / dC: grouped ones go straight to the warp's slots of red (no
+      // This state's per-step dB / dC: grouped ones go straight to the row's slots of red (no
       // registers held for them), constant ones are summed over the steps.
-      float* red_b = red[buf][warp][0];
-      float* red_c = red[buf][warp][1];
-      if (active) {
-        const float a = p.A[d * N + n], a2 = a * kLog2e;
-        const long long sidx = (row * p.n_chunks + c) * N + n;
-        float h_in = 0.f, q_in = 0.f;
-        if (p.n_chunks > 1) {
-          h_in = p.chunk_h[sidx];
-          q_in = p.chunk_q[sidx];
-        } else {
-          if (p.initial_state) h_in = p.initial_state[row * N + n];
-          if (p.dlast_state) q_in = p.dlast_state[row * N + n];
-        }
-        float bv[kScanItems], cv[kScanItems], dA[kScanItems], dBu[kScanItems], hp[kScanItems];
-        Bv.next(io, bv);
-        Cv.next(io, cv);
-        // Forward: h over the tile; hp[i] = h before step i.
-        float la = 1.f, lb = 0.f;
-#pragma unroll
-        for (int i = 0; i < kScanItems; ++i) {
-          dA[i] = exp2f(in.delta[i] * a2);
-          dBu[i] = in.delta[i] * in.u[i] * bv[i];
-          lb = fmaf(dA[i], lb, dBu[i]);
-          la *= dA[i];
-        }
-        const float lane_a = la;  // the lane's decay, for both sweeps
-        warp_scan_affine_up(la, lb, lane);
-        float ea = __shfl_up_sync(kFullMask, la, 1), eb = __shfl_up_sync(kFullMask, lb, 1);
-        if (lane == 0) ea = 1.f, eb = 0.f;
-        // (with kBCGrouped the constant-B/C branches below fold away)
-        float h = fmaf(ea, h_in, eb);
-        float dc_sum = 0.f;
-#pragma unroll
-        for (int i = 0; i < kScanItems; ++i) {
-          hp[i] = h;
-          h = fmaf(dA[i], h, dBu[i]);
-          y[i] = fmaf(h, cv[i], y[i]);
-          const float dc = in.dy[i] * h;
-          if (c_grouped) {
-            red_c[i * 32 + lane] = dc;
-          } else {
-            dc_sum += dc;
-          }
-        }
-        // Backward: the adjoint g over the tile, from the lane's incoming q.
-        float qa = lane_a, qb = 0.f;
-#pragma unroll
-        for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
-        warp_scan_affine_down(qa, qb, lane);
-        float fa = __shfl_down_sync(kFullMask, qa, 1), fb = __shfl_down_sync(kFullMask, qb, 1);
-        if (lane == 31) fa = 1.f, fb = 0.f;
-        float q = fmaf(fa, q_in, fb);
-        float dA_sum = 0.f, db_sum = 0.f;
-#pragma unroll
-        for (int i = kScanItems - 1; i >= 0; --i) {
-          const float g = fmaf(cv[i], in.dy[i], q);
-          const float gd = g * in.delta[i];
-          du[i] = fmaf(gd, bv[i], du[i]);
-          const float dA_h = dA[i] * hp[i];
-          ddelta[i] += g * fmaf(bv[i], in.u[i], a * dA_h);
-          dA_sum = fmaf(gd, dA_h, dA_sum);
-          const float db = gd * in.u[i];
-          if (b_grouped) {
-            red_b[i * 32 + lane] = db;
-          } else {
-            db_sum += db;
-          }
-          q = dA[i] * g;
-        }
-        if (c == 0 && lane == 0 && p.dinitial_state) p.dinitial_state[row * N + n] = q;
-        if (p.row_walk && c > 0 && lane == 0) p.chunk_q[(row * p.n_chunks + c - 1) * N + n] = q;
-        dA_sum = warp_sum(dA_sum);
-        if (lane == 0) p.part_A[(static_cast<long long>(d) * N + n) * J + j] = dA_sum;
-        if (!b_grouped) {
-          const float s = warp_sum(db_sum);
-          if (lane == 0) p.part_B[(static_cast<long long>(d) * N + n) * J + j] = s;
-        }
-        if (!c_grouped) {
-          const float s = warp_sum(dc_sum);
-          if (lane == 0) p.part_C[(static_cast<long long>(d) * N + n) * J + j] = s;
-        }
-      } else if (grouped) {  // an idle warp adds zeros
-#pragma unroll
-        for (int i = 0; i < kScanItems; ++i) red_b[i * 32 + lane] = red_c[i * 32 + lane] = 0.f;
+      float* red_b = red_slot(buf, rl.slot, 0);
+      float* red_c = red_slot(buf, rl.slot, 1);
+      const float a = p.A[d * N + n], a2 = a * kLog2e;
+      const long long sidx = (row * p.n_chunks + c) * N + n;
+      float h_in = 0.f, q_in = 0.f;
+      if (p.n_chunks > 1) {
+        h_in = p.chunk_h[sidx];
+        q_in = p.chunk_q[sidx];
+      } else {
+        if (p.initial_state) h_in = p.initial_state[row * N + n];
+        if (p.dlast_state) q_in = p.dlast_state[row * N + n];
       }
-      if (grouped) {  // sum the warps' contributions to this state, in warp order
+      float bv[kScanItems], cv[kScanItems], dA[kScanItems], dBu[kScanItems], hp[kScanItems];
+      Bv.next(io, bv);
+      Cv.next(io, cv);
+      // Forward: h over the tile; hp[i] = h before step i. The lane's decay over its steps is one
+      // exp2 of their summed delta (for both sweeps).
+      const float lane_a = exp2f(in.dt_sum * a2);
+      float la = lane_a, lb = 0.f;
+#pragma unroll
+      for (int i = 0; i < kScanItems; ++i) {
+        dA[i] = exp2f(in.delta[i] * a2);
+        dBu[i] = in.delta[i] * in.u[i] * bv[i];
+        lb = fmaf(dA[i], lb, dBu[i]);
+      }
+      warp_scan_affine_up<kScanLanes>(la, lb, lane);
+      float ea = __shfl_up_sync(kFullMask, la, 1, kScanLanes), eb = __shfl_up_sync(kFullMask, lb, 1, kScanLanes);
+      if (lane == 0) ea = 1.f, eb = 0.f;
+      // (with kBCGrouped the constant-B/C branches below fold away)
+      float h = fmaf(ea, h_in, eb);
+      float dc_sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < kScanItems; ++i) {
+        hp[i] = h;
+        h = fmaf(dA[i], h, dBu[i]);
+        y[i] = fmaf(h, cv[i], y[i]);
+        const float dc = in.dy[i] * h;
+        if (c_grouped) {
+          red_c[i * kScanLanes + lane] = active ? dc : 0.f;
+        } else {
+          dc_sum += dc;
+        }
+      }
+      // Backward: the adjoint g over the tile, from the lane's incoming q.
+      float qa = lane_a, qb = 0.f;
+#pragma unroll
+      for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
+      warp_scan_affine_down<kScanLanes>(qa, qb, lane);
+      float fa = __shfl_down_sync(kFullMask, qa, 1, kScanLanes), fb = __shfl_down_sync(kFullMask, qb, 1, kScanLanes);
+      if (lane == kScanLanes - 1) fa = 1.f, fb = 0.f;
+      float q = fmaf(fa, q_in, fb);
+      float dA_sum = 0.f, db_sum = 0.f;
+#pragma unroll
+      for (int i = kScanItems - 1; i >= 0; --i) {
+        const float g = fmaf(cv[i], in.dy[i], q);
+        const float gd = g * in.delta[i];
+        du[i] = fmaf(gd, bv[i], du[i]);
+        const float dA_h = dA[i] * hp[i];
+        ddelta[i] += g * fmaf(bv[i], in.u[i], a * dA_h);
+        dA_sum = fmaf(gd, dA_h, dA_sum);
+        const float db = gd * in.u[i];
+        if (b_grouped) {
+          red_b[i * kScanLanes + lane] = active ? db : 0.f;
+        } else {
+          db_sum += db;
+        }
+        q = dA[i] * g;
+      }
+      const bool writer = active && lane == 0;
+      if (writer && c == 0 && p.dinitial_state) p.dinitial_state[row * N + n] = q;
+      if (writer && p.row_walk && c > 0) p.chunk_q[(row * p.n_chunks + c - 1) * N + n] = q;
+      dA_sum = warp_sum<kScanLanes>(dA_sum);
+      if (writer) p.part_A[(static_cast<long long>(d) * N + n) * J + j] = dA_sum;
+      if (!b_grouped) {
+        const float s = warp_sum<kScanLanes>(db_sum);
+        if (writer) p.part_B[(static_cast<long long>(d) * N + n) * J + j] = s;
+      }
+      if (!c_grouped) {
+        const float s = warp_sum<kScanLanes>(dc_sum);
+        if (writer) p.part_C[(static_cast<long long>(d) * N + n) * J + j] = s;
+      }
+      if (grouped) {  // sum the rows' contributions to this state, in row order
         __syncthreads();
         // One float4 of the 2 x kScanTile sums per thread (blockDim = 2 * kScanTile / 4), each
-        // owned by that thread across the states, so no barrier is needed after this; red[buf]
-        // is written again two states later, after the next state's barrier.
+        // owned by that thread across the states, so with two buffers no barrier is needed after
+        // this (red[buf] is written again two states later, after the next state's barrier).
         static_assert(kScanWarps * 32 * 4 == 2 * kScanTile, "one float4 of sums per thread");
         {
           const int which = threadIdx.x / (kScanTile / 4), q4 = threadIdx.x % (kScanTile / 4);
-          float4 sum = reinterpret_cast<const float4*>(red[buf][0][which])[q4];
+          float4 sum = reinterpret_cast<const float4*>(red_slot(buf, 0, which))[q4];
 #pragma unroll
-          for (int w = 1; w < kScanWarps; ++w) {
-            const float4 r = reinterpret_cast<const float4*>(red[buf][w][which])[q4];
-            sum.x += r.x, sum.y += r.y, sum.z += r.z, sum.w += r.w;
+          for (int r = 1; r < kScanRows; ++r) {
+            const float4 v = reinterpret_cast<const float4*>(red_slot(buf, r, which))[q4];
+            sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
           }
-          float4* a = reinterpret_cast<float4*>(acc + (which * N + n) * kScanTile) + q4;
-          float4 cur = *a;
+          float4* dst = reinterpret_cast<float4*>(acc + (which * N + n) * kScanTile) + q4;
+          float4 cur = *dst;
           cur.x += sum.x, cur.y += sum.y, cur.z += sum.z, cur.w += sum.w;
-          *a = cur;
+          *dst = cur;
         }
-        buf ^= 1;
+        if (red_buffers == 1) {
+          __syncthreads();  // one buffer: every thread has read it before the next state's writes
+        } else {
+          buf ^= 1;
+        }
       }
     }
-    if (!active) continue;
 
     float dD = 0.f, ddb = 0.f, zg[kScanItems];
     const float Dd = p.D ? p.D[d] : 0.f;
@@ -273,15 +282,16 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       dD = fmaf(in.dy[i], in.u[i], dD);
       du[i] = fmaf(Dd, in.dy[i], du[i]);
       y[i] = fmaf(Dd, in.u[i], y[i]);
-      zg[i] = zgrad[i * 32 + lane] * y[i];
+      zg[i] = zgrad[i * kScanLanes + lane] * y[i];
       // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x)); expm1f keeps it accurate when
       // softplus(x) is tiny (very negative x), where 1 - exp(.) would cancel.
       if (p.delta_softplus) ddelta[i] *= -expm1f(-in.delta[i]);
       if (io.t() + i >= t_end) ddelta[i] = 0.f;  // padded steps: keep them out of ddelta_bias
       ddb += ddelta[i];
     }
-    dD = warp_sum(dD);
-    ddb = warp_sum(ddb);
+    dD = warp_sum<kScanLanes>(dD);
+    ddb = warp_sum<kScanLanes>(ddb);
+    if (!active) continue;
     if (lane == 0) {
       if (p.part_D) p.part_D[static_cast<long long>(d) * J + j] = dD;
       if (p.part_delta_bias) p.part_delta_bias[static_cast<long long>(d) * J + j] = ddb;
@@ -300,7 +310,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       float* part = which == 0 ? (b_grouped ? p.part_B : nullptr) : (c_grouped ? p.part_C : nullptr);
       if (part == nullptr || ti >= L) continue;
       const long long idx = ((b * n_parts + blockIdx.x) * N + n) * static_cast<long long>(L);
-      const int q = (pos % kScanItems) * 32 + pos / kScanItems;  // item-major slot of step pos
+      const int q = (pos % kScanItems) * kScanLanes + pos / kScanItems;  // item-major slot of step pos
       part[idx + (kReverse ? L - 1 - ti : ti)] = acc[(which * N + n) * kScanTile + q];
     }
   }
@@ -308,28 +318,32 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
 
 // Row walk, first phase: for every channel of the block's slab, the state entering each tile
 // (chunk_h, from initial_state) by a forward sweep of the tiles, and the adjoint entering the last
-// tile (chunk_q, from dlast_state). A channel is handled by the same warp as in the main pass.
+// tile (chunk_q, from dlast_state). A channel is handled by the same row slot as in the main pass.
 template <typename T, bool kReverse, bool kBCGrouped>
 __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
-  // the main pass's staging buffer: a warp's last use of it here ends with a __syncwarp
-  float(&sweep_stage)[kScanWarps][kPadTile] = shared_buffer<ScanStageSmem>().warp;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // the main pass's staging buffer: a row's last use of it here ends with a __syncwarp
+  float(&sweep_stage)[kScanRows][kPadTile] = shared_buffer<ScanStageSmem>().row;
+  const RowLane rl;
+  const int lane = rl.lane;
   const int b = blockIdx.y;
   const int L = p.seqlen, N = p.dstate, tiles = p.n_chunks;
   const int seg = blockIdx.x / p.slabs_per_seg, slab = blockIdx.x % p.slabs_per_seg;
   const int d_begin = seg * p.seg_channels + slab * p.slab_channels;
   const int d_end = min((seg + 1) * p.seg_channels, d_begin + p.slab_channels);
-  for (int d = d_begin + warp; d < d_end; d += kScanWarps) {
+  for (int d0 = d_begin; d0 < d_end; d0 += kScanRows) {
+    const bool active = d0 + rl.slot < d_end;  // as in the main pass: idle rows write nothing
+    const int d = active ? d0 + rl.slot : d_begin;
     const long long row = row_index(p, b, d);
     const BCView Bv = b_view<kBCGrouped>(p, b, d);
     const float bias = p.delta_bias ? p.delta_bias[d] : 0.f;
-    for (int n = lane; n < N; n += 32) {
+    for (int n = lane; active && n < N; n += kScanLanes) {
       p.chunk_h[row * tiles * N + n] = p.initial_state ? p.initial_state[row * N + n] : 0.f;
       p.chunk_q[(row * tiles + tiles - 1) * N + n] = p.dlast_state ? p.dlast_state[row * N + n] : 0.f;
     }
     __syncwarp();
     for (int c = 0; c + 1 < tiles; ++c) {
-      const TileIO<kReverse> io{sweep_stage[warp], c * kScanTile, min(L, (c + 1) * kScanTile), L, lane};
+      const TileIO<kReverse> io{sweep_stage[rl.slot], c * kScanTile, min(L, (c + 1) * kScanTile), L, lane,
+                                rl.mask};
       float uv[kScanItems], dv[kScanItems];
       io.load(static_cast<const T*>(p.u) + row * L, uv);
       io.load(static_cast<const T*>(p.delta) + row * L, dv);
@@ -345,10 +359,10 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
         float la = exp2f(lane_dt * a2), lb = 0.f;
 #pragma unroll
         for (int i = 0; i < kScanItems; ++i) lb = fmaf(exp2f(dv[i] * a2), lb, dv[i] * uv[i] * bv[i]);
-        warp_scan_affine_up(la, lb, lane);
+        warp_scan_affine_up<kScanLanes>(la, lb, lane);
         const float h_in = p.chunk_h[(row * tiles + c) * N + n];
         const float h_out = fmaf(la, h_in, lb);
-        if (lane == 31) p.chunk_h[(row * tiles + c + 1) * N + n] = h_out;
+        if (active && lane == kScanLanes - 1) p.chunk_h[(row * tiles + c + 1) * N + n] = h_out;
         __syncwarp();
       }
     }
@@ -378,7 +392,7 @@ __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_kernel(Sc
 }
 
 template <typename T, bool kBCGrouped>
-__global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_kernel(ScanParams p) {
+__global__ __launch_bounds__(kScanWarps * 32, 2) void scan_bwd_kernel(ScanParams p) {
   if (p.reverse) {
     scan_bwd_tiles<T, true, kBCGrouped>(p, blockIdx.z);
   } else {
@@ -399,7 +413,7 @@ __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_bi_kernel
 
 // Row walk: grid.z = 2, one per direction.
 template <typename T, bool kBCGrouped>
-__global__ __launch_bounds__(kScanWarps * 32, 3) void scan_bwd_bi_kernel(BiScanParams bp) {
+__global__ __launch_bounds__(kScanWarps * 32, 2) void scan_bwd_bi_kernel(BiScanParams bp) {
   const int n_chunks = bp.dir[0].row_walk ? 1 : bp.dir[0].n_chunks;  // row walk: grid.z = 2
   if (blockIdx.z < n_chunks) {
     scan_bwd_tiles<T, false, kBCGrouped>(bp.dir[0], blockIdx.z);
@@ -435,9 +449,11 @@ inline cudaError_t scan_bwd_reduce(const ScanParams& p, unsigned n_parts, cudaSt
   return cudaSuccess;
 }
 
-inline size_t scan_bwd_smem(const ScanParams& p) {
+inline size_t scan_bwd_smem(const ScanParams& p) {  // acc and red (scan_bwd_block)
   const bool grouped = p.b_groups > 0 || p.c_groups > 0;
-  return grouped ? 2 * sizeof(float) * p.dstate * kScanTile : 0;
+  const size_t acc = 2 * sizeof(float) * p.dstate * kScanTile;
+  const size_t red = sizeof(float) * bwd_red_buffers(p.dstate) * kScanRows * 2 * kScanTile;
+  return grouped ? acc + red : 0;
 }
 
 inline unsigned scan_bwd_parts(const ScanParams& p) {
@@ -453,7 +469,7 @@ cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream) 
     constexpr bool kG = decltype(grouped)::value;
     cudaError_t err;
     if (p.n_chunks > 1 && !p.row_walk) {
-      err = launch_kernel(scan_bwd_summary_kernel<T, kG>, dim3(ceil_div(p.dim, kScanWarps), p.batch, p.n_chunks),
+      err = launch_kernel(scan_bwd_summary_kernel<T, kG>, dim3(ceil_div(p.dim, kScanRows), p.batch, p.n_chunks),
                           block, 0, stream, p);
       if (err != cudaSuccess) return err;
       if ((err = scan_combine(p, false, stream)) != cudaSuccess) return err;
@@ -478,7 +494,7 @@ cudaError_t selective_scan_bi_bwd_launch(const BiScanParams& bp, cudaStream_t st
     cudaError_t err;
     if (p.n_chunks > 1 && !p.row_walk) {
       err = launch_kernel(scan_bwd_summary_bi_kernel<T, kG>,
-                          dim3(ceil_div(p.dim, kScanWarps), p.batch, 2 * p.n_chunks), block, 0, stream, bp);
+                          dim3(ceil_div(p.dim, kScanRows), p.batch, 2 * p.n_chunks), block, 0, stream, bp);
       if (err != cudaSuccess) return err;
       for (const ScanParams& q : bp.dir) {
         if ((err = scan_combine(q, false, stream)) != cudaSuccess) return err;

@@ -79,8 +79,8 @@ def test_plan_backward_segments_lie_in_groups(dim, bg, cg, batch, L):
     for G in (bg, cg):
         if G:
             assert (dim // G) % seg == 0  # a block's summed dB/dC belong to one group
-    assert slab % scan_cuda.WARPS == 0 and slab >= scan_cuda.WARPS
-    assert slab <= max(scan_cuda.WARPS, math.ceil(seg / scan_cuda.WARPS) * scan_cuda.WARPS)
+    assert slab % scan_cuda.ROWS == 0 and slab >= scan_cuda.ROWS
+    assert slab <= max(scan_cuda.ROWS, math.ceil(seg / scan_cuda.ROWS) * scan_cuda.ROWS)
 
 
 def test_plan_backward_rejects_bad_groups():
@@ -248,10 +248,11 @@ def test_emulated_forward_chunks_of_any_step_multiple(emu, chunk_len, N):
     assert_close(many[1], one[1], "scan", torch.float32, "last_state")
 
 
-@pytest.mark.parametrize("slab", (8, 12))
+@pytest.mark.parametrize("slab", (8, 16))
 def test_emulated_backward_with_multi_slab_blocks(emulated, monkeypatch, slab):
-    """Blocks that walk several groups of 4 channels (the dB/dC reduction buffers alternate
-    across the walk), one of them partly idle (slab 8 over 12 channels per group)."""
+    """Blocks that walk several groups of 8 rows (the dB/dC reduction buffers alternate across
+    the walk), partly idle: slab 8 over 12 channels per group gives a block of 4 idle rows, slab
+    16 one block whose second group of rows is half idle."""
     monkeypatch.setattr(scan_cuda, "plan_backward", lambda *a: (12, slab))
     _check_backend_scan(ScanCase(2, 24, 299, 5, "g2", "var", initial_state=True),
                         scan_cuda.forward, scan_cuda.backward)
@@ -360,7 +361,7 @@ def test_emulated_bindings_reject_bad_launch_arguments(emu):
     dout = torch.randn_like(x["u"])
     with pytest.raises(RuntimeError, match="seg_channels must divide the channels of every B/C group"):
         emu.selective_scan_bwd_cuda(*args, dout, None, True, False, 8, 4)
-    with pytest.raises(RuntimeError, match="slab_channels must be a positive multiple of 4"):
+    with pytest.raises(RuntimeError, match="slab_channels must be a positive multiple of 8"):
         emu.selective_scan_bwd_cuda(*args, dout, None, True, False, 4, 6)
     wide = dict(x, A=-torch.rand(8, 65), B=torch.randn(8, 65), C=torch.randn(8, 65))
     with pytest.raises(RuntimeError, match="N <= 64"):

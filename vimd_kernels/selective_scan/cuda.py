@@ -16,8 +16,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-TILE = 256          # backward: time steps per warp tile (csrc/cuda/params.h: kScanTile)
-WARPS = 4           # backward: warps per block (kScanWarps)
+TILE = 256          # backward: time steps per row tile (csrc/cuda/params.h: kScanTile)
+ROWS = 8            # backward: rows per block, half a warp each (kScanRows)
 MAX_STATE = 64      # kScanMaxState
 FWD_ROWS = 128      # forward: rows (one thread each) per block (kFwdRows)
 FWD_STEPS = 8       # forward: steps staged per iteration; chunks are multiples of it (kFwdSteps)
@@ -27,7 +27,7 @@ SUMMARY_COST = 0.9     # the forward's summary pass (no C, no outputs; the same 
 # per clock per SM): the carries' combine walks the chunks in order, a load latency per 8 chunks.
 CHUNK_COST = 0.05
 BLOCKS_PER_SM = 8   # backward blocks per multiprocessor to keep before merging channel slabs
-MAIN_BLOCKS_PER_SM = 3   # backward main kernel: ~168 registers x 128 threads (ptxas, sm_90) -> 3
+MAIN_BLOCKS_PER_SM = 2   # backward main kernel: ~247 registers x 128 threads (ptxas, sm_90) -> 2
 ROW_WALK_MAX_TILES = 32  # a row walk sweeps its tiles in sequence: keep that serial part short
 
 
@@ -93,7 +93,7 @@ def use_row_walk(batch: int, dim: int, L: int, sm_count: int) -> bool:
     the tiles in parallel after a summary pass and the carries' combine (long L, few rows)."""
     tiles = math.ceil(L / TILE)
     return (1 < tiles <= ROW_WALK_MAX_TILES
-            and batch * math.ceil(dim / WARPS) >= 2 * MAIN_BLOCKS_PER_SM * sm_count)
+            and batch * math.ceil(dim / ROWS) >= 2 * MAIN_BLOCKS_PER_SM * sm_count)
 
 
 def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
@@ -102,7 +102,7 @@ def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
 
     A segment is a run of channels inside one group of every grouped B/C (the gcd of their
     group sizes), so a block's summed dB/dC belong to one group. A slab is the channels one block
-    walks (a multiple of WARPS): larger slabs mean fewer partials to store and reduce, so slabs
+    walks (a multiple of ROWS): larger slabs mean fewer partials to store and reduce, so slabs
     grow while the grid still has BLOCKS_PER_SM blocks per multiprocessor.
     """
     sizes = []
@@ -113,14 +113,14 @@ def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
             sizes.append(dim // G)
     seg = functools.reduce(math.gcd, sizes) if sizes else dim
     if not sizes:
-        return seg, WARPS  # no grouped operand: nothing summed across channels in a block
+        return seg, ROWS  # no grouped operand: nothing summed across channels in a block
     tiles = 1 if row_walk else math.ceil(L / TILE)  # blocks per row: one walks all tiles
-    cap = math.ceil(seg / WARPS) * WARPS
+    cap = math.ceil(seg / ROWS) * ROWS
 
     def blocks(slab: int) -> int:
         return batch * tiles * (dim // seg) * math.ceil(seg / slab)
 
-    slab = WARPS
+    slab = ROWS
     while slab * 2 <= cap and blocks(slab * 2) >= BLOCKS_PER_SM * sm_count:
         slab *= 2
     return seg, slab

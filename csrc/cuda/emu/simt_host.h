@@ -3,7 +3,7 @@
 //
 // Every CUDA thread of a block is one std::thread; blocks run one after another (so `__shared__`
 // can be a function-local static). Warp shuffles and __syncwarp are barriers over the 32 lanes of
-// a warp, __syncthreads one over the block. Slow (thousands of context switches): tiny shapes only.
+// a warp (__syncwarp over half a warp takes that half's mask), __syncthreads one over the block. Slow (thousands of context switches): tiny shapes only.
 // Not a GPU model: it checks indexing, data flow and arithmetic, not timing or memory ordering.
 #pragma once
 
@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <barrier>
+#include <cstdlib>
 #include <cmath>
 #include <memory>
 #include <thread>
@@ -29,8 +30,9 @@
 namespace vimd_emu {
 
 struct Warp {
-  explicit Warp(int lanes) : bar(lanes) {}
+  explicit Warp(int lanes) : bar(lanes), half{std::barrier<>(lanes / 2), std::barrier<>(lanes / 2)} {}
   std::barrier<> bar;
+  std::barrier<> half[2];  // __syncwarp(0x0000ffff) / __syncwarp(0xffff0000)
   float vals[32] = {};
 };
 
@@ -80,6 +82,7 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem
             kernel(args...);
             // A finished thread stops counting toward later barriers of its warp and block.
             ctx.warp->bar.arrive_and_drop();
+            ctx.warp->half[t % 32 / 16].arrive_and_drop();
             block_bar.arrive_and_drop();
           });
         }
@@ -97,19 +100,35 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem
 #define VIMD_DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(vimd_emu::dynamic_smem.data())
 
 inline float __expf(float x) { return std::exp(x); }
-inline void __syncwarp(unsigned = 0xffffffffu) { vimd_emu::ctx.warp->bar.arrive_and_wait(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  vimd_emu::Warp& w = *vimd_emu::ctx.warp;
+  if (mask == 0xffffffffu) {
+    w.bar.arrive_and_wait();
+  } else if (mask == 0x0000ffffu || mask == 0xffff0000u) {
+    if ((mask >> (vimd_emu::lane() / 16 * 16) & 1u) == 0) std::abort();  // not this lane's half
+    w.half[vimd_emu::lane() / 16].arrive_and_wait();
+  } else {
+    std::abort();  // the kernels sync whole warps or half warps only
+  }
+}
 inline void __syncthreads() { vimd_emu::ctx.block_bar->arrive_and_wait(); }
-inline float __shfl_sync(unsigned, float v, int src) { return vimd_emu::exchange(v, src); }
-inline float __shfl_up_sync(unsigned, float v, int off) {
+// Shuffles within segments of `width` lanes, as on the GPU: a source outside the lane's segment
+// gives the lane its own value (up/down), indices wrap inside the segment (idx, xor).
+inline float __shfl_sync(unsigned, float v, int src, int width = 32) {
   const int l = vimd_emu::lane();
-  return vimd_emu::exchange(v, l >= off ? l - off : l);
+  return vimd_emu::exchange(v, l / width * width + src % width);
 }
-inline float __shfl_down_sync(unsigned, float v, int off) {
+inline float __shfl_up_sync(unsigned, float v, int off, int width = 32) {
   const int l = vimd_emu::lane();
-  return vimd_emu::exchange(v, l + off < 32 ? l + off : l);
+  return vimd_emu::exchange(v, l % width >= off ? l - off : l);
 }
-inline float __shfl_xor_sync(unsigned, float v, int mask) {
-  return vimd_emu::exchange(v, vimd_emu::lane() ^ mask);
+inline float __shfl_down_sync(unsigned, float v, int off, int width = 32) {
+  const int l = vimd_emu::lane();
+  return vimd_emu::exchange(v, l % width + off < width ? l + off : l);
+}
+inline float __shfl_xor_sync(unsigned, float v, int mask, int width = 32) {
+  const int l = vimd_emu::lane();
+  return vimd_emu::exchange(v, l / width * width + ((l % width) ^ mask) % width);
 }
 using std::min;
 using std::max;
