@@ -4,6 +4,7 @@ build of torch are present.
 Environment:
   VIMD_SKIP_CUDA_BUILD=TRUE   build the CPU kernels only
   VIMD_CUDA_ARCHS="80;90"     compute capabilities to build SASS for (PTX of the newest is added)
+  VIMD_SCAN_LANES=16|32       the scan backward's lanes per row (default 16; 32 for A/B timing)
   MAX_JOBS=N                  parallel compile jobs (ninja)
 """
 from __future__ import annotations
@@ -42,8 +43,13 @@ def cuda_extension_kwargs() -> dict:
             "--threads", "4",
             "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
             "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", *gencode]
+    # The scan backward's row width (csrc/cuda/params.h): 16 lanes (default) or 32, for A/B timing.
+    lanes = os.environ.get("VIMD_SCAN_LANES", "").strip()
+    if lanes not in ("", "16", "32"):
+        raise ValueError(f"VIMD_SCAN_LANES must be 16 or 32, got {lanes!r}")
+    defines = [f"-DVIMD_SCAN_LANES={lanes}"] if lanes else []
     sources = sorted(glob.glob("csrc/cuda/*.cu")) + ["csrc/bindings_cuda.cpp"]
-    return {"sources": sources, "nvcc": nvcc}
+    return {"sources": sources, "nvcc": nvcc + defines, "cxx": defines}
 
 
 # Per-ISA builds of the CPU kernels: csrc/cpu/isa_<name>.cpp is compiled with these flags (and
@@ -87,7 +93,7 @@ def extensions():
         kw = cuda_extension_kwargs()
         return [CUDAExtension("vimd_kernels._C", sources + kw["sources"], include_dirs=include_dirs,
                               define_macros=macros + [("VIMD_WITH_CUDA", "1")],
-                              extra_compile_args={"cxx": cxx, "nvcc": kw["nvcc"]},
+                              extra_compile_args={"cxx": cxx + kw["cxx"], "nvcc": kw["nvcc"]},
                               extra_link_args=["-fopenmp"])]
     return [CppExtension("vimd_kernels._C", sources, include_dirs=include_dirs, define_macros=macros,
                          extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]

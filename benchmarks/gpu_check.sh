@@ -14,7 +14,10 @@
 # in the background and the benchmarks import what it built from PEER_PATH (default: the in-place
 # builds under .gpu_cache/peers/). Without it, their columns say "not installed".
 # Optional stage `tune`: sweeps the Triton kernels' tile knobs (benchmarks/tune_triton.py).
-# Env: OUT, STAGES (build peers test bench profile models tune), ARCH (default: this GPU's, e.g. 90),
+# Optional stage `layout`: times the scan's cuda fwd+bwd (the gpu-bar shapes) built with the
+# backward's two row layouts (VIMD_SCAN_LANES=32: a warp per row, then the default 16: half a warp
+# with 16 steps per lane), rebuilding the default last; results in layout_32/ and layout_16/.
+# Env: OUT, STAGES (build peers test bench profile models tune layout), ARCH (default: this GPU's, e.g. 90),
 #      MAX_JOBS, DEADLINE_S, PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -134,6 +137,24 @@ if has models; then
       --models vim_tiny_patch16_224,hrvm_net,srvm_net,dvmsr --ref-models vim_tiny_patch16_224 --out "$OUT/bench" >"$OUT/bench_models.log" 2>&1
     note "bench (benchmarks.models): rc=$? (log bench_models.log)"
   fi
+fi
+if has layout; then
+  for lanes in 32 16; do
+    enough_time "layout (lanes=$lanes)" 150 || break
+    bstart=$(date +%s)
+    VIMD_SCAN_LANES=$lanes TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" VIMD_CUDA_ARCHS=$ARCH MAX_JOBS=$MAX_JOBS \
+      timeout "$(left)" $PY -m pip install --no-build-isolation --no-deps -v -e . >"$OUT/build_lanes$lanes.log" 2>&1
+    note "layout: build VIMD_SCAN_LANES=$lanes rc=$? in $(( $(date +%s) - bstart ))s; rows per block: $($PY -c 'from vimd_kernels import _C; print(_C.cuda_scan_rows)' 2>&1)"
+    if [ "$lanes" = 32 ] && enough_time "layout bench (lanes=32)" 60; then
+      timeout "$(( $(left) - 100 ))" $PY -m benchmarks.kernels --preset gpu-bar --device cuda --ops selective_scan bimamba_inner \
+        --providers cuda --budget-s 60 --out "$OUT/layout_32" >"$OUT/layout_32.log" 2>&1
+      note "layout: lanes=32 timed (layout_32.log)"
+    elif [ "$lanes" = 16 ] && enough_time "layout bench (lanes=16)" 60; then
+      timeout "$(( $(left) - 5 ))" $PY -m benchmarks.kernels --preset gpu-bar --device cuda --ops selective_scan bimamba_inner \
+        --providers cuda --budget-s 60 --out "$OUT/layout_16" >"$OUT/layout_16.log" 2>&1
+      note "layout: lanes=16 timed (layout_16.log)"
+    fi
+  done
 fi
 wait_peers 0
 

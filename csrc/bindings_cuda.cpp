@@ -592,5 +592,6 @@ void register_cuda_ops(pybind11::module_& m) {
   m.def("cuda_sm_count", &sm_count, "number of multiprocessors of a CUDA device", py::arg("device"));
   m.attr("cuda_scan_tile") = vc::kScanTile;
   m.attr("cuda_scan_rows") = vc::kScanRows;
+  m.attr("cuda_scan_main_blocks") = vc::kScanMainBlocks;
   m.attr("cuda_scan_max_state") = vc::kScanMaxState;
 }

@@ -9,13 +9,22 @@ namespace vimd {
 namespace cuda {
 
 // Selective scan backward layout: kScanLanes lanes (half a warp) walk one (batch, channel) row;
-// each lane owns kScanItems consecutive time steps, so a row covers one tile of kScanTile steps
-// per iteration, and a block of kScanWarps warps holds kScanRows rows.
+// each lane owns kScanItems consecutive time steps, so a row covers one tile of kScanTile = 256
+// steps per iteration, and a block of kScanWarps warps holds kScanRows rows. Building with
+// VIMD_SCAN_LANES=32 gives the earlier layout (a warp per row, 8 steps per lane, fewer registers)
+// for timing one against the other (benchmarks/gpu_check.sh stage `layout`).
+#ifndef VIMD_SCAN_LANES
+#define VIMD_SCAN_LANES 16
+#endif
 constexpr int kScanWarps = 4;
-constexpr int kScanLanes = 16;
-constexpr int kScanItems = 16;
+constexpr int kScanLanes = VIMD_SCAN_LANES;
+static_assert(kScanLanes == 16 || kScanLanes == 32, "VIMD_SCAN_LANES must be 16 or 32");
+constexpr int kScanItems = 256 / kScanLanes;
 constexpr int kScanTile = kScanLanes * kScanItems;
 constexpr int kScanRows = kScanWarps * (32 / kScanLanes);
+// Backward main kernel: blocks per multiprocessor its registers allow (__launch_bounds__): about
+// 247 registers with 16 steps per lane, 160 with 8.
+constexpr int kScanMainBlocks = kScanLanes == 16 ? 2 : 3;
 constexpr int kScanMaxState = 64;  // the backward keeps (2, N, kScanTile) floats in shared memory
 
 // Selective scan forward layout: one thread walks one (batch, channel) row with its states in

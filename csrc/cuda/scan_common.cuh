@@ -51,7 +51,8 @@ struct RowLane {
   __device__ __forceinline__ RowLane()
       : slot(threadIdx.x / kScanLanes),
         lane(threadIdx.x % kScanLanes),
-        mask((kScanLanes == 32 ? kFullMask : (1u << kScanLanes) - 1u) << (threadIdx.x % 32 / kScanLanes * kScanLanes)) {}
+        mask((kScanLanes >= 32 ? kFullMask : (1u << (kScanLanes % 32)) - 1u)
+             << (threadIdx.x % 32 / kScanLanes * kScanLanes)) {}
 };
 
 // Raises the kernel's dynamic shared-memory limit to `smem` (the default is 48 KB minus the

@@ -392,7 +392,7 @@ __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_kernel(Sc
 }
 
 template <typename T, bool kBCGrouped>
-__global__ __launch_bounds__(kScanWarps * 32, 2) void scan_bwd_kernel(ScanParams p) {
+__global__ __launch_bounds__(kScanWarps * 32, kScanMainBlocks) void scan_bwd_kernel(ScanParams p) {
   if (p.reverse) {
     scan_bwd_tiles<T, true, kBCGrouped>(p, blockIdx.z);
   } else {
@@ -413,7 +413,7 @@ __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_bi_kernel
 
 // Row walk: grid.z = 2, one per direction.
 template <typename T, bool kBCGrouped>
-__global__ __launch_bounds__(kScanWarps * 32, 2) void scan_bwd_bi_kernel(BiScanParams bp) {
+__global__ __launch_bounds__(kScanWarps * 32, kScanMainBlocks) void scan_bwd_bi_kernel(BiScanParams bp) {
   const int n_chunks = bp.dir[0].row_walk ? 1 : bp.dir[0].n_chunks;  // row walk: grid.z = 2
   if (blockIdx.z < n_chunks) {
     scan_bwd_tiles<T, false, kBCGrouped>(bp.dir[0], blockIdx.z);

@@ -154,17 +154,27 @@ def _cuda_include() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
+def _build_emulator(tmp_path_factory, name: str, defines: list[str]):
     inc = _cuda_include()
     if inc is None:
         pytest.skip("CUDA toolkit headers (cuda_fp16.h) not found: cannot build the kernel emulator")
     from torch.utils.cpp_extension import load
     csrc = os.path.join(os.path.dirname(__file__), "..", "..", "csrc")
-    return load(name="vimd_cuda_emu", sources=[os.path.join(csrc, "cuda", "emu", "emu_ops.cpp")],
+    return load(name=name, sources=[os.path.join(csrc, "cuda", "emu", "emu_ops.cpp")],
                 extra_include_paths=[os.path.abspath(csrc), inc],
-                extra_cflags=["-std=c++20", "-DVIMD_CUDA_EMULATION", "-O1", "-Wno-unknown-pragmas"],
-                build_directory=str(tmp_path_factory.mktemp("emu")), verbose=False)
+                extra_cflags=["-std=c++20", "-DVIMD_CUDA_EMULATION", "-O1", "-Wno-unknown-pragmas", *defines],
+                build_directory=str(tmp_path_factory.mktemp(name)), verbose=False)
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    return _build_emulator(tmp_path_factory, "vimd_cuda_emu", [])
+
+
+@pytest.fixture(scope="module")
+def emu_warp_rows(tmp_path_factory):
+    """The kernels built with VIMD_SCAN_LANES=32: the backward's warp-per-row layout (A/B builds)."""
+    return _build_emulator(tmp_path_factory, "vimd_cuda_emu_warp_rows", ["-DVIMD_SCAN_LANES=32"])
 
 
 @pytest.fixture
@@ -246,6 +256,21 @@ def test_emulated_forward_chunks_of_any_step_multiple(emu, chunk_len, N):
     many = emu.selective_scan_fwd_cuda(*args, True, True, chunk_len)
     assert_close(many[0], one[0], "scan", torch.float32, "out")
     assert_close(many[1], one[1], "scan", torch.float32, "last_state")
+
+
+@pytest.mark.parametrize("case,walk", [(ScanCase(2, 8, 300, 4, initial_state=True), False),
+                                       (ScanCase(2, 8, 299, 4, "g2", "var", initial_state=True, reverse=True), True),
+                                       (ScanCase(2, 6, 40, 2, "g2", "g3", D=False, delta_bias=False), False),
+                                       (ScanCase(2, 8, 197, 3, dtype=torch.bfloat16, reverse=True), False)], ids=str)
+def test_emulated_backward_warp_rows_layout(emu_warp_rows, monkeypatch, case, walk):
+    """The A/B build of the backward (VIMD_SCAN_LANES=32: a warp per row, 8 steps per lane, 4 rows
+    per block), planned with the rows it reports."""
+    for mod in (scan_cuda, conv_cuda):
+        monkeypatch.setattr(mod, "_ext", lambda: emu_warp_rows)
+    monkeypatch.setattr(scan_cuda, "_device_sms", lambda t: EMU_SM_COUNT)
+    monkeypatch.setattr(scan_cuda, "use_row_walk", lambda *a: walk)
+    assert emu_warp_rows.cuda_scan_rows == 4 and emu_warp_rows.cuda_scan_main_blocks == 3
+    _check_backend_scan(case, scan_cuda.forward, scan_cuda.backward)
 
 
 @pytest.mark.parametrize("slab", (8, 16))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 TILE = 256          # backward: time steps per row tile (csrc/cuda/params.h: kScanTile)
-ROWS = 8            # backward: rows per block, half a warp each (kScanRows)
+ROWS = 8            # backward: rows per block, half a warp each (kScanRows; the built value wins)
 MAX_STATE = 64      # kScanMaxState
 FWD_ROWS = 128      # forward: rows (one thread each) per block (kFwdRows)
 FWD_STEPS = 8       # forward: steps staged per iteration; chunks are multiples of it (kFwdSteps)
@@ -27,7 +27,7 @@ SUMMARY_COST = 0.9     # the forward's summary pass (no C, no outputs; the same 
 # per clock per SM): the carries' combine walks the chunks in order, a load latency per 8 chunks.
 CHUNK_COST = 0.05
 BLOCKS_PER_SM = 8   # backward blocks per multiprocessor to keep before merging channel slabs
-MAIN_BLOCKS_PER_SM = 2   # backward main kernel: ~247 registers x 128 threads (ptxas, sm_90) -> 2
+MAIN_BLOCKS_PER_SM = 2   # backward main kernel: ~247 registers x 128 threads (ptxas, sm_90) -> 2 (kScanMainBlocks)
 ROW_WALK_MAX_TILES = 32  # a row walk sweeps its tiles in sequence: keep that serial part short
 
 
@@ -48,6 +48,12 @@ def _sm_count(device_index: int) -> int:
 
 def _device_sms(t: Tensor) -> int:
     return _sm_count(t.device.index if t.device.index is not None else torch.cuda.current_device())
+
+
+def _backward_layout() -> tuple[int, int]:
+    """(rows per block, main-kernel blocks per SM) of the built backward (VIMD_SCAN_LANES)."""
+    ext = _ext()
+    return getattr(ext, "cuda_scan_rows", ROWS), getattr(ext, "cuda_scan_main_blocks", MAIN_BLOCKS_PER_SM)
 
 
 def groups_of(X: Tensor) -> int:
@@ -87,22 +93,23 @@ def _plan_chunk_tiles(col_blocks: int, tiles: int, sm_count: int) -> int:
     return min(candidates, key=lambda ct: (cost(ct), -ct))
 
 
-def use_row_walk(batch: int, dim: int, L: int, sm_count: int) -> bool:
+def use_row_walk(batch: int, dim: int, L: int, sm_count: int, rows: int = ROWS,
+                 main_blocks: int = MAIN_BLOCKS_PER_SM) -> bool:
     """Backward over several tiles: walk each row's tiles in one block (a forward sweep of the
     states, then the tiles last to first) when the rows alone give two waves of blocks; else run
     the tiles in parallel after a summary pass and the carries' combine (long L, few rows)."""
     tiles = math.ceil(L / TILE)
     return (1 < tiles <= ROW_WALK_MAX_TILES
-            and batch * math.ceil(dim / ROWS) >= 2 * MAIN_BLOCKS_PER_SM * sm_count)
+            and batch * math.ceil(dim / rows) >= 2 * main_blocks * sm_count)
 
 
 def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
-                  sm_count: int, row_walk: bool = False) -> tuple[int, int]:
+                  sm_count: int, row_walk: bool = False, rows: int = ROWS) -> tuple[int, int]:
     """(seg_channels, slab_channels) for the backward launch.
 
     A segment is a run of channels inside one group of every grouped B/C (the gcd of their
     group sizes), so a block's summed dB/dC belong to one group. A slab is the channels one block
-    walks (a multiple of ROWS): larger slabs mean fewer partials to store and reduce, so slabs
+    walks (a multiple of `rows`, the block's rows): larger slabs mean fewer partials to store and reduce, so slabs
     grow while the grid still has BLOCKS_PER_SM blocks per multiprocessor.
     """
     sizes = []
@@ -113,14 +120,14 @@ def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
             sizes.append(dim // G)
     seg = functools.reduce(math.gcd, sizes) if sizes else dim
     if not sizes:
-        return seg, ROWS  # no grouped operand: nothing summed across channels in a block
+        return seg, rows  # no grouped operand: nothing summed across channels in a block
     tiles = 1 if row_walk else math.ceil(L / TILE)  # blocks per row: one walks all tiles
-    cap = math.ceil(seg / ROWS) * ROWS
+    cap = math.ceil(seg / rows) * rows
 
     def blocks(slab: int) -> int:
         return batch * tiles * (dim // seg) * math.ceil(seg / slab)
 
-    slab = ROWS
+    slab = rows
     while slab * 2 <= cap and blocks(slab * 2) >= BLOCKS_PER_SM * sm_count:
         slab *= 2
     return seg, slab
@@ -197,9 +204,9 @@ def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_sta
              delta_softplus: bool, reverse: bool):
     _check_supported(u, A)
     batch, dim, L = u.shape
-    sms = _device_sms(u)
-    walk = use_row_walk(batch, dim, L, sms)
-    seg, slab = plan_backward(batch, dim, L, groups_of(B), groups_of(C), sms, walk)
+    sms, (rows, main_blocks) = _device_sms(u), _backward_layout()
+    walk = use_row_walk(batch, dim, L, sms, rows, main_blocks)
+    seg, slab = plan_backward(batch, dim, L, groups_of(B), groups_of(C), sms, walk, rows)
     grads = _ext().selective_scan_bwd_cuda(u, delta, A, bc_rows(B, reverse), bc_rows(C, reverse), D, z,
                                            delta_bias, initial_state, dout.contiguous(),
                                            _f32(dlast_state), bool(delta_softplus), bool(reverse), seg,
@@ -224,9 +231,9 @@ def bi_forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delt
 def bi_backward(u, delta, A, B, C, D, z, delta_bias, dout, delta_softplus: bool):
     _check_supported(u, A[0])
     _, batch, dim, L = u.shape
-    sms = _device_sms(u)
-    walk = use_row_walk(2 * batch, dim, L, sms)  # both directions' blocks share the grid
-    seg, slab = plan_backward(2 * batch, dim, L, groups_of(B[0]), groups_of(C[0]), sms, walk)
+    sms, (rows, main_blocks) = _device_sms(u), _backward_layout()
+    walk = use_row_walk(2 * batch, dim, L, sms, rows, main_blocks)  # both directions share the grid
+    seg, slab = plan_backward(2 * batch, dim, L, groups_of(B[0]), groups_of(C[0]), sms, walk, rows)
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _ext().selective_scan_bi_bwd_cuda(
         u, delta, A, bc_rows_bi(B), bc_rows_bi(C), D, z, delta_bias, dout[0].contiguous(),
         dout[1].contiguous(), bool(delta_softplus), seg, slab, walk)
