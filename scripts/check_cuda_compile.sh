@@ -4,6 +4,7 @@
 # compile error or warning-as-error, and on any register spill (non-zero "spill stores" or
 # "spill loads"). Prints a per-kernel register summary. Files compile in parallel (JOBS).
 # NVCC_EXTRA adds flags (e.g. NVCC_EXTRA=-maxrregcount=32 shows the spill check failing).
+# Arguments, if any, replace the file list (e.g. csrc/cuda/selective_scan_bwd.cu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 shopt -s nullglob
 files=(csrc/cuda/*.cu)
+[ $# -gt 0 ] && files=("$@")
 if [ ${#files[@]} -eq 0 ]; then echo "check_cuda_compile: no csrc/cuda/*.cu files" >&2; exit 1; fi
 
 jobs_list=()
