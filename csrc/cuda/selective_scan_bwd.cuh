@@ -163,22 +163,22 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) y[i] = du[i] = ddelta[i] = 0.f;
     BCView Bv = b_view<kBCGrouped>(p, b, d), Cv = c_view<kBCGrouped>(p, b, d);
-    // Per-row bases of the per-state reads and writes (indexed by n below): the state and adjoint
-    // entering the tile (chunk workspaces with several tiles, else initial_state / dlast_state),
-    // and the dA partials (n-th at n * J).
-    const long long sbase = (row * p.n_chunks + c) * N;
-    const float* h_src = p.n_chunks > 1 ? p.chunk_h + sbase : (p.initial_state ? p.initial_state + row * N : nullptr);
-    const float* q_src = p.n_chunks > 1 ? p.chunk_q + sbase : (p.dlast_state ? p.dlast_state + row * N : nullptr);
-    float* part_a = p.part_A + static_cast<long long>(d) * N * J + j;
-    const float* a_row = p.A + d * N;
 
     for (int n = 0; n < N; ++n) {
       // This state's per-step dB / dC: grouped ones go straight to the row's slots of red (no
       // registers held for them), constant ones are summed over the steps.
       float* red_b = red_slot(buf, rl.slot, 0);
       float* red_c = red_slot(buf, rl.slot, 1);
-      const float a = a_row[n], a2 = a * kLog2e;
-      const float h_in = h_src ? h_src[n] : 0.f, q_in = q_src ? q_src[n] : 0.f;
+      const float a = p.A[d * N + n], a2 = a * kLog2e;
+      const long long sidx = (row * p.n_chunks + c) * N + n;
+      float h_in = 0.f, q_in = 0.f;
+      if (p.n_chunks > 1) {
+        h_in = p.chunk_h[sidx];
+        q_in = p.chunk_q[sidx];
+      } else {
+        if (p.initial_state) h_in = p.initial_state[row * N + n];
+        if (p.dlast_state) q_in = p.dlast_state[row * N + n];
+      }
       float bv[kScanItems], cv[kScanItems], dA[kScanItems], dBu[kScanItems], hp[kScanItems];
       Bv.next(io, bv);
       Cv.next(io, cv);
@@ -239,7 +239,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       if (writer && c == 0 && p.dinitial_state) p.dinitial_state[row * N + n] = q;
       if (writer && p.row_walk && c > 0) p.chunk_q[(row * p.n_chunks + c - 1) * N + n] = q;
       dA_sum = warp_sum<kScanLanes>(dA_sum);
-      if (writer) part_a[n * J] = dA_sum;
+      if (writer) p.part_A[(static_cast<long long>(d) * N + n) * J + j] = dA_sum;
       if (!b_grouped) {
         const float s = warp_sum<kScanLanes>(db_sum);
         if (writer) p.part_B[(static_cast<long long>(d) * N + n) * J + j] = s;
