@@ -252,50 +252,50 @@ __device__ __forceinline__ long long row_index(const ScanParams& p, int b, int d
   return static_cast<long long>(b) * p.dim + d;
 }
 
-// Chunk carries, one thread per (batch, channel, state), walking the chunks in order.
-// Forward: chunk_h holds chunk-local end states (from h = 0); it is replaced in place by the
-// state entering each chunk, starting from initial_state. Backward (kAdjoint) does the same for
-// chunk_q (the adjoint entering each chunk from its end), walking from the last chunk, from
-// dlast_state. A chunk's decay is prod_t exp(delta_t A) = exp(A * sum_t delta_t).
-// The walk is serial in the carry only: the loads of kAhead chunks are issued together, so their
-// latency is paid once per kAhead chunks (the SR shape has 256 chunks in the backward).
+// Chunk carries, one warp per (batch, channel, state). Forward: chunk_h holds chunk-local end
+// states (from h = 0); it is replaced in place by the state entering each chunk, starting from
+// initial_state. Backward (kAdjoint) does the same for chunk_q (the adjoint entering each chunk
+// from its end), walking from the last chunk, from dlast_state. Chunk k maps the carry h to
+// decay_k h + local_k, with decay_k = prod_t exp(delta_t A) = exp(A sum_t delta_t); a warp takes
+// 32 chunks at a time and composes their maps with a 5-level shuffle scan, so the serial part is
+// one scan per 32 chunks instead of one dependent step (and load) per chunk (the DVMSR shape has
+// 512 forward chunks and 256 backward tiles).
 template <bool kAdjoint>
 __global__ void scan_combine_kernel(ScanParams p) {
-  constexpr int kAhead = 8;
-  const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long long w = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
   const int N = p.dstate;
-  if (i >= static_cast<long long>(p.batch) * p.dim * N) return;
-  const long long row = i / N;  // b * dim + d
-  const int n = static_cast<int>(i % N);
+  if (w >= static_cast<long long>(p.batch) * p.dim * N) return;  // whole warps
+  const long long row = w / N;  // b * dim + d
+  const int n = static_cast<int>(w % N);
   const int d = static_cast<int>(row % p.dim);
   const float a = p.A[d * N + n];
   const float* init = kAdjoint ? p.dlast_state : p.initial_state;
   float* chunk = kAdjoint ? p.chunk_q : p.chunk_h;
   const float* sum_delta = p.chunk_sum_delta + row * p.n_chunks;
-  float carry = init ? init[i] : 0.f;
-  for (int k0 = 0; k0 < p.n_chunks; k0 += kAhead) {
-    float local[kAhead], decay[kAhead];
-#pragma unroll
-    for (int s = 0; s < kAhead; ++s) {
-      const int k = k0 + s;
-      const int c = kAdjoint ? p.n_chunks - 1 - k : k;
-      local[s] = k < p.n_chunks ? chunk[(row * p.n_chunks + c) * N + n] : 0.f;
-      decay[s] = k < p.n_chunks ? __expf(a * sum_delta[c]) : 0.f;
-    }
-#pragma unroll
-    for (int s = 0; s < kAhead; ++s) {
-      const int k = k0 + s;
-      if (k >= p.n_chunks) break;
-      const int c = kAdjoint ? p.n_chunks - 1 - k : k;
-      chunk[(row * p.n_chunks + c) * N + n] = carry;
-      carry = fmaf(decay[s], carry, local[s]);
-    }
+  // Chunk k (walk order) of the lane in group k0: its slot and map. The next group's loads are
+  // issued before this group's scan (they read slots this group does not write).
+  auto slot_of = [&](int k) { return chunk + (row * p.n_chunks + (kAdjoint ? p.n_chunks - 1 - k : k)) * N + n; };
+  auto decay_of = [&](int k) { return __expf(a * sum_delta[kAdjoint ? p.n_chunks - 1 - k : k]); };
+  float carry = init ? init[w] : 0.f;  // entering chunk k0
+  float next_a = lane < p.n_chunks ? decay_of(lane) : 1.f, next_b = lane < p.n_chunks ? *slot_of(lane) : 0.f;
+  for (int k0 = 0; k0 < p.n_chunks; k0 += 32) {
+    const int k = k0 + lane;
+    const bool ok = k < p.n_chunks;
+    float ma = next_a, mb = next_b;
+    if (k + 32 < p.n_chunks) next_a = decay_of(k + 32), next_b = *slot_of(k + 32);
+    float* slot = slot_of(k);
+    warp_scan_affine_up<32>(ma, mb, lane);  // chunks k0..k composed
+    float ea = __shfl_up_sync(kFullMask, ma, 1), eb = __shfl_up_sync(kFullMask, mb, 1);
+    if (lane == 0) ea = 1.f, eb = 0.f;
+    if (ok) *slot = fmaf(ea, carry, eb);  // the carry entering chunk k
+    carry = fmaf(__shfl_sync(kFullMask, ma, 31), carry, __shfl_sync(kFullMask, mb, 31));
   }
 }
 
 inline cudaError_t scan_combine(const ScanParams& p, bool adjoint, cudaStream_t stream) {
   constexpr int kThreads = 256;
-  const unsigned blocks = ceil_div(static_cast<long long>(p.batch) * p.dim * p.dstate, kThreads);
+  const unsigned blocks = ceil_div(static_cast<long long>(p.batch) * p.dim * p.dstate * 32, kThreads);
   return adjoint ? launch_kernel(scan_combine_kernel<true>, blocks, kThreads, 0, stream, p)
                  : launch_kernel(scan_combine_kernel<false>, blocks, kThreads, 0, stream, p);
 }

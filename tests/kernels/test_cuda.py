@@ -249,8 +249,9 @@ def test_emulated_forward_layouts_match_reference(emulated, case):
 @pytest.mark.parametrize("chunk_len,N", [(8, 4), (200, 4), (24, 20)])
 def test_emulated_forward_chunks_of_any_step_multiple(emu, chunk_len, N):
     """Chunks of a few step blocks (not multiples of the backward's tiles), with one and with two
-    state groups, against one chunk over the same inputs."""
-    x = scan_inputs(ScanCase(2, 6, 250, N, "g2", "var", initial_state=True, reverse=True))
+    state groups, against one chunk over the same inputs; 38 chunks of 8 take the carries' combine
+    over two groups of 32."""
+    x = scan_inputs(ScanCase(2, 6, 300, N, "g2", "var", initial_state=True, reverse=True))
     args = [x[k] for k in SCAN_NAMES]
     one = emu.selective_scan_fwd_cuda(*args, True, True, 256)
     many = emu.selective_scan_fwd_cuda(*args, True, True, chunk_len)
@@ -271,6 +272,12 @@ def test_emulated_backward_warp_rows_layout(emu_warp_rows, monkeypatch, case, wa
     monkeypatch.setattr(scan_cuda, "use_row_walk", lambda *a: walk)
     assert emu_warp_rows.cuda_scan_rows == 4 and emu_warp_rows.cuda_scan_main_blocks == 3
     _check_backend_scan(case, scan_cuda.forward, scan_cuda.backward)
+
+
+def test_emulated_backward_with_more_tiles_than_a_combine_group(emulated):
+    """34 tiles: the backward's summary pass, then both carries' combines over two groups of 32."""
+    _check_backend_scan(ScanCase(1, 4, 8500, 2, "g2", "var", initial_state=True, reverse=True),
+                        scan_cuda.forward, scan_cuda.backward)
 
 
 @pytest.mark.parametrize("slab", (8, 16))

@@ -24,8 +24,9 @@ FWD_STEPS = 8       # forward: steps staged per iteration; chunks are multiples 
 FWD_BLOCKS_PER_SM = 4  # forward main kernel: 122-128 registers x 128 threads (ptxas, sm_90) -> 4
 SUMMARY_COST = 0.9     # the forward's summary pass (no C, no outputs; the same exp2 count) vs its main pass
 # Per chunk, in units of one FWD_STEPS-step block of a full wave (~2 us: 128 exp2 per row at 16
-# per clock per SM): the carries' combine walks the chunks in order, a load latency per 8 chunks.
-CHUNK_COST = 0.05
+# per clock per SM): the carries' combine composes 32 chunks per warp shuffle scan (~10 cycles a
+# chunk), plus the summary pass's chunk state writes.
+CHUNK_COST = 0.005
 BLOCKS_PER_SM = 8   # backward blocks per multiprocessor to keep before merging channel slabs
 MAIN_BLOCKS_PER_SM = 2   # backward main kernel: ~247 registers x 128 threads (ptxas, sm_90) -> 2 (kScanMainBlocks)
 ROW_WALK_MAX_TILES = 32  # a row walk sweeps its tiles in sequence: keep that serial part short
