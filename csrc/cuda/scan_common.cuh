@@ -86,7 +86,7 @@ struct TileIO {
   static constexpr bool reverse = kReverse;
   float* stage;  // this row's kPadTile floats of shared memory
   int tile, t_end, L, lane;
-  unsigned mask;  // the row's lanes in the warp (row_lane_mask)
+  unsigned mask;  // the row's lanes in the warp (RowLane::mask)
 
   __device__ __forceinline__ int t() const { return tile + lane * kScanItems; }
   __device__ __forceinline__ int phys(int ti) const { return reverse ? L - 1 - ti : ti; }
