@@ -634,6 +634,14 @@ def _scan_cases():
     # Vim stride-8 rows fill the GPU: the backward walks each row's 3 tiles in one block
     cases.append(ScanCase(32, 384, 730, 16, initial_state=True))
     cases.append(ScanCase(32, 384, 730, 16, reverse=True, dtype=torch.bfloat16))
+    # forward blocks of 128 rows: several per segment, the last partial; 50-row segments (partial
+    # warps, and half-idle backward warps); 2 and 3 state groups (shared-memory states)
+    cases.append(ScanCase(2, 300, 197, 16, initial_state=True))
+    cases.append(ScanCase(2, 200, 197, 16, "g4", "var", reverse=True))
+    cases.append(ScanCase(2, 200, 300, 20, "g4", "g4", dtype=torch.bfloat16))
+    cases.append(ScanCase(1, 24, 500, 40, "const", "g2", initial_state=True, reverse=True))
+    # more than 32 chunks (forward) and tiles (backward): the carries' combine over several groups
+    cases.append(ScanCase(1, 16, 9000, 16, initial_state=True, reverse=True))
     return cases
 
 
