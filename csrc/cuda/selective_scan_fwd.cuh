@@ -324,49 +324,49 @@ inline size_t fwd_smem(const ScanParams& p) {
                                    : 0;
 }
 
+// The forward's phases, for one direction (args: ScanParams) or both (BiScanParams): with
+// several chunks the summary kernel, each direction's carry combine, then the main kernel.
+// kernels(summary, grouped) gives the kernel for those compile-time flags.
+template <typename Args, typename Kernels>
+inline cudaError_t launch_fwd_phases(const Args& args, const ScanParams* dirs, int n_dirs, Kernels kernels,
+                                     cudaStream_t stream) {
+  const ScanParams& p = dirs[0];  // every direction has the same sizes and B/C layout
+  const dim3 grid = fwd_grid(p, n_dirs), block(kFwdRows);
+  const size_t smem = fwd_smem(p);
+  return with_bc_layout(p, [&](auto grouped) {
+    const auto main = kernels(std::false_type{}, grouped);
+    const auto summary = kernels(std::true_type{}, grouped);
+    cudaError_t err;
+    if ((err = allow_dynamic_smem(main, smem)) != cudaSuccess) return err;
+    if (p.n_chunks > 1) {
+      if ((err = allow_dynamic_smem(summary, smem)) != cudaSuccess) return err;
+      if ((err = launch_kernel(summary, grid, block, smem, stream, args)) != cudaSuccess) return err;
+      for (int s = 0; s < n_dirs; ++s) {
+        if ((err = scan_combine(dirs[s], /*adjoint=*/false, stream)) != cudaSuccess) return err;
+      }
+    }
+    return launch_kernel(main, grid, block, smem, stream, args);
+  });
+}
+
 }  // namespace
 
 template <typename T>
 cudaError_t selective_scan_bi_fwd_launch(const BiScanParams& bp_in, cudaStream_t stream) {
   BiScanParams bp = bp_in;
   for (ScanParams& q : bp.dir) q.seg_channels = fwd_seg_channels(q);
-  const ScanParams& p = bp.dir[0];  // both directions have the same sizes and B/C layout
-  const dim3 grid = fwd_grid(p, 2), block(kFwdRows);
-  const size_t smem = fwd_smem(p);
-  return with_bc_layout(p, [&](auto grouped) {
-    constexpr bool kG = decltype(grouped)::value;
-    cudaError_t err;
-    if ((err = allow_dynamic_smem(scan_fwd_bi_kernel<T, false, kG>, smem)) != cudaSuccess) return err;
-    if (p.n_chunks > 1) {
-      if ((err = allow_dynamic_smem(scan_fwd_bi_kernel<T, true, kG>, smem)) != cudaSuccess) return err;
-      err = launch_kernel(scan_fwd_bi_kernel<T, true, kG>, grid, block, smem, stream, bp);
-      if (err != cudaSuccess) return err;
-      for (const ScanParams& q : bp.dir) {
-        if ((err = scan_combine(q, /*adjoint=*/false, stream)) != cudaSuccess) return err;
-      }
-    }
-    return launch_kernel(scan_fwd_bi_kernel<T, false, kG>, grid, block, smem, stream, bp);
-  });
+  return launch_fwd_phases(bp, bp.dir, 2, [](auto summary, auto grouped) {
+    return scan_fwd_bi_kernel<T, decltype(summary)::value, decltype(grouped)::value>;
+  }, stream);
 }
 
 template <typename T>
 cudaError_t selective_scan_fwd_launch(const ScanParams& p_in, cudaStream_t stream) {
   ScanParams p = p_in;
   p.seg_channels = fwd_seg_channels(p);
-  const dim3 grid = fwd_grid(p, 1), block(kFwdRows);
-  const size_t smem = fwd_smem(p);
-  return with_bc_layout(p, [&](auto grouped) {
-    constexpr bool kG = decltype(grouped)::value;
-    cudaError_t err;
-    if ((err = allow_dynamic_smem(scan_fwd_kernel<T, false, kG>, smem)) != cudaSuccess) return err;
-    if (p.n_chunks > 1) {
-      if ((err = allow_dynamic_smem(scan_fwd_kernel<T, true, kG>, smem)) != cudaSuccess) return err;
-      err = launch_kernel(scan_fwd_kernel<T, true, kG>, grid, block, smem, stream, p);
-      if (err != cudaSuccess) return err;
-      if ((err = scan_combine(p, /*adjoint=*/false, stream)) != cudaSuccess) return err;
-    }
-    return launch_kernel(scan_fwd_kernel<T, false, kG>, grid, block, smem, stream, p);
-  });
+  return launch_fwd_phases(p, &p, 1, [](auto summary, auto grouped) {
+    return scan_fwd_kernel<T, decltype(summary)::value, decltype(grouped)::value>;
+  }, stream);
 }
 
 }  // namespace cuda
