@@ -157,11 +157,18 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
     const int d = active ? d0 + rl.slot : d_begin;
     const long long row = row_index(p, b, d);
     RowInputs<T> in;
-    float y[kScanItems], du[kScanItems], ddelta[kScanItems];
+    // Over the states: y; gb = sum_n g B (du = delta gb, and the B part of ddelta is u gb);
+    // dda = sum_n A g exp(delta A) h_{t-1} (the A part of ddelta).
+    float y[kScanItems], gb[kScanItems], dda[kScanItems];
     float* zgrad = zgrad_smem[rl.slot];
     in.load(p, io, b, row, d, zgrad);
 #pragma unroll
-    for (int i = 0; i < kScanItems; ++i) y[i] = du[i] = ddelta[i] = 0.f;
+    for (int i = 0; i < kScanItems; ++i) {
+      y[i] = gb[i] = dda[i] = 0.f;
+      // an idle row's dout is zero (and so is its adjoint, q_in below): its dB/dC come out zero
+      // with no selects in the state loop
+      if (!active) in.dy[i] = 0.f;
+    }
     BCView Bv = b_view<kBCGrouped>(p, b, d), Cv = c_view<kBCGrouped>(p, b, d);
 
     for (int n = 0; n < N; ++n) {
@@ -179,6 +186,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
         if (p.initial_state) h_in = p.initial_state[row * N + n];
         if (p.dlast_state) q_in = p.dlast_state[row * N + n];
       }
+      if (!active) q_in = 0.f;
       float bv[kScanItems], cv[kScanItems], dA[kScanItems], dBu[kScanItems], hp[kScanItems];
       Bv.next(io, bv);
       Cv.next(io, cv);
@@ -205,7 +213,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
         y[i] = fmaf(h, cv[i], y[i]);
         const float dc = in.dy[i] * h;
         if (c_grouped) {
-          red_c[i * kScanLanes + lane] = active ? dc : 0.f;
+          red_c[i * kScanLanes + lane] = dc;
         } else {
           dc_sum += dc;
         }
@@ -222,14 +230,13 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
 #pragma unroll
       for (int i = kScanItems - 1; i >= 0; --i) {
         const float g = fmaf(cv[i], in.dy[i], q);
-        const float gd = g * in.delta[i];
-        du[i] = fmaf(gd, bv[i], du[i]);
-        const float dA_h = dA[i] * hp[i];
-        ddelta[i] += g * fmaf(bv[i], in.u[i], a * dA_h);
-        dA_sum = fmaf(gd, dA_h, dA_sum);
-        const float db = gd * in.u[i];
+        gb[i] = fmaf(g, bv[i], gb[i]);
+        const float gh = g * (dA[i] * hp[i]);
+        dda[i] = fmaf(a, gh, dda[i]);
+        dA_sum = fmaf(in.delta[i], gh, dA_sum);
+        const float db = g * in.delta[i] * in.u[i];
         if (b_grouped) {
-          red_b[i * kScanLanes + lane] = active ? db : 0.f;
+          red_b[i * kScanLanes + lane] = db;
         } else {
           db_sum += db;
         }
@@ -277,10 +284,12 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
 
     float dD = 0.f, ddb = 0.f, zg[kScanItems];
     const float Dd = p.D ? p.D[d] : 0.f;
+    float du[kScanItems], ddelta[kScanItems];
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) {
       dD = fmaf(in.dy[i], in.u[i], dD);
-      du[i] = fmaf(Dd, in.dy[i], du[i]);
+      du[i] = fmaf(Dd, in.dy[i], in.delta[i] * gb[i]);
+      ddelta[i] = fmaf(in.u[i], gb[i], dda[i]);
       y[i] = fmaf(Dd, in.u[i], y[i]);
       zg[i] = zgrad[i * kScanLanes + lane] * y[i];
       // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x)); expm1f keeps it accurate when
