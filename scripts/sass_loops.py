@@ -8,6 +8,9 @@ static size: it includes branches not taken on the hot path (e.g. unaligned-row 
 
   python scripts/sass_loops.py selective_scan_fwd 'scan_fwd_kernelIfLb0ELb1'
   python scripts/sass_loops.py selective_scan_bwd 'scan_bwd_kernelIfLb1' --arch 80
+
+--cubin PATH reads an already compiled cubin instead (e.g. a peer's kernels, for comparison; the
+file argument is then ignored).
 """
 from __future__ import annotations
 
@@ -50,32 +53,46 @@ def opcode(text: str) -> str:
     return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
 
 
+def loops(ins):
+    """(start, end, opcode counts) per backward branch (a loop), in address order of the branch;
+    the warp-divergence branches (BRA.DIV) are not loops."""
+    for addr, text in ins:
+        m = re.search(r"\bBRA\s+(0x[0-9a-f]+)", text)
+        if not m or "DIV" in text or int(m.group(1), 16) >= addr:
+            continue
+        start = int(m.group(1), 16)
+        yield start, addr, collections.Counter(opcode(t) for a, t in ins if start <= a <= addr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("file", help="csrc/cuda/<file>.cu without the extension")
     ap.add_argument("filter", nargs="?", default="", help="substring of the mangled kernel names")
     ap.add_argument("--arch", default="90")
+    ap.add_argument("--cubin", help="disassemble this cubin instead of compiling FILE")
     args = ap.parse_args()
-    src = os.path.join(ROOT, "csrc", "cuda", args.file + ".cu")
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = os.path.join(tmp, "k.cubin")
-        subprocess.run(["nvcc", "-cubin", "-o", cubin, "-std=c++17", "-O3", "--use_fast_math",
-                        "--expt-relaxed-constexpr", f"-gencode=arch=compute_{args.arch},code=sm_{args.arch}", src],
-                       check=True)
-        sass = subprocess.run([cuobjdump(), "-sass", cubin], check=True, capture_output=True, text=True).stdout
+    if args.cubin:
+        if not os.path.isfile(args.cubin):
+            sys.exit(f"sass_loops: --cubin {args.cubin!r} is not a file")
+        sass = subprocess.run([cuobjdump(), "-sass", args.cubin], check=True, capture_output=True, text=True).stdout
+    else:
+        src = os.path.join(ROOT, "csrc", "cuda", args.file + ".cu")
+        if not os.path.isfile(src):
+            sys.exit(f"sass_loops: no {src} (FILE names a csrc/cuda/*.cu file without the extension)")
+        with tempfile.TemporaryDirectory() as tmp:
+            cubin = os.path.join(tmp, "k.cubin")
+            subprocess.run(["nvcc", "-cubin", "-o", cubin, "-std=c++17", "-O3", "--use_fast_math",
+                            "--expt-relaxed-constexpr", f"-gencode=arch=compute_{args.arch},code=sm_{args.arch}",
+                            src], check=True)
+            sass = subprocess.run([cuobjdump(), "-sass", cubin], check=True, capture_output=True, text=True).stdout
     for name, ins in kernels(sass):
         if args.filter not in name:
             continue
         print(f"{name}: {len(ins)} instructions")
-        for addr, text in ins:
-            m = re.search(r"\bBRA\s+(0x[0-9a-f]+)", text)
-            if not m or "DIV" in text or int(m.group(1), 16) >= addr:
-                continue
-            start = int(m.group(1), 16)
-            body = [opcode(t) for a, t in ins if start <= a <= addr]
-            ops = collections.Counter(body)
-            print(f"  loop {start:#07x}..{addr:#07x}: {len(body):5d} instr, MUFU {ops['MUFU']}, "
-                  f"SHFL {ops['SHFL']}, LDS/STS {ops['LDS'] + ops['STS']}, LDG/STG {ops['LDG'] + ops['STG']}")
+        for start, addr, ops in loops(ins):
+            print(f"  loop {start:#07x}..{addr:#07x}: {sum(ops.values()):5d} instr, MUFU {ops['MUFU']}, "
+                  f"SHFL {ops['SHFL']}, LDS/STS {ops['LDS'] + ops['STS']}, LDG/STG {ops['LDG'] + ops['STG']}, "
+                  f"RED {ops['RED'] + ops['REDG'] + ops['ATOM'] + ops['ATOMG']}, BAR {ops['BAR']}")
 
 
 if __name__ == "__main__":
