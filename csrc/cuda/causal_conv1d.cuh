@@ -1,13 +1,22 @@
 // Depthwise causal conv1d, forward and backward; widths 2..kConvMaxWidth at run time.
 //
 // One thread computes kConvItems consecutive outputs of one (batch, channel) row; thread ids
-// are flattened over (row, segment) so short rows (L = 197) waste no lanes. Time is walked in
-// logical order, physical index L-1-t when reverse (anti-causal), with no flip copies:
+// are flattened over (row, segment) so short rows (L = 197) waste no lanes. reverse (the
+// anti-causal conv, logical step t at physical index L-1-t) needs no flip copies:
 //   out[t] = act(bias + sum_k w[k] x[t - (W-1) + k])   (logical t).
+// The forward works in physical steps (segments of 8 physical steps; reversed, the taps are
+// mirrored and the halo is on the right), so a warp's lanes cover increasing memory.
 // Backward: dpre = dout * act'(pre) recomputed on a halo, dx[t] = sum_k w[k] dpre[t + W-1-k].
 // There a warp covers 32 segments (256 steps) of one row, so dweight/dbias partials are summed
 // over the warp (fixed shuffle tree) and written once per (row, warp); an ordered reduction
 // finishes them (deterministic, no atomics).
+//
+// Memory access: a warp's lanes read windows 8 steps apart, so direct per-lane reads would touch
+// 8 cache lines per instruction. Instead a warp loads the one range of memory its windows cover
+// (consecutive rows of a batch element are contiguous) 32 consecutive elements per instruction
+// into its shared-memory buffer (WarpStage), the lanes read their windows from there, and the
+// outputs go back the same way. A forward warp whose rows straddle a batch boundary of a channel
+// slice (x = xz[:, :d]: the rows are not contiguous) reads x directly instead.
 #pragma once
 
 #include "common.cuh"
@@ -19,10 +28,46 @@ namespace cuda {
 namespace {
 
 constexpr int kConvHalo = kConvMaxWidth - 1;
+// A warp's range: at most 256 steps plus two halos (the backward's x); one pad word per 32.
+constexpr int kConvStage = 32 * kConvItems + 2 * kConvHalo;
+constexpr int kConvStagePad = kConvStage + (kConvStage + 31) / 32;
+struct ConvStageSmem {
+  float buf[kConvThreads / 32][kConvStagePad];
+};
 
-template <typename T>
-__device__ __forceinline__ float load_logical(const T* row, int s, int L, bool reverse) {
-  return (s >= 0 && s < L) ? to_float(row[reverse ? L - 1 - s : s]) : 0.f;
+// A warp's shared buffer holding elements [lo, lo + n) of one tensor (offsets from its start).
+// Slot k + k / 32: lanes reading 8 steps apart hit distinct banks.
+struct WarpStage {
+  float* buf;
+  long long lo = 0;
+  int n = 0;
+  __device__ __forceinline__ static int slot(int k) {
+#ifdef VIMD_CUDA_EMULATION
+    if (k < 0 || k >= kConvStage) std::abort();  // the tests' guard: a read outside the warp's range
+#endif
+    return k + (k >> 5);
+  }
+  // Every lane of the warp calls this (it ends with __syncwarp).
+  template <typename T>
+  __device__ __forceinline__ void load(const T* base, long long lo_, int n_, int lane) {
+    lo = lo_, n = n_;
+    for (int k = lane; k < n; k += 32) buf[slot(k)] = to_float(base[lo + k]);
+    __syncwarp();
+  }
+  __device__ __forceinline__ float at(long long off) const { return buf[slot(static_cast<int>(off - lo))]; }
+  __device__ __forceinline__ void put(long long off, float v) const { buf[slot(static_cast<int>(off - lo))] = v; }
+  // Writes [lo, lo + n) out (after every lane's put and a __syncwarp).
+  template <typename T>
+  __device__ __forceinline__ void store(T* base, int lane) const {
+    for (int k = lane; k < n; k += 32) base[lo + k] = from_float<T>(buf[slot(k)]);
+  }
+};
+
+// Physical offset range [lo, hi) within one row of logical steps [t_lo, t_hi) (clamped to the row).
+__device__ __forceinline__ void row_range(int t_lo, int t_hi, int L, bool reverse, int& lo, int& hi) {
+  t_lo = max(t_lo, 0), t_hi = min(t_hi, L);
+  lo = reverse ? L - t_hi : t_lo;
+  hi = reverse ? L - t_lo : t_hi;
 }
 
 // Channel d's taps, zero past the width; reversed (w[m] = tap W-1-m) for the backward's dx.
@@ -34,22 +79,35 @@ __device__ __forceinline__ void load_taps(const ConvParams& p, int d, bool rever
 }
 
 // x may be a channel slice of a bigger tensor: batch elements x_batch_stride apart.
-__device__ __forceinline__ long long x_row_offset(const ConvParams& p, long long row, int d) {
-  return (row - d) / p.dim * p.x_batch_stride + static_cast<long long>(d) * p.seqlen;
+__device__ __forceinline__ long long x_row_offset(const ConvParams& p, long long row) {
+  return row / p.dim * p.x_batch_stride + row % p.dim * p.seqlen;
 }
 
-// The forward flattens threads over (row, segment): short rows waste no lanes.
+// The forward flattens threads over (row, segment of physical steps): short rows waste no lanes.
+// A warp's lanes are 32 consecutive (row, segment) pairs, rows r0 .. r1.
 struct ConvThread {
-  long long row;
-  int d, t0;
-  bool valid;
+  long long row, r0, r1;
+  int d, q0, q_first, q_last, lane;
+  bool valid, any;  // this lane has a segment; the warp has one
   __device__ __forceinline__ explicit ConvThread(const ConvParams& p) {
     const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-    const long long rows = static_cast<long long>(p.batch) * p.dim;
+    const long long total = static_cast<long long>(p.batch) * p.dim * p.segs;
+    lane = static_cast<int>(threadIdx.x % 32);
     row = i / p.segs;
-    valid = row < rows;
+    valid = i < total;
     d = valid ? static_cast<int>(row % p.dim) : 0;
-    t0 = static_cast<int>(i % p.segs) * kConvItems;
+    q0 = static_cast<int>(i % p.segs) * kConvItems;
+    const long long i0 = i - lane, i1 = min(i0 + 31, total - 1);
+    any = i0 < total;
+    r0 = i0 / p.segs, r1 = i1 / p.segs;
+    q_first = static_cast<int>(i0 % p.segs) * kConvItems;     // first lane's first output
+    q_last = static_cast<int>(i1 % p.segs + 1) * kConvItems;  // last lane's end (may pass L)
+  }
+  // [lo, hi): physical steps [q_first + a, L) of row r0, the rows between, [0, q_last + b) of row
+  // r1 (r0 == r1: [q_first + a, q_last + b)), clamped to the rows; offsets from row r0's start.
+  __device__ __forceinline__ void warp_range(int a, int b, int L, long long& lo, long long& hi) const {
+    lo = max(q_first + a, 0);
+    hi = (r1 - r0) * L + min(q_last + b, L);
   }
 };
 
@@ -57,65 +115,104 @@ struct ConvThread {
 // so the warp can sum its weight-gradient partials. `valid` is warp-uniform.
 struct ConvWarpThread {
   long long row;
-  int d, t0, group;
+  int d, t0, group, lane;
   bool valid;
   __device__ __forceinline__ explicit ConvWarpThread(const ConvParams& p) {
     const long long w = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
     const long long rows = static_cast<long long>(p.batch) * p.dim;
+    lane = static_cast<int>(threadIdx.x % 32);
     row = w / p.seg_groups;
     group = static_cast<int>(w % p.seg_groups);
     valid = row < rows;
     d = valid ? static_cast<int>(row % p.dim) : 0;
-    t0 = (group * 32 + static_cast<int>(threadIdx.x % 32)) * kConvItems;
+    t0 = (group * 32 + lane) * kConvItems;
   }
 };
 
 template <typename T>
 __device__ __forceinline__ void conv_fwd_thread(const ConvParams& p) {
   const ConvThread th(p);
-  if (!th.valid) return;
+  if (!th.any) return;  // warp-uniform
   const int L = p.seqlen, W = p.width;
-  const T* x = static_cast<const T*>(p.x) + x_row_offset(p, th.row, th.d);
-  float w[kConvMaxWidth];
-  load_taps(p, th.d, false, w);
-  // xw[m] = x at logical t0 - (W-1) + m
+  // Physical steps: out[q] = act(bias + sum_m c[m] x[q - h + m]) with c = w, h = W-1 (causal) or
+  // c = w mirrored, h = 0 (reverse).
+  const int h = p.reverse ? 0 : W - 1;
+  const T* x = static_cast<const T*>(p.x);
+  WarpStage stage{shared_buffer<ConvStageSmem>().buf[threadIdx.x / 32]};
+  // x: the warp's windows [q0 - h, q0 + kConvItems + W-1 - h) of rows r0 .. r1, staged when those
+  // rows are contiguous (one batch element, or x not a channel slice).
+  const bool staged = th.r0 / p.dim == th.r1 / p.dim || p.x_batch_stride == static_cast<long long>(p.dim) * L;
+  if (staged) {
+    long long lo, hi;
+    th.warp_range(-h, W - 1 - h, L, lo, hi);
+    stage.load(x, x_row_offset(p, th.r0) + lo, static_cast<int>(hi - lo), th.lane);
+  }
+  const long long x_row = x_row_offset(p, th.row);
+  float c[kConvMaxWidth];
+  load_taps(p, th.d, p.reverse, c);
+  // xw[m] = x at physical q0 - h + m; zero past the window (m >= kConvItems + W - 1) and the row
   float xw[kConvItems + kConvHalo];
 #pragma unroll
-  for (int m = 0; m < kConvItems + kConvHalo; ++m) xw[m] = load_logical(x, th.t0 - (W - 1) + m, L, p.reverse);
+  for (int m = 0; m < kConvItems + kConvHalo; ++m) {
+    const int q = th.q0 - h + m;
+    xw[m] = (th.valid && m < kConvItems + W - 1 && q >= 0 && q < L)
+                ? (staged ? stage.at(x_row + q) : to_float(x[x_row + q])) : 0.f;
+  }
   const float bias = p.bias ? p.bias[th.d] : 0.f;
-  T* out = static_cast<T*>(p.out) + th.row * L;
+  float y[kConvItems];
 #pragma unroll
   for (int i = 0; i < kConvItems; ++i) {
     float s = bias;
 #pragma unroll
-    for (int k = 0; k < kConvMaxWidth; ++k) s = fmaf(w[k], xw[i + k], s);
+    for (int m = 0; m < kConvMaxWidth; ++m) s = fmaf(c[m], xw[i + m], s);
     if (p.silu) s *= sigmoidf(s);
-    const int t = th.t0 + i;
-    if (t < L) out[p.reverse ? L - 1 - t : t] = from_float<T>(s);
+    y[i] = s;
   }
+  // out (contiguous): the warp's outputs are one range, rows r0 .. r1
+  __syncwarp();  // every lane has read x from the buffer
+  long long lo, hi;
+  th.warp_range(0, 0, L, lo, hi);
+  WarpStage out{stage.buf, th.r0 * L + lo, static_cast<int>(hi - lo)};
+#pragma unroll
+  for (int i = 0; i < kConvItems; ++i) {
+    if (th.valid && th.q0 + i < L) out.put(th.row * L + th.q0 + i, y[i]);
+  }
+  __syncwarp();
+  out.store(static_cast<T*>(p.out), th.lane);
 }
 
 template <typename T>
 __device__ __forceinline__ void conv_bwd_thread(const ConvParams& p) {
   const ConvWarpThread th(p);
-  if (!th.valid) return;
+  if (!th.valid) return;  // warp-uniform
   const int L = p.seqlen, W = p.width;
-  const T* x = static_cast<const T*>(p.x) + x_row_offset(p, th.row, th.d);
-  const T* dout = static_cast<const T*>(p.dout) + th.row * L;
+  const long long x_row = x_row_offset(p, th.row), row_off = th.row * L;
+  WarpStage stage{shared_buffer<ConvStageSmem>().buf[threadIdx.x / 32]};
   float w[kConvMaxWidth], wr[kConvMaxWidth];  // wr[m] = w[W-1-m]
   load_taps(p, th.d, false, w);
   load_taps(p, th.d, true, wr);
   const float bias = p.bias ? p.bias[th.d] : 0.f;
-  // xw[m] = x at logical t0 - (W-1) + m, covering the pre-activations of steps t0 .. t0+7+W-1.
-  constexpr int kSpan = kConvItems + kConvHalo;  // steps whose dpre we need
+  const int t_warp = th.group * 32 * kConvItems;  // the warp's first step
+  // xw[m] = x at logical t0 - (W-1) + m, covering the pre-activations of steps t0 .. t0+7+W-1;
+  // zero past that window (m >= kConvItems + 2 (W-1)) and the row.
+  constexpr int kSpan = kConvItems + kConvHalo;  // steps whose dpre we may need
   float xw[kSpan + kConvHalo];
+  int lo, hi;
+  row_range(t_warp - (W - 1), t_warp + 32 * kConvItems + W - 1, L, p.reverse, lo, hi);
+  stage.load(static_cast<const T*>(p.x), x_row + lo, hi - lo, th.lane);
 #pragma unroll
-  for (int m = 0; m < kSpan + kConvHalo; ++m) xw[m] = load_logical(x, th.t0 - (W - 1) + m, L, p.reverse);
-  float dp[kSpan];  // dpre at logical t0 + j (zero past L)
+  for (int m = 0; m < kSpan + kConvHalo; ++m) {
+    const int s = th.t0 - (W - 1) + m;
+    xw[m] = (m < kConvItems + 2 * (W - 1) && s >= 0 && s < L) ? stage.at(x_row + (p.reverse ? L - 1 - s : s)) : 0.f;
+  }
+  __syncwarp();
+  row_range(t_warp, t_warp + 32 * kConvItems + W - 1, L, p.reverse, lo, hi);
+  stage.load(static_cast<const T*>(p.dout), row_off + lo, hi - lo, th.lane);
+  float dp[kSpan];  // dpre at logical t0 + j (zero past L and past t0 + 7 + W - 1)
 #pragma unroll
   for (int j = 0; j < kSpan; ++j) {
     const int t = th.t0 + j;
-    float g = load_logical(dout, t, L, p.reverse);
+    float g = (j < kConvItems + W - 1 && t < L) ? stage.at(row_off + (p.reverse ? L - 1 - t : t)) : 0.f;
     if (p.silu) {
       float pre = bias;
 #pragma unroll
@@ -123,22 +220,27 @@ __device__ __forceinline__ void conv_bwd_thread(const ConvParams& p) {
       const float s = sigmoidf(pre);
       g *= s * (1.f + pre * (1.f - s));
     }
-    dp[j] = t < L ? g : 0.f;
+    dp[j] = g;
   }
-  T* dx = static_cast<T*>(p.dx) + th.row * L;
+  // dx (contiguous): the warp's 256 steps of the row
+  __syncwarp();
+  row_range(t_warp, t_warp + 32 * kConvItems, L, p.reverse, lo, hi);
+  WarpStage dx{stage.buf, row_off + lo, hi - lo};
 #pragma unroll
   for (int i = 0; i < kConvItems; ++i) {
     float s = 0.f;
 #pragma unroll
     for (int m = 0; m < kConvMaxWidth; ++m) s = fmaf(wr[m], dp[i + m], s);
     const int t = th.t0 + i;
-    if (t < L) dx[p.reverse ? L - 1 - t : t] = from_float<T>(s);
+    if (t < L) dx.put(row_off + (p.reverse ? L - 1 - t : t), s);
   }
+  __syncwarp();
+  dx.store(static_cast<T*>(p.dx), th.lane);
   // The warp's partials: dweight[k] = sum over its steps of dp[i] x[t0 + i - (W-1) + k].
   const long long J = static_cast<long long>(p.batch) * p.seg_groups;
   const long long jj = (th.row / p.dim) * p.seg_groups + th.group;
   float* part = p.part_w + static_cast<long long>(th.d) * (W + 1) * J + jj;
-  const bool writer = threadIdx.x % 32 == 0;
+  const bool writer = th.lane == 0;
 #pragma unroll
   for (int k = 0; k < kConvMaxWidth; ++k) {
     if (k >= W) break;  // W is uniform: the whole warp leaves together

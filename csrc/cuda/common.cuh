@@ -32,6 +32,15 @@ __device__ __forceinline__ float softplusf(float x) { return x > 20.f ? x : log1
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
+// A kernel's static shared memory, one struct per kind of buffer: a __shared__ array declared in a
+// function template is allocated once per instantiation (e.g. per direction); declared through
+// this, each buffer is allocated once per kernel.
+template <typename Buffer>
+__device__ __forceinline__ Buffer& shared_buffer() {
+  __shared__ __align__(16) Buffer buffer;
+  return buffer;
+}
+
 // Sum over each kWidth-lane segment of the warp (every lane gets its segment's sum).
 template <int kWidth = 32>
 __device__ __forceinline__ float warp_sum(float v) {

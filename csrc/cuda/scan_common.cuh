@@ -31,17 +31,10 @@ constexpr int kPadItems = kScanItems + 1;
 constexpr int kPadTile = kScanLanes * kPadItems;
 __device__ __forceinline__ int padded(int pos) { return pos + pos / kScanItems; }
 
-// Static shared memory of the scan kernels. The block functions are instantiated once per
-// direction, and a __shared__ array declared in a function template is allocated once per
-// instantiation; declared here instead, each buffer is allocated once per kernel.
+// Static shared memory of the scan kernels (through shared_buffer, common.cuh).
 struct ScanStageSmem {  // each row's staging (TileIO)
   float row[kScanRows][kPadTile];
 };
-template <typename Buffer>
-__device__ __forceinline__ Buffer& shared_buffer() {
-  __shared__ __align__(16) Buffer buffer;
-  return buffer;
-}
 
 // The backward's row layout within a block: row slot (0 .. kScanRows - 1), lane within the row,
 // and the row's lanes as a warp mask (for __syncwarp over one row).

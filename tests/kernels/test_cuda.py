@@ -338,6 +338,27 @@ def test_emulated_conv_reads_stay_inside_the_tensors(emulated, width, reverse):
         assert_close(g, r, "conv", torch.float32, name, scale=reduction_scale(2 * 530))
 
 
+@pytest.mark.parametrize("width,reverse,L", [(8, False, 530), (8, True, 530), (3, True, 37), (2, False, 37)])
+def test_emulated_conv_channel_slice(emulated, width, reverse, L):
+    """x = xz[:, :d] (the mixer's input): rows contiguous within a batch element only. The
+    forward stages a warp's rows from shared memory when they lie in one batch element and reads
+    directly across a boundary; z's rows are NaN, so reading them would show. Width 8 at L = 530
+    fills the backward's staging range (256 steps and two halos)."""
+    from vimd_kernels.causal_conv1d import reference as conv_ref
+    d = 16
+    xz = torch.randn(3, 2 * d, L)
+    xz[:, d:] = float("nan")
+    x = xz[:, :d]
+    w, b = torch.randn(d, width), torch.randn(d)
+    out = conv_cuda.forward(x, w, b, True, reverse)
+    assert_close(out, conv_ref.forward(x.contiguous(), w, b, True, reverse), "conv", torch.float32, "out")
+    dout = torch.randn(out.shape)
+    got = conv_cuda.backward(x, w, b, dout, True, reverse)
+    ref = conv_ref.backward(x.contiguous(), w, b, dout, True, reverse)
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, ref):
+        assert_close(g, r, "conv", torch.float32, name, scale=reduction_scale(3 * L))
+
+
 ROW_WALK_CASES = [
     ScanCase(2, 8, 300, 4, initial_state=True),
     ScanCase(2, 8, 299, 4, "g2", "var", initial_state=True, reverse=True),
