@@ -400,12 +400,16 @@ __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_kernel(Sc
   }
 }
 
+// The main pass's tile (grid z) of a block: last first, as the forward's main pass (the tiles
+// the summary pass read last are the likeliest still in L2).
+__device__ __forceinline__ int bwd_tile_z() { return gridDim.z - 1 - blockIdx.z; }
+
 template <typename T, bool kBCGrouped>
 __global__ __launch_bounds__(kScanWarps * 32, kScanMainBlocks) void scan_bwd_kernel(ScanParams p) {
   if (p.reverse) {
-    scan_bwd_tiles<T, true, kBCGrouped>(p, blockIdx.z);
+    scan_bwd_tiles<T, true, kBCGrouped>(p, bwd_tile_z());
   } else {
-    scan_bwd_tiles<T, false, kBCGrouped>(p, blockIdx.z);
+    scan_bwd_tiles<T, false, kBCGrouped>(p, bwd_tile_z());
   }
 }
 
@@ -424,10 +428,11 @@ __global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_bi_kernel
 template <typename T, bool kBCGrouped>
 __global__ __launch_bounds__(kScanWarps * 32, kScanMainBlocks) void scan_bwd_bi_kernel(BiScanParams bp) {
   const int n_chunks = bp.dir[0].row_walk ? 1 : bp.dir[0].n_chunks;  // row walk: grid.z = 2
-  if (blockIdx.z < n_chunks) {
-    scan_bwd_tiles<T, false, kBCGrouped>(bp.dir[0], blockIdx.z);
+  const int z = bwd_tile_z();
+  if (z < n_chunks) {
+    scan_bwd_tiles<T, false, kBCGrouped>(bp.dir[0], z);
   } else {
-    scan_bwd_tiles<T, true, kBCGrouped>(bp.dir[1], blockIdx.z - n_chunks);
+    scan_bwd_tiles<T, true, kBCGrouped>(bp.dir[1], z - n_chunks);
   }
 }
 
