@@ -338,25 +338,30 @@ def test_emulated_conv_reads_stay_inside_the_tensors(emulated, width, reverse):
         assert_close(g, r, "conv", torch.float32, name, scale=reduction_scale(2 * 530))
 
 
-@pytest.mark.parametrize("width,reverse,L", [(8, False, 530), (8, True, 530), (3, True, 37), (2, False, 37)])
-def test_emulated_conv_channel_slice(emulated, width, reverse, L):
+def _check_conv_slice(width, reverse, L, d=16, batch=3, device="cpu"):
     """x = xz[:, :d] (the mixer's input): rows contiguous within a batch element only. The
     forward stages a warp's rows from shared memory when they lie in one batch element and reads
-    directly across a boundary; z's rows are NaN, so reading them would show. Width 8 at L = 530
-    fills the backward's staging range (256 steps and two halos)."""
+    directly across a boundary; z's rows are NaN, so reading them would show."""
     from vimd_kernels.causal_conv1d import reference as conv_ref
-    d = 16
-    xz = torch.randn(3, 2 * d, L)
+    g = torch.Generator().manual_seed(0)
+    xz = torch.randn(batch, 2 * d, L, generator=g)
     xz[:, d:] = float("nan")
+    xz = xz.to(device)
     x = xz[:, :d]
-    w, b = torch.randn(d, width), torch.randn(d)
+    w, b = torch.randn(d, width, generator=g).to(device), torch.randn(d, generator=g).to(device)
     out = conv_cuda.forward(x, w, b, True, reverse)
     assert_close(out, conv_ref.forward(x.contiguous(), w, b, True, reverse), "conv", torch.float32, "out")
-    dout = torch.randn(out.shape)
+    dout = torch.randn(out.shape, generator=g).to(device)
     got = conv_cuda.backward(x, w, b, dout, True, reverse)
     ref = conv_ref.backward(x.contiguous(), w, b, dout, True, reverse)
-    for name, g, r in zip(("dx", "dweight", "dbias"), got, ref):
-        assert_close(g, r, "conv", torch.float32, name, scale=reduction_scale(3 * L))
+    for name, gr, r in zip(("dx", "dweight", "dbias"), got, ref):
+        assert_close(gr, r, "conv", torch.float32, name, scale=reduction_scale(batch * L))
+
+
+@pytest.mark.parametrize("width,reverse,L", [(8, False, 530), (8, True, 530), (3, True, 37), (2, False, 37)])
+def test_emulated_conv_channel_slice(emulated, width, reverse, L):
+    """Width 8 at L = 530 fills the backward's staging range (256 steps and two halos)."""
+    _check_conv_slice(width, reverse, L)
 
 
 ROW_WALK_CASES = [
@@ -801,6 +806,13 @@ def test_conv_backward_is_bitwise_deterministic():
                                   ScanCase(2, 8, 100, 4, "const", "g2", z=False, D=False)], ids=str)
 def test_bi_scan_matches_reference_per_direction(case):
     _check_bi_scan(case, "cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("width,reverse,L,d", [(4, False, 197, 384), (4, True, 197, 384), (8, True, 730, 192),
+                                               (3, False, 37, 16)])
+def test_conv_channel_slice(width, reverse, L, d):
+    _check_conv_slice(width, reverse, L, d=d, batch=4, device="cuda")
 
 
 @pytest.mark.cuda
