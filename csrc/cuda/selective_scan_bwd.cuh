@@ -81,6 +81,8 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
                             lane, rl.mask};
   RowInputs<T> in;
   in.load(p, io, b, row, d, nullptr);
+#pragma unroll
+  for (int i = 0; i < kScanItems; ++i) in.u[i] *= in.delta[i];  // delta u, shared by the states
   BCView Bv = b_view<kBCGrouped>(p, b, d), Cv = c_view<kBCGrouped>(p, b, d);
   for (int n = 0; n < N; ++n) {
     const float a2 = p.A[d * N + n] * kLog2e;
@@ -91,7 +93,7 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) {
       dA[i] = exp2f(in.delta[i] * a2);
-      hb = fmaf(dA[i], hb, in.delta[i] * in.u[i] * bv[i]);
+      hb = fmaf(dA[i], hb, in.u[i] * bv[i]);
     }
     float qa = ha, qb = 0.f;
 #pragma unroll
@@ -359,7 +361,10 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
       prepare_delta(dv, io.t(), io.t_end, bias, p.delta_softplus);
       float lane_dt = 0.f;
 #pragma unroll
-      for (int i = 0; i < kScanItems; ++i) lane_dt += dv[i];
+      for (int i = 0; i < kScanItems; ++i) {
+        lane_dt += dv[i];
+        uv[i] *= dv[i];  // delta u, shared by the states
+      }
       BCView Bn = Bv;  // walk the states from n = 0
       for (int n = 0; n < N; ++n) {
         const float a2 = p.A[d * N + n] * kLog2e;
@@ -367,7 +372,7 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
         Bn.next(io, bv);
         float la = exp2f(lane_dt * a2), lb = 0.f;
 #pragma unroll
-        for (int i = 0; i < kScanItems; ++i) lb = fmaf(exp2f(dv[i] * a2), lb, dv[i] * uv[i] * bv[i]);
+        for (int i = 0; i < kScanItems; ++i) lb = fmaf(exp2f(dv[i] * a2), lb, uv[i] * bv[i]);
         warp_scan_affine_up<kScanLanes>(la, lb, lane);
         const float h_in = p.chunk_h[(row * tiles + c) * N + n];
         const float h_out = fmaf(la, h_in, lb);
