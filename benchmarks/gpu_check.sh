@@ -14,10 +14,12 @@
 # in the background and the benchmarks import what it built from PEER_PATH (default: the in-place
 # builds under .gpu_cache/peers/). Without it, their columns say "not installed".
 # Optional stage `tune`: sweeps the Triton kernels' tile knobs (benchmarks/tune_triton.py).
+# Optional stage `plan`: times the cuda scan's forward chunk splits and the backward's row walk
+# against forced alternatives (benchmarks/scan_plan.py), to check the launch planner's cost model.
 # Optional stage `layout`: times the scan's cuda fwd+bwd (the gpu-bar shapes) built with the
 # backward's two row layouts (VIMD_SCAN_LANES=32: a warp per row, then the default 16: half a warp
 # with 16 steps per lane), rebuilding the default last; results in layout_32/ and layout_16/.
-# Env: OUT, STAGES (build peers test bench profile models tune layout), ARCH (default: this GPU's, e.g. 90),
+# Env: OUT, STAGES (build peers test bench profile models plan tune layout), ARCH (default: this GPU's, e.g. 90),
 #      MAX_JOBS, DEADLINE_S, PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -120,6 +122,11 @@ if has profile; then
       >"$OUT/profile.log" 2>&1
     note "profile (benchmarks.profile_kernels): rc=$? (log profile.log: time per kernel)"
   fi
+fi
+
+if has plan && enough_time plan 45; then
+  timeout "$(( $(left) - 5 ))" $PY -m benchmarks.scan_plan --out "$OUT/bench" >"$OUT/scan_plan.log" 2>&1
+  note "plan (benchmarks.scan_plan): rc=$? (log scan_plan.log: the planner's splits against forced ones); $(tail -1 "$OUT/scan_plan.log")"
 fi
 
 if has tune && enough_time tune 120; then

@@ -23,10 +23,13 @@ FWD_ROWS = 128      # forward: rows (one thread each) per block (kFwdRows)
 FWD_STEPS = 8       # forward: steps staged per iteration; chunks are multiples of it (kFwdSteps)
 FWD_BLOCKS_PER_SM = 4  # forward main kernel: 122-128 registers x 128 threads (ptxas, sm_90) -> 4
 SUMMARY_COST = 0.9     # the forward's summary pass (no C, no outputs; the same exp2 count) vs its main pass
-# Per chunk, in units of one FWD_STEPS-step block of a full wave (~2 us: 128 exp2 per row at 16
-# per clock per SM): the carries' combine composes 32 chunks per warp shuffle scan (~10 cycles a
-# chunk), plus the summary pass's chunk state writes.
-CHUNK_COST = 0.005
+# The forward is bound by a multiprocessor's ex2 throughput (16 per clock), which its resident
+# blocks share; one block alone (a warp per SM sub-partition) leaves some of it idle on latency.
+LONE_BLOCK_EFF = 0.75
+# Per chunk, in units of one block's FWD_STEPS steps at a multiprocessor's full rate (~0.6 us:
+# 128 rows x 8 steps x 16 exp2 at 16 per clock): the carries' combine composes 32 chunks per warp
+# shuffle scan (~10 cycles a chunk), plus the summary pass's chunk state writes.
+CHUNK_COST = 0.02
 BLOCKS_PER_SM = 8   # backward blocks per multiprocessor to keep before merging channel slabs
 MAIN_BLOCKS_PER_SM = 2   # backward main kernel: ~247 registers x 128 threads (ptxas, sm_90) -> 2 (kScanMainBlocks)
 ROW_WALK_MAX_TILES = 32  # a row walk sweeps its tiles in sequence: keep that serial part short
@@ -65,10 +68,13 @@ def groups_of(X: Tensor) -> int:
 def plan_chunk_len(batch: int, dim: int, L: int, sm_count: int) -> int:
     """Forward chunk length (a multiple of FWD_STEPS).
 
-    One chunk per row when the rows alone fill the GPU (ViM: batch x d_inner rows). Otherwise L
-    is split into chunks, and the split is the one with the least estimated time: a block (FWD_ROWS
-    rows) walks its chunk's steps in sequence, blocks run in waves of sm_count * FWD_BLOCKS_PER_SM,
-    and more than one chunk adds the summary pass and the carries' combine.
+    One chunk per row when the rows give every multiprocessor work (ViM: batch x d_inner rows).
+    Otherwise L is split into chunks, and the split is the one with the least estimated time: a
+    block (FWD_ROWS rows) walks its chunk's steps in sequence; the blocks share their
+    multiprocessor's ex2 throughput, so the busiest multiprocessor's blocks x steps is the time
+    (a lone block runs at LONE_BLOCK_EFF); more than one chunk adds the summary pass (again every
+    step's exp2) and the carries' combine. Splitting therefore pays only where most
+    multiprocessors would otherwise idle (DVMSR: 120 rows, one block of them).
     """
     if min(batch, dim, L, sm_count) < 1:
         raise ValueError("batch, dim, L and sm_count must be >= 1")
@@ -76,22 +82,24 @@ def plan_chunk_len(batch: int, dim: int, L: int, sm_count: int) -> int:
     return steps * FWD_STEPS
 
 
+def fwd_cost(col_blocks: int, tiles: int, chunk_tiles: int, sm_count: int) -> float:
+    """The planner's time estimate (see plan_chunk_len) of a forward over `tiles` FWD_STEPS-step
+    blocks split into chunks of `chunk_tiles`, with `col_blocks` blocks of rows per chunk."""
+    n = math.ceil(tiles / chunk_tiles)
+    per_sm = math.ceil(col_blocks * n / sm_count)  # blocks on the busiest multiprocessor
+    t = per_sm * chunk_tiles / (LONE_BLOCK_EFF if per_sm == 1 else 1.0)
+    return t if n == 1 else t * (1 + SUMMARY_COST) + CHUNK_COST * n
+
+
 @functools.lru_cache(maxsize=256)
 def _plan_chunk_tiles(col_blocks: int, tiles: int, sm_count: int) -> int:
-    slots = sm_count * FWD_BLOCKS_PER_SM
     min_tiles = math.ceil(tiles / 65535)  # grid.z limit on the number of chunks
-    if col_blocks >= slots or tiles == 1:
+    if col_blocks >= 2 * sm_count or tiles == 1:  # every multiprocessor has two blocks: no split pays
         return max(tiles, min_tiles)
-
-    def cost(chunk_tiles: int) -> float:
-        n = math.ceil(tiles / chunk_tiles)
-        main = math.ceil(col_blocks * n / slots) * chunk_tiles
-        return main if n == 1 else main * (1 + SUMMARY_COST) + CHUNK_COST * n
-
-    # Beyond a few waves more chunks only add overhead: try n_chunks up to 8 waves' worth.
-    max_chunks = min(tiles, 8 * math.ceil(slots / col_blocks))
+    # More chunks than a few blocks per multiprocessor only add overhead.
+    max_chunks = min(tiles, 8 * math.ceil(FWD_BLOCKS_PER_SM * sm_count / col_blocks))
     candidates = {max(math.ceil(tiles / n), min_tiles) for n in range(1, max_chunks + 1)}
-    return min(candidates, key=lambda ct: (cost(ct), -ct))
+    return min(candidates, key=lambda ct: (fwd_cost(col_blocks, tiles, ct, sm_count), -ct))
 
 
 def use_row_walk(batch: int, dim: int, L: int, sm_count: int, rows: int = ROWS,
