@@ -117,11 +117,13 @@ def _halves(backend: str, xz: Tensor, d: int) -> tuple[Tensor, Tensor]:
 
 
 def _project(xc: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor, N: int):
-    """x_dbl (k, b, L, rank + 2N) and delta, B, C ((k, b, d, L), (k, b, N, L) x2) in xc's dtype."""
+    """x_dbl (k, b, L, rank + 2N) and delta, B, C ((k, b, d, L), (k, b, N, L) x2) in xc's dtype.
+    The products take transposed operands as views (the GEMMs read them transposed) and delta
+    comes out as (k, b, d, L) rows directly: no (b, d, L)-sized transposed copies."""
     rank = dt_proj_w.shape[-1]
     x_dbl = torch.matmul(xc.transpose(-1, -2).to(x_proj_w.dtype), x_proj_w.transpose(-1, -2).unsqueeze(1))
-    delta = torch.matmul(x_dbl[..., :rank], dt_proj_w.to(x_dbl.dtype).transpose(-1, -2).unsqueeze(1))
-    delta = delta.transpose(-1, -2).to(xc.dtype).contiguous()
+    delta = torch.matmul(dt_proj_w.to(x_dbl.dtype).unsqueeze(1), x_dbl[..., :rank].transpose(-1, -2))
+    delta = delta.to(xc.dtype).contiguous()
     B = x_dbl[..., rank:rank + N].transpose(-1, -2).to(xc.dtype).contiguous()
     C = x_dbl[..., rank + N:rank + 2 * N].transpose(-1, -2).to(xc.dtype).contiguous()
     return x_dbl, delta, B, C
@@ -170,16 +172,19 @@ def _mixer_bwd(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: T
             del delta, B, C  # free the recomputed activations as soon as they are used
             if sl.stop == S:
                 del z
+            # the weight products as batched GEMMs over b (summed after), every operand a view
             mm = x_dbl.dtype
-            g_delta = ddelta.transpose(-1, -2).to(mm)  # (k, b, L, d)
+            g_delta = ddelta.to(mm)  # (k, b, d, L)
             del ddelta
-            d_dt_proj_w = torch.einsum("sbld,sblr->sdr", g_delta, x_dbl[..., :rank])
-            dx_dbl = torch.cat([torch.matmul(g_delta, dt_proj_w[sl].to(mm).unsqueeze(1)),
+            d_dt_proj_w = torch.matmul(g_delta, x_dbl[..., :rank]).sum(1)  # (k, d, rank)
+            dx_dbl = torch.cat([torch.matmul(g_delta.transpose(-1, -2), dt_proj_w[sl].to(mm).unsqueeze(1)),
                                 dB.transpose(-1, -2).to(mm), dC.transpose(-1, -2).to(mm)], dim=-1)
             del g_delta, x_dbl
-            d_x_proj_w = torch.einsum("sblk,sbdl->skd", dx_dbl, xc.to(mm))
+            d_x_proj_w = torch.matmul(dx_dbl.transpose(-1, -2), xc.to(mm).transpose(-1, -2)).sum(1)  # (k, R, d)
             del xc
-            du.add_(torch.matmul(dx_dbl, x_proj_w[sl].to(mm).unsqueeze(1)).transpose(-1, -2).to(du.dtype))
+            # du (k, b, d, L) += x_proj_w^T dx_dbl^T, produced in du's layout
+            du.add_(torch.matmul(x_proj_w[sl].to(mm).transpose(-1, -2).unsqueeze(1),
+                                 dx_dbl.transpose(-1, -2)).to(du.dtype))
             del dx_dbl
             dx, d_conv_w, d_conv_b = _conv_bwd(backend, x, conv_w, conv_b, du, sl)
             del du
