@@ -1,6 +1,9 @@
 // Device helpers shared by the kernels: element conversions, activation math, warp scans.
 #pragma once
 
+#include <cstdint>
+#include <cstdlib>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -31,6 +34,16 @@ __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(
 __device__ __forceinline__ float softplusf(float x) { return x > 20.f ? x : log1pf(__expf(x)); }
 
 constexpr unsigned kFullMask = 0xffffffffu;
+
+// The address of a vector access (uint4, float4). On the GPU a misaligned one faults; the host
+// emulator of the tests (x86 tolerates it) checks the alignment here instead.
+template <typename V, typename P>
+__device__ __forceinline__ V* vec_at(P* p) {
+#ifdef VIMD_CUDA_EMULATION
+  if (reinterpret_cast<uintptr_t>(p) % alignof(V) != 0) std::abort();
+#endif
+  return reinterpret_cast<V*>(p);
+}
 
 // A kernel's static shared memory, one struct per kind of buffer: a __shared__ array declared in a
 // function template is allocated once per instantiation (e.g. per direction); declared through

@@ -94,7 +94,7 @@ struct TileIO {
   __device__ __forceinline__ void load_block(const T* __restrict__ row, float (&v)[kScanItems]) const {
     const int t0 = t();
     ItemWords<T> w;
-    const uint4* src = reinterpret_cast<const uint4*>(row + (reverse ? L - t0 - kScanItems : t0));
+    const uint4* src = vec_at<const uint4>(row + (reverse ? L - t0 - kScanItems : t0));
 #pragma unroll
     for (int k = 0; k < ItemWords<T>::kWords; ++k) w.words[k] = src[k];
 #pragma unroll
@@ -141,7 +141,7 @@ struct TileIO {
         for (int i = 0; i < kScanItems; ++i) {
           w.items[i] = from_float<T>(reverse ? v[kScanItems - 1 - i] : v[i]);
         }
-        uint4* dst = reinterpret_cast<uint4*>(row + (reverse ? L - t0 - kScanItems : t0));
+        uint4* dst = vec_at<uint4>(row + (reverse ? L - t0 - kScanItems : t0));
 #pragma unroll
         for (int k = 0; k < ItemWords<T>::kWords; ++k) dst[k] = w.words[k];
       } else {

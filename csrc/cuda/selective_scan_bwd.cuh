@@ -265,13 +265,13 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
         static_assert(kScanWarps * 32 * 4 == 2 * kScanTile, "one float4 of sums per thread");
         {
           const int which = threadIdx.x / (kScanTile / 4), q4 = threadIdx.x % (kScanTile / 4);
-          float4 sum = reinterpret_cast<const float4*>(red_slot(buf, 0, which))[q4];
+          float4 sum = vec_at<const float4>(red_slot(buf, 0, which))[q4];
 #pragma unroll
           for (int r = 1; r < kScanRows; ++r) {
-            const float4 v = reinterpret_cast<const float4*>(red_slot(buf, r, which))[q4];
+            const float4 v = vec_at<const float4>(red_slot(buf, r, which))[q4];
             sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
           }
-          float4* dst = reinterpret_cast<float4*>(acc + (which * N + n) * kScanTile) + q4;
+          float4* dst = vec_at<float4>(acc + (which * N + n) * kScanTile) + q4;
           float4 cur = *dst;
           cur.x += sum.x, cur.y += sum.y, cur.z += sum.z, cur.w += sum.w;
           *dst = cur;

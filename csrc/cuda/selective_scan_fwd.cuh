@@ -218,13 +218,13 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
         float yi = 0.f;
 #pragma unroll
         for (int q = 0; q < kFwdStateGroup / 4; ++q) {
-          const float4 bq = b_grouped ? reinterpret_cast<const float4*>(Bs)[q]
+          const float4 bq = b_grouped ? vec_at<const float4>(Bs)[q]
                                       : make_float4(b_const[4 * q], b_const[4 * q + 1], b_const[4 * q + 2],
                                                     b_const[4 * q + 3]);
           const float bs[4] = {bq.x, bq.y, bq.z, bq.w};
           float cs[4] = {0.f, 0.f, 0.f, 0.f};
           if (!kSummary) {
-            const float4 cq = c_grouped ? reinterpret_cast<const float4*>(Cs)[q]
+            const float4 cq = c_grouped ? vec_at<const float4>(Cs)[q]
                                         : make_float4(c_const[4 * q], c_const[4 * q + 1], c_const[4 * q + 2],
                                                       c_const[4 * q + 3]);
             cs[0] = cq.x, cs[1] = cq.y, cs[2] = cq.z, cs[3] = cq.w;
