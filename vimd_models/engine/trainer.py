@@ -37,14 +37,16 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def init_distributed(device: str) -> tuple[int, int]:
-    """torchrun sets WORLD_SIZE / RANK: join the group (gloo on CPU, nccl on CUDA)."""
+def init_distributed(device: str) -> bool:
+    """torchrun sets WORLD_SIZE / RANK: join the group (gloo on CPU, nccl on CUDA). True when this
+    call created the group (and so must destroy it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         if device.startswith("cuda"):
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return dist_info()
+        return True
+    return False
 
 
 def _device(cfg: dict) -> torch.device:
@@ -154,8 +156,23 @@ def count_params(m: nn.Module) -> int:
 
 
 def train(cfg: dict, resume: str | None = None) -> dict:
-    """Train ``cfg`` (see engine.config); returns the summary of the last epoch and the run folder."""
-    rank, world = init_distributed(cfg["device"])
+    """Train ``cfg`` (see engine.config); returns the summary of the last epoch and the run folder.
+    Under torchrun every rank waits for rank 0's final writes, then leaves the process group: a rank
+    that exits with the group's threads still running aborts ("terminate called without an active
+    exception")."""
+    owned = init_distributed(cfg["device"])
+    try:
+        res = _train(cfg, resume)
+        if dist_info()[1] > 1:
+            dist.barrier()
+        return res
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: dict, resume: str | None) -> dict:
+    rank, world = dist_info()
     device = _device(cfg)
     torch.manual_seed(cfg["seed"])
     random.seed(cfg["seed"])
