@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup test test-cpu test-interpret test-cuda demo bench check-gpu-code clean
+.PHONY: setup test test-cpu test-interpret test-cuda racecheck demo bench check-gpu-code clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ test-interpret:
 
 test-cuda: setup
 	$(PY) -m pytest -q -m cuda tests
+
+# Every CUDA-emulator test under ThreadSanitizer (CI runs one case per kernel; this takes an hour or more).
+racecheck: setup
+	$(PY) -m pytest -q -m slow tests/kernels/test_cuda_racecheck.py
 
 demo: setup
 	$(VENV)/bin/vimd demo

@@ -147,6 +147,7 @@ def test_cuda_modules_reject_unsupported_inputs_before_launch():
 # std::thread per CUDA thread) behind the real bindings and the real backend modules: checks
 # the kernels' indexing and arithmetic without a GPU (not their speed or memory ordering).
 
+EMU_SANITIZE_ENV = "VIMD_EMU_SANITIZE"
 EMU_SM_COUNT = 4  # small, so the forward plans several chunks at these tiny shapes
 
 
@@ -164,10 +165,18 @@ def _build_emulator(tmp_path_factory, name: str, defines: list[str]):
         pytest.skip("CUDA toolkit headers (cuda_fp16.h) not found: cannot build the kernel emulator")
     from torch.utils.cpp_extension import load
     csrc = os.path.join(os.path.dirname(__file__), "..", "..", "csrc")
-    return load(name=name, sources=[os.path.join(csrc, "cuda", "emu", "emu_ops.cpp")],
-                extra_include_paths=[os.path.abspath(csrc), inc],
-                extra_cflags=["-std=c++20", "-DVIMD_CUDA_EMULATION", "-O1", "-Wno-unknown-pragmas", *defines],
-                build_directory=str(tmp_path_factory.mktemp(name)), verbose=False)
+    sanitize = os.environ.get(EMU_SANITIZE_ENV)  # "thread": the race check (test_cuda_racecheck.py)
+    san = [f"-fsanitize={sanitize}", "-g"] if sanitize else []
+    name += f"_{sanitize}" if sanitize else ""
+    preload = os.environ.pop("LD_PRELOAD", None)  # the sanitizer runtime is for this process, not the compiler
+    try:
+        return load(name=name, sources=[os.path.join(csrc, "cuda", "emu", "emu_ops.cpp")],
+                    extra_include_paths=[os.path.abspath(csrc), inc],
+                    extra_cflags=["-std=c++20", "-DVIMD_CUDA_EMULATION", "-O1", "-Wno-unknown-pragmas", *defines, *san],
+                    extra_ldflags=san, build_directory=str(tmp_path_factory.mktemp(name)), verbose=False)
+    finally:
+        if preload is not None:
+            os.environ["LD_PRELOAD"] = preload
 
 
 @pytest.fixture(scope="module")
