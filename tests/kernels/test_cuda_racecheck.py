@@ -73,16 +73,27 @@ def _race_check(tests: list[str], tmp_path, timeout: int) -> None:
     assert re.search(rf"\b{len(tests)} passed\b", res.stdout), res.stdout[-2000:]
 
 
-# The checker itself, on four-line kernels: what a GPU orders (a block barrier, a warp barrier,
-# a half-warp barrier within its half) passes; what it does not (no barrier between warps, a
-# shuffle in place of __syncwarp, a half-warp barrier read across halves) is reported.
+# The checkers themselves, on probe kernels. Races: what a GPU orders (a block barrier, a warp
+# barrier, a half-warp barrier within its half) passes; what it does not (no barrier between
+# warps, a shuffle in place of __syncwarp, a half-warp barrier read across halves) is reported.
+# Barriers: threads that exited do not wait (as on a GPU), but live threads waiting at two
+# different __syncthreads fail the launch.
 PROBE = r"""
 #include "cuda/emu/simt_host.h"
+#include <cstdio>
 #include <cstdlib>
 float out[64];
 __global__ void probe(int mode) {
   __shared__ float s[64];
   const int t = threadIdx.x, l = t % 32;
+  if (mode >= 6) {
+    if (t >= 32) {
+      if (mode == 7) __syncthreads();                               // not the others' barrier
+      return;
+    }
+    __syncthreads();
+    return;
+  }
   s[t] = float(t);
   int src = t ^ 1;                                                  // a neighbour in the same warp
   if (mode == 0) { __syncthreads(); src = (t + 32) % 64; }          // other warp, block barrier
@@ -93,11 +104,15 @@ __global__ void probe(int mode) {
   if (mode == 5) { __syncwarp(l < 16 ? 0x0000ffffu : 0xffff0000u); src = t ^ 16; }   // other half
   out[t] = s[src];
 }
-int main(int, char** argv) { vimd_emu::launch(probe, dim3(1), dim3(64), 0, std::atoi(argv[1])); }
+int main(int, char** argv) {
+  const cudaError_t err = vimd_emu::launch(probe, dim3(2), dim3(64), 0, std::atoi(argv[1]));
+  if (err != cudaSuccess) std::fprintf(stderr, "launch failed: %s\n", cudaGetErrorString(err));
+  return err == cudaSuccess ? 0 : 3;
+}
 """
 
 
-def test_race_check_reports_what_a_gpu_does_not_order(tmp_path):
+def test_checkers_report_what_a_gpu_does_not_allow(tmp_path):
     runtime = _tsan_runtime()
     if runtime is None or _cuda_include() is None:
         pytest.skip("needs the ThreadSanitizer runtime and the CUDA toolkit headers")
@@ -105,15 +120,16 @@ def test_race_check_reports_what_a_gpu_does_not_order(tmp_path):
     src.write_text(PROBE)
     exe = tmp_path / "probe"
     subprocess.run(["g++", "-std=c++20", "-O1", "-g", "-fsanitize=thread", f"-I{ROOT}/csrc",
-                    f"-I{_cuda_include()}", str(src), "-o", str(exe)],
-                   check=True, capture_output=True, timeout=300)
-    raced = {}
-    for mode in range(6):
+                    f"-I{_cuda_include()}", str(src), "-o", str(exe)], check=True, capture_output=True, timeout=300)
+    raced, failed = {}, {}
+    for mode in range(8):
         res = subprocess.run([str(exe), str(mode)], capture_output=True, text=True, timeout=120,
                              env=dict(os.environ, TSAN_OPTIONS="exitcode=66"))
         raced[mode] = "WARNING: ThreadSanitizer: data race" in res.stderr
-        assert res.returncode == (66 if raced[mode] else 0), res.stderr[-2000:]
-    assert raced == {0: False, 1: True, 2: False, 3: True, 4: False, 5: True}
+        failed[mode] = "launch failed: divergent __syncthreads" in res.stderr
+        assert res.returncode == (66 if raced[mode] else 3 if failed[mode] else 0), res.stderr[-2000:]
+    assert raced == {0: False, 1: True, 2: False, 3: True, 4: False, 5: True, 6: False, 7: False}
+    assert failed == {m: m == 7 for m in range(8)}
 
 
 def test_emulated_kernels_are_race_free(tmp_path):

@@ -3,7 +3,9 @@
 //
 // Every CUDA thread of a block is one std::thread; blocks run one after another (so `__shared__`
 // can be a function-local static). Warp shuffles and __syncwarp are barriers over the 32 lanes of
-// a warp (__syncwarp over half a warp takes that half's mask), __syncthreads one over the block. Slow (thousands of context switches): tiny shapes only.
+// a warp (__syncwarp over half a warp takes that half's mask), __syncthreads one over the block
+// that also checks every live thread waits at the same call site. Slow (thousands of context
+// switches): tiny shapes only.
 // Not a GPU model: it checks indexing, data flow and arithmetic, not timing. Built with
 // -fsanitize=thread (tests/kernels/test_cuda_racecheck.py) it also checks the ordering of shared
 // memory: the barriers order memory as on a GPU, the shuffles (which a GPU does not promise) don't.
@@ -22,7 +24,10 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
+#include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <cmath>
 #include <memory>
@@ -38,15 +43,44 @@ struct Warp {
   float vals[32] = {};
 };
 
+// A block's barrier, and where each thread called it: a GPU requires every thread of the block
+// that has not exited to wait at the same __syncthreads, so the emulator checks the call sites
+// (two slots, by barrier phase: a thread already at the next barrier writes the other one).
+struct Block {
+  explicit Block(int n) : bar(n), n(n), sites{std::vector<std::atomic<const char*>>(n),
+                                              std::vector<std::atomic<const char*>>(n)}, exited(n) {}
+  std::barrier<> bar;
+  int n;
+  std::vector<std::atomic<const char*>> sites[2];  // "file:line" of the __syncthreads
+  std::vector<std::atomic<bool>> exited;
+};
+
 struct ThreadCtx {
   uint3 thread{}, block{};
   Warp* warp = nullptr;
-  std::barrier<>* block_bar = nullptr;
+  Block* block_state = nullptr;
+  unsigned phase = 0;  // block barriers this thread has passed
 };
 
 inline thread_local ThreadCtx ctx;
 inline dim3 grid_dim, block_dim;
 inline std::vector<unsigned char> dynamic_smem;
+inline std::atomic<bool> launch_failed{false};
+inline char failure[256];
+
+inline void sync_block(const char* site) {
+  Block& b = *ctx.block_state;
+  const int slot = ctx.phase++ & 1, t = static_cast<int>(ctx.thread.x);
+  b.sites[slot][t].store(site);
+  b.bar.arrive_and_wait();
+  for (int u = 0; u < b.n; ++u) {
+    if (b.exited[u].load()) continue;
+    const char* other = b.sites[slot][u].load();
+    if (std::strcmp(other, site) != 0 && !launch_failed.exchange(true))
+      std::snprintf(failure, sizeof failure, "divergent __syncthreads (emulator): in block (%u, %u, %u) thread %d "
+                    "waits at %s, thread %d at %s", ctx.block.x, ctx.block.y, ctx.block.z, t, site, u, other);
+  }
+}
 
 inline int lane() { return static_cast<int>(ctx.thread.x % 32); }
 
@@ -93,11 +127,12 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem
   grid_dim = grid;
   block_dim = block;
   dynamic_smem.assign(smem + 16, 0);
+  launch_failed = false;
   const int nthreads = static_cast<int>(block.x);
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::barrier<> block_bar(nthreads);
+        Block block_state(nthreads);
         std::vector<std::unique_ptr<Warp>> warps;
         for (int w = 0; w < nthreads / 32; ++w) warps.push_back(std::make_unique<Warp>(32));
         std::vector<std::thread> threads;
@@ -107,15 +142,18 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem
             ctx.thread = uint3{static_cast<unsigned>(t), 0, 0};
             ctx.block = uint3{bx, by, bz};
             ctx.warp = warps[t / 32].get();
-            ctx.block_bar = &block_bar;
+            ctx.block_state = &block_state;
+            ctx.phase = 0;
             kernel(args...);
             // A finished thread stops counting toward later barriers of its warp and block.
+            block_state.exited[t].store(true);
             ctx.warp->bar.arrive_and_drop();
             ctx.warp->half[t % 32 / 16].arrive_and_drop();
-            block_bar.arrive_and_drop();
+            block_state.bar.arrive_and_drop();
           });
         }
         for (auto& th : threads) th.join();
+        if (launch_failed) return cudaErrorLaunchFailure;
       }
   return cudaSuccess;
 }
@@ -140,7 +178,9 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
     std::abort();  // the kernels sync whole warps or half warps only
   }
 }
-inline void __syncthreads() { vimd_emu::ctx.block_bar->arrive_and_wait(); }
+#define VIMD_EMU_STR2(x) #x
+#define VIMD_EMU_STR(x) VIMD_EMU_STR2(x)
+#define __syncthreads() vimd_emu::sync_block(__FILE__ ":" VIMD_EMU_STR(__LINE__))
 // Shuffles within segments of `width` lanes, as on the GPU: a source outside the lane's segment
 // gives the lane its own value (up/down), indices wrap inside the segment (idx, xor).
 inline float __shfl_sync(unsigned, float v, int src, int width = 32) {
@@ -175,5 +215,6 @@ inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 bloc
 // The runtime calls made besides launches: raising the shared-memory limit, error strings.
 extern "C" inline cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
 extern "C" inline const char* cudaGetErrorString(cudaError_t err) {
-  return err == cudaSuccess ? "no error" : "invalid launch configuration (emulator)";
+  if (err == cudaSuccess) return "no error";
+  return err == cudaErrorLaunchFailure ? vimd_emu::failure : "invalid launch configuration (emulator)";
 }
