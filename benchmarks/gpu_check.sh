@@ -19,7 +19,9 @@
 # Optional stage `layout`: times the scan's cuda fwd+bwd (the gpu-bar shapes) built with the
 # backward's two row layouts (VIMD_SCAN_LANES=32: a warp per row, then the default 16: half a warp
 # with 16 steps per lane), rebuilding the default last; results in layout_32/ and layout_16/.
-# Env: OUT, STAGES (build peers test bench profile models plan tune layout), ARCH (default: this GPU's, e.g. 90),
+# Optional stage `sanitize`: compute-sanitizer memcheck, racecheck and synccheck over one small
+# `cuda` test of every kernel and phase (GPU_SANITIZE_CASES in tests/kernels/test_cuda_racecheck.py).
+# Env: OUT, STAGES (build peers test sanitize bench profile models plan tune layout), ARCH (default: this GPU's, e.g. 90),
 #      MAX_JOBS, DEADLINE_S, PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -91,6 +93,19 @@ if has test && enough_time tests 60; then
   test_rc=$?
   note "tests (-m cuda): rc=$test_rc -- $(tail -1 "$OUT/pytest_cuda.log")"
   [ $test_rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/pytest_cuda.log" | head -20 | tee -a "$summary"
+fi
+
+if has sanitize && enough_time sanitize 90; then
+  SAN=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+  mapfile -t cases < <($PY -c "from tests.kernels.test_cuda_racecheck import GPU_SANITIZE_CASES as c; print('\n'.join(c))")
+  for tool in memcheck racecheck synccheck; do
+    enough_time "sanitize ($tool)" 40 || break
+    # no caching allocator under memcheck: an access past a tensor then leaves its allocation
+    nocache=(); [ $tool = memcheck ] && nocache=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1)
+    "${nocache[@]}" timeout "$(( $(left) - 10 ))" "$SAN" --tool $tool --error-exitcode 9 --print-limit 20 \
+      $PY -m pytest -q -p no:cacheprovider -m cuda "${cases[@]}" >"$OUT/sanitize_$tool.log" 2>&1
+    note "sanitize ($tool): rc=$? -- $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed|failed' "$OUT/sanitize_$tool.log" | tail -2 | tr '\n' ' ')"
+  done
 fi
 
 wait_peers() {  # until the peer build ends or only $1 seconds are left

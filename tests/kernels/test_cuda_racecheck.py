@@ -41,6 +41,29 @@ RACE_CASES = [
 ]
 
 
+# On a GPU, `STAGES=sanitize bash benchmarks/gpu_check.sh` runs these `cuda` tests under
+# compute-sanitizer's memcheck (out-of-bounds and misaligned global accesses, which the emulator's
+# x86 host tolerates), racecheck (shared-memory hazards on the hardware) and synccheck: one small
+# case of every kernel and phase (grouped B/C, the three-phase long-L path, state groups with the
+# shared-memory opt-in, both directions in one launch, conv channel slices, the mixer op).
+GPU_SANITIZE_CASES = [
+    T + "test_scan_matches_reference[b3d12L300N16-Bg4Cg4-Dzds---float32]",
+    T + "test_scan_matches_reference[b1d120L4096N16-Bg4Cg4-Dzdsir-float32]",
+    T + "test_scan_matches_reference[b1d24L500N40-BconstCg2-Dzdsir-float32]",
+    T + "test_bi_scan_matches_reference_per_direction[b2d24L197N16-BvarCvar-Dzds---float32]",
+    T + "test_conv_matches_reference[2-16-197-7-True-False-True-dtype20]",
+    T + "test_conv_channel_slice[8-True-730-192]",
+    T + "test_bi_conv_matches_reference_per_direction[4-True-dtype0]",
+    T + "test_mixer_paths_match_reference[197-True]",
+]
+
+
+def test_gpu_sanitize_cases_exist():
+    ids = set(subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "", T.rstrip(":")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300).stdout.split())
+    assert [c for c in GPU_SANITIZE_CASES + RACE_CASES if c not in ids] == []
+
+
 def _tsan_runtime() -> str | None:
     try:
         path = subprocess.run(["gcc", "-print-file-name=libtsan.so"], capture_output=True, text=True,
