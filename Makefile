@@ -27,7 +27,7 @@ test-interpret:
 test-cuda: setup
 	$(PY) -m pytest -q -m cuda tests
 
-# Every CUDA-emulator test under ThreadSanitizer (CI runs one case per kernel; this takes an hour or more).
+# Every CUDA-emulator test under ThreadSanitizer (CI runs one case per kernel; this takes about two hours on 2 cores).
 racecheck: setup
 	$(PY) -m pytest -q -m slow tests/kernels/test_cuda_racecheck.py
 

@@ -145,7 +145,8 @@ def test_cuda_modules_reject_unsupported_inputs_before_launch():
 # ----------------------------------------------------------------------------- CPU: emulated kernels
 # The kernel templates of csrc/cuda compiled for the CPU with csrc/cuda/emu/simt_host.h (one
 # std::thread per CUDA thread) behind the real bindings and the real backend modules: checks
-# the kernels' indexing and arithmetic without a GPU (not their speed or memory ordering).
+# the kernels' indexing and arithmetic without a GPU (not their speed; memory ordering only under
+# the race check, test_cuda_racecheck.py).
 
 EMU_SANITIZE_ENV = "VIMD_EMU_SANITIZE"
 EMU_SM_COUNT = 4  # small, so the forward plans several chunks at these tiny shapes
