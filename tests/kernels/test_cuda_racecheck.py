@@ -58,9 +58,14 @@ GPU_SANITIZE_CASES = [
 ]
 
 
+def _test_cuda_ids() -> list[str]:
+    """Every test id of test_cuda.py (any marker)."""
+    return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "", T.rstrip(":")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300).stdout.split()
+
+
 def test_gpu_sanitize_cases_exist():
-    ids = set(subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "", T.rstrip(":")],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300).stdout.split())
+    ids = set(_test_cuda_ids())
     assert [c for c in GPU_SANITIZE_CASES + RACE_CASES if c not in ids] == []
 
 
@@ -161,8 +166,6 @@ def test_emulated_kernels_are_race_free(tmp_path):
 
 @pytest.mark.slow
 def test_every_emulated_test_is_race_free(tmp_path):
-    ids = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "", T.rstrip(":")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300).stdout.split()
-    tests = [i for i in ids if i.startswith(T + "test_emulated_")]
+    tests = [i for i in _test_cuda_ids() if i.startswith(T + "test_emulated_")]
     assert len(tests) > len(RACE_CASES)
     _race_check(tests, tmp_path, timeout=6 * 3600)
