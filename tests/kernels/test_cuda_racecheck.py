@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 T = "tests/kernels/test_cuda.py::"
 
-# One case per kernel, phase and layout (about 4 minutes): forward single pass and chunked (summary,
+# One case per kernel, phase and layout (about 6.5 minutes): forward single pass and chunked (summary,
 # carry combine, main pass), state groups cycled through shared memory, backward tiles in parallel
 # (summary + combine) and the row walk, odd L through the staging buffers, grouped B/C sums, both
 # directions in one launch, conv forward/backward (both directions, channel slices), the mixer op.
