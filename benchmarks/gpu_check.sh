@@ -6,8 +6,15 @@
 # a stage that would start too late is skipped and says so. Build outputs (build/ and the peers'
 # in-place builds under .gpu_cache/) stay on a warm machine, so a second call resumes quickly:
 #
-#   STAGES="build peers test" bash benchmarks/gpu_check.sh     # call 1: build + tests
-#   STAGES="build peers bench profile models" bash benchmarks/gpu_check.sh  # call 2: benchmarks
+#   bash benchmarks/gpu_check.sh          # one call: build, peers, cuda tests, gpu-bar, Triton tests
+#   STAGES="build peers bench profile models" bash benchmarks/gpu_check.sh  # a second call
+#
+# Device time: the default stages fit one call of the 10-minute limit (estimates from per-file
+# compile times measured on a CPU machine: our sm_90 build ~1.5 min; the peers built for sm_90
+# only ~2.5 min on 16 cores, in the background; all their default targets would take ~9x that).
+# `test` runs the cuda backend's tests (in parallel with pytest-xdist when it imports: most of
+# their time is the sequential reference's kernel launches); the Triton backend's GPU tests
+# (`test-triton`: their JIT compiles take minutes) run after the benchmarks.
 #
 # Peers (mamba_ssm, causal_conv1d) are not built by this repository: if an executable
 # .carry/build_peers.sh exists (yours, carried with the working tree), the `peers` stage runs it
@@ -21,13 +28,13 @@
 # with 16 steps per lane), rebuilding the default last; results in layout_32/ and layout_16/.
 # Optional stage `sanitize`: compute-sanitizer memcheck, racecheck and synccheck over one small
 # `cuda` test of every kernel and phase (GPU_SANITIZE_CASES in tests/kernels/test_cuda_racecheck.py).
-# Env: OUT, STAGES (build peers test sanitize bench profile models plan tune layout), ARCH (default: this GPU's, e.g. 90),
-#      MAX_JOBS, DEADLINE_S, PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
+# Env: OUT, STAGES (build peers test sanitize bench test-triton profile models plan tune layout), ARCH (default:
+#      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
-STAGES=${STAGES:-"build peers test bench"}
+STAGES=${STAGES:-"build peers test bench test-triton"}
 MAX_JOBS=${MAX_JOBS:-16}
 DEADLINE_S=${DEADLINE_S:-570}
 PY=${PY:-python3}
@@ -58,9 +65,12 @@ ARCH=${ARCH:-$($PY -c "import torch; c = torch.cuda.get_device_capability(); pri
 PEER_PATH=${PEER_PATH:-$PWD/.gpu_cache/peers/mamba_ssm-2.3.2.post1:$PWD/.gpu_cache/peers/causal_conv1d-1.7.0}
 export PYTHONPATH="$PEER_PATH${PYTHONPATH:+:$PYTHONPATH}"
 
-# Our build needs setuptools; install carried wheels if this Python lacks it (offline machine).
-if ! $PY -c "import setuptools" 2>/dev/null && ls .carry/peers/setuptools-*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps .carry/peers/setuptools-*.whl .carry/peers/wheel-*.whl
+# Carried wheels (offline machine): .carry/wheels/*.whl (e.g. mambapy, a peer of the benchmarks)
+# go into .gpu_cache/site, on PYTHONPATH, without an index or dependencies.
+if ls .carry/wheels/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target .gpu_cache/site .carry/wheels/*.whl \
+    && export PYTHONPATH="$PWD/.gpu_cache/site:$PYTHONPATH" \
+    && note "wheels: installed $(cd .carry/wheels && echo *.whl)"
 fi
 
 peer_pid=""
@@ -86,13 +96,22 @@ if has build && enough_time build 120; then
   $PY -c "import vimd_kernels as v; from vimd_kernels import _C; print('available backends:', v.available_backends()); print('has cuda ops:', hasattr(_C, 'selective_scan_fwd_cuda'))" 2>&1 | tee -a "$summary"
 fi
 
+# run_tests NAME LOG PATHS...: the `cuda`-marked tests under PATHS (xdist workers when available);
+# sets test_rc unless it passed before (a failure in either set fails the script).
+xdist=()
+$PY -c "import xdist" 2>/dev/null && [ "${TEST_WORKERS:-8}" -gt 1 ] && xdist=(-n "${TEST_WORKERS:-8}")
 test_rc=skip
-if has test && enough_time tests 60; then
+run_tests() {
+  local name=$1 log=$2 rc; shift 2
   timeout "$(( $(left) - 20 ))" $PY -m pytest -m cuda --maxfail=25 -q -rfE --durations=15 -p no:cacheprovider \
-    --junitxml="$OUT/pytest_cuda.xml" ${PYTEST_ARGS:-} tests >"$OUT/pytest_cuda.log" 2>&1
-  test_rc=$?
-  note "tests (-m cuda): rc=$test_rc -- $(tail -1 "$OUT/pytest_cuda.log")"
-  [ $test_rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/pytest_cuda.log" | head -20 | tee -a "$summary"
+    "${xdist[@]}" --junitxml="$OUT/$log.xml" ${PYTEST_ARGS:-} "$@" >"$OUT/$log.log" 2>&1
+  rc=$?
+  note "$name: rc=$rc -- $(tail -1 "$OUT/$log.log")"
+  [ $rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/$log.log" | head -20 | tee -a "$summary"
+  if [ "$test_rc" = skip ] || [ "$test_rc" = 0 ]; then test_rc=$rc; fi
+}
+if has test && enough_time tests 60; then
+  run_tests "tests (-m cuda, cuda backend)" pytest_cuda tests --ignore=tests/kernels/test_triton.py
 fi
 
 if has sanitize && enough_time sanitize 90; then
@@ -128,6 +147,10 @@ if has bench; then
     bench_rc=$?
     note "bench (benchmarks.kernels --preset gpu-bar): rc=$bench_rc (log bench_kernels.log, results bench/)"
   fi
+fi
+
+if has test-triton && enough_time "tests (triton)" 60; then
+  run_tests "tests (-m cuda, triton backend)" pytest_triton tests/kernels/test_triton.py
 fi
 
 if has profile; then
