@@ -1,0 +1,47 @@
+"""benchmarks/gpu_check.sh on a machine without a GPU: the stages run in order, write their logs and
+summary lines, and a stage that would start too late is skipped and says so. (Its GPU work, the
+build and the benchmarks, is not run here; the `cuda`-marked tests it calls are skipped without a GPU.)"""
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
+                                reason="on a GPU this would run the whole GPU test suite")
+
+
+def _run(tmp_path, stages: str, deadline_s: int) -> str:
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "STAGES": stages, "PY": sys.executable,
+           "DEADLINE_S": str(deadline_s), "TEST_WORKERS": "1"}
+    r = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return (out / "summary.txt").read_text()
+
+
+def test_test_stages_run_the_cuda_backend_then_the_triton_tests(tmp_path):
+    summary = _run(tmp_path, "test test-triton", 300)
+    lines = summary.splitlines()
+    cuda = [i for i, s in enumerate(lines) if s.startswith("tests (-m cuda, cuda backend): rc=0")]
+    triton = [i for i, s in enumerate(lines) if s.startswith("tests (-m cuda, triton backend): rc=0")]
+    assert len(cuda) == 1 and len(triton) == 1 and cuda[0] < triton[0], summary
+    assert "skipped" in lines[cuda[0]] and "skipped" in lines[triton[0]]
+    # the cuda-backend set leaves the Triton file to its own stage (test ids from the JUnit files)
+    ids = {k: [c.get("classname") for c in ET.parse(tmp_path / "out" / f"pytest_{k}.xml").iter("testcase")]
+           for k in ("cuda", "triton")}
+    assert ids["cuda"] and not [c for c in ids["cuda"] if "test_triton" in c]
+    assert ids["triton"] and all("test_triton" in c for c in ids["triton"])
+    for name in ("pytest_cuda.xml", "pytest_triton.xml", "env.txt"):
+        assert (tmp_path / "out" / name).exists(), name
+
+
+def test_a_stage_without_time_left_is_skipped_with_the_reason(tmp_path):
+    summary = _run(tmp_path, "test", 30)
+    assert "tests: skipped, only" in summary and "DEADLINE_S=30" in summary, summary
+    assert not (tmp_path / "out" / "pytest_cuda.log").exists()
