@@ -46,7 +46,18 @@ class Backend:
     name: str
     devices: tuple  # device types it runs on
     available: Callable[[], bool]
-    install_hint: str
+    hint: str | Callable[[], str]  # why it is unavailable and what to do (a callable: state-dependent)
+
+    @property
+    def install_hint(self) -> str:
+        return self.hint() if callable(self.hint) else self.hint
+
+
+def _cuda_hint() -> str:
+    if _EXT is not None and hasattr(_EXT, "selective_scan_fwd_cuda"):
+        return "the extension has the CUDA kernels, but torch sees no CUDA device"
+    return ("build with a CUDA toolkit and a CUDA build of torch: "
+            "pip install --no-build-isolation -e . (without VIMD_SKIP_CUDA_BUILD)")
 
 
 BACKENDS = {
@@ -56,9 +67,7 @@ BACKENDS = {
     "triton": Backend("triton", ("cuda", "cpu"), _triton_ok,
                       "needs triton (pip install triton) and a CUDA GPU, "
                       "or TRITON_INTERPRET=1 to run on CPU tensors"),
-    "cuda": Backend("cuda", ("cuda",), _cuda_ok,
-                    "build with a CUDA toolkit and a CUDA build of torch: "
-                    "pip install --no-build-isolation -e . (without VIMD_SKIP_CUDA_BUILD)"),
+    "cuda": Backend("cuda", ("cuda",), _cuda_ok, _cuda_hint),
 }
 
 

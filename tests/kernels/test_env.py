@@ -20,3 +20,22 @@ def test_env_report_runs():
         assert f"backend {name}" in out
         if not b.available():
             assert b.install_hint in out  # missing backends say how to install them
+
+
+def test_cuda_hint_tells_unbuilt_from_no_device(monkeypatch):
+    """An extension built with the CUDA kernels on a machine without a GPU is not told to rebuild."""
+    from vimd_kernels import registry
+
+    class Ext:  # stand-ins for the extension module, with and without the CUDA kernels
+        pass
+
+    built = Ext()
+    built.selective_scan_fwd_cuda = object()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(registry, "_EXT", built)
+    assert not BACKENDS["cuda"].available()
+    assert "no CUDA device" in BACKENDS["cuda"].install_hint
+    monkeypatch.setattr(registry, "_EXT", Ext())
+    assert "build with a CUDA toolkit" in BACKENDS["cuda"].install_hint
+    monkeypatch.setattr(registry, "_EXT", None)
+    assert "build with a CUDA toolkit" in BACKENDS["cuda"].install_hint
