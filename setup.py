@@ -39,8 +39,10 @@ def cuda_extension_kwargs() -> dict:
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
     # --threads: nvcc compiles the -gencode targets of one file in parallel (few files, 2-3 archs).
+    # -warn-spills: ptxas warns "Registers are spilled to local memory in function ..." (a kernel
+    # that spills in a user's build, e.g. for an arch CI does not check, says so in the build log).
     nvcc = ["-O3", "-std=c++17", "--use_fast_math", "--expt-relaxed-constexpr", "-lineinfo",
-            "--threads", "4",
+            "--threads", "4", "-Xptxas=-warn-spills",
             "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
             "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", *gencode]
     # The scan backward's row width (csrc/cuda/params.h): 16 lanes (default) or 32, for A/B timing.
