@@ -24,9 +24,21 @@ def _probe_extension():
         return None
 
 
+def _probe_interpreter() -> str | None:
+    """Under TRITON_INTERPRET=1: why the interpreter cannot run the Triton kernels, else None."""
+    if not _HAS_TRITON or os.environ.get("TRITON_INTERPRET") != "1":
+        return None
+    try:
+        from vimd_kernels.triton_utils import interpreter_problem
+    except Exception as e:  # noqa: BLE001 - a broken triton install, named in the hint
+        return f"import triton failed ({type(e).__name__}: {e})"
+    return interpreter_problem()
+
+
 # Probed once at import, so dispatch stays a pure lookup that torch.compile can trace.
 _EXT = _probe_extension()
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
+_INTERP_PROBLEM = _probe_interpreter()
 
 
 def _cpu_ok() -> bool:
@@ -38,7 +50,9 @@ def _cuda_ok() -> bool:
 
 
 def _triton_ok() -> bool:
-    return _HAS_TRITON and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return _HAS_TRITON and _INTERP_PROBLEM is None
+    return _HAS_TRITON and torch.cuda.is_available()
 
 
 @dataclass(frozen=True)
@@ -60,13 +74,17 @@ def _cuda_hint() -> str:
             "pip install --no-build-isolation -e . (without VIMD_SKIP_CUDA_BUILD)")
 
 
+def _triton_hint() -> str:
+    if _HAS_TRITON and os.environ.get("TRITON_INTERPRET") == "1" and _INTERP_PROBLEM is not None:
+        return _INTERP_PROBLEM
+    return "needs triton (pip install triton) and a CUDA GPU, or TRITON_INTERPRET=1 to run on CPU tensors"
+
+
 BACKENDS = {
     "ref": Backend("ref", ("cpu", "cuda"), lambda: True, "always available"),
     "cpu": Backend("cpu", ("cpu",), _cpu_ok,
                    "build the C++ extension: pip install --no-build-isolation -e ."),
-    "triton": Backend("triton", ("cuda", "cpu"), _triton_ok,
-                      "needs triton (pip install triton) and a CUDA GPU, "
-                      "or TRITON_INTERPRET=1 to run on CPU tensors"),
+    "triton": Backend("triton", ("cuda", "cpu"), _triton_ok, _triton_hint),
     "cuda": Backend("cuda", ("cuda",), _cuda_ok, _cuda_hint),
 }
 

@@ -48,6 +48,33 @@ def device_sms(t: torch.Tensor) -> int:
 
 
 @triton.jit
+def _index_probe_kernel(out_ptr, n):
+    acc = 0
+    for _ in range(tl.program_id(0), n):  # a loop bound from a runtime scalar, as every kernel has
+        acc += 1
+    tl.store(out_ptr, acc)
+
+
+def interpreter_problem() -> str | None:
+    """Why the Triton interpreter here cannot run the kernels (None when it can), from one tiny launch.
+
+    Known case: the interpreter of triton 3.6 and older keeps scalars as 1-element arrays and
+    turns them into Python ints with int(), which NumPy 2.4 refuses, so every loop with a runtime
+    bound fails deep inside triton (triton-lang/triton#9171; later releases squeeze first)."""
+    import numpy
+    out = torch.zeros(1, dtype=torch.int32)
+    try:
+        _index_probe_kernel[(1,)](out, 3)
+    except Exception as e:  # noqa: BLE001 - any failure here is the interpreter's, reported whole
+        return (f"triton {triton.__version__}'s interpreter cannot run a loop with a runtime bound "
+                f"under NumPy {numpy.__version__} ({type(e).__name__}: {e}); with triton <= 3.6 this is "
+                f"triton-lang/triton#9171: install numpy<2.4 or a newer triton")
+    if int(out.item()) != 3:
+        return f"triton {triton.__version__}'s interpreter counted {int(out.item())} loop steps, not 3"
+    return None
+
+
+@triton.jit
 def linear_combine(a1, b1, a2, b2):
     """Compose h -> a1*h + b1 then h -> a2*h + b2 (first-order linear recurrence scan operator)."""
     return a1 * a2, b1 * a2 + b2

@@ -3,8 +3,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
+from vimd_kernels import registry
 from vimd_kernels.registry import BACKENDS
 
 
@@ -24,7 +26,6 @@ def test_env_report_runs():
 
 def test_cuda_hint_tells_unbuilt_from_no_device(monkeypatch):
     """An extension built with the CUDA kernels on a machine without a GPU is not told to rebuild."""
-    from vimd_kernels import registry
 
     class Ext:  # stand-ins for the extension module, with and without the CUDA kernels
         pass
@@ -39,3 +40,24 @@ def test_cuda_hint_tells_unbuilt_from_no_device(monkeypatch):
     assert "build with a CUDA toolkit" in BACKENDS["cuda"].install_hint
     monkeypatch.setattr(registry, "_EXT", None)
     assert "build with a CUDA toolkit" in BACKENDS["cuda"].install_hint
+
+
+def test_triton_interpreter_problem_makes_the_backend_unavailable_with_the_reason(monkeypatch):
+    # e.g. triton <= 3.6's interpreter under NumPy 2.4 (triton-lang/triton#9171)
+    monkeypatch.setattr(registry, "_HAS_TRITON", True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(registry, "_INTERP_PROBLEM", "triton 3.6's interpreter cannot run a loop")
+    assert "triton" not in registry.available_backends()
+    with pytest.raises(RuntimeError, match="backend 'triton' is not available here: triton 3.6's interpreter"):
+        registry.resolve("triton", torch.device("cpu"))
+    monkeypatch.setattr(registry, "_INTERP_PROBLEM", None)
+    assert registry.BACKENDS["triton"].available()
+
+
+@pytest.mark.interpret
+def test_triton_interpreter_runs_a_loop_with_a_runtime_bound():
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs TRITON_INTERPRET=1")
+    pytest.importorskip("triton")
+    from vimd_kernels.triton_utils import interpreter_problem
+    assert interpreter_problem() is None
