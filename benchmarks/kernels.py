@@ -281,8 +281,9 @@ def composed_mixer(op: str, scan: Callable, conv: Callable) -> Callable:
 def import_peer(name: str):
     """Import module ``name`` (e.g. "mamba_ssm.ops.selective_scan_interface") without running its
     top-level package's __init__ unless that is already imported: mamba_ssm's __init__ imports its
-    model classes and with them transformers and huggingface_hub, which the GPU machine lacks and
-    the ops do not use.  ImportError when the package, the module or its extension is missing."""
+    model classes and with them transformers and huggingface_hub, which the ops do not use and which
+    may be missing or of a release mamba_ssm 2.3 does not know (the lent GPU machine's image has
+    transformers 5).  ImportError when the package, the module or its extension is missing."""
     top = name.split(".")[0]
     stub = top not in sys.modules
     if stub:
