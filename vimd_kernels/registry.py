@@ -75,7 +75,7 @@ def _cuda_hint() -> str:
 
 
 def _triton_hint() -> str:
-    if _HAS_TRITON and os.environ.get("TRITON_INTERPRET") == "1" and _INTERP_PROBLEM is not None:
+    if os.environ.get("TRITON_INTERPRET") == "1" and _INTERP_PROBLEM is not None:
         return _INTERP_PROBLEM
     return "needs triton (pip install triton) and a CUDA GPU, or TRITON_INTERPRET=1 to run on CPU tensors"
 

@@ -61,3 +61,28 @@ def test_triton_interpreter_runs_a_loop_with_a_runtime_bound():
     pytest.importorskip("triton")
     from vimd_kernels.triton_utils import interpreter_problem
     assert interpreter_problem() is None
+
+
+def test_triton_interpreter_probe_reports_a_failing_or_miscounting_launch(monkeypatch):
+    pytest.importorskip("triton")
+    from vimd_kernels import triton_utils
+
+    class Kernel:  # stands in for the jitted probe: kernel[grid](out, n)
+        def __init__(self, launch):
+            self.launch = launch
+
+        def __getitem__(self, grid):
+            return self.launch
+
+    def raising(out, n):
+        raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+
+    monkeypatch.setattr(triton_utils, "_index_probe_kernel", Kernel(raising))
+    msg = triton_utils.interpreter_problem()
+    assert msg is not None and "only 0-dimensional arrays" in msg and "numpy<2.4" in msg
+
+    def miscounting(out, n):
+        out.fill_(n - 1)
+
+    monkeypatch.setattr(triton_utils, "_index_probe_kernel", Kernel(miscounting))
+    assert triton_utils.interpreter_problem().endswith("counted 2 loop steps, not 3")
