@@ -29,7 +29,7 @@
 # Optional stage `sanitize`: compute-sanitizer memcheck, racecheck and synccheck over one small
 # `cuda` test of every kernel and phase (GPU_SANITIZE_CASES in tests/kernels/test_cuda_racecheck.py).
 # Env: OUT, STAGES (build peers test sanitize bench test-triton profile models plan tune layout), ARCH (default:
-#      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
+#      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), TEST_TIMEOUT_S (cap per test set), PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -106,7 +106,9 @@ $PY -c "import xdist" 2>/dev/null && [ "${TEST_WORKERS:-8}" -gt 1 ] && xdist=(-n
 test_rc=skip
 run_tests() {
   local name=$1 log=$2 rc; shift 2
-  timeout "$(( $(left) - 20 ))" $PY -m pytest -m cuda --maxfail=25 -q -rfE --durations=15 -p no:cacheprovider \
+  local limit=$(( $(left) - 20 ))
+  [ -n "${TEST_TIMEOUT_S:-}" ] && [ "$TEST_TIMEOUT_S" -lt "$limit" ] && limit=$TEST_TIMEOUT_S
+  timeout "$limit" $PY -m pytest -m cuda --maxfail=25 -q -rfE --durations=15 -p no:cacheprovider \
     "${xdist[@]}" --junitxml="$OUT/$log.xml" ${PYTEST_ARGS:-} "$@" >"$OUT/$log.log" 2>&1
   rc=$?
   note "$name: rc=$rc -- $(tail -1 "$OUT/$log.log")"
