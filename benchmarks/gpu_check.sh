@@ -28,7 +28,8 @@
 # with 16 steps per lane), rebuilding the default last; results in layout_32/ and layout_16/.
 # Optional stage `sanitize`: compute-sanitizer memcheck, racecheck and synccheck over one small
 # `cuda` test of every kernel and phase (GPU_SANITIZE_CASES in tests/kernels/test_cuda_racecheck.py).
-# Env: OUT, STAGES (build peers test sanitize bench test-triton profile models plan tune layout), ARCH (default:
+# Optional stage `test-slow`: the `slow` cuda tests (real shapes against the reference's loop over L).
+# Env: OUT, STAGES (build peers test test-slow sanitize bench test-triton profile models plan tune layout), ARCH (default:
 #      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), TEST_TIMEOUT_S (cap per test set), PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -99,16 +100,16 @@ if has build && enough_time build 120; then
   $PY -c "import vimd_kernels as v; from vimd_kernels import _C; print('available backends:', v.available_backends()); print('has cuda ops:', hasattr(_C, 'selective_scan_fwd_cuda'))" 2>&1 | tee -a "$summary"
 fi
 
-# run_tests NAME LOG PATHS...: the `cuda`-marked tests under PATHS (xdist workers when available);
+# run_tests NAME LOG MARKS PATHS...: the tests under PATHS selected by MARKS (xdist workers when available);
 # sets test_rc unless it passed before (a failure in either set fails the script).
 xdist=()
 $PY -c "import xdist" 2>/dev/null && [ "${TEST_WORKERS:-8}" -gt 1 ] && xdist=(-n "${TEST_WORKERS:-8}")
 test_rc=skip
 run_tests() {
-  local name=$1 log=$2 rc; shift 2
+  local name=$1 log=$2 marks=$3 rc; shift 3
   local limit=$(( $(left) - 20 ))
   [ -n "${TEST_TIMEOUT_S:-}" ] && [ "$TEST_TIMEOUT_S" -lt "$limit" ] && limit=$TEST_TIMEOUT_S
-  timeout "$limit" $PY -m pytest -m cuda --maxfail=25 -q -rfE --durations=15 -p no:cacheprovider \
+  timeout "$limit" $PY -m pytest -m "$marks" --maxfail=25 -q -rfE --durations=15 -p no:cacheprovider \
     "${xdist[@]}" --junitxml="$OUT/$log.xml" ${PYTEST_ARGS:-} "$@" >"$OUT/$log.log" 2>&1
   rc=$?
   note "$name: rc=$rc -- $(tail -1 "$OUT/$log.log")"
@@ -116,7 +117,12 @@ run_tests() {
   if [ "$test_rc" = skip ] || [ "$test_rc" = 0 ]; then test_rc=$rc; fi
 }
 if has test && enough_time tests 60; then
-  run_tests "tests (-m cuda, cuda backend)" pytest_cuda tests --ignore=tests/kernels/test_triton.py
+  run_tests "tests (-m 'cuda and not slow', cuda backend)" pytest_cuda "cuda and not slow" \
+    tests --ignore=tests/kernels/test_triton.py
+fi
+# the real-shape cases against the reference's Python loop over L (DVMSR's L = 65536: ~145 s each)
+if has test-slow && enough_time "tests (slow)" 200; then
+  run_tests "tests (-m 'cuda and slow')" pytest_cuda_slow "cuda and slow" tests
 fi
 
 if has sanitize && enough_time sanitize 90; then
@@ -155,7 +161,7 @@ if has bench; then
 fi
 
 if has test-triton && enough_time "tests (triton)" 60; then
-  run_tests "tests (-m cuda, triton backend)" pytest_triton tests/kernels/test_triton.py
+  run_tests "tests (-m cuda, triton backend)" pytest_triton cuda tests/kernels/test_triton.py
 fi
 
 if has profile; then

@@ -131,3 +131,13 @@ def test_gradcheck_float64(backend, case):
         return causal_conv1d_fn(x, w, b, _act(case), reverse=case.reverse, backend=backend)
 
     assert torch.autograd.gradcheck(f, tuple(ts), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reverse", (False, True))
+def test_reference_follows_its_inputs_device(reverse):
+    """Forward and hand backward of the reference on `meta` inputs give `meta` outputs only."""
+    from vimd_kernels.causal_conv1d import reference as conv_ref
+    x, w, b = (torch.empty(*s, device="meta") for s in ((2, 3, 9), (3, 4), (3,)))
+    out = conv_ref.forward(x, w, b, True, reverse)
+    for t in (out, *conv_ref.backward(x, w, b, torch.empty_like(out), True, reverse)):
+        assert t is None or t.device.type == "meta"

@@ -305,3 +305,19 @@ def test_backend_modules_share_one_signature():
         for fn in ("forward", "backward"):
             assert list(inspect.signature(getattr(mod, fn)).parameters) == \
                 list(inspect.signature(getattr(ref, fn)).parameters), f"{name}.{fn}"
+
+
+@pytest.mark.parametrize("case", [ScanCase(2, 4, 7, 4, initial_state=True, reverse=True),
+                                  ScanCase(1, 8, 5, 3, "g4", "const", D=False, z=False)], ids=str)
+def test_reference_follows_its_inputs_device(case):
+    """The reference's hand backward allocates nothing on a fixed device: on `meta` inputs every
+    output is `meta` (a tensor made without a device would land on the CPU and fail to mix).
+    Found on a GPU, where the reference backward allocated its states on the CPU."""
+    from vimd_kernels.selective_scan import reference as scan_ref
+    x = {k: None if v is None else v.to("meta") for k, v in scan_inputs(case).items()}
+    args = [x[k] for k in SCAN_ARGS]
+    out, last = scan_ref.forward(*args, case.softplus, case.reverse)
+    dlast = torch.empty_like(last) if case.initial_state else None
+    grads = scan_ref.backward(*args, torch.empty_like(out), dlast, case.softplus, case.reverse)
+    for t in (out, last, *grads):
+        assert t is None or t.device.type == "meta"

@@ -132,7 +132,7 @@ def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_sta
     decay = torch.exp(dt[:, :, None, :] * Ac[None, :, :, None])  # (b, d, N, L)
     drive = dt[:, :, None, :] * Bx * uc[:, :, None, :]
     h0 = initial_state.to(ct) if initial_state is not None else uc.new_zeros(batch, dim, N)
-    hs = torch.empty(batch, dim, N, L, dtype=ct)
+    hs = torch.empty(batch, dim, N, L, dtype=ct, device=uc.device)
     h = h0
     for t in range(L):
         h = decay[..., t] * h + drive[..., t]
