@@ -306,8 +306,9 @@ def write_results(out_dir: str, stem: str, meta: dict, rows: list[dict],
 
 
 def plot_times(path: str, rows: list[dict], title: str) -> str | None:
-    """Grouped bar chart of median time per (op, shape, mode, dtype) and provider, log scale
-    (None when nothing was timed or matplotlib is missing, as on the GPU machine)."""
+    """Horizontal bars of median time per (op, shape, mode, dtype), one bar per provider timed
+    there (colour = provider), log scale; the figure grows with the bars, about 0.17 in each
+    (None when nothing was timed or matplotlib is missing)."""
     try:
         import matplotlib
     except ImportError:
@@ -318,26 +319,31 @@ def plot_times(path: str, rows: list[dict], title: str) -> str | None:
     timed = [r for r in rows if r.get("ms") is not None and not math.isnan(r["ms"])]
     if not timed:
         return None
-    label = lambda r: f"{r['op']}\n{r['shape']}\n{r['mode']}\n{r['dtype']}"  # noqa: E731
-    groups = list(dict.fromkeys(label(r) for r in timed))
+    label = lambda r: f"{r['op']} {r['shape']} {r['mode']} {r['dtype']}"  # noqa: E731
+    groups: dict[str, list[dict]] = {}
+    for r in timed:
+        groups.setdefault(label(r), []).append(r)
     providers = list(dict.fromkeys(r["provider"] for r in timed))
-    width = 0.8 / len(providers)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(providers)) / 2), 4.5))
-    for i, p in enumerate(providers):
-        xs, ys = [], []
-        for j, g in enumerate(groups):
-            for r in timed:
-                if r["provider"] == p and label(r) == g:
-                    xs.append(j + i * width)
-                    ys.append(r["ms"])
-        ax.bar(xs, ys, width, label=p)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
-    ax.set_xticklabels(groups, fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("median time (ms, log)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    colour = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(providers)}
+    n_bars = len(timed) + len(groups)                     # one blank slot between groups
+    fig, ax = plt.subplots(figsize=(10, 1.5 + 0.17 * n_bars))
+    y, ticks = 0.0, []
+    for name, rs in groups.items():
+        ticks.append((y + (len(rs) - 1) / 2, name))
+        for r in rs:
+            ax.barh(y, r["ms"], 0.85, color=colour[r["provider"]])
+            ax.text(r["ms"], y, f" {r['ms']:.3g}", va="center", fontsize=6)
+            y += 1
+        y += 1
+    ax.set_yticks([t for t, _ in ticks])
+    ax.set_yticklabels([n for _, n in ticks], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("median time (ms, log)")
+    ax.set_title(title, fontsize=8, wrap=True)
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colour[p]) for p in providers], labels=providers,
+              fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

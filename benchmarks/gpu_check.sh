@@ -30,7 +30,7 @@
 # `cuda` test of every kernel and phase (GPU_SANITIZE_CASES in tests/kernels/test_cuda_racecheck.py).
 # Optional stage `test-slow`: the `slow` cuda tests (real shapes against the reference's loop over L).
 # Env: OUT, STAGES (build peers test test-slow sanitize bench test-triton profile models plan tune layout), ARCH (default:
-#      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), TEST_TIMEOUT_S (cap per test set), PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
+#      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), TEST_TIMEOUT_S (cap per test set), PACK, PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -221,6 +221,11 @@ cat "$summary"
 [ -f "$OUT/bench_kernels.log" ] && { echo "--- kernel benchmark (tail) ---"; tail -45 "$OUT/bench_kernels.log"; }
 [ -f "$OUT/profile.log" ] && { echo "--- profile (head) ---"; grep -v USDT "$OUT/profile.log" | head -40; }
 [ -f "$OUT/bench_models.log" ] && { echo "--- model benchmark (tail) ---"; tail -15 "$OUT/bench_models.log"; }
+# PACK=1 (for the lent machine, which returns at most 8 files from $OUT): pack everything into one
+# archive and keep only the summary, the environment and the kernel benchmark's log beside it.
+[ "${PACK:-0}" = 1 ] && tar czf /tmp/gpu_check.tar.gz -C "$OUT" . && find "$OUT" -mindepth 1 -maxdepth 1 \
+  ! -name summary.txt ! -name env.txt ! -name bench_kernels.log -exec rm -rf {} + \
+  && mv /tmp/gpu_check.tar.gz "$OUT/" && echo "(everything in \$OUT/gpu_check.tar.gz)"
 [ "$build_rc" = 0 ] || [ "$build_rc" = skip ] || exit 1
 [ "$test_rc" = 0 ] || [ "$test_rc" = skip ] || exit 1
 exit 0

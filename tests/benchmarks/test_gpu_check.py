@@ -15,10 +15,10 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
                                 reason="on a GPU this would run the whole GPU test suite")
 
 
-def _run(tmp_path, stages: str, deadline_s: int) -> str:
+def _run(tmp_path, stages: str, deadline_s: int, **extra_env) -> str:
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "STAGES": stages, "PY": sys.executable,
-           "DEADLINE_S": str(deadline_s), "TEST_WORKERS": "1"}
+           "DEADLINE_S": str(deadline_s), "TEST_WORKERS": "1", **extra_env}
     r = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -28,7 +28,7 @@ def _run(tmp_path, stages: str, deadline_s: int) -> str:
 def test_test_stages_run_the_cuda_backend_then_the_triton_tests(tmp_path):
     summary = _run(tmp_path, "test test-triton", 300)
     lines = summary.splitlines()
-    cuda = [i for i, s in enumerate(lines) if s.startswith("tests (-m cuda, cuda backend): rc=0")]
+    cuda = [i for i, s in enumerate(lines) if s.startswith("tests (-m 'cuda and not slow', cuda backend): rc=0")]
     triton = [i for i, s in enumerate(lines) if s.startswith("tests (-m cuda, triton backend): rc=0")]
     assert len(cuda) == 1 and len(triton) == 1 and cuda[0] < triton[0], summary
     assert "skipped" in lines[cuda[0]] and "skipped" in lines[triton[0]]
@@ -45,3 +45,14 @@ def test_a_stage_without_time_left_is_skipped_with_the_reason(tmp_path):
     summary = _run(tmp_path, "test", 30)
     assert "tests: skipped, only" in summary and "DEADLINE_S=30" in summary, summary
     assert not (tmp_path / "out" / "pytest_cuda.log").exists()
+
+
+def test_pack_leaves_the_summary_beside_one_archive_of_everything(tmp_path):
+    """PACK=1: the lent machine returns at most 8 files from $OUT, so everything goes in one archive."""
+    import tarfile
+    summary = _run(tmp_path, "test", 30, PACK="1")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["env.txt", "gpu_check.tar.gz", "summary.txt"]
+    with tarfile.open(out / "gpu_check.tar.gz") as t:
+        names = {os.path.normpath(n) for n in t.getnames()}
+    assert {"summary.txt", "env.txt"} <= names and "tests: skipped, only" in summary
