@@ -52,12 +52,30 @@ struct RowSteps {
   // Row r starts at base + r * row_stride (32-bit offsets: kFwdMaxSeqlen bounds them).
   template <typename T>
   __device__ __forceinline__ void load(const T* base, int row_stride, float* buf) const {
-    __syncwarp();  // every lane is done with buf's previous contents
+    load_pair(base, buf, static_cast<const T*>(nullptr), nullptr, row_stride);
+  }
+
+  // Two tensors of the same rows (b may be null: a alone) with every global load issued before
+  // the first shared-memory write, so their latencies overlap: between the barriers of separate
+  // loads they would be paid one after the other, every tile.
+  template <typename T>
+  __device__ __forceinline__ void load_pair(const T* a, float* buf_a, const T* b, float* buf_b,
+                                            int row_stride) const {
+    __syncwarp();  // every lane is done with the buffers' previous contents
     const int i = lane % kFwdSteps, t = t0 + i;
+    float va[kFwdSteps], vb[kFwdSteps];
 #pragma unroll
     for (int j = 0; j < kFwdSteps; ++j) {
       const int r = j * kRowsPerRound + lane / kFwdSteps;
-      buf[r * kFwdPad + i] = (t < t_end && r < rows) ? to_float(base[r * row_stride + phys(t)]) : 0.f;
+      const bool ok = t < t_end && r < rows;
+      va[j] = ok ? to_float(a[r * row_stride + phys(t)]) : 0.f;
+      vb[j] = (b && ok) ? to_float(b[r * row_stride + phys(t)]) : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kFwdSteps; ++j) {
+      const int r = j * kRowsPerRound + lane / kFwdSteps;
+      buf_a[r * kFwdPad + i] = va[j];
+      if (b) buf_b[r * kFwdPad + i] = vb[j];
     }
     __syncwarp();
   }
@@ -186,8 +204,7 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
     put(buf, vb, vc);
     if (tile + kFwdSteps < t_end) fetch(tile + kFwdSteps, vb, vc);  // in flight during this block
     const RowSteps<kReverse> io{tile, t_end, L, lane, warp_rows};
-    io.load(u, L, s_du);
-    io.load(delta, L, s_dt);
+    io.load_pair(u, s_du, delta, s_dt, L);
     {  // per lane, its own slots: delta after bias/softplus, delta * u, y from the skip term D * u
       float uv[kFwdSteps], dv[kFwdSteps];
 #pragma unroll
