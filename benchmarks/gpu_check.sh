@@ -28,8 +28,10 @@
 # with 16 steps per lane), rebuilding the default last; results in layout_32/ and layout_16/.
 # Optional stage `sanitize`: compute-sanitizer memcheck, racecheck and synccheck over one small
 # `cuda` test of every kernel and phase (GPU_SANITIZE_CASES in tests/kernels/test_cuda_racecheck.py).
+# Optional stage `ncu`: Nsight Compute (SpeedOfLight, Occupancy, WarpStateStats, ...) of our kernels
+# and the peers' at NCU_JOBS (profile_kernels' jobs, run once each): ncu_details.txt.
 # Optional stage `test-slow`: the `slow` cuda tests (real shapes against the reference's loop over L).
-# Env: OUT, STAGES (build peers test test-slow sanitize bench test-triton profile models plan tune layout), ARCH (default:
+# Env: OUT, STAGES (build peers test test-slow sanitize bench test-triton profile ncu models plan tune layout), ARCH (default:
 #      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), TEST_TIMEOUT_S (cap per test set), PACK, PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -170,6 +172,27 @@ if has profile; then
     timeout "$(( $(left) - 5 ))" $PY -m benchmarks.profile_kernels --device cuda --out "$OUT/bench" \
       >"$OUT/profile.log" 2>&1
     note "profile (benchmarks.profile_kernels): rc=$? (log profile.log: time per kernel)"
+  fi
+fi
+
+# ncu: Nsight Compute's counters for our kernels and the peers' at a few bar shapes (each kernel
+# once, in profile_kernels' --ncu range; --clock-control none leaves the clocks as they are).
+NCU_JOBS=${NCU_JOBS:-"selective_scan:vim-ti-s16:float32:cuda selective_scan:vim-ti-s16:float32:mamba_ssm \
+selective_scan:vim-ti-s8:float32:cuda selective_scan:vim-ti-s8:float32:mamba_ssm \
+causal_conv1d:vim-ti-s8:float32:cuda causal_conv1d:vim-ti-s8:float32:causal_conv1d"}
+if has ncu; then
+  wait_peers 150
+  NCU=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
+  if [ -z "$NCU" ] || [ ! -x "$NCU" ]; then
+    note "ncu: not found (PATH, /opt/nvidia/nsight-compute/*/ncu)"
+  elif enough_time ncu 90; then
+    timeout "$(( $(left) - 15 ))" "$NCU" --clock-control none --profile-from-start off -k "regex:scan|conv" \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --section MemoryWorkloadAnalysis --export "$OUT/ncu" --force-overwrite \
+      $PY -m benchmarks.profile_kernels --ncu --jobs $NCU_JOBS >"$OUT/ncu.log" 2>&1
+    rc=$?
+    [ -f "$OUT/ncu.ncu-rep" ] && "$NCU" --import "$OUT/ncu.ncu-rep" --page details >"$OUT/ncu_details.txt" 2>&1
+    note "ncu: rc=$rc, $(grep -cE ', Context [0-9]+, Stream [0-9]+' "$OUT/ncu_details.txt" 2>/dev/null) kernel launch(es) (ncu.log, ncu_details.txt)"
   fi
 fi
 

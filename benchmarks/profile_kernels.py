@@ -7,6 +7,11 @@ mamba_ssm's kernels and the copies around them. On the CPU it lists the ops by s
 (a smoke test). Results: a table on stdout and ``profile.json`` in ``--out``.
 
 A job is ``op:shape:dtype:provider``; the default jobs are the bar shapes of the GPU check.
+
+``--ncu``: the target for Nsight Compute instead (``ncu --profile-from-start off ... python -m
+benchmarks.profile_kernels --ncu``): each job's fwd+bwd is warmed up, then run once between
+``cudaProfilerStart`` and ``cudaProfilerStop``, so ncu sees each of its kernels once and nothing
+else; no torch.profiler (it and ncu both need CUPTI).  ``gpu_check.sh``'s ``ncu`` stage runs it.
 """
 from __future__ import annotations
 
@@ -44,8 +49,9 @@ def parse_job(spec: str) -> tuple[str, str, str, str]:
 
 
 def profile_job(op: str, shape: str, dtype: str, provider: str, device: str, iters: int = 5,
-                batch: int | None = None) -> dict:
-    """Per-iteration time by kernel (GPU) or op (CPU) of one fwd+bwd job; ``note`` when it cannot run."""
+                batch: int | None = None, ncu: bool = False) -> dict:
+    """Per-iteration time by kernel (GPU) or op (CPU) of one fwd+bwd job; ``note`` when it cannot run.
+    ``ncu``: one iteration inside the CUDA profiler range instead, nothing measured here."""
     w = shapes.get(shape)
     b = w.batch(device, batch)
     out = dict(op=op, shape=shape, dtype=dtype, provider=provider, batch=b, rows=[], total_us=0.0, note="")
@@ -60,6 +66,16 @@ def profile_job(op: str, shape: str, dtype: str, provider: str, device: str, ite
         return out
     except Exception as e:  # a broken provider must not stop the other jobs
         out["note"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        return out
+    if ncu:
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.cudart().cudaProfilerStart()
+        run()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.cudart().cudaProfilerStop()
+        out["note"] = "ran once for ncu"
         return out
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -105,6 +121,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--top", type=int, default=12, help="kernels listed per job")
     ap.add_argument("--out", help="folder for profile.json (default: no file)")
+    ap.add_argument("--ncu", action="store_true",
+                    help="run each job once inside cudaProfilerStart/Stop, for ncu --profile-from-start off")
     a = ap.parse_args(argv)
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -114,7 +132,7 @@ def main(argv=None) -> list[dict]:
     print(f"# {common.summary_line(meta)}", flush=True)
     results = []
     for op, shape, dtype, prov in jobs:
-        r = profile_job(op, shape, dtype, prov, device, a.iters, a.batch)
+        r = profile_job(op, shape, dtype, prov, device, a.iters, a.batch, a.ncu)
         results.append(r)
         head = f"## {op} {shape} (batch {r['batch']}) {dtype} fwd+bwd, {prov}"
         if r["note"]:

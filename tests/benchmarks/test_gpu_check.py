@@ -56,3 +56,9 @@ def test_pack_leaves_the_summary_beside_one_archive_of_everything(tmp_path):
     with tarfile.open(out / "gpu_check.tar.gz") as t:
         names = {os.path.normpath(n) for n in t.getnames()}
     assert {"summary.txt", "env.txt"} <= names and "tests: skipped, only" in summary
+
+
+@pytest.mark.skipif(bool(__import__("shutil").which("ncu")), reason="ncu is installed here")
+def test_ncu_stage_without_ncu_says_so(tmp_path):
+    summary = _run(tmp_path, "ncu", 60)
+    assert "ncu: not found" in summary, summary

@@ -27,3 +27,9 @@ def test_profile_on_cpu_lists_ops_and_notes(tmp_path):
     assert peer["note"] == "GPU only" and not peer["rows"]
     saved = json.loads((tmp_path / "profile.json").read_text())
     assert [j["provider"] for j in saved["jobs"]] == ["cpu", "mamba_ssm"]
+
+
+def test_ncu_mode_runs_each_job_once_and_measures_nothing(tmp_path):
+    """--ncu (the Nsight Compute target): warm-up, then one fwd+bwd; on the CPU no profiler range."""
+    ours, = profile_kernels.main(["--device", "cpu", "--ncu", "--jobs", "selective_scan:tiny:float32:cpu"])
+    assert ours["note"] == "ran once for ncu" and not ours["rows"] and ours["total_us"] == 0.0
