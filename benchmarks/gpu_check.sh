@@ -20,6 +20,9 @@
 # .carry/build_peers.sh exists (yours, carried with the working tree), the `peers` stage runs it
 # in the background and the benchmarks import what it built from PEER_PATH (default: the in-place
 # builds under .gpu_cache/peers/). Without it, their columns say "not installed".
+# Prebuilt extension: when .carry/ours holds one built by scripts/prebuild_ext.sh from these very
+# sources (hash check), for this GPU's architecture and this Python, the `build` stage unpacks it
+# instead of compiling (carry .carry with the working tree).
 # Optional stage `tune`: sweeps the Triton kernels' tile knobs (benchmarks/tune_triton.py).
 # Optional stage `plan`: times the cuda scan's forward chunk splits and the backward's row walk
 # against forced alternatives (benchmarks/scan_plan.py), to check the launch planner's cost model.
@@ -88,8 +91,19 @@ if has peers; then
   fi
 fi
 
+# A prebuilt extension (.carry/ours, from scripts/prebuild_ext.sh on a CPU machine) replaces the
+# build when it was compiled from these very sources, for this GPU and this Python: the lent
+# machine's minutes then go to tests and benchmarks.
 build_rc=skip
-if has build && enough_time build 120; then
+prebuilt=.carry/ours
+ext_suffix=$($PY -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))" 2>/dev/null)
+if has build && [ -f "$prebuilt/_C$ext_suffix.xz" ] && [ "$(cat "$prebuilt/arch" 2>/dev/null)" = "$ARCH" ] \
+    && [ "$(cat "$prebuilt/source.sha256" 2>/dev/null)" = "$(bash scripts/prebuild_ext.sh --hash)" ]; then
+  xz -dc "$prebuilt/_C$ext_suffix.xz" >"vimd_kernels/_C$ext_suffix" && build_rc=0 || build_rc=1
+  export PYTHONPATH="$PWD:$PYTHONPATH"
+  note "build: prebuilt extension from $prebuilt (sources match, sm_$ARCH): rc=$build_rc"
+  $PY -c "import vimd_kernels as v; from vimd_kernels import _C; print('available backends:', v.available_backends()); print('has cuda ops:', hasattr(_C, 'selective_scan_fwd_cuda'))" 2>&1 | tee -a "$summary"
+elif has build && enough_time build 120; then
   bstart=$(date +%s)
   TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" VIMD_CUDA_ARCHS=$ARCH MAX_JOBS=$MAX_JOBS \
     timeout "$(left)" $PY -m pip install --no-build-isolation --no-deps -v -e . >"$OUT/build.log" 2>&1

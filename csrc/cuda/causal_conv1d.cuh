@@ -51,22 +51,39 @@ struct WarpStage {
   // before its first shared-memory write: a rolled load-then-store loop keeps one load per warp in
   // flight, and on an H200 that held the kernels to about a third of the copy bandwidth (the first
   // GPU run: 29-36% of copy in the forward).
+  // load = fetch (the lane's global loads, raw, into registers) + put (into the buffer); a caller
+  // staging two tensors one after the other fetches both first, so their latencies overlap.
+  static constexpr int kPerLane = (kConvStage + 31) / 32;
   template <typename T>
-  __device__ __forceinline__ void load(const T* base, long long lo_, int n_, int lane) {
-    lo = lo_, n = n_;
-    constexpr int kPerLane = (kConvStage + 31) / 32;
-    float v[kPerLane];
+  struct Fetched {
+    T v[kPerLane];
+    long long lo;
+    int n;
+  };
+  template <typename T>
+  __device__ __forceinline__ static Fetched<T> fetch(const T* base, long long lo_, int n_, int lane) {
+    Fetched<T> f;
+    f.lo = lo_, f.n = n_;
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
       const int k = lane + 32 * j;
-      v[j] = k < n ? to_float(base[lo + k]) : 0.f;
+      f.v[j] = k < n_ ? base[lo_ + k] : from_float<T>(0.f);
     }
+    return f;
+  }
+  template <typename T>
+  __device__ __forceinline__ void put(const Fetched<T>& f, int lane) {
+    lo = f.lo, n = f.n;
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
       const int k = lane + 32 * j;
-      if (k < n) buf[slot(k)] = v[j];
+      if (k < n) buf[slot(k)] = to_float(f.v[j]);
     }
     __syncwarp();
+  }
+  template <typename T>
+  __device__ __forceinline__ void load(const T* base, long long lo_, int n_, int lane) {
+    put(fetch(base, lo_, n_, lane), lane);
   }
   __device__ __forceinline__ float at(long long off) const { return buf[slot(static_cast<int>(off - lo))]; }
   __device__ __forceinline__ void put(long long off, float v) const { buf[slot(static_cast<int>(off - lo))] = v; }
@@ -211,17 +228,20 @@ __device__ __forceinline__ void conv_bwd_thread(const ConvParams& p) {
   // zero past that window (m >= kConvItems + 2 (W-1)) and the row.
   constexpr int kSpan = kConvItems + kConvHalo;  // steps whose dpre we may need
   float xw[kSpan + kConvHalo];
+  // x's and dout's global loads both issued before either is staged
   int lo, hi;
   row_range(t_warp - (W - 1), t_warp + 32 * kConvItems + W - 1, L, p.reverse, lo, hi);
-  stage.load(static_cast<const T*>(p.x), x_row + lo, hi - lo, th.lane);
+  const auto fx = WarpStage::fetch(static_cast<const T*>(p.x), x_row + lo, hi - lo, th.lane);
+  row_range(t_warp, t_warp + 32 * kConvItems + W - 1, L, p.reverse, lo, hi);
+  const auto fd = WarpStage::fetch(static_cast<const T*>(p.dout), row_off + lo, hi - lo, th.lane);
+  stage.put(fx, th.lane);
 #pragma unroll
   for (int m = 0; m < kSpan + kConvHalo; ++m) {
     const int s = th.t0 - (W - 1) + m;
     xw[m] = (m < kConvItems + 2 * (W - 1) && s >= 0 && s < L) ? stage.at(x_row + (p.reverse ? L - 1 - s : s)) : 0.f;
   }
   __syncwarp();
-  row_range(t_warp, t_warp + 32 * kConvItems + W - 1, L, p.reverse, lo, hi);
-  stage.load(static_cast<const T*>(p.dout), row_off + lo, hi - lo, th.lane);
+  stage.put(fd, th.lane);
   float dp[kSpan];  // dpre at logical t0 + j (zero past L and past t0 + 7 + W - 1)
 #pragma unroll
   for (int j = 0; j < kSpan; ++j) {

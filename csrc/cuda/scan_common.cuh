@@ -103,31 +103,53 @@ struct TileIO {
     }
   }
 
-  // The lane's kScanItems logical steps as float; zero past t_end.
+  // The lane's kScanItems logical steps as float; zero past t_end. Split in two so that a caller
+  // can issue several rows' global loads (fetch) before the first one's latency is paid (put):
+  // fetch keeps the raw elements in w and says which of the two access ways the row takes.
   template <typename T>
-  __device__ __forceinline__ void load(const T* __restrict__ row, float (&v)[kScanItems]) const {
+  __device__ __forceinline__ bool fetch(const T* __restrict__ row, ItemWords<T>& w) const {
     const int t0 = t();
-    if (aligned(row)) {
-      if (full()) {
-        load_block(row, v);
-      } else {
+    const bool al = aligned(row);
+    if (al && full()) {
+      const uint4* src = vec_at<const uint4>(row + (reverse ? L - t0 - kScanItems : t0));
 #pragma unroll
-        for (int i = 0; i < kScanItems; ++i) v[i] = t0 + i < t_end ? to_float(row[phys(t0 + i)]) : 0.f;
+      for (int k = 0; k < ItemWords<T>::kWords; ++k) w.words[k] = src[k];
+    } else if (al) {  // the lane's own steps, in the vector way's (physical) order
+#pragma unroll
+      for (int i = 0; i < kScanItems; ++i) {
+        w.items[reverse ? kScanItems - 1 - i : i] = t0 + i < t_end ? row[phys(t0 + i)] : from_float<T>(0.f);
       }
+    } else {  // round j: the lane's step is tile + kScanLanes j + lane
+      const int rem = t_end - tile;
+      const T* src = row + (reverse ? L - 1 - tile - lane : tile + lane);
+      const int stride = reverse ? -kScanLanes : kScanLanes;
+#pragma unroll
+      for (int j = 0; j < kScanItems; ++j) w.items[j] = j * kScanLanes + lane < rem ? src[j * stride] : from_float<T>(0.f);
+    }
+    return al;
+  }
+
+  // The fetched elements as the lane's logical steps (the unaligned way transposes them through
+  // the row's staging buffer).
+  template <typename T>
+  __device__ __forceinline__ void put(bool al, const ItemWords<T>& w, float (&v)[kScanItems]) const {
+    if (al) {
+#pragma unroll
+      for (int i = 0; i < kScanItems; ++i) v[i] = to_float(w.items[reverse ? kScanItems - 1 - i : i]);
       return;
     }
-    // round j: the lane's step is tile + kScanLanes j + lane, at padded(kScanLanes j + lane)
-    const int rem = t_end - tile;
-    const T* src = row + (reverse ? L - 1 - tile - lane : tile + lane);
-    const int stride = reverse ? -kScanLanes : kScanLanes;
 #pragma unroll
-    for (int j = 0; j < kScanItems; ++j) {
-      stage[padded(j * kScanLanes + lane)] = j * kScanLanes + lane < rem ? to_float(src[j * stride]) : 0.f;
-    }
+    for (int j = 0; j < kScanItems; ++j) stage[padded(j * kScanLanes + lane)] = to_float(w.items[j]);
     __syncwarp(mask);
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) v[i] = stage[lane * kPadItems + i];
     __syncwarp(mask);
+  }
+
+  template <typename T>
+  __device__ __forceinline__ void load(const T* __restrict__ row, float (&v)[kScanItems]) const {
+    ItemWords<T> w;
+    put(fetch(row, w), w, v);
   }
 
   // Writes the lane's steps below t_end.

@@ -40,17 +40,23 @@ struct RowInputs {
   __device__ __forceinline__ void load(const ScanParams& p, const IO& io, int b, long long row, int d,
                                        float* zgrad) {
     const int L = p.seqlen;
-    io.load(static_cast<const T*>(p.u) + row * L, u);
-    io.load(static_cast<const T*>(p.delta) + row * L, delta);
+    // every tensor's global loads first, so their latencies overlap
+    ItemWords<T> wu, wd, wy, wz;
+    const bool al_u = io.fetch(static_cast<const T*>(p.u) + row * L, wu);
+    const bool al_d = io.fetch(static_cast<const T*>(p.delta) + row * L, wd);
+    const bool al_y = io.fetch(static_cast<const T*>(p.dout) + row * L, wy);
+    bool al_z = false;  // z may be a channel slice (batch stride)
+    if (p.z) al_z = io.fetch(static_cast<const T*>(p.z) + b * p.z_batch_stride + static_cast<long long>(d) * L, wz);
+    io.put(al_u, wu, u);
+    io.put(al_d, wd, delta);
     prepare_delta(delta, io.t(), io.t_end, p.delta_bias ? p.delta_bias[d] : 0.f, p.delta_softplus);
     dt_sum = 0.f;
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) dt_sum += delta[i];
-    io.load(static_cast<const T*>(p.dout) + row * L, dy);
+    io.put(al_y, wy, dy);
     if (p.z) {
       float zv[kScanItems];
-      // z may be a channel slice (batch stride)
-      io.load(static_cast<const T*>(p.z) + b * p.z_batch_stride + static_cast<long long>(d) * L, zv);
+      io.put(al_z, wz, zv);
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
         const float s = sigmoidf(zv[i]);
@@ -84,11 +90,19 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
 #pragma unroll
   for (int i = 0; i < kScanItems; ++i) in.u[i] *= in.delta[i];  // delta u, shared by the states
   BCView Bv = b_view<kBCGrouped>(p, b, d), Cv = c_view<kBCGrouped>(p, b, d);
+  // each state's B and C are loaded during the state before (in flight over its scans)
+  float b_next[kScanItems], c_next[kScanItems];
+  Bv.next(io, b_next);
+  Cv.next(io, c_next);
   for (int n = 0; n < N; ++n) {
     const float a2 = p.A[d * N + n] * kLog2e;
     float bv[kScanItems], cv[kScanItems], dA[kScanItems];
-    Bv.next(io, bv);
-    Cv.next(io, cv);
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i) bv[i] = b_next[i], cv[i] = c_next[i];
+    if (n + 1 < N) {
+      Bv.next(io, b_next);
+      Cv.next(io, c_next);
+    }
     float ha = exp2f(in.dt_sum * a2), hb = 0.f;
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) {
@@ -110,6 +124,62 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
 
 struct ScanBwdSmem {
   float zgrad[kScanRows][kScanTile];  // each row's dout * silu'(z), item-major
+};
+
+// Grouped B/C in the main pass: every row of a block reads the same (batch, group) rows, so each
+// state's tile of B and C is staged in shared memory once per block, fetched one state ahead:
+// thread k loads one float4's worth of the next state's B or C (4 registers) while the current
+// state is computed and stores it before the state's barrier. A row's lanes then read their steps
+// as shared-memory float4s instead of each row and lane issuing global loads whose latency every
+// state paid in full. Lane l's float4 k (steps l * kScanItems + 4k ...) sits at slot
+// l * kChunks + (k ^ swizzle(l)), so the 8 lanes of a 128-bit access phase hit distinct banks (the
+// two rows of a warp read the same slots: broadcasts). The tiles live in the rows' staging buffer
+// (TileIO), which is idle between a row group's input loads and its output stores.
+struct BCStageSmem {
+  float4 v[2][2][kScanTile / 4];  // [buffer][B, C][slot]
+};
+static_assert(sizeof(BCStageSmem) <= sizeof(ScanStageSmem), "the B/C tiles fit the rows' staging buffer");
+
+template <bool kReverse>
+struct BCTileStage {
+  static constexpr int kChunks = kScanItems / 4;  // float4s per lane
+  static_assert(kScanWarps * 32 * 4 == 2 * kScanTile, "one float4 of the B/C tile per thread");
+  const float* row;  // state 0's row of this thread's operand (B for the first half of the block)
+  long long step;    // to the next state's row
+  bool staged;       // the operand is grouped (a constant one is read from registers, not staged)
+  int which, k4;     // the operand and the float4 (logical steps 4 k4 ..) this thread moves
+
+  __device__ __forceinline__ static int slot(int lane, int k) {
+    return lane * kChunks + (k ^ ((lane / (8 / kChunks)) % kChunks));
+  }
+
+  // The thread's four steps of state n (zero past t_end: padding may hold anything).
+  __device__ __forceinline__ float4 fetch(int n, int tile, int t_end, int L) const {
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    if (staged) {
+      const float* r = row + n * step;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int ti = tile + 4 * k4 + j;
+        if (ti < t_end) v[j] = r[kReverse ? L - 1 - ti : ti];
+      }
+    }
+    return make_float4(v[0], v[1], v[2], v[3]);
+  }
+
+  __device__ __forceinline__ void put(BCStageSmem& s, int buf, float4 v) const {
+    if (staged) s.v[buf][which][slot(k4 / kChunks, k4 % kChunks)] = v;
+  }
+
+  // A lane's kScanItems steps of operand w (0: B, 1: C) of the state in buffer buf.
+  __device__ __forceinline__ static void read(const BCStageSmem& s, int buf, int w, int lane,
+                                              float (&v)[kScanItems]) {
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const float4 q = s.v[buf][w][slot(lane, k)];
+      v[4 * k] = q.x, v[4 * k + 1] = q.y, v[4 * k + 2] = q.z, v[4 * k + 3] = q.w;
+    }
+  }
 };
 
 // The per-state dB/dC of every row, summed over the rows after each state, are double-buffered
@@ -145,6 +215,18 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
   const int J = p.batch * p.n_chunks;
   const long long j = static_cast<long long>(b) * p.n_chunks + c;
 
+  // grouped B/C: the block's rows share them (one group segment, one batch element): staged
+  BCStageSmem& bc_smem = *reinterpret_cast<BCStageSmem*>(&shared_buffer<ScanStageSmem>());
+  BCTileStage<kReverse> bc_stage;
+  {
+    bc_stage.which = threadIdx.x / (kScanTile / 4);
+    bc_stage.k4 = threadIdx.x % (kScanTile / 4);
+    const BCView v = bc_stage.which == 0 ? b_view<kBCGrouped>(p, b, d_begin) : c_view<kBCGrouped>(p, b, d_begin);
+    bc_stage.row = v.row;
+    bc_stage.step = v.step;
+    bc_stage.staged = bc_stage.which == 0 ? b_grouped : c_grouped;
+  }
+
   int buf = 0;  // red buffer of the current state
   if (p.row_walk) __syncthreads();  // the previous tile's acc reads and chunk_q writes are done
   if (grouped) {
@@ -171,9 +253,18 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       // with no selects in the state loop
       if (!active) in.dy[i] = 0.f;
     }
-    BCView Bv = b_view<kBCGrouped>(p, b, d), Cv = c_view<kBCGrouped>(p, b, d);
+    BCView Bv = b_view<kBCGrouped>(p, b, d), Cv = c_view<kBCGrouped>(p, b, d);  // constant ones
+    if (grouped) {  // state 0's B/C tile, once every row is done with its staging buffer
+      const float4 first = bc_stage.fetch(0, tile, t_end, L);
+      __syncthreads();
+      bc_stage.put(bc_smem, 0, first);
+      __syncthreads();
+    }
 
     for (int n = 0; n < N; ++n) {
+      const int bc_buf = n & 1;
+      float4 bc_next = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (grouped && n + 1 < N) bc_next = bc_stage.fetch(n + 1, tile, t_end, L);  // in flight over the state
       // This state's per-step dB / dC: grouped ones go straight to the row's slots of red (no
       // registers held for them), constant ones are summed over the steps.
       float* red_b = red_slot(buf, rl.slot, 0);
@@ -190,8 +281,16 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       }
       if (!active) q_in = 0.f;
       float bv[kScanItems], cv[kScanItems], dA[kScanItems], dBu[kScanItems], hp[kScanItems];
-      Bv.next(io, bv);
-      Cv.next(io, cv);
+      if (b_grouped) {
+        BCTileStage<kReverse>::read(bc_smem, bc_buf, 0, lane, bv);
+      } else {
+        Bv.next(io, bv);
+      }
+      if (c_grouped) {
+        BCTileStage<kReverse>::read(bc_smem, bc_buf, 1, lane, cv);
+      } else {
+        Cv.next(io, cv);
+      }
       // Forward: h over the tile; hp[i] = h before step i. The lane's decay over its steps is one
       // exp2 of their summed delta (for both sweeps).
       const float lane_a = exp2f(in.dt_sum * a2);
@@ -258,6 +357,8 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
         if (writer) p.part_C[(static_cast<long long>(d) * N + n) * J + j] = s;
       }
       if (grouped) {  // sum the rows' contributions to this state, in row order
+        // the next state's B/C tile: its buffer was last read in state n - 1, before that barrier
+        if (n + 1 < N) bc_stage.put(bc_smem, bc_buf ^ 1, bc_next);
         __syncthreads();
         // One float4 of the 2 x kScanTile sums per thread (blockDim = 2 * kScanTile / 4), each
         // owned by that thread across the states, so with two buffers no barrier is needed after
@@ -365,16 +466,26 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
         lane_dt += dv[i];
         uv[i] *= dv[i];  // delta u, shared by the states
       }
-      BCView Bn = Bv;  // walk the states from n = 0
+      // Walk the states from n = 0, each state's B and entry state loaded during the state before
+      // (the sweep does little per state: unhidden, their latency would be most of it).
+      BCView Bn = Bv;
+      float b_next[kScanItems];
+      Bn.next(io, b_next);
+      float h_next = p.chunk_h[(row * tiles + c) * N];
       for (int n = 0; n < N; ++n) {
         const float a2 = p.A[d * N + n] * kLog2e;
         float bv[kScanItems];
-        Bn.next(io, bv);
+#pragma unroll
+        for (int i = 0; i < kScanItems; ++i) bv[i] = b_next[i];
+        const float h_in = h_next;
+        if (n + 1 < N) {
+          Bn.next(io, b_next);
+          h_next = p.chunk_h[(row * tiles + c) * N + n + 1];
+        }
         float la = exp2f(lane_dt * a2), lb = 0.f;
 #pragma unroll
         for (int i = 0; i < kScanItems; ++i) lb = fmaf(exp2f(dv[i] * a2), lb, uv[i] * bv[i]);
         warp_scan_affine_up<kScanLanes>(la, lb, lane);
-        const float h_in = p.chunk_h[(row * tiles + c) * N + n];
         const float h_out = fmaf(la, h_in, lb);
         if (active && lane == kScanLanes - 1) p.chunk_h[(row * tiles + c + 1) * N + n] = h_out;
         __syncwarp();
@@ -396,8 +507,12 @@ __device__ __forceinline__ void scan_bwd_tiles(const ScanParams& p, int c) {
   for (; c >= c_end; --c) scan_bwd_block<T, kReverse, kBCGrouped>(p, c);
 }
 
+// The summary pass's register budget: 3 blocks of 128 threads per SM leave room for the next
+// state's B and C in flight (at 4 it spilled).
+constexpr int kScanSummaryBlocks = 3;
+
 template <typename T, bool kBCGrouped>
-__global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_kernel(ScanParams p) {
+__global__ __launch_bounds__(kScanWarps * 32, kScanSummaryBlocks) void scan_bwd_summary_kernel(ScanParams p) {
   if (p.reverse) {
     scan_bwd_summary_block<T, true, kBCGrouped>(p, blockIdx.z);
   } else {
@@ -420,7 +535,7 @@ __global__ __launch_bounds__(kScanWarps * 32, kScanMainBlocks) void scan_bwd_ker
 
 // Both directions: grid.z = 2 * n_chunks, direction-major; direction 1 is the reversed one.
 template <typename T, bool kBCGrouped>
-__global__ __launch_bounds__(kScanWarps * 32, 4) void scan_bwd_summary_bi_kernel(BiScanParams bp) {
+__global__ __launch_bounds__(kScanWarps * 32, kScanSummaryBlocks) void scan_bwd_summary_bi_kernel(BiScanParams bp) {
   const int n_chunks = bp.dir[0].n_chunks;
   if (blockIdx.z < n_chunks) {
     scan_bwd_summary_block<T, false, kBCGrouped>(bp.dir[0], blockIdx.z);

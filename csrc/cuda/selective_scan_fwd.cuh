@@ -34,7 +34,7 @@ static_assert(kScanMaxState % kFwdStateGroup == 0 && kFwdStateGroup % 4 == 0, "s
 
 struct ScanFwdSmem {
   float bc[2][2][kFwdSteps][kFwdBCPad];     // [buffer][B, C][step][state]: the block's staged B/C
-  float rows[kFwdWarps][3][32 * kFwdPad];  // each warp's rows' steps: du, dt, y (RowSteps slots)
+  float rows[kFwdWarps][4][32 * kFwdPad];  // each warp's rows' steps: du, dt, y, z (RowSteps slots)
 };
 
 // kFwdSteps steps [t0, t0 + kFwdSteps) of a warp's 32 rows, moved between global memory and a
@@ -49,35 +49,26 @@ struct RowSteps {
   __device__ __forceinline__ int phys(int t) const { return kReverse ? L - 1 - t : t; }
   __device__ __forceinline__ int slot(int i) const { return lane * kFwdPad + i; }
 
-  // Row r starts at base + r * row_stride (32-bit offsets: kFwdMaxSeqlen bounds them).
+  // The lane's share of the warp's global loads of one tensor (row r starts at base + r *
+  // row_stride; 32-bit offsets: kFwdMaxSeqlen bounds them), kept raw until put(): the kernel issues
+  // them a tile ahead, so their latency overlaps the tile being computed instead of being paid
+  // before it.
   template <typename T>
-  __device__ __forceinline__ void load(const T* base, int row_stride, float* buf) const {
-    load_pair(base, buf, static_cast<const T*>(nullptr), nullptr, row_stride);
+  __device__ __forceinline__ void fetch(const T* base, int row_stride, T (&v)[kFwdSteps]) const {
+    const int i = lane % kFwdSteps, t = t0 + i;
+#pragma unroll
+    for (int j = 0; j < kFwdSteps; ++j) {
+      const int r = j * kRowsPerRound + lane / kFwdSteps;
+      v[j] = t < t_end && r < rows ? base[r * row_stride + phys(t)] : from_float<T>(0.f);
+    }
   }
 
-  // Two tensors of the same rows (b may be null: a alone) with every global load issued before
-  // the first shared-memory write, so their latencies overlap: between the barriers of separate
-  // loads they would be paid one after the other, every tile.
+  // Fetched values into a warp buffer (lane r's step i at slot(i) of row r); no barriers.
   template <typename T>
-  __device__ __forceinline__ void load_pair(const T* a, float* buf_a, const T* b, float* buf_b,
-                                            int row_stride) const {
-    __syncwarp();  // every lane is done with the buffers' previous contents
-    const int i = lane % kFwdSteps, t = t0 + i;
-    float va[kFwdSteps], vb[kFwdSteps];
+  __device__ __forceinline__ void put(const T (&v)[kFwdSteps], float* buf) const {
+    const int i = lane % kFwdSteps;
 #pragma unroll
-    for (int j = 0; j < kFwdSteps; ++j) {
-      const int r = j * kRowsPerRound + lane / kFwdSteps;
-      const bool ok = t < t_end && r < rows;
-      va[j] = ok ? to_float(a[r * row_stride + phys(t)]) : 0.f;
-      vb[j] = (b && ok) ? to_float(b[r * row_stride + phys(t)]) : 0.f;
-    }
-#pragma unroll
-    for (int j = 0; j < kFwdSteps; ++j) {
-      const int r = j * kRowsPerRound + lane / kFwdSteps;
-      buf_a[r * kFwdPad + i] = va[j];
-      if (b) buf_b[r * kFwdPad + i] = vb[j];
-    }
-    __syncwarp();
+    for (int j = 0; j < kFwdSteps; ++j) buf[(j * kRowsPerRound + lane / kFwdSteps) * kFwdPad + i] = to_float(v[j]);
   }
 
   template <typename T>
@@ -196,15 +187,36 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
   float* s_du = smem.rows[warp][0];  // the warp's rows' steps: delta * u, delta, y
   float* s_dt = smem.rows[warp][1];
   float* s_y = smem.rows[warp][2];
+  float* s_z = smem.rows[warp][3];
+  const bool gate = !kSummary && z != nullptr;
+  // Software pipeline: a tile's B/C and its rows' u, delta (and z) are fetched during the tile
+  // before, into registers, and moved to shared memory when their tile starts.
   float vb[kFwdStage], vc[kFwdStage];
+  T pu[kFwdSteps], pd[kFwdSteps], pz[kFwdSteps];
   fetch(t_begin, vb, vc);
+  {
+    const RowSteps<kReverse> first{t_begin, t_end, L, lane, warp_rows};
+    first.fetch(u, L, pu);
+    first.fetch(delta, L, pd);
+    if (gate) first.fetch(z, L, pz);
+  }
   float sum_delta = 0.f;
   int buf = 0;
   for (int tile = t_begin; tile < t_end; tile += kFwdSteps, buf ^= 1) {
     put(buf, vb, vc);
-    if (tile + kFwdSteps < t_end) fetch(tile + kFwdSteps, vb, vc);  // in flight during this block
     const RowSteps<kReverse> io{tile, t_end, L, lane, warp_rows};
-    io.load_pair(u, s_du, delta, s_dt, L);
+    __syncwarp();  // every lane is done with the warp buffers' previous contents
+    io.put(pu, s_du);
+    io.put(pd, s_dt);
+    if (gate) io.put(pz, s_z);
+    __syncwarp();
+    if (tile + kFwdSteps < t_end) {  // the next tile's loads, in flight during this one
+      fetch(tile + kFwdSteps, vb, vc);
+      const RowSteps<kReverse> ahead{tile + kFwdSteps, t_end, L, lane, warp_rows};
+      ahead.fetch(u, L, pu);
+      ahead.fetch(delta, L, pd);
+      if (gate) ahead.fetch(z, L, pz);
+    }
     {  // per lane, its own slots: delta after bias/softplus, delta * u, y from the skip term D * u
       float uv[kFwdSteps], dv[kFwdSteps];
 #pragma unroll
@@ -232,7 +244,9 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
         const float dt = s_dt[io.slot(i)], du = s_du[io.slot(i)];
         const float* Bs = &smem.bc[buf][0][i][g * kFwdStateGroup];
         const float* Cs = &smem.bc[buf][1][i][g * kFwdStateGroup];
-        float yi = 0.f;
+        // four partial sums of the output: a chain of kFwdStateGroup / 4 FMAs each instead of one
+        // of kFwdStateGroup, which with few warps per SM would be the step's latency
+        float yq[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int q = 0; q < kFwdStateGroup / 4; ++q) {
           const float4 bq = b_grouped ? vec_at<const float4>(Bs)[q]
@@ -250,10 +264,10 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
           for (int j = 0; j < 4; ++j) {
             const int k = 4 * q + j;
             h[k] = fmaf(exp2f(dt * a2[k]), h[k], du * bs[j]);
-            if (!kSummary) yi = fmaf(h[k], cs[j], yi);
+            if (!kSummary) yq[j] = fmaf(h[k], cs[j], yq[j]);
           }
         }
-        if (!kSummary) s_y[io.slot(i)] += yi;
+        if (!kSummary) s_y[io.slot(i)] += (yq[0] + yq[1]) + (yq[2] + yq[3]);
       }
       if (spill) {
 #pragma unroll
@@ -264,11 +278,10 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
       float y[kFwdSteps];
 #pragma unroll
       for (int i = 0; i < kFwdSteps; ++i) y[i] = s_y[io.slot(i)];
-      if (z) {
-        io.load(z, L, s_du);
+      if (gate) {
 #pragma unroll
         for (int i = 0; i < kFwdSteps; ++i) {
-          const float zv = s_du[io.slot(i)];
+          const float zv = s_z[io.slot(i)];
           y[i] *= zv * sigmoidf(zv);
         }
       }
@@ -295,8 +308,11 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
   }
 }
 
-// Constant B/C hold kFwdStateGroup values each in registers: that variant gets more registers.
-constexpr int fwd_min_blocks(bool bc_grouped) { return bc_grouped ? 4 : 3; }
+// Blocks per multiprocessor the registers are budgeted for (__launch_bounds__): 3 of 128 threads
+// leave room for the next tile's loads in flight (at 4, the B/C-grouped kernels spilled); constant
+// B/C hold 2 x kFwdStateGroup more values in registers, so those kernels get 2 (at 3 the
+// two-direction one spilled on sm_80).
+constexpr int fwd_min_blocks(bool bc_grouped) { return bc_grouped ? 3 : 2; }
 
 // The chunk (grid z) of a block. Blocks start in grid order, so the main pass takes the chunks
 // last first: the chunks the summary pass read last are the likeliest still in L2.

@@ -62,3 +62,25 @@ def test_pack_leaves_the_summary_beside_one_archive_of_everything(tmp_path):
 def test_ncu_stage_without_ncu_says_so(tmp_path):
     summary = _run(tmp_path, "ncu", 60)
     assert "ncu: not found" in summary, summary
+
+
+def test_prebuilt_extension_hash_follows_the_sources(tmp_path):
+    """gpu_check.sh uses a prebuilt extension only while scripts/prebuild_ext.sh --hash of the
+    tree matches the one recorded at build time: any change to a kernel source must change it."""
+    import shutil
+
+    def tree_hash(root) -> str:
+        r = subprocess.run(["bash", "scripts/prebuild_ext.sh", "--hash"], cwd=root, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    src = tmp_path / "tree"
+    shutil.copytree(os.path.join(ROOT, "csrc"), src / "csrc")
+    shutil.copytree(os.path.join(ROOT, "scripts"), src / "scripts")
+    shutil.copy(os.path.join(ROOT, "setup.py"), src / "setup.py")
+    first = tree_hash(src)
+    assert len(first) == 64 and tree_hash(src) == first == tree_hash(ROOT)
+    kernel = src / "csrc" / "cuda" / "selective_scan_fwd.cuh"
+    kernel.write_text(kernel.read_text() + "\n")
+    assert tree_hash(src) != first

@@ -39,12 +39,13 @@ SCAN_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_stat
 
 def _fwd_time_estimate(batch, dim, L, sms, chunk):
     """The planner's cost model, written out independently: the busiest multiprocessor's blocks x
-    step blocks per chunk (a lone block at LONE_BLOCK_EFF), + the summary pass and the combine
-    when L is split."""
+    (step blocks per chunk + a block's start; a lone block at LONE_BLOCK_EFF), + the summary pass
+    and the combine when L is split."""
     n = math.ceil(L / chunk)
     blocks = batch * math.ceil(dim / scan_cuda.FWD_ROWS) * n
     per_sm = math.ceil(blocks / sms)
-    main = per_sm * (chunk // scan_cuda.FWD_STEPS) / (scan_cuda.LONE_BLOCK_EFF if per_sm == 1 else 1)
+    main = (per_sm * (chunk // scan_cuda.FWD_STEPS + scan_cuda.BLOCK_START_COST)
+            / (scan_cuda.LONE_BLOCK_EFF if per_sm == 1 else 1))
     return main if n == 1 else main * (1 + scan_cuda.SUMMARY_COST) + scan_cuda.CHUNK_COST * n
 
 
@@ -66,9 +67,13 @@ def test_plan_chunk_len(batch, dim, L, sms):
 
 
 def test_plan_chunk_len_splits_only_where_multiprocessors_idle():
-    # ViM stride 8 (batch 32): 96 blocks of rows for 132 multiprocessors. A split would run every
-    # step's exp2 twice (summary and main pass) to fill the rest: one chunk is estimated faster.
-    assert scan_cuda.plan_chunk_len(32, 384, 730, 132) >= 730
+    # ViM stride 16 (batch 128): 384 blocks, about three on every multiprocessor: no split.
+    assert scan_cuda.plan_chunk_len(128, 384, 197, 132) >= 197
+    # ViM stride 8 (batch 32): 96 blocks of rows for 132 multiprocessors, one each at most. A
+    # split runs every step's exp2 twice (summary and main pass) but gives every multiprocessor
+    # about three blocks, where a lone block was measured at half the rate (LONE_BLOCK_EFF): a few
+    # chunks, not many short ones.
+    assert 2 <= math.ceil(730 / scan_cuda.plan_chunk_len(32, 384, 730, 132)) <= 8
     # DVMSR (120 rows: one block of them) is split over every multiprocessor, two blocks on most.
     chunk = scan_cuda.plan_chunk_len(1, 120, 65536, 132)
     assert math.ceil(65536 / chunk) > 1.5 * 132 and chunk >= 128

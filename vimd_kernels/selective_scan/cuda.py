@@ -21,11 +21,18 @@ ROWS = 8            # backward: rows per block, half a warp each (kScanRows; the
 MAX_STATE = 64      # kScanMaxState
 FWD_ROWS = 128      # forward: rows (one thread each) per block (kFwdRows)
 FWD_STEPS = 8       # forward: steps staged per iteration; chunks are multiples of it (kFwdSteps)
-FWD_BLOCKS_PER_SM = 4  # forward main kernel: 122-128 registers x 128 threads (ptxas, sm_90) -> 4
+FWD_BLOCKS_PER_SM = 3  # forward main kernel: __launch_bounds__ budget of 3 blocks of 128 threads (fwd_min_blocks, B/C grouped)
 SUMMARY_COST = 0.9     # the forward's summary pass (no C, no outputs; the same exp2 count) vs its main pass
-# The forward is bound by a multiprocessor's ex2 throughput (16 per clock), which its resident
-# blocks share; one block alone (a warp per SM sub-partition) leaves some of it idle on latency.
-LONE_BLOCK_EFF = 0.75
+# The forward's time per multiprocessor grows with its resident blocks (they share its ex2
+# throughput and memory pipes); one block alone (a warp per SM sub-partition) leaves most of it
+# idle on latency. Measured on the H200 (benchmarks/results/nvidia-h200, before the forward's loads
+# were pipelined): ViM s8 (96 blocks, one per SM) took 0.495 ms for 92 step blocks, s16 (384
+# blocks, three per SM) 0.193 ms for 3 x 25: a lone block at 0.48 of the rate of three.
+LONE_BLOCK_EFF = 0.48
+# A block's start (its first tile's loads, the chunk's entry and end states), in units of one of
+# its FWD_STEPS-step tiles: keeps the planner from cutting L into many short chunks for a
+# near-tie in the estimate.
+BLOCK_START_COST = 1.0
 # Per chunk, in units of one block's FWD_STEPS steps at a multiprocessor's full rate (~0.6 us:
 # 128 rows x 8 steps x 16 exp2 at 16 per clock): the carries' combine composes 32 chunks per warp
 # shuffle scan (~10 cycles a chunk), plus the summary pass's chunk state writes.
@@ -72,9 +79,10 @@ def plan_chunk_len(batch: int, dim: int, L: int, sm_count: int) -> int:
     Otherwise L is split into chunks, and the split is the one with the least estimated time: a
     block (FWD_ROWS rows) walks its chunk's steps in sequence; the blocks share their
     multiprocessor's ex2 throughput, so the busiest multiprocessor's blocks x steps is the time
-    (a lone block runs at LONE_BLOCK_EFF); more than one chunk adds the summary pass (again every
-    step's exp2) and the carries' combine. Splitting therefore pays only where most
-    multiprocessors would otherwise idle (DVMSR: 120 rows, one block of them).
+    (a lone block runs at LONE_BLOCK_EFF, each block adds BLOCK_START_COST); more than one chunk
+    adds the summary pass (again every step's exp2) and the carries' combine. Splitting therefore
+    pays only where multiprocessors would otherwise idle or hold a lone block (DVMSR: 120 rows, one
+    block of them; ViM stride 8 at batch 32: 96 blocks for 132 multiprocessors).
     """
     if min(batch, dim, L, sm_count) < 1:
         raise ValueError("batch, dim, L and sm_count must be >= 1")
@@ -87,7 +95,7 @@ def fwd_cost(col_blocks: int, tiles: int, chunk_tiles: int, sm_count: int) -> fl
     blocks split into chunks of `chunk_tiles`, with `col_blocks` blocks of rows per chunk."""
     n = math.ceil(tiles / chunk_tiles)
     per_sm = math.ceil(col_blocks * n / sm_count)  # blocks on the busiest multiprocessor
-    t = per_sm * chunk_tiles / (LONE_BLOCK_EFF if per_sm == 1 else 1.0)
+    t = per_sm * (chunk_tiles + BLOCK_START_COST) / (LONE_BLOCK_EFF if per_sm == 1 else 1.0)
     return t if n == 1 else t * (1 + SUMMARY_COST) + CHUNK_COST * n
 
 
