@@ -96,6 +96,28 @@ __device__ __forceinline__ void warp_scan_affine_down(float& a, float& b, int la
   }
 }
 
+// warp_scan_affine_up of (ua, ub) and warp_scan_affine_down of (da, db) together: the same
+// results, with the two independent shuffle chains interleaved level by level.
+template <int kWidth>
+__device__ __forceinline__ void warp_scan_affine_up_down(float& ua, float& ub, float& da, float& db, int lane) {
+#pragma unroll
+  for (int off = 1; off < kWidth; off <<= 1) {
+    float pua = __shfl_up_sync(kFullMask, ua, off, kWidth);
+    float pub = __shfl_up_sync(kFullMask, ub, off, kWidth);
+    float pda = __shfl_down_sync(kFullMask, da, off, kWidth);
+    float pdb = __shfl_down_sync(kFullMask, db, off, kWidth);
+    const bool has_up = lane >= off, has_down = lane + off < kWidth;
+    pua = has_up ? pua : 1.f;
+    pub = has_up ? pub : 0.f;
+    pda = has_down ? pda : 1.f;
+    pdb = has_down ? pdb : 0.f;
+    ub = fmaf(ua, pub, ub);
+    ua *= pua;
+    db = fmaf(da, pdb, db);
+    da *= pda;
+  }
+}
+
 inline unsigned ceil_div(long long a, long long b) { return static_cast<unsigned>((a + b - 1) / b); }
 
 // Every launch goes through here (csrc/cuda/emu/ replaces it to run the kernels on the CPU).

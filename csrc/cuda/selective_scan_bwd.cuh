@@ -112,8 +112,7 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
     float qa = ha, qb = 0.f;
 #pragma unroll
     for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
-    warp_scan_affine_up<kScanLanes>(ha, hb, lane);
-    warp_scan_affine_down<kScanLanes>(qa, qb, lane);
+    warp_scan_affine_up_down<kScanLanes>(ha, hb, qa, qb, lane);
     const long long idx = (row * p.n_chunks + c) * N + n;
     if (active && lane == kScanLanes - 1) p.chunk_h[idx] = hb;
     if (active && lane == 0) p.chunk_q[idx] = qb;
@@ -291,19 +290,25 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       } else {
         Cv.next(io, cv);
       }
-      // Forward: h over the tile; hp[i] = h before step i. The lane's decay over its steps is one
-      // exp2 of their summed delta (for both sweeps).
+      // The lane's maps over its steps, forward for h and backward for the adjoint g, then both
+      // lane scans at once (independent shuffle chains, so their latencies overlap). The lane's
+      // decay over its steps is one exp2 of their summed delta (for both).
       const float lane_a = exp2f(in.dt_sum * a2);
-      float la = lane_a, lb = 0.f;
+      float la = lane_a, lb = 0.f, qa = lane_a, qb = 0.f;
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
         dA[i] = exp2f(in.delta[i] * a2);
         dBu[i] = in.delta[i] * in.u[i] * bv[i];
         lb = fmaf(dA[i], lb, dBu[i]);
       }
-      warp_scan_affine_up<kScanLanes>(la, lb, lane);
+#pragma unroll
+      for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
+      warp_scan_affine_up_down<kScanLanes>(la, lb, qa, qb, lane);
       float ea = __shfl_up_sync(kFullMask, la, 1, kScanLanes), eb = __shfl_up_sync(kFullMask, lb, 1, kScanLanes);
+      float fa = __shfl_down_sync(kFullMask, qa, 1, kScanLanes), fb = __shfl_down_sync(kFullMask, qb, 1, kScanLanes);
       if (lane == 0) ea = 1.f, eb = 0.f;
+      if (lane == kScanLanes - 1) fa = 1.f, fb = 0.f;
+      // Forward: h over the tile; hp[i] = h before step i.
       // (with kBCGrouped the constant-B/C branches below fold away)
       float h = fmaf(ea, h_in, eb);
       float dc_sum = 0.f;
@@ -320,12 +325,6 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
         }
       }
       // Backward: the adjoint g over the tile, from the lane's incoming q.
-      float qa = lane_a, qb = 0.f;
-#pragma unroll
-      for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
-      warp_scan_affine_down<kScanLanes>(qa, qb, lane);
-      float fa = __shfl_down_sync(kFullMask, qa, 1, kScanLanes), fb = __shfl_down_sync(kFullMask, qb, 1, kScanLanes);
-      if (lane == kScanLanes - 1) fa = 1.f, fb = 0.f;
       float q = fmaf(fa, q_in, fb);
       float dA_sum = 0.f, db_sum = 0.f;
 #pragma unroll
