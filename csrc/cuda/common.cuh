@@ -97,11 +97,14 @@ __device__ __forceinline__ void warp_scan_affine_down(float& a, float& b, int la
 }
 
 // warp_scan_affine_up of (ua, ub) and warp_scan_affine_down of (da, db) together: the same
-// results, with the two independent shuffle chains interleaved level by level.
-template <int kWidth>
-__device__ __forceinline__ void warp_scan_affine_up_down(float& ua, float& ub, float& da, float& db, int lane) {
+// results, with the two independent shuffle chains interleaved level by level. With kSum, also
+// the kWidth-lane sum of *sum (a butterfly, so every lane gets the same value), a third chain.
+template <int kWidth, bool kSum = false>
+__device__ __forceinline__ void warp_scan_affine_up_down(float& ua, float& ub, float& da, float& db, int lane,
+                                                         float* sum = nullptr) {
 #pragma unroll
   for (int off = 1; off < kWidth; off <<= 1) {
+    if (kSum) *sum += __shfl_xor_sync(kFullMask, *sum, off, kWidth);
     float pua = __shfl_up_sync(kFullMask, ua, off, kWidth);
     float pub = __shfl_up_sync(kFullMask, ub, off, kWidth);
     float pda = __shfl_down_sync(kFullMask, da, off, kWidth);

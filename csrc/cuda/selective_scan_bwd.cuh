@@ -252,6 +252,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       // with no selects in the state loop
       if (!active) in.dy[i] = 0.f;
     }
+    float dA_prev = 0.f;  // the previous state's dA partial of this lane
     BCView Bv = b_view<kBCGrouped>(p, b, d), Cv = c_view<kBCGrouped>(p, b, d);  // constant ones
     if (grouped) {  // state 0's B/C tile, once every row is done with its staging buffer
       const float4 first = bc_stage.fetch(0, tile, t_end, L);
@@ -303,7 +304,10 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       }
 #pragma unroll
       for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
-      warp_scan_affine_up_down<kScanLanes>(la, lb, qa, qb, lane);
+      // ... and the previous state's dA partial summed over the row's lanes in the same rounds
+      // (its own rounds of shuffles at the end of that state would stall it)
+      warp_scan_affine_up_down<kScanLanes, true>(la, lb, qa, qb, lane, &dA_prev);
+      if (active && lane == 0 && n > 0) p.part_A[(static_cast<long long>(d) * N + n - 1) * J + j] = dA_prev;
       float ea = __shfl_up_sync(kFullMask, la, 1, kScanLanes), eb = __shfl_up_sync(kFullMask, lb, 1, kScanLanes);
       float fa = __shfl_down_sync(kFullMask, qa, 1, kScanLanes), fb = __shfl_down_sync(kFullMask, qb, 1, kScanLanes);
       if (lane == 0) ea = 1.f, eb = 0.f;
@@ -345,8 +349,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       const bool writer = active && lane == 0;
       if (writer && c == 0 && p.dinitial_state) p.dinitial_state[row * N + n] = q;
       if (writer && p.row_walk && c > 0) p.chunk_q[(row * p.n_chunks + c - 1) * N + n] = q;
-      dA_sum = warp_sum<kScanLanes>(dA_sum);
-      if (writer) p.part_A[(static_cast<long long>(d) * N + n) * J + j] = dA_sum;
+      dA_prev = dA_sum;  // summed over the lanes during the next state's scans
       if (!b_grouped) {
         const float s = warp_sum<kScanLanes>(db_sum);
         if (writer) p.part_B[(static_cast<long long>(d) * N + n) * J + j] = s;
@@ -384,6 +387,8 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       }
     }
 
+    dA_prev = warp_sum<kScanLanes>(dA_prev);  // the last state's
+    if (active && lane == 0) p.part_A[(static_cast<long long>(d) * N + N - 1) * J + j] = dA_prev;
     float dD = 0.f, ddb = 0.f, zg[kScanItems];
     const float Dd = p.D ? p.D[d] : 0.f;
     float du[kScanItems], ddelta[kScanItems];
