@@ -40,22 +40,30 @@ struct RowInputs {
   __device__ __forceinline__ void load(const ScanParams& p, const IO& io, int b, long long row, int d,
                                        float* zgrad) {
     const int L = p.seqlen;
-    // every tensor's global loads first, so their latencies overlap
+    // Every tensor's global loads first, so their latencies overlap. (The 32-lane build, for
+    // timing the layouts, loads them one after the other: batched, its constant-B/C kernels
+    // spilled under their register cap.)
+    constexpr bool kBatch = kScanLanes == 16;
+    const T* zrow = p.z ? static_cast<const T*>(p.z) + b * p.z_batch_stride + static_cast<long long>(d) * L : nullptr;
     ItemWords<T> wu, wd, wy, wz;
-    const bool al_u = io.fetch(static_cast<const T*>(p.u) + row * L, wu);
-    const bool al_d = io.fetch(static_cast<const T*>(p.delta) + row * L, wd);
-    const bool al_y = io.fetch(static_cast<const T*>(p.dout) + row * L, wy);
-    bool al_z = false;  // z may be a channel slice (batch stride)
-    if (p.z) al_z = io.fetch(static_cast<const T*>(p.z) + b * p.z_batch_stride + static_cast<long long>(d) * L, wz);
+    bool al_u = io.fetch(static_cast<const T*>(p.u) + row * L, wu), al_d = false, al_y = false, al_z = false;
+    if (kBatch) {
+      al_d = io.fetch(static_cast<const T*>(p.delta) + row * L, wd);
+      al_y = io.fetch(static_cast<const T*>(p.dout) + row * L, wy);
+      if (zrow) al_z = io.fetch(zrow, wz);
+    }
     io.put(al_u, wu, u);
+    if (!kBatch) al_d = io.fetch(static_cast<const T*>(p.delta) + row * L, wd);
     io.put(al_d, wd, delta);
     prepare_delta(delta, io.t(), io.t_end, p.delta_bias ? p.delta_bias[d] : 0.f, p.delta_softplus);
     dt_sum = 0.f;
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) dt_sum += delta[i];
+    if (!kBatch) al_y = io.fetch(static_cast<const T*>(p.dout) + row * L, wy);
     io.put(al_y, wy, dy);
     if (p.z) {
       float zv[kScanItems];
+      if (!kBatch) al_z = io.fetch(zrow, wz);
       io.put(al_z, wz, zv);
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
@@ -304,10 +312,13 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       }
 #pragma unroll
       for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
-      // ... and the previous state's dA partial summed over the row's lanes in the same rounds
-      // (its own rounds of shuffles at the end of that state would stall it)
-      warp_scan_affine_up_down<kScanLanes, true>(la, lb, qa, qb, lane, &dA_prev);
-      if (active && lane == 0 && n > 0) p.part_A[(static_cast<long long>(d) * N + n - 1) * J + j] = dA_prev;
+      // ... and (kBCGrouped) the previous state's dA partial summed over the row's lanes in the
+      // same rounds: its own round of shuffles at the end of that state would stall it. (The
+      // constant-B/C kernels keep that round: the extra live value spilled in the 32-lane build.)
+      warp_scan_affine_up_down<kScanLanes, kBCGrouped>(la, lb, qa, qb, lane, &dA_prev);
+      if (kBCGrouped && active && lane == 0 && n > 0) {
+        p.part_A[(static_cast<long long>(d) * N + n - 1) * J + j] = dA_prev;
+      }
       float ea = __shfl_up_sync(kFullMask, la, 1, kScanLanes), eb = __shfl_up_sync(kFullMask, lb, 1, kScanLanes);
       float fa = __shfl_down_sync(kFullMask, qa, 1, kScanLanes), fb = __shfl_down_sync(kFullMask, qb, 1, kScanLanes);
       if (lane == 0) ea = 1.f, eb = 0.f;
@@ -349,7 +360,12 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       const bool writer = active && lane == 0;
       if (writer && c == 0 && p.dinitial_state) p.dinitial_state[row * N + n] = q;
       if (writer && p.row_walk && c > 0) p.chunk_q[(row * p.n_chunks + c - 1) * N + n] = q;
-      dA_prev = dA_sum;  // summed over the lanes during the next state's scans
+      if (kBCGrouped) {
+        dA_prev = dA_sum;  // summed over the lanes during the next state's scans
+      } else {
+        dA_sum = warp_sum<kScanLanes>(dA_sum);
+        if (writer) p.part_A[(static_cast<long long>(d) * N + n) * J + j] = dA_sum;
+      }
       if (!b_grouped) {
         const float s = warp_sum<kScanLanes>(db_sum);
         if (writer) p.part_B[(static_cast<long long>(d) * N + n) * J + j] = s;
@@ -387,8 +403,10 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       }
     }
 
-    dA_prev = warp_sum<kScanLanes>(dA_prev);  // the last state's
-    if (active && lane == 0) p.part_A[(static_cast<long long>(d) * N + N - 1) * J + j] = dA_prev;
+    if (kBCGrouped) {  // the last state's
+      dA_prev = warp_sum<kScanLanes>(dA_prev);
+      if (active && lane == 0) p.part_A[(static_cast<long long>(d) * N + N - 1) * J + j] = dA_prev;
+    }
     float dD = 0.f, ddb = 0.f, zg[kScanItems];
     const float Dd = p.D ? p.D[d] : 0.f;
     float du[kScanItems], ddelta[kScanItems];
