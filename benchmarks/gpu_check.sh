@@ -35,7 +35,8 @@
 # and the peers' at NCU_JOBS (profile_kernels' jobs, run once each): ncu_details.txt.
 # Optional stage `test-slow`: the `slow` cuda tests (real shapes against the reference's loop over L).
 # Env: OUT, STAGES (build peers test test-slow sanitize bench test-triton profile ncu models plan tune layout), ARCH (default:
-#      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), TEST_TIMEOUT_S (cap per test set), PACK, PYTEST_ARGS, BENCH_ARGS, PEER_PATH.
+#      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), TEST_TIMEOUT_S (cap per test set), PACK, PYTEST_ARGS, BENCH_ARGS, PEER_PATH,
+#      BASELINE_CSV (a committed gpu-bar run the bench stage is compared with: compare.txt).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -173,6 +174,12 @@ if has bench; then
       --budget-s "$(( $(left) - 40 ))" --out "$OUT/bench" ${BENCH_ARGS:-} >"$OUT/bench_kernels.log" 2>&1
     bench_rc=$?
     note "bench (benchmarks.kernels --preset gpu-bar): rc=$bench_rc (log bench_kernels.log, results bench/)"
+    # against the last committed run (BASELINE_CSV): what each change since then did, cell by cell
+    base=${BASELINE_CSV:-benchmarks/results/nvidia-h200/kernels-gpu-bar.csv}
+    if [ -f "$base" ] && [ -f "$OUT/bench/kernels-gpu-bar.csv" ]; then
+      $PY -m benchmarks.compare_runs "$base" "$OUT/bench/kernels-gpu-bar.csv" >"$OUT/compare.txt" 2>&1
+      note "bench: compared with $base (compare.txt, rc=$?)"
+    fi
   fi
 fi
 
@@ -258,10 +265,12 @@ cat "$summary"
 [ -f "$OUT/bench_kernels.log" ] && { echo "--- kernel benchmark (tail) ---"; tail -45 "$OUT/bench_kernels.log"; }
 [ -f "$OUT/profile.log" ] && { echo "--- profile (head) ---"; grep -v USDT "$OUT/profile.log" | head -40; }
 [ -f "$OUT/bench_models.log" ] && { echo "--- model benchmark (tail) ---"; tail -15 "$OUT/bench_models.log"; }
+[ -f "$OUT/compare.txt" ] && { echo "--- cuda vs the baseline run (compare.txt) ---"; head -40 "$OUT/compare.txt"; }
 # PACK=1 (for the lent machine, which returns at most 8 files from $OUT): pack everything into one
-# archive and keep only the summary, the environment and the kernel benchmark's log beside it.
+# archive and keep only the summary, the environment, the kernel benchmark's log and its comparison
+# with the baseline beside it.
 [ "${PACK:-0}" = 1 ] && tar czf /tmp/gpu_check.tar.gz -C "$OUT" . && find "$OUT" -mindepth 1 -maxdepth 1 \
-  ! -name summary.txt ! -name env.txt ! -name bench_kernels.log -exec rm -rf {} + \
+  ! -name summary.txt ! -name env.txt ! -name bench_kernels.log ! -name compare.txt -exec rm -rf {} + \
   && mv /tmp/gpu_check.tar.gz "$OUT/" && echo "(everything in \$OUT/gpu_check.tar.gz)"
 [ "$build_rc" = 0 ] || [ "$build_rc" = skip ] || exit 1
 [ "$test_rc" = 0 ] || [ "$test_rc" = skip ] || exit 1
