@@ -191,6 +191,17 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
+def max_sm_clock_mhz() -> float | None:
+    """The current GPU's highest SM clock as nvidia-smi reports it (None where it cannot)."""
+    index = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0] or str(torch.cuda.current_device())
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits",
+                              "-i", index], capture_output=True, text=True, timeout=20)
+        return float(out.stdout.split()[0]) if out.returncode == 0 else None
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return None
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
@@ -243,7 +254,7 @@ def metadata(device: str, packages=PEER_PACKAGES) -> dict:
     if device == "cuda":
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         meta.update(cuda_capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
-                    gpu_memory_gib=round(props.total_memory / 2 ** 30, 1))
+                    gpu_memory_gib=round(props.total_memory / 2 ** 30, 1), sm_clock_mhz=max_sm_clock_mhz())
     meta["summary"] = summary_line(meta)
     return meta
 

@@ -36,7 +36,8 @@
 # Optional stage `test-slow`: the `slow` cuda tests (real shapes against the reference's loop over L).
 # Env: OUT, STAGES (build peers test test-slow sanitize bench test-triton profile ncu models plan tune layout), ARCH (default:
 #      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), TEST_TIMEOUT_S (cap per test set), PACK, PYTEST_ARGS, BENCH_ARGS, PEER_PATH,
-#      BASELINE_CSV (a committed gpu-bar run the bench stage is compared with: compare.txt).
+#      BASELINE_CSV (a committed gpu-bar run the bench stage is compared with: compare.txt; its floors:
+#      floors.txt, benchmarks/floors.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -180,6 +181,11 @@ if has bench; then
       $PY -m benchmarks.compare_runs "$base" "$OUT/bench/kernels-gpu-bar.csv" >"$OUT/compare.txt" 2>&1
       note "bench: compared with $base (compare.txt, rc=$?)"
     fi
+    # each cell's time against its floor (bytes over the copy bandwidth, exp2 over the SFU rate)
+    if [ -f "$OUT/bench/kernels-gpu-bar.csv" ]; then
+      $PY -m benchmarks.floors "$OUT/bench/kernels-gpu-bar.csv" >"$OUT/floors.txt" 2>&1
+      note "bench: floors of this run (floors.txt, rc=$?)"
+    fi
   fi
 fi
 
@@ -266,11 +272,12 @@ cat "$summary"
 [ -f "$OUT/profile.log" ] && { echo "--- profile (head) ---"; grep -v USDT "$OUT/profile.log" | head -40; }
 [ -f "$OUT/bench_models.log" ] && { echo "--- model benchmark (tail) ---"; tail -15 "$OUT/bench_models.log"; }
 [ -f "$OUT/compare.txt" ] && { echo "--- cuda vs the baseline run (compare.txt) ---"; head -40 "$OUT/compare.txt"; }
+[ -f "$OUT/floors.txt" ] && { echo "--- scan forward vs its floor (floors.txt) ---"; sed -n 2p "$OUT/floors.txt"; grep -E "^(op|selective_scan .* fwd )" "$OUT/floors.txt"; }
 # PACK=1 (for the lent machine, which returns at most 8 files from $OUT): pack everything into one
-# archive and keep only the summary, the environment, the kernel benchmark's log and its comparison
-# with the baseline beside it.
+# archive and keep only the summary, the environment, the kernel benchmark's log, its comparison
+# with the baseline and its floors beside it.
 [ "${PACK:-0}" = 1 ] && tar czf /tmp/gpu_check.tar.gz -C "$OUT" . && find "$OUT" -mindepth 1 -maxdepth 1 \
-  ! -name summary.txt ! -name env.txt ! -name bench_kernels.log ! -name compare.txt -exec rm -rf {} + \
+  ! -name summary.txt ! -name env.txt ! -name bench_kernels.log ! -name compare.txt ! -name floors.txt -exec rm -rf {} + \
   && mv /tmp/gpu_check.tar.gz "$OUT/" && echo "(everything in \$OUT/gpu_check.tar.gz)"
 [ "$build_rc" = 0 ] || [ "$build_rc" = skip ] || exit 1
 [ "$test_rc" = 0 ] || [ "$test_rc" = skip ] || exit 1

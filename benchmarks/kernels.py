@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks import common, shapes
+from benchmarks import common, floors, shapes
 from benchmarks.shapes import Workload
 
 OPS = ("selective_scan", "causal_conv1d", "mamba_inner", "bimamba_inner")
@@ -472,7 +472,8 @@ def _new_row(job: Job, device: str, batch_override) -> dict:
     w = job.workload
     return dict(op=job.op, shape=w.name, batch=w.batch(device, batch_override), dim=w.d_inner, L=w.L,
                 N=w.N, groups=w.groups, mode=job.mode, dtype=_dtype_name(job.dtype), provider=job.provider,
-                ms=math.nan, peak_mb=math.nan, gbps=math.nan, pct_copy=math.nan, note="")
+                ms=math.nan, peak_mb=math.nan, gbps=math.nan, pct_copy=math.nan, floor_ms=math.nan,
+                pct_floor=math.nan, note="")
 
 
 def _sync(device: str) -> None:
@@ -719,6 +720,12 @@ def main(argv=None) -> list[dict]:
     print(f"# {meta['summary']}" + (f" | d2d copy {meta['copy_gbps']:.0f} GB/s" if copy_bw else ""), flush=True)
 
     rows = run_jobs(jobs, device, a.batch, a.quick, copy_bw, budget)
+    rates = None
+    if copy_bw:
+        mhz = meta.get("sm_clock_mhz") or floors.max_sm_clock_mhz(meta["device"])
+        rates = floors.Rates(copy_bw, meta["sm_count"], mhz * 1e6) if mhz else None
+    if rates:
+        floors.annotate(rows, rates)
     add_speedups(rows)
     rows = clustered(rows)
     verdicts = bar_verdicts(rows) if a.preset == "gpu-bar" else []
@@ -728,6 +735,8 @@ def main(argv=None) -> list[dict]:
             ("peak_mb", "peak MB"), ("gbps", "GB/s")]
     if copy_bw:
         cols.append(("pct_copy", "% copy"))
+    if rates:
+        cols.append(("pct_floor", "% floor"))
     cols += [("speedup", "speed-up"), ("note", "note")]
     print(common.format_table(rows, cols))
 
