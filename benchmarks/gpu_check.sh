@@ -29,19 +29,23 @@
 # Optional stage `layout`: times the scan's cuda fwd+bwd (the gpu-bar shapes) built with the
 # backward's two row layouts (VIMD_SCAN_LANES=32: a warp per row, then the default 16: half a warp
 # with 16 steps per lane), rebuilding the default last; results in layout_32/ and layout_16/.
+# Optional stage `versions`: earlier commits' kernels timed beside this tree's in the same call
+# (packed first by scripts/pack_versions.sh REV ... into .carry/versions/; built in the background
+# during the tests; results and compare_runs tables in versions/).
 # Optional stage `sanitize`: compute-sanitizer memcheck, racecheck and synccheck over one small
 # `cuda` test of every kernel and phase (GPU_SANITIZE_CASES in tests/kernels/test_cuda_racecheck.py).
 # Optional stage `ncu`: Nsight Compute (SpeedOfLight, Occupancy, WarpStateStats, ...) of our kernels
 # and the peers' at NCU_JOBS (profile_kernels' jobs, run once each): ncu_details.txt.
 # Optional stage `test-slow`: the `slow` cuda tests (real shapes against the reference's loop over L).
-# Env: OUT, STAGES (build peers test test-slow sanitize bench test-triton profile ncu models plan tune layout), ARCH (default:
+# Env: OUT, STAGES (build peers test test-slow sanitize bench versions test-triton profile ncu models plan tune layout), ARCH (default:
 #      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), TEST_TIMEOUT_S (cap per test set), PACK, PYTEST_ARGS, BENCH_ARGS, PEER_PATH,
 #      BASELINE_CSV (a committed gpu-bar run the bench stage is compared with: compare.txt; its floors:
-#      floors.txt, benchmarks/floors.py).
+#      floors.txt, benchmarks/floors.py), VERSIONS_DIR (default .carry/versions).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 STAGES=${STAGES:-"build peers test bench test-triton"}
 MAX_JOBS=${MAX_JOBS:-16}
 DEADLINE_S=${DEADLINE_S:-570}
@@ -118,6 +122,29 @@ elif has build && enough_time build 120; then
   $PY -c "import vimd_kernels as v; from vimd_kernels import _C; print('available backends:', v.available_backends()); print('has cuda ops:', hasattr(_C, 'selective_scan_fwd_cuda'))" 2>&1 | tee -a "$summary"
 fi
 
+# versions: the trees scripts/pack_versions.sh left in .carry/versions/, each built in place under
+# .gpu_cache/versions/ in the background (MAX_JOBS shared among them) while the tests run.
+ver_pids=()
+if has versions; then
+  tars=("${VERSIONS_DIR:-.carry/versions}"/*.tar.gz)
+  if [ ! -f "${tars[0]}" ]; then
+    note "versions: nothing in ${VERSIONS_DIR:-.carry/versions} (bash scripts/pack_versions.sh REV ..., then carry .carry)"
+  else
+    mkdir -p "$OUT/versions"
+    for t in "${tars[@]}"; do
+      label=$(basename "$t" .tar.gz)
+      dir=.gpu_cache/versions/$label
+      rm -rf "$dir" && mkdir -p "$dir" && tar xzf "$t" -C "$dir"
+      ( cd "$dir" && TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" VIMD_CUDA_ARCHS=$ARCH \
+          MAX_JOBS=$(( MAX_JOBS / ${#tars[@]} > 0 ? MAX_JOBS / ${#tars[@]} : 1 )) \
+          timeout "$(left)" $PY setup.py build_ext --inplace >"$OUT/versions/build_$label.log" 2>&1
+        echo $? >"$OUT/versions/build_$label.rc" ) &
+      ver_pids+=($!)
+    done
+    note "versions: building ${#tars[@]} in the background ($(basename -a "${tars[@]}" | tr '\n' ' '); versions/build_*.log)"
+  fi
+fi
+
 # run_tests NAME LOG MARKS PATHS...: the tests under PATHS selected by MARKS (xdist workers when available);
 # sets test_rc unless it passed before (a failure in either set fails the script).
 xdist=()
@@ -186,6 +213,32 @@ if has bench; then
       $PY -m benchmarks.floors "$OUT/bench/kernels-gpu-bar.csv" >"$OUT/floors.txt" 2>&1
       note "bench: floors of this run (floors.txt, rc=$?)"
     fi
+  fi
+fi
+
+# versions: the same scan and conv jobs timed from each packed tree and from this one, one after the
+# other; compare_runs then gives each version's time against this tree's, cell by cell.
+if [ ${#ver_pids[@]} -gt 0 ]; then
+  wait "${ver_pids[@]}"
+  vbench() {  # vbench LABEL DIR: cuda scan + conv jobs of the gpu-bar preset, from DIR's own code
+    (cd "$2" && PYTHONPATH="$PWD:${PEER_PATH}" timeout "$(( $(left) - 5 ))" $PY -m benchmarks.kernels \
+      --preset gpu-bar --device cuda --ops selective_scan causal_conv1d --providers cuda --budget-s 60 \
+      --no-plot --out "$OUT/versions/$1" >"$OUT/versions/$1.log" 2>&1)
+  }
+  if enough_time "versions (this tree)" 60; then
+    vbench tree "$PWD"
+    note "versions: this tree timed: rc=$? (versions/tree.log)"
+    for dir in .gpu_cache/versions/*/; do
+      label=$(basename "$dir")
+      rc=$(cat "$OUT/versions/build_$label.rc" 2>/dev/null || echo '?')
+      [ "$rc" = 0 ] || { note "versions: $label build rc=$rc (versions/build_$label.log)"; continue; }
+      enough_time "versions ($label)" 60 || break
+      vbench "$label" "$dir"
+      note "versions: $label timed: rc=$? (versions/$label.log)"
+      [ -f "$OUT/versions/$label/kernels-gpu-bar.csv" ] && [ -f "$OUT/versions/tree/kernels-gpu-bar.csv" ] && \
+        $PY -m benchmarks.compare_runs "$OUT/versions/$label/kernels-gpu-bar.csv" \
+          "$OUT/versions/tree/kernels-gpu-bar.csv" >"$OUT/versions/compare_$label.txt" 2>&1
+    done
   fi
 fi
 

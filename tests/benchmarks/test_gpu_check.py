@@ -84,3 +84,45 @@ def test_prebuilt_extension_hash_follows_the_sources(tmp_path):
     kernel = src / "csrc" / "cuda" / "selective_scan_fwd.cuh"
     kernel.write_text(kernel.read_text() + "\n")
     assert tree_hash(src) != first
+
+
+def test_pack_versions_archives_a_commit_and_names_a_bad_one(tmp_path):
+    import shutil
+    import tarfile
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "scripts", "pack_versions.sh"), repo / "scripts")
+    (repo / "setup.py").write_text("# v1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "v1"]):
+        subprocess.run(git + cmd, cwd=repo, check=True, capture_output=True)
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    r = subprocess.run(["bash", "scripts/pack_versions.sh", "HEAD"], cwd=repo, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(repo / ".carry" / "versions" / f"{sha}.tar.gz") as t:
+        assert "setup.py" in t.getnames()
+    r = subprocess.run(["bash", "scripts/pack_versions.sh", "no-such-rev"], cwd=repo, capture_output=True, text=True)
+    assert r.returncode == 2 and "no commit named 'no-such-rev'" in r.stderr
+
+
+def test_versions_stage_builds_each_packed_tree_and_reports_failures(tmp_path):
+    """A packed tree whose build fails is named with its rc; without packed trees the stage says how
+    to make them. (Building and timing real trees needs the GPU machine.)"""
+    import shutil
+    import tarfile
+    summary = _run(tmp_path, "versions", 60, VERSIONS_DIR=str(tmp_path / "none"))
+    assert "versions: nothing in" in summary and "pack_versions.sh" in summary, summary
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "setup.py").write_text("raise SystemExit(3)\n")
+    with tarfile.open(packed / "deadbee.tar.gz", "w:gz") as t:
+        t.add(tmp_path / "src" / "setup.py", arcname="setup.py")
+    try:
+        summary = _run(tmp_path, "versions", 120, VERSIONS_DIR=str(packed))
+    finally:
+        shutil.rmtree(os.path.join(ROOT, ".gpu_cache", "versions", "deadbee"), ignore_errors=True)
+    assert "versions: building 1 in the background (deadbee.tar.gz" in summary, summary
+    assert "versions: this tree timed: rc=" in summary            # no GPU here: benchmarks.kernels refuses
+    assert "versions: deadbee build rc=3" in summary, summary
