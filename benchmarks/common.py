@@ -191,6 +191,16 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
+def cuda_ablate() -> int:
+    """VIMD_ABLATE of the built extension (csrc/cuda/params.h): nonzero means scan-kernel stages
+    were left out for timing them, and its results are wrong by design."""
+    try:
+        from vimd_kernels import _C
+    except ImportError:
+        return 0
+    return int(getattr(_C, "cuda_ablate", 0))
+
+
 def max_sm_clock_mhz() -> float | None:
     """The current GPU's highest SM clock as nvidia-smi reports it (None where it cannot)."""
     index = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0] or str(torch.cuda.current_device())
@@ -254,7 +264,8 @@ def metadata(device: str, packages=PEER_PACKAGES) -> dict:
     if device == "cuda":
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         meta.update(cuda_capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
-                    gpu_memory_gib=round(props.total_memory / 2 ** 30, 1), sm_clock_mhz=max_sm_clock_mhz())
+                    gpu_memory_gib=round(props.total_memory / 2 ** 30, 1), sm_clock_mhz=max_sm_clock_mhz(),
+                    cuda_ablate=cuda_ablate())
     meta["summary"] = summary_line(meta)
     return meta
 
@@ -263,6 +274,8 @@ def summary_line(meta: dict) -> str:
     """One line naming the machine, versions and commit (the header of every table and plot)."""
     dev = meta["device"] + (f" (sm_{meta['cuda_capability'].replace('.', '')}, {meta['sm_count']} SMs, "
                             f"{meta['gpu_memory_gib']} GiB)" if meta.get("cuda_capability") else "")
+    if meta.get("cuda_ablate"):
+        dev += f" | ABLATED cuda build (VIMD_ABLATE={meta['cuda_ablate']}: timing only, wrong results)"
     parts = [dev, f"torch {meta['torch']}" + (f" CUDA {meta['cuda']}" if meta.get("cuda") else ""),
              f"triton {meta['triton']}", f"git {meta['git_sha']}", meta["date"],
              f"threads {meta['threads']}"]

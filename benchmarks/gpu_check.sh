@@ -40,7 +40,8 @@
 # Env: OUT, STAGES (build peers test test-slow sanitize bench versions test-triton profile ncu models plan tune layout), ARCH (default:
 #      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), TEST_TIMEOUT_S (cap per test set), PACK, PYTEST_ARGS, BENCH_ARGS, PEER_PATH,
 #      BASELINE_CSV (a committed gpu-bar run the bench stage is compared with: compare.txt; its floors:
-#      floors.txt, benchmarks/floors.py), VERSIONS_DIR (default .carry/versions).
+#      floors.txt, benchmarks/floors.py), VERSIONS_DIR (default .carry/versions), VERSIONS_OPS (the ops
+#      the versions stage times; default "selective_scan causal_conv1d").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -222,7 +223,7 @@ if [ ${#ver_pids[@]} -gt 0 ]; then
   wait "${ver_pids[@]}"
   vbench() {  # vbench LABEL DIR: cuda scan + conv jobs of the gpu-bar preset, from DIR's own code
     (cd "$2" && PYTHONPATH="$PWD:${PEER_PATH}" timeout "$(( $(left) - 5 ))" $PY -m benchmarks.kernels \
-      --preset gpu-bar --device cuda --ops selective_scan causal_conv1d --providers cuda --budget-s 60 \
+      --preset gpu-bar --device cuda --ops ${VERSIONS_OPS:-selective_scan causal_conv1d} --providers cuda --budget-s 60 \
       --no-plot --out "$OUT/versions/$1" >"$OUT/versions/$1.log" 2>&1)
   }
   if enough_time "versions (this tree)" 60; then

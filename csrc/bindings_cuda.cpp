@@ -594,4 +594,5 @@ void register_cuda_ops(pybind11::module_& m) {
   m.attr("cuda_scan_rows") = vc::kScanRows;
   m.attr("cuda_scan_main_blocks") = vc::kScanMainBlocks;
   m.attr("cuda_scan_max_state") = vc::kScanMaxState;
+  m.attr("cuda_ablate") = vc::kAblate;  // nonzero: a timing build with kernel stages left out (params.h)
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,9 +20,12 @@ KERNELS = ("selective_scan", "causal_conv1d")
 def _probe_extension():
     try:
         from vimd_kernels import _C
-        return _C
     except ImportError:
         return None
+    if getattr(_C, "cuda_ablate", 0):
+        warnings.warn(f"vimd_kernels._C is a timing build (VIMD_ABLATE={_C.cuda_ablate}, csrc/cuda/params.h): "
+                      "its cuda scan kernels leave stages out and give wrong results", stacklevel=2)
+    return _C
 
 
 def _probe_interpreter() -> str | None:

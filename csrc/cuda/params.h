@@ -27,6 +27,24 @@ constexpr int kScanRows = kScanWarps * (32 / kScanLanes);
 constexpr int kScanMainBlocks = kScanLanes == 16 ? 2 : 3;
 constexpr int kScanMaxState = 64;  // the backward keeps (2, N, kScanTile) floats in shared memory
 
+// Ablations of the scan kernels, for placing their time on a GPU without hardware counters: a
+// build with VIMD_ABLATE = a mask of the bits below leaves those stages out (its results are
+// wrong by design), and its time against the full kernels' is what the stages cost. The rest of
+// the work and the occupancy stay as they are (how: scan_common.cuh). Trees for
+// gpu_check's `versions` stage: `bash scripts/pack_versions.sh ablate:MASK`. 0 (the default)
+// compiles every hook away.
+#ifndef VIMD_ABLATE
+#define VIMD_ABLATE 0
+#endif
+constexpr unsigned kAblate = VIMD_ABLATE;
+constexpr unsigned kAblateExp = 1;     // the decays' exp2 become one FMA (no SFU work)
+constexpr unsigned kAblateLoads = 2;   // row inputs (u, delta, z, dout): every row reads the same 4 rows (cached)
+constexpr unsigned kAblateStores = 4;  // row outputs (out, du, ddelta, dz) are not written
+constexpr unsigned kAblateBC = 8;      // B and C are made up, not read
+constexpr unsigned kAblateScan = 16;   // backward: no lane scans (their shuffle rounds)
+constexpr unsigned kAblateSync = 32;   // no block barrier per forward tile / per backward state
+constexpr bool ablated(unsigned stage) { return (kAblate & stage) != 0; }
+
 // Selective scan forward layout: one thread walks one (batch, channel) row with its states in
 // registers (kFwdStateGroup at a time); a block's kFwdRows rows share B/C, staged kFwdSteps steps
 // at a time. Forward chunks are multiples of kFwdSteps.

@@ -44,22 +44,25 @@ struct RowInputs {
     // timing the layouts, loads them one after the other: batched, its constant-B/C kernels
     // spilled under their register cap.)
     constexpr bool kBatch = kScanLanes == 16;
-    const T* zrow = p.z ? static_cast<const T*>(p.z) + b * p.z_batch_stride + static_cast<long long>(d) * L : nullptr;
+    const T* zrow = p.z ? static_cast<const T*>(p.z) + (ablated(kAblateLoads) ? ablated_row(d) * L
+                                                                             : b * p.z_batch_stride + static_cast<long long>(d) * L)
+                        : nullptr;
+    const long long src = ablated_row(row);
     ItemWords<T> wu, wd, wy, wz;
-    bool al_u = io.fetch(static_cast<const T*>(p.u) + row * L, wu), al_d = false, al_y = false, al_z = false;
+    bool al_u = io.fetch(static_cast<const T*>(p.u) + src * L, wu), al_d = false, al_y = false, al_z = false;
     if (kBatch) {
-      al_d = io.fetch(static_cast<const T*>(p.delta) + row * L, wd);
-      al_y = io.fetch(static_cast<const T*>(p.dout) + row * L, wy);
+      al_d = io.fetch(static_cast<const T*>(p.delta) + src * L, wd);
+      al_y = io.fetch(static_cast<const T*>(p.dout) + src * L, wy);
       if (zrow) al_z = io.fetch(zrow, wz);
     }
     io.put(al_u, wu, u);
-    if (!kBatch) al_d = io.fetch(static_cast<const T*>(p.delta) + row * L, wd);
+    if (!kBatch) al_d = io.fetch(static_cast<const T*>(p.delta) + src * L, wd);
     io.put(al_d, wd, delta);
     prepare_delta(delta, io.t(), io.t_end, p.delta_bias ? p.delta_bias[d] : 0.f, p.delta_softplus);
     dt_sum = 0.f;
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) dt_sum += delta[i];
-    if (!kBatch) al_y = io.fetch(static_cast<const T*>(p.dout) + row * L, wy);
+    if (!kBatch) al_y = io.fetch(static_cast<const T*>(p.dout) + src * L, wy);
     io.put(al_y, wy, dy);
     if (p.z) {
       float zv[kScanItems];
@@ -111,16 +114,16 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
       Bv.next(io, b_next);
       Cv.next(io, c_next);
     }
-    float ha = exp2f(in.dt_sum * a2), hb = 0.f;
+    float ha = decay_exp2(in.dt_sum * a2), hb = 0.f;
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) {
-      dA[i] = exp2f(in.delta[i] * a2);
+      dA[i] = decay_exp2(in.delta[i] * a2);
       hb = fmaf(dA[i], hb, in.u[i] * bv[i]);
     }
     float qa = ha, qb = 0.f;
 #pragma unroll
     for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
-    warp_scan_affine_up_down<kScanLanes>(ha, hb, qa, qb, lane);
+    if (!ablated(kAblateScan)) warp_scan_affine_up_down<kScanLanes>(ha, hb, qa, qb, lane);
     const long long idx = (row * p.n_chunks + c) * N + n;
     if (active && lane == kScanLanes - 1) p.chunk_h[idx] = hb;
     if (active && lane == 0) p.chunk_q[idx] = qb;
@@ -168,7 +171,7 @@ struct BCTileStage {
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int ti = tile + 4 * k4 + j;
-        if (ti < t_end) v[j] = r[kReverse ? L - 1 - ti : ti];
+        if (ti < t_end) v[j] = ablated(kAblateBC) ? ablation_value(j) : r[kReverse ? L - 1 - ti : ti];
       }
     }
     return make_float4(v[0], v[1], v[2], v[3]);
@@ -302,11 +305,11 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       // The lane's maps over its steps, forward for h and backward for the adjoint g, then both
       // lane scans at once (independent shuffle chains, so their latencies overlap). The lane's
       // decay over its steps is one exp2 of their summed delta (for both).
-      const float lane_a = exp2f(in.dt_sum * a2);
+      const float lane_a = decay_exp2(in.dt_sum * a2);
       float la = lane_a, lb = 0.f, qa = lane_a, qb = 0.f;
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
-        dA[i] = exp2f(in.delta[i] * a2);
+        dA[i] = decay_exp2(in.delta[i] * a2);
         dBu[i] = in.delta[i] * in.u[i] * bv[i];
         lb = fmaf(dA[i], lb, dBu[i]);
       }
@@ -315,7 +318,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       // ... and (kBCGrouped) the previous state's dA partial summed over the row's lanes in the
       // same rounds: its own round of shuffles at the end of that state would stall it. (The
       // constant-B/C kernels keep that round: the extra live value spilled in the 32-lane build.)
-      warp_scan_affine_up_down<kScanLanes, kBCGrouped>(la, lb, qa, qb, lane, &dA_prev);
+      if (!ablated(kAblateScan)) warp_scan_affine_up_down<kScanLanes, kBCGrouped>(la, lb, qa, qb, lane, &dA_prev);
       if (kBCGrouped && active && lane == 0 && n > 0) {
         p.part_A[(static_cast<long long>(d) * N + n - 1) * J + j] = dA_prev;
       }
@@ -377,7 +380,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       if (grouped) {  // sum the rows' contributions to this state, in row order
         // the next state's B/C tile: its buffer was last read in state n - 1, before that barrier
         if (n + 1 < N) bc_stage.put(bc_smem, bc_buf ^ 1, bc_next);
-        __syncthreads();
+        if (!ablated(kAblateSync)) __syncthreads();
         // One float4 of the 2 x kScanTile sums per thread (blockDim = 2 * kScanTile / 4), each
         // owned by that thread across the states, so with two buffers no barrier is needed after
         // this (red[buf] is written again two states later, after the next state's barrier).
@@ -396,7 +399,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
           *dst = cur;
         }
         if (red_buffers == 1) {
-          __syncthreads();  // one buffer: every thread has read it before the next state's writes
+          if (!ablated(kAblateSync)) __syncthreads();  // one buffer: every thread has read it before the next state's writes
         } else {
           buf ^= 1;
         }
@@ -479,8 +482,8 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
       const TileIO<kReverse> io{sweep_stage[rl.slot], c * kScanTile, min(L, (c + 1) * kScanTile), L, lane,
                                 rl.mask};
       float uv[kScanItems], dv[kScanItems];
-      io.load(static_cast<const T*>(p.u) + row * L, uv);
-      io.load(static_cast<const T*>(p.delta) + row * L, dv);
+      io.load(static_cast<const T*>(p.u) + ablated_row(row) * L, uv);
+      io.load(static_cast<const T*>(p.delta) + ablated_row(row) * L, dv);
       prepare_delta(dv, io.t(), io.t_end, bias, p.delta_softplus);
       float lane_dt = 0.f;
 #pragma unroll
@@ -504,10 +507,10 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
           Bn.next(io, b_next);
           h_next = p.chunk_h[(row * tiles + c) * N + n + 1];
         }
-        float la = exp2f(lane_dt * a2), lb = 0.f;
+        float la = decay_exp2(lane_dt * a2), lb = 0.f;
 #pragma unroll
-        for (int i = 0; i < kScanItems; ++i) lb = fmaf(exp2f(dv[i] * a2), lb, uv[i] * bv[i]);
-        warp_scan_affine_up<kScanLanes>(la, lb, lane);
+        for (int i = 0; i < kScanItems; ++i) lb = fmaf(decay_exp2(dv[i] * a2), lb, uv[i] * bv[i]);
+        if (!ablated(kAblateScan)) warp_scan_affine_up<kScanLanes>(la, lb, lane);
         const float h_out = fmaf(la, h_in, lb);
         if (active && lane == kScanLanes - 1) p.chunk_h[(row * tiles + c + 1) * N + n] = h_out;
         __syncwarp();

@@ -74,6 +74,7 @@ struct RowSteps {
   template <typename T>
   __device__ __forceinline__ void store(T* base, int row_stride, const float (&v)[kFwdSteps],
                                         float* buf) const {
+    if (ablated(kAblateStores) && L >= 0) return;  // see the ablation notes in scan_common.cuh
     __syncwarp();
 #pragma unroll
     for (int k = 0; k < kFwdSteps; ++k) buf[slot(k)] = v[k];
@@ -136,8 +137,9 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
       const int e = tid + k * kFwdRows, n = e / kFwdSteps, t = tile + e % kFwdSteps;
       const bool ok = n < N && t < t_end;
       const int pt = kReverse ? L - 1 - t : t;
-      vb[k] = (b_grouped && ok) ? Bg.row0[n * Bg.stride + pt] : 0.f;
-      vc[k] = (!kSummary && c_grouped && ok) ? Cg.row0[n * Cg.stride + pt] : 0.f;
+      vb[k] = (b_grouped && ok) ? (ablated(kAblateBC) ? ablation_value(k) : Bg.row0[n * Bg.stride + pt]) : 0.f;
+      vc[k] = (!kSummary && c_grouped && ok) ? (ablated(kAblateBC) ? ablation_value(k) : Cg.row0[n * Cg.stride + pt])
+                                             : 0.f;
     }
   };
   auto put = [&](int buf, const float (&vb)[kFwdStage], const float (&vc)[kFwdStage]) {
@@ -177,9 +179,12 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
     for (int k = 0; k < kFwdStateGroup; ++k) h[k] = entry_state(k);
   }
 
-  const T* u = static_cast<const T*>(p.u) + row_index(p, b, d0) * L;
-  const T* delta = static_cast<const T*>(p.delta) + row_index(p, b, d0) * L;
-  const T* z = p.z ? static_cast<const T*>(p.z) + b * p.z_batch_stride + static_cast<long long>(d0) * L
+  // (kAblateLoads: every warp reads the first rows, see ablated_row)
+  const long long src = ablated(kAblateLoads) ? 0 : row_index(p, b, d0);
+  const T* u = static_cast<const T*>(p.u) + src * L;
+  const T* delta = static_cast<const T*>(p.delta) + src * L;
+  const T* z = p.z ? static_cast<const T*>(p.z) + (ablated(kAblateLoads) ? 0 : b * p.z_batch_stride +
+                                                                            static_cast<long long>(d0) * L)
                    : nullptr;
   const float Dd = p.D ? p.D[d] : 0.f;
   const float bias = p.delta_bias ? p.delta_bias[d] : 0.f;
@@ -230,7 +235,7 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
         s_dt[io.slot(i)] = dv[i];
       }
     }
-    __syncthreads();  // this block's B/C are staged (and the buffer staged next was read by all)
+    if (!ablated(kAblateSync)) __syncthreads();  // this block's B/C are staged (and the buffer staged next was read by all)
     for (int g = 0; g < n_groups; ++g) {
       if (spill) {
         load_group(g);
@@ -263,7 +268,7 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
             const int k = 4 * q + j;
-            h[k] = fmaf(exp2f(dt * a2[k]), h[k], du * bs[j]);
+            h[k] = fmaf(decay_exp2(dt * a2[k]), h[k], du * bs[j]);
             if (!kSummary) yq[j] = fmaf(h[k], cs[j], yq[j]);
           }
         }

@@ -104,6 +104,25 @@ def test_pack_versions_archives_a_commit_and_names_a_bad_one(tmp_path):
         assert "setup.py" in t.getnames()
     r = subprocess.run(["bash", "scripts/pack_versions.sh", "no-such-rev"], cwd=repo, capture_output=True, text=True)
     assert r.returncode == 2 and "no commit named 'no-such-rev'" in r.stderr
+    # ablate:MASK: HEAD with VIMD_ABLATE set in csrc/cuda/params.h
+    (repo / "csrc" / "cuda").mkdir(parents=True)
+    (repo / "csrc" / "cuda" / "params.h").write_text("#ifndef VIMD_ABLATE\n#define VIMD_ABLATE 0\n#endif\n")
+    for cmd in (["add", "-A"], ["commit", "-qm", "v2"]):
+        subprocess.run(git + cmd, cwd=repo, check=True, capture_output=True)
+    r = subprocess.run(["bash", "scripts/pack_versions.sh", "ablate:5"], cwd=repo, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(repo / ".carry" / "versions" / "ablate5.tar.gz") as t:
+        params = t.extractfile("./csrc/cuda/params.h").read().decode()
+    assert "#define VIMD_ABLATE 5\n" in params
+    for bad in ("ablate:0", "ablate:64", "ablate:x"):
+        r = subprocess.run(["bash", "scripts/pack_versions.sh", bad], cwd=repo, capture_output=True, text=True)
+        assert r.returncode == 2 and "mask of 1..63" in r.stderr, bad
+
+
+def test_the_ablation_switch_is_where_pack_versions_looks():
+    """pack_versions.sh ablate:MASK rewrites this exact line of csrc/cuda/params.h."""
+    with open(os.path.join(ROOT, "csrc", "cuda", "params.h")) as f:
+        assert "#define VIMD_ABLATE 0\n" in f.read()
 
 
 def test_versions_stage_builds_each_packed_tree_and_reports_failures(tmp_path):
