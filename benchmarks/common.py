@@ -201,7 +201,7 @@ def cuda_ablate() -> int:
     return int(getattr(_C, "cuda_ablate", 0))
 
 
-def max_sm_clock_mhz() -> float | None:
+def reported_sm_clock_mhz() -> float | None:
     """The current GPU's highest SM clock as nvidia-smi reports it (None where it cannot)."""
     index = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0] or str(torch.cuda.current_device())
     try:
@@ -264,7 +264,7 @@ def metadata(device: str, packages=PEER_PACKAGES) -> dict:
     if device == "cuda":
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         meta.update(cuda_capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
-                    gpu_memory_gib=round(props.total_memory / 2 ** 30, 1), sm_clock_mhz=max_sm_clock_mhz(),
+                    gpu_memory_gib=round(props.total_memory / 2 ** 30, 1), sm_clock_mhz=reported_sm_clock_mhz(),
                     cuda_ablate=cuda_ablate())
     meta["summary"] = summary_line(meta)
     return meta

@@ -52,7 +52,7 @@ class Rates:
         return self.sms * EX2_PER_CLOCK_PER_SM * self.sm_clock_hz
 
 
-def max_sm_clock_mhz(device_name: str) -> float | None:
+def published_sm_clock_mhz(device_name: str) -> float | None:
     """The published highest SM clock of a device named like ``device_name`` (longest match)."""
     hits = [k for k in MAX_SM_CLOCK_MHZ if k.lower() in device_name.lower()]
     return float(MAX_SM_CLOCK_MHZ[max(hits, key=len)]) if hits else None
@@ -102,18 +102,19 @@ def read_csv(path: str) -> tuple[dict, list[dict]]:
 
 
 def rates_of(meta: dict, sm_clock_mhz: float | None = None) -> Rates:
-    """The run's ceilings: its measured copy bandwidth, SM count and SM clock (recorded, given, or
-    the device's published boost clock); a clear error when the run lacks one."""
+    """The run's ceilings from its metadata (a CSV's strings or a live run's values): its measured
+    copy bandwidth, SM count and SM clock (given, recorded, or the device's published boost clock).
+    ValueError naming what is missing."""
     try:
         copy_bw = float(meta["copy_gbps"]) * 1e9
         sms = int(meta["sm_count"])
-    except (KeyError, ValueError):
-        raise SystemExit("the run records no copy bandwidth or SM count (a GPU run of benchmarks.kernels "
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("the run records no copy bandwidth or SM count (a GPU run of benchmarks.kernels "
                          "does)") from None
-    mhz = sm_clock_mhz or (float(meta["sm_clock_mhz"]) if meta.get("sm_clock_mhz") else None) \
-        or max_sm_clock_mhz(meta.get("device", ""))
+    mhz = sm_clock_mhz or (float(meta["sm_clock_mhz"]) if meta.get("sm_clock_mhz") not in (None, "", "None")
+                           else None) or published_sm_clock_mhz(meta.get("device", ""))
     if not mhz:
-        raise SystemExit(f"no SM clock known for {meta.get('device')!r}: pass --sm-clock-mhz")
+        raise ValueError(f"no SM clock known for {meta.get('device')!r}: pass --sm-clock-mhz")
     return Rates(copy_bw, sms, mhz * 1e6)
 
 
@@ -150,7 +151,10 @@ def main(argv=None) -> list[dict]:
     if not os.path.exists(a.run):
         raise SystemExit(f"run: no file {a.run!r}")
     meta, rows = read_csv(a.run)
-    rates = rates_of(meta, a.sm_clock_mhz)
+    try:
+        rates = rates_of(meta, a.sm_clock_mhz)
+    except ValueError as e:
+        raise SystemExit(f"{a.run}: {e}") from None
     providers = sorted({r["provider"] for r in rows}) if a.all else ("cuda",)
     lines = table(meta, rows, rates, providers)
     from benchmarks.common import format_table

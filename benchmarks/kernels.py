@@ -720,10 +720,10 @@ def main(argv=None) -> list[dict]:
     print(f"# {meta['summary']}" + (f" | d2d copy {meta['copy_gbps']:.0f} GB/s" if copy_bw else ""), flush=True)
 
     rows = run_jobs(jobs, device, a.batch, a.quick, copy_bw, budget)
-    rates = None
-    if copy_bw:
-        mhz = meta.get("sm_clock_mhz") or floors.max_sm_clock_mhz(meta["device"])
-        rates = floors.Rates(copy_bw, meta["sm_count"], mhz * 1e6) if mhz else None
+    try:  # GPU runs: each cell's floor (benchmarks/floors.py)
+        rates = floors.rates_of(meta)
+    except ValueError:
+        rates = None
     if rates:
         floors.annotate(rows, rates)
     add_speedups(rows)

@@ -33,16 +33,18 @@ def test_floor_is_the_larger_ceiling_and_names_it():
 
 
 def test_published_clocks_match_the_longest_name():
-    assert floors.max_sm_clock_mhz("NVIDIA H200") == 1980
-    assert floors.max_sm_clock_mhz("NVIDIA H100 80GB HBM3") == 1980
-    assert floors.max_sm_clock_mhz("NVIDIA H100 PCIe") == 1755
-    assert floors.max_sm_clock_mhz("AMD EPYC 7B13") is None
+    assert floors.published_sm_clock_mhz("NVIDIA H200") == 1980
+    assert floors.published_sm_clock_mhz("NVIDIA H100 80GB HBM3") == 1980
+    assert floors.published_sm_clock_mhz("NVIDIA H100 PCIe") == 1755
+    assert floors.published_sm_clock_mhz("AMD EPYC 7B13") is None
 
 
 def test_rates_need_a_gpu_run():
-    with pytest.raises(SystemExit, match="copy bandwidth"):
+    with pytest.raises(ValueError, match="copy bandwidth"):
         floors.rates_of({"device": "AMD EPYC", "copy_gbps": "None"})
-    with pytest.raises(SystemExit, match="--sm-clock-mhz"):
+    with pytest.raises(ValueError, match="copy bandwidth"):       # a CPU run's live metadata
+        floors.rates_of({"device": "AMD EPYC", "copy_gbps": None})
+    with pytest.raises(ValueError, match="--sm-clock-mhz"):
         floors.rates_of({"device": "Some GPU", "copy_gbps": "1000", "sm_count": "10"})
     r = floors.rates_of({"device": "Some GPU", "copy_gbps": "1000", "sm_count": "10"}, sm_clock_mhz=1000)
     assert r.ex2_per_s == 10 * 16 * 1e9 and r.copy_bw == 1e12
@@ -80,3 +82,10 @@ def test_cli_on_the_committed_h200_run(capsys):
 def test_cli_rejects_a_missing_file():
     with pytest.raises(SystemExit, match="no file"):
         floors.main(["/nonexistent/run.csv"])
+
+
+def test_cli_names_what_a_cpu_run_lacks(tmp_path):
+    run = tmp_path / "cpu.csv"
+    run.write_text("# device: AMD EPYC\n# copy_gbps: None\nop,shape,batch,dtype,mode,provider,ms\n")
+    with pytest.raises(SystemExit, match="cpu.csv: the run records no copy bandwidth"):
+        floors.main([str(run)])
