@@ -126,6 +126,7 @@ fi
 # versions: the trees scripts/pack_versions.sh left in .carry/versions/, each built in place under
 # .gpu_cache/versions/ in the background (MAX_JOBS shared among them) while the tests run.
 ver_pids=()
+ver_labels=()  # this call's trees (a warm machine may hold others under .gpu_cache/versions/)
 if has versions; then
   tars=("${VERSIONS_DIR:-.carry/versions}"/*.tar.gz)
   if [ ! -f "${tars[0]}" ]; then
@@ -141,6 +142,7 @@ if has versions; then
           timeout "$(left)" $PY setup.py build_ext --inplace >"$OUT/versions/build_$label.log" 2>&1
         echo $? >"$OUT/versions/build_$label.rc" ) &
       ver_pids+=($!)
+      ver_labels+=("$label")
     done
     note "versions: building ${#tars[@]} in the background ($(basename -a "${tars[@]}" | tr '\n' ' '); versions/build_*.log)"
   fi
@@ -229,8 +231,8 @@ if [ ${#ver_pids[@]} -gt 0 ]; then
   if enough_time "versions (this tree)" 60; then
     vbench tree "$PWD"
     note "versions: this tree timed: rc=$? (versions/tree.log)"
-    for dir in .gpu_cache/versions/*/; do
-      label=$(basename "$dir")
+    for label in "${ver_labels[@]}"; do
+      dir=.gpu_cache/versions/$label
       rc=$(cat "$OUT/versions/build_$label.rc" 2>/dev/null || echo '?')
       [ "$rc" = 0 ] || { note "versions: $label build rc=$rc (versions/build_$label.log)"; continue; }
       enough_time "versions ($label)" 60 || break
