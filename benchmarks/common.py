@@ -191,16 +191,6 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def cuda_ablate() -> int:
-    """VIMD_ABLATE of the built extension (csrc/cuda/params.h): nonzero means scan-kernel stages
-    were left out for timing them, and its results are wrong by design."""
-    try:
-        from vimd_kernels import _C
-    except ImportError:
-        return 0
-    return int(getattr(_C, "cuda_ablate", 0))
-
-
 def reported_sm_clock_mhz() -> float | None:
     """The current GPU's highest SM clock as nvidia-smi reports it (None where it cannot)."""
     index = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0] or str(torch.cuda.current_device())
@@ -264,8 +254,7 @@ def metadata(device: str, packages=PEER_PACKAGES) -> dict:
     if device == "cuda":
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         meta.update(cuda_capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
-                    gpu_memory_gib=round(props.total_memory / 2 ** 30, 1), sm_clock_mhz=reported_sm_clock_mhz(),
-                    cuda_ablate=cuda_ablate())
+                    gpu_memory_gib=round(props.total_memory / 2 ** 30, 1), sm_clock_mhz=reported_sm_clock_mhz())
     meta["summary"] = summary_line(meta)
     return meta
 
@@ -274,8 +263,6 @@ def summary_line(meta: dict) -> str:
     """One line naming the machine, versions and commit (the header of every table and plot)."""
     dev = meta["device"] + (f" (sm_{meta['cuda_capability'].replace('.', '')}, {meta['sm_count']} SMs, "
                             f"{meta['gpu_memory_gib']} GiB)" if meta.get("cuda_capability") else "")
-    if meta.get("cuda_ablate"):
-        dev += f" | ABLATED cuda build (VIMD_ABLATE={meta['cuda_ablate']}: timing only, wrong results)"
     parts = [dev, f"torch {meta['torch']}" + (f" CUDA {meta['cuda']}" if meta.get("cuda") else ""),
              f"triton {meta['triton']}", f"git {meta['git_sha']}", meta["date"],
              f"threads {meta['threads']}"]
@@ -304,10 +291,9 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
                      + [line(b) for b in body])
 
 
-def write_results(out_dir: str, stem: str, meta: dict, rows: list[dict],
-                  verdicts: list[dict] | None = None) -> dict:
-    """CSV (metadata, then each verdict's line, as leading '#' comments) and JSON (``meta``,
-    ``verdicts``, ``rows``) next to each other; returns their paths."""
+def write_results(out_dir: str, stem: str, meta: dict, rows: list[dict]) -> dict:
+    """CSV (metadata as leading '#' comments) and JSON (``meta``, ``rows``) next to each other;
+    returns their paths."""
     import csv
 
     os.makedirs(out_dir, exist_ok=True)
@@ -318,14 +304,12 @@ def write_results(out_dir: str, stem: str, meta: dict, rows: list[dict],
     with open(csv_path, "w", newline="") as f:
         for k, v in meta.items():
             f.write(f"# {k}: {v}\n")
-        for v in verdicts or []:
-            f.write(f"# verdict: {v['line']}\n")
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
     json_path = os.path.join(out_dir, stem + ".json")
     with open(json_path, "w") as f:
-        json.dump({"meta": meta, "verdicts": verdicts or [], "rows": rows}, f, indent=1, default=str)
+        json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
     return {"csv": csv_path, "json": json_path}
 
 

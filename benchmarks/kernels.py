@@ -4,10 +4,11 @@ Times selective_scan, causal_conv1d, mamba_inner and bimamba_inner (fwd and fwd+
 workloads of benchmarks/shapes.py for every provider that is importable here, and writes a table
 to stdout plus CSV/JSON/PNG under benchmarks/results/<device>/.  Presets:
 
-- ``--preset cpu-bar``: the issue's CPU perf bar: cpu vs mambapy vs ref, fwd+bwd, u = (8, 384, 197),
-  N = 16, float32.
-- ``--preset gpu-bar``: the GPU perf bars (GPU_BARS: issue 4's CUDA, issue 3's Triton), exactly the jobs they need, bar-critical
-  jobs first; after the table one verdict line per bar (PASS / FAIL / NOT MEASURED).
+- ``--preset cpu``: the scan on the CPU at ViM-Ti's stride-16 shape, u = (8, 384, 197), N = 16,
+  float32, fwd+bwd: cpu vs mambapy vs the reference, with a line of speed-ups and peak memory.
+- ``--preset gpu``: cuda and triton against the upstream kernels (mamba_ssm, causal_conv1d, the
+  ViM mixer composed from them) at the ViM shapes and the DVMSR 256x256 scan, then the slow peers
+  (reference, mambapy, torch.compile of the reference) at vim-ti-s16.
 
 Every run is bounded: ``--budget-s`` for the whole run (jobs past it are recorded as skipped) and
 ``--job-timeout-s`` for any one job (it bounds torch.compile's first call too).  ``--dry-run``
@@ -30,7 +31,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks import common, floors, shapes
+from benchmarks import common, shapes
 from benchmarks.shapes import Workload
 
 OPS = ("selective_scan", "causal_conv1d", "mamba_inner", "bimamba_inner")
@@ -50,48 +51,7 @@ REF_BUDGET = {"cpu": 2 ** 25, "cuda": 2 ** 28}   # batch * dim * L * N elements
 COMPILE_MAX_L = 256                               # torch.compile unrolls the reference's L loop
 
 
-# ----------------------------------------------------------------------------- bars and presets
-
-@dataclass(frozen=True)
-class Bar:
-    """A performance bar: ``ours`` must reach ``threshold`` in every cell (shape x dtype x mode).
-
-    metric "speedup": time of ``peer`` / time of ``ours``, both timed in the same run.
-    metric "pct_copy": our achieved bandwidth (bytes of the minimal algorithm / time) as a fraction
-    of the measured device-to-device copy; ``peer`` is then timed beside it for context only.
-    """
-    name: str
-    op: str
-    shapes: tuple
-    modes: tuple
-    dtypes: tuple
-    peer: str
-    threshold: float
-    metric: str = "speedup"
-    ours: str = "cuda"
-
-
-VIM_BAR_SHAPES = ("vim-ti-s16", "vim-s-s16", "vim-ti-s8", "vim-s-s8")
-# Issue 4, CUDA kernels.  Where a bar names no dtype it is measured in float32 (the mixers are
-# benchmarked in float32 only; SR models run in float32).
-GPU_BARS = (
-    Bar("a", "selective_scan", VIM_BAR_SHAPES, ("fwd+bwd",), ("float32", "bfloat16"), "mamba_ssm", 1.5),
-    Bar("b", "bimamba_inner", VIM_BAR_SHAPES, ("fwd+bwd",), ("float32",), "mamba_ssm_composed", 2.0),
-    Bar("c", "selective_scan", ("dvmsr-256",), ("fwd+bwd",), ("float32",), "mamba_ssm", 3.0),
-    Bar("d", "selective_scan", VIM_BAR_SHAPES + ("dvmsr-256",), ("fwd",), ("float32",), "mamba_ssm", 0.70,
-        metric="pct_copy"),
-    Bar("e", "causal_conv1d", VIM_BAR_SHAPES, ("fwd", "fwd+bwd"), ("float32",), "causal_conv1d", 1.0),
-    # Issue 3, Triton kernels (the conv bar: forward within 1.1x of a plain copy of its input and
-    # output, i.e. at least 1/1.1 of the copy's bandwidth).
-    Bar("t1", "selective_scan", ("vim-ti-s16",), ("fwd+bwd",), ("float32", "bfloat16"), "mamba_ssm", 1.2,
-        ours="triton"),
-    Bar("t2", "bimamba_inner", VIM_BAR_SHAPES, ("fwd+bwd",), ("float32",), "mamba_ssm_composed", 1.5,
-        ours="triton"),
-    Bar("t3", "causal_conv1d", VIM_BAR_SHAPES, ("fwd",), ("float32",), "causal_conv1d", 1 / 1.1,
-        metric="pct_copy", ours="triton"),
-)
-PEER_SHAPE = "vim-ti-s16"   # where gpu-bar also times the slow peers of /work/shared/GPU.md
-
+# ----------------------------------------------------------------------------- presets
 
 def _group(ops, shapes_, modes, dtypes, providers) -> dict:
     """A block of jobs: every op x shape x dtype x mode x provider (in that nesting)."""
@@ -99,25 +59,34 @@ def _group(ops, shapes_, modes, dtypes, providers) -> dict:
                 providers=list(providers))
 
 
-def _bar_group(bar: Bar, providers) -> dict:
-    return _group([bar.op], bar.shapes, bar.modes, bar.dtypes, providers)
+VIM_SHAPES = ("vim-ti-s16", "vim-s-s16", "vim-ti-s8", "vim-s-s8")
+# The gpu preset's cells against the upstream kernel that does the same work: (op, shapes, modes,
+# dtypes, peer).  The mixers are benchmarked in float32 only (SR models run in float32).
+GPU_CELLS = (
+    ("selective_scan", VIM_SHAPES, ("fwd+bwd",), ("float32", "bfloat16"), "mamba_ssm"),
+    ("bimamba_inner", VIM_SHAPES, ("fwd+bwd",), ("float32",), "mamba_ssm_composed"),
+    ("selective_scan", ("dvmsr-256",), ("fwd+bwd",), ("float32",), "mamba_ssm"),
+    ("selective_scan", VIM_SHAPES + ("dvmsr-256",), ("fwd",), ("float32",), "mamba_ssm"),
+    ("causal_conv1d", VIM_SHAPES, ("fwd", "fwd+bwd"), ("float32",), "causal_conv1d"),
+)
+PEER_SHAPE = "vim-ti-s16"   # where the gpu preset also times the slow peers
 
 
 def _slow_peer_group(providers, modes=("fwd+bwd", "fwd")) -> dict:
     return _group(["selective_scan"], [PEER_SHAPE], modes, ["float32"], providers)
 
 
-# A preset is a device and an ordered list of job groups.  gpu-bar: ours vs each bar's peer first,
-# then the cheap slow peers (reference, mambapy), then triton on the bars' cells, and torch.compile
-# of the reference last (its L loop unrolled: minutes of compile, cut by --job-timeout-s; fwd first,
-# the cheaper compile).
+# A preset is a device and an ordered list of job groups.  gpu: cuda vs each cell's peer first,
+# then the cheap slow peers (reference, mambapy), then triton on the same cells (its first calls
+# compile), and torch.compile of the reference last (its L loop unrolled: minutes of compile, cut by
+# --job-timeout-s; fwd first, the cheaper compile).
 PRESETS = {
-    "cpu-bar": dict(device="cpu", groups=[
+    "cpu": dict(device="cpu", groups=[
         _group(["selective_scan"], ["cpu-row"], ["fwd+bwd"], ["float32"], ["cpu", "mambapy", "ref"])]),
-    "gpu-bar": dict(device="cuda", groups=(
-        [_bar_group(b, [b.ours, b.peer]) for b in GPU_BARS]
+    "gpu": dict(device="cuda", groups=(
+        [_group([op], shapes_, modes, dtypes, ["cuda", peer]) for op, shapes_, modes, dtypes, peer in GPU_CELLS]
         + [_slow_peer_group(["ref", "mambapy"])]
-        + [_bar_group(b, ["triton"]) for b in GPU_BARS]
+        + [_group([op], shapes_, modes, dtypes, ["triton"]) for op, shapes_, modes, dtypes, _ in GPU_CELLS]
         + [_slow_peer_group(["compiled_ref"], ("fwd", "fwd+bwd"))])),
 }
 
@@ -282,8 +251,8 @@ def import_peer(name: str):
     """Import module ``name`` (e.g. "mamba_ssm.ops.selective_scan_interface") without running its
     top-level package's __init__ unless that is already imported: mamba_ssm's __init__ imports its
     model classes and with them transformers and huggingface_hub, which the ops do not use and which
-    may be missing or of a release mamba_ssm 2.3 does not know (the lent GPU machine's image has
-    transformers 5).  ImportError when the package, the module or its extension is missing."""
+    may be missing or of a release mamba_ssm 2.3 does not know (e.g. transformers 5).  ImportError
+    when the package, the module or its extension is missing."""
     top = name.split(".")[0]
     stub = top not in sys.modules
     if stub:
@@ -472,8 +441,7 @@ def _new_row(job: Job, device: str, batch_override) -> dict:
     w = job.workload
     return dict(op=job.op, shape=w.name, batch=w.batch(device, batch_override), dim=w.d_inner, L=w.L,
                 N=w.N, groups=w.groups, mode=job.mode, dtype=_dtype_name(job.dtype), provider=job.provider,
-                ms=math.nan, peak_mb=math.nan, gbps=math.nan, pct_copy=math.nan, floor_ms=math.nan,
-                pct_floor=math.nan, note="")
+                ms=math.nan, peak_mb=math.nan, gbps=math.nan, pct_copy=math.nan, note="")
 
 
 def _sync(device: str) -> None:
@@ -567,82 +535,11 @@ def add_speedups(rows: list[dict]) -> None:
 
 def clustered(rows: list[dict]) -> list[dict]:
     """Rows regrouped so each (op, shape, dtype, mode) is contiguous, in order of first appearance
-    (gpu-bar runs triton and the slow peers after the bar-critical jobs)."""
+    (the gpu preset runs triton and the slow peers after cuda and the upstream peers)."""
     order: dict = {}
     for r in rows:
         order.setdefault((r["op"], r["shape"], r["dtype"], r["mode"]), len(order))
     return sorted(rows, key=lambda r: order[(r["op"], r["shape"], r["dtype"], r["mode"])])
-
-
-# ----------------------------------------------------------------------------- bar verdicts
-
-def _why_not_timed(row: dict | None, provider: str) -> str | None:
-    if row is None:
-        return f"{provider} not run"
-    if math.isnan(row["ms"]):
-        return f"{provider}: {row['note'] or 'not timed'}"
-    return None
-
-
-def _bar_value(bar: Bar, ours: dict | None, peer: dict | None) -> tuple[float | None, str | None]:
-    """(value, None) for one cell of ``bar``, or (None, why it is not measured)."""
-    why = _why_not_timed(ours, bar.ours)
-    if bar.metric == "speedup":
-        why = why or _why_not_timed(peer, bar.peer)
-        return (None, why) if why else (peer["ms"] / ours["ms"], None)
-    if why:
-        return None, why
-    pct = ours.get("pct_copy", math.nan)
-    return (None, "no copy bandwidth measured (GPU only)") if math.isnan(pct) else (pct / 100, None)
-
-
-def bar_verdicts(rows: list[dict], bars=GPU_BARS) -> list[dict]:
-    """One verdict per bar from the rows of one run: PASS when every cell is measured and reaches the
-    threshold, FAIL when a measured cell falls short, NOT MEASURED otherwise (saying what and why)."""
-    index = {(r["op"], r["shape"], r["dtype"], r["mode"], r["provider"]): r for r in rows}
-    verdicts = []
-    for bar in bars:
-        values, missing = {}, {}
-        for shape, dtype, mode in itertools.product(bar.shapes, bar.dtypes, bar.modes):
-            cell = "/".join([shape, dtype] + ([mode] if len(bar.modes) > 1 else []))
-            value, why = _bar_value(bar, index.get((bar.op, shape, dtype, mode, bar.ours)),
-                                    index.get((bar.op, shape, dtype, mode, bar.peer)))
-            if why:
-                missing[cell] = why
-            else:
-                values[cell] = value
-        verdicts.append(_verdict(bar, values, missing))
-    return verdicts
-
-
-def _verdict(bar: Bar, values: dict, missing: dict) -> dict:
-    fmt = (lambda v: f"{v:.2f}x") if bar.metric == "speedup" else (lambda v: f"{100 * v:.0f}%")  # noqa: E731
-    short = [c for c, v in values.items() if v < bar.threshold]
-    status = "FAIL" if short else "NOT MEASURED" if missing else "PASS"
-    target = (f"{bar.ours} vs {bar.peer} >= {fmt(bar.threshold)}" if bar.metric == "speedup"
-              else f"{bar.ours} bandwidth >= {fmt(bar.threshold)} of d2d copy")
-    parts = [f"({bar.name}) {status}: {bar.op} {', '.join(bar.modes)} {target}"]
-    if values:
-        parts.append(f"min {fmt(min(values.values()))} [" + ", ".join(f"{c} {fmt(v)}" for c, v in values.items())
-                     + "]")
-    if short:
-        parts.append("below the bar: " + ", ".join(short))
-    if missing:
-        by_reason: dict = {}
-        for cell, why in missing.items():
-            by_reason.setdefault(why, []).append(cell)
-        parts.append(f"not measured ({len(missing)} of {len(missing) + len(values)} cells): " + "; ".join(
-            f"{why} [{', '.join(cells)}]" for why, cells in by_reason.items()))
-    return dict(bar=bar.name, status=status, op=bar.op, modes=list(bar.modes), dtypes=list(bar.dtypes),
-                shapes=list(bar.shapes), ours=bar.ours, peer=bar.peer, metric=bar.metric,
-                threshold=bar.threshold, min=min(values.values()) if values else None, values=values,
-                missing=missing, line=" | ".join(parts))
-
-
-def print_verdicts(verdicts: list[dict], meta: dict) -> None:
-    print(f"# GPU perf bars (issue 4): medians, each peer timed in this run | {meta['summary']}")
-    for v in verdicts:
-        print("#   " + v["line"])
 
 
 # ----------------------------------------------------------------------------- command line
@@ -720,30 +617,21 @@ def main(argv=None) -> list[dict]:
     print(f"# {meta['summary']}" + (f" | d2d copy {meta['copy_gbps']:.0f} GB/s" if copy_bw else ""), flush=True)
 
     rows = run_jobs(jobs, device, a.batch, a.quick, copy_bw, budget)
-    try:  # GPU runs: each cell's floor (benchmarks/floors.py)
-        rates = floors.rates_of(meta)
-    except ValueError:
-        rates = None
-    if rates:
-        floors.annotate(rows, rates)
     add_speedups(rows)
     rows = clustered(rows)
-    verdicts = bar_verdicts(rows) if a.preset == "gpu-bar" else []
 
     cols = [("op", "op"), ("shape", "shape"), ("batch", "b"), ("dim", "dim"), ("L", "L"), ("N", "N"),
             ("dtype", "dtype"), ("mode", "mode"), ("provider", "provider"), ("ms", "ms"),
             ("peak_mb", "peak MB"), ("gbps", "GB/s")]
     if copy_bw:
         cols.append(("pct_copy", "% copy"))
-    if rates:
-        cols.append(("pct_floor", "% floor"))
     cols += [("speedup", "speed-up"), ("note", "note")]
     print(common.format_table(rows, cols))
 
     out_dir = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                     common.slug(meta["device"]))
     stem = "kernels" + (f"-{a.preset}" if a.preset else "") + ("-quick" if a.quick else "")
-    paths = common.write_results(out_dir, stem, meta, rows, verdicts)
+    paths = common.write_results(out_dir, stem, meta, rows)
     if not a.no_plot:
         png = common.plot_times(os.path.join(out_dir, stem + ".png"), rows, meta["summary"])
         if png:
@@ -751,18 +639,17 @@ def main(argv=None) -> list[dict]:
     print("# wrote " + ", ".join(paths.values()))
     print(f"# {len(jobs)} jobs in {budget.elapsed():.0f} s (--budget-s {a.budget_s:g}, "
           f"--job-timeout-s {a.job_timeout_s:g})")
-    if a.preset == "cpu-bar":
-        _print_bar(rows)
-    if verdicts:
-        print_verdicts(verdicts, meta)
+    if a.preset == "cpu":
+        _print_cpu_summary(rows)
     return rows
 
 
-def _print_bar(rows: list[dict]) -> None:
+def _print_cpu_summary(rows: list[dict]) -> None:
+    """The cpu preset's line: our cpu backend's time and peak memory against each peer's."""
     by = {r["provider"]: r for r in rows}
     cpu = by.get("cpu")
     r0 = rows[0]
-    print(f"# CPU perf bar: selective_scan fwd+bwd, u=({r0['batch']}, {r0['dim']}, {r0['L']}), "
+    print(f"# cpu backend: selective_scan fwd+bwd, u=({r0['batch']}, {r0['dim']}, {r0['L']}), "
           f"N={r0['N']}, {r0['dtype']}, variable B/C, z, D, delta_bias, softplus")
     if cpu is None or math.isnan(cpu["ms"]):
         print(f"#   cpu backend not timed: {cpu['note'] if cpu else 'not requested'}")

@@ -3,7 +3,7 @@
 A workload fixes the scan geometry (batch, channels, L, N, B/C layout).  Mixer ops
 (mamba_inner / bimamba_inner) read it as xz = (batch, 2*d_inner, L) with d_model = d_inner / 2.
 Batch sizes: GPU defaults are 128 at stride 16 and 32 at stride 8 (same token count per batch);
-CPU defaults are 8 (the issue's CPU row).  ``--batch`` overrides both.
+CPU defaults are 8 (the cpu preset's row).  ``--batch`` overrides both.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _vim(size: str, d_inner: int) -> list[Workload]:
 _ALL = (
     _vim("ti", 384) + _vim("s", 768) + _vim("b", 1536)
     + [Workload("cpu-row", 384, 197, gpu_batch=8, cpu_batch=8,
-                note="the issue's CPU perf-bar row: u = (8, 384, 197)")]
+                note="ViM-Ti stride 16 at batch 8 on the CPU: u = (8, 384, 197)")]
     + [Workload(f"dvmsr-{side}", 120, side * side, note=f"DVMSR ViMM at {side}x{side} LR (d_inner 120)")
        for side in (64, 128, 256)]
     + [Workload(f"mambair-{c}-{side}", 4 * 2 * c, side * side, groups=4,

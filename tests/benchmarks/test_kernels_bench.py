@@ -49,12 +49,12 @@ def test_quick_run_writes_table_csv_json_png(tmp_path, capsys):
         assert "speedup_vs_mambapy" in scan_ref
 
 
-def test_cpu_bar_preset_plumbing(tmp_path, capsys):
-    """The perf-bar command runs (here at batch 1, quick reps) and prints its ratios line."""
-    kernels.main(["--preset", "cpu-bar", "--quick", "--batch", "1", "--out", str(tmp_path), "--no-plot"])
+def test_cpu_preset_plumbing(tmp_path, capsys):
+    """The cpu preset runs (here at batch 1, quick reps) and prints its speed-up line."""
+    kernels.main(["--preset", "cpu", "--quick", "--batch", "1", "--out", str(tmp_path), "--no-plot"])
     out = capsys.readouterr().out
-    assert "CPU perf bar" in out
-    assert os.path.exists(tmp_path / "kernels-cpu-bar-quick.csv")
+    assert "# cpu backend: selective_scan fwd+bwd, u=(1, 384, 197)" in out
+    assert os.path.exists(tmp_path / "kernels-cpu-quick.csv")
 
 
 def test_size_budget_skips_reference_with_a_note():

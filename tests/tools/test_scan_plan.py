@@ -1,10 +1,10 @@
-"""benchmarks/scan_plan.py: the variants it times (the timing itself needs a GPU)."""
+"""tools/gpu/scan_plan.py: the variants it times (the timing itself needs a GPU)."""
 import math
 
 import pytest
 import torch
 
-from benchmarks import scan_plan
+from tools.gpu import scan_plan
 
 
 @pytest.mark.parametrize("L,planned", [(65536, 256), (730, 736), (197, 200), (4096, 32), (9, 8)])

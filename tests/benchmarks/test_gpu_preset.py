@@ -1,5 +1,5 @@
-"""The gpu-bar preset on the CPU: the composed mixer peer, the job list, the time guards and the
-bar verdicts (with stand-in peer kernels, fake clocks and synthetic rows)."""
+"""The gpu preset on the CPU: the composed mixer peer, the job list and the time guards (with
+stand-in peer kernels and fake clocks)."""
 import json
 import math
 import signal
@@ -95,45 +95,40 @@ def test_import_peer_skips_the_package_init(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- the job list
 
-def _gpu_bar_jobs():
-    return kernels.build_jobs(kernels.PRESETS["gpu-bar"]["groups"])
+def gpu_jobs():
+    return kernels.build_jobs(kernels.PRESETS["gpu"]["groups"])
 
 
-def _key(job):
+def job_key(job):
     return job.op, job.workload.name, kernels._dtype_name(job.dtype), job.mode, job.provider
 
 
-def test_gpu_bar_jobs_cover_every_bar_cell_critical_first():
-    jobs = _gpu_bar_jobs()
-    keys = [_key(j) for j in jobs]
+def test_gpu_jobs_time_cuda_and_peers_first_and_compile_last():
+    keys = [job_key(j) for j in gpu_jobs()]
     assert len(keys) == len(set(keys)) == 84
-    critical = set()
-    for bar in kernels.GPU_BARS:
-        for shape in bar.shapes:
-            for dtype in bar.dtypes:
-                for mode in bar.modes:
-                    for provider in (bar.ours, bar.peer, "triton"):
-                        assert (bar.op, shape, dtype, mode, provider) in keys
-                    critical |= {(bar.op, shape, dtype, mode, p) for p in (bar.ours, bar.peer)}
-    assert set(keys[:len(critical)]) == critical  # bar-critical jobs run first
-    assert keys[-1][-1] == keys[-2][-1] == "compiled_ref"  # torch.compile last
+    providers = [k[-1] for k in keys]
+    first_slow = providers.index("ref")
+    assert set(providers[:first_slow]) == {"cuda", "mamba_ssm", "mamba_ssm_composed", "causal_conv1d"}
+    assert providers[first_slow:first_slow + 4] == ["ref", "mambapy"] * 2
+    assert set(providers[first_slow + 4:-2]) == {"triton"}
+    assert providers[-2:] == ["compiled_ref"] * 2                       # torch.compile last
+    # triton runs on exactly the cells cuda runs on
+    assert {k[:4] for k in keys if k[-1] == "triton"} == {k[:4] for k in keys if k[-1] == "cuda"}
     slow = [k for k in keys if k[-1] in ("ref", "compiled_ref", "mambapy")]
     assert len(slow) == 6 and {k[:3] for k in slow} == {("selective_scan", "vim-ti-s16", "float32")}
     assert {k[2] for k in keys if k[2] != "float32"} == {"bfloat16"}
     assert {k[0] for k in keys if k[2] == "bfloat16"} == {"selective_scan"}
-    assert {k[-1] for k in keys} == {"cuda", "triton", "mamba_ssm", "mamba_ssm_composed", "causal_conv1d",
-                                     "ref", "compiled_ref", "mambapy"}
 
 
-def test_gpu_bar_dry_run_and_narrowing(capsys):
-    assert kernels.main(["--preset", "gpu-bar", "--dry-run"]) == []
+def test_gpu_dry_run_and_narrowing(capsys):
+    assert kernels.main(["--preset", "gpu", "--dry-run"]) == []
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "# 84 jobs on cuda" and out[0] == "selective_scan vim-ti-s16 float32 fwd+bwd cuda"
-    kernels.main(["--preset", "gpu-bar", "--dry-run", "--providers", "cuda", "--dtype", "bfloat16"])
+    kernels.main(["--preset", "gpu", "--dry-run", "--providers", "cuda", "--dtype", "bfloat16"])
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "# 4 jobs on cuda"
     with pytest.raises(SystemExit):
-        kernels.main(["--preset", "gpu-bar", "--dry-run", "--providers", "cpu"])
+        kernels.main(["--preset", "gpu", "--dry-run", "--providers", "cpu"])
     with pytest.raises(SystemExit):
         kernels.main(["--dry-run", "--dtype", "float8"])
 
@@ -184,7 +179,7 @@ def test_run_jobs_records_jobs_past_the_budget_as_skipped(monkeypatch):
         return row
 
     monkeypatch.setattr(kernels, "run_job", fake_run_job)
-    jobs = _gpu_bar_jobs()[:6]
+    jobs = gpu_jobs()[:6]
     rows = kernels.run_jobs(jobs, "cuda", budget=budget)
     assert ran == jobs[:3]  # started at 0, 4 and 8 s
     assert [r["note"] for r in rows[3:]] == ["skipped: over budget (--budget-s 10)"] * 3
@@ -224,92 +219,15 @@ def test_budget_limits():
     assert b.job_limit() == 30
 
 
-# ----------------------------------------------------------------------------- verdicts
+# ----------------------------------------------------------------------------- a run on the CPU
 
-def _row(op, shape, dtype, mode, provider, ms=math.nan, pct_copy=math.nan, note=""):
-    return dict(op=op, shape=shape, dtype=dtype, mode=mode, provider=provider, ms=ms, pct_copy=pct_copy,
-                note=note)
-
-
-BAR = kernels.Bar("x", "selective_scan", ("vim-ti-s16", "vim-s-s16"), ("fwd+bwd",), ("float32", "bfloat16"),
-                  "mamba_ssm", 1.5)
-
-
-def _bar_rows(speedup, peer_ms=None):
-    rows = []
-    for shape in BAR.shapes:
-        for dtype in BAR.dtypes:
-            rows.append(_row(BAR.op, shape, dtype, "fwd+bwd", "cuda", ms=1.0))
-            rows.append(_row(BAR.op, shape, dtype, "fwd+bwd", "mamba_ssm", ms=speedup))
-    return rows
-
-
-def test_verdict_pass_at_1_6x():
-    (v,) = kernels.bar_verdicts(_bar_rows(1.6), [BAR])
-    assert v["status"] == "PASS" and v["min"] == pytest.approx(1.6)
-    assert v["line"].startswith("(x) PASS: selective_scan fwd+bwd cuda vs mamba_ssm >= 1.50x | min 1.60x [")
-    assert "vim-s-s16/bfloat16 1.60x" in v["line"]
-
-
-def test_verdict_fail_at_1_4x_names_the_cell():
-    rows = _bar_rows(1.6)
-    rows[-1]["ms"] = 1.4  # mamba_ssm at vim-s-s16 bfloat16
-    (v,) = kernels.bar_verdicts(rows, [BAR])
-    assert v["status"] == "FAIL" and v["min"] == pytest.approx(1.4)
-    assert "below the bar: vim-s-s16/bfloat16" in v["line"]
-
-
-def test_verdict_missing_peer_is_not_measured():
-    rows = [r for r in _bar_rows(1.6) if not (r["provider"] == "mamba_ssm" and r["dtype"] == "bfloat16")]
-    (v,) = kernels.bar_verdicts(rows, [BAR])
-    assert v["status"] == "NOT MEASURED"
-    assert v["missing"] == {"vim-ti-s16/bfloat16": "mamba_ssm not run", "vim-s-s16/bfloat16": "mamba_ssm not run"}
-    assert "not measured (2 of 4 cells): mamba_ssm not run [vim-ti-s16/bfloat16, vim-s-s16/bfloat16]" in v["line"]
-    # an untimed peer row gives its note as the reason; a failing cell still makes it FAIL
-    rows = _bar_rows(1.6)
-    for r in rows:
-        if r["provider"] == "mamba_ssm":
-            r.update(ms=math.nan, note="not installed (selective_scan_cuda)")
-    (v,) = kernels.bar_verdicts(rows, [BAR])
-    assert v["status"] == "NOT MEASURED" and v["min"] is None
-    assert "mamba_ssm: not installed (selective_scan_cuda) [" in v["line"]
-    rows[1].update(ms=1.2, note="")
-    assert kernels.bar_verdicts(rows, [BAR])[0]["status"] == "FAIL"
-
-
-def test_bandwidth_bar():
-    bar = kernels.Bar("d", "selective_scan", ("vim-ti-s16",), ("fwd",), ("float32",), "mamba_ssm", 0.70,
-                      metric="pct_copy")
-    line = lambda pct: kernels.bar_verdicts(  # noqa: E731
-        [_row("selective_scan", "vim-ti-s16", "float32", "fwd", "cuda", ms=1.0, pct_copy=pct)], [bar])[0]
-    assert line(75.0)["status"] == "PASS" and "min 75% [vim-ti-s16/float32 75%]" in line(75.0)["line"]
-    assert line(65.0)["status"] == "FAIL"
-    assert line(math.nan)["status"] == "NOT MEASURED" and "no copy bandwidth" in line(math.nan)["line"]
-
-
-def test_gpu_bars_pass_on_rows_of_the_gpu_bar_jobs():
-    """Every GPU bar is judged from the gpu-bar job list alone: rows where our backends beat every
-    peer 10x at 95% of copy bandwidth pass all eight (issue 4's five, issue 3's three)."""
-    rows = [_row(*_key(j), ms=1.0 if j.provider in kernels.OURS else 10.0, pct_copy=95.0)
-            for j in _gpu_bar_jobs()]
-    verdicts = kernels.bar_verdicts(rows)
-    assert [v["bar"] for v in verdicts] == ["a", "b", "c", "d", "e", "t1", "t2", "t3"]
-    assert all(v["status"] == "PASS" for v in verdicts), [v["line"] for v in verdicts]
-    assert [len(v["values"]) for v in verdicts] == [8, 4, 1, 5, 8, 2, 4, 4]
-
-
-def test_gpu_bar_on_cpu_prints_and_records_not_measured(tmp_path, capsys):
-    rows = kernels.main(["--preset", "gpu-bar", "--device", "cpu", "--providers", "cuda", "mamba_ssm",
+def test_gpu_preset_on_cpu_records_every_job_with_its_reason(tmp_path, capsys):
+    rows = kernels.main(["--preset", "gpu", "--device", "cpu", "--providers", "cuda", "mamba_ssm",
                          "mamba_ssm_composed", "causal_conv1d", "--out", str(tmp_path), "--no-plot"])
-    assert len(rows) == 52 and all(r["note"] for r in rows)
-    out = capsys.readouterr().out
-    section = out[out.index("# GPU perf bars"):].splitlines()
-    assert [line.split(")")[0] for line in section[1:]] == ["#   (a", "#   (b", "#   (c", "#   (d", "#   (e",
-                                                            "#   (t1", "#   (t2", "#   (t3"]
-    assert all("NOT MEASURED" in line for line in section[1:])
-    assert all("cuda: runs on cuda only" in line for line in section[1:6])
-    data = json.loads((tmp_path / "kernels-gpu-bar.json").read_text())
-    assert [v["status"] for v in data["verdicts"]] == ["NOT MEASURED"] * 8
+    assert len(rows) == 52 and all(r["note"] and math.isnan(r["ms"]) for r in rows)
+    assert all(r["note"] == "runs on cuda only" for r in rows if r["provider"] == "cuda")
+    assert "provider" in capsys.readouterr().out
+    data = json.loads((tmp_path / "kernels-gpu.json").read_text())
+    assert sorted(data) == ["meta", "rows"] and len(data["rows"]) == 52
     assert data["meta"]["summary"] and "peers" in data["meta"]
-    csv_text = (tmp_path / "kernels-gpu-bar.csv").read_text()
-    assert csv_text.count("# verdict: (") == 8
+    assert "# argv: --preset gpu " in (tmp_path / "kernels-gpu.csv").read_text()

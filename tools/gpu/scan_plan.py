@@ -1,4 +1,4 @@
-"""The cuda scan's launch planner against measurements: ``python -m benchmarks.scan_plan``.
+"""The cuda scan's launch planner against measurements: ``python -m tools.gpu.scan_plan``.
 
 The cuda backend picks, per call, how many chunks the forward splits L into
 (``plan_chunk_len``, from the cost model ``fwd_cost``) and whether the backward walks each row's
@@ -81,7 +81,7 @@ def plan_rows(shape: str, dtype: str, quick: bool = False) -> list[dict]:
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.scan_plan", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.gpu.scan_plan", description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES)
     ap.add_argument("--dtypes", nargs="+", default=["float32"], choices=list(kernels.DTYPES))
     ap.add_argument("--quick", action="store_true", help="shorter timing loops")
@@ -93,7 +93,7 @@ def main(argv=None) -> list[dict]:
         except ValueError as e:
             raise SystemExit(f"--shapes: {e}") from None
     if not torch.cuda.is_available():
-        raise SystemExit("benchmarks.scan_plan times the cuda backend: it needs a CUDA device")
+        raise SystemExit("tools.gpu.scan_plan times the cuda backend: it needs a CUDA device")
     meta = common.metadata("cuda")
     print(f"# {common.summary_line(meta)}", flush=True)
     rows = []

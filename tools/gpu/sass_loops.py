@@ -6,8 +6,8 @@ contains FILTER, each loop (a backward branch) with its instruction count and ho
 are MUFU (exp2 and friends), shuffles, shared and global memory accesses. A loop's count is its
 static size: it includes branches not taken on the hot path (e.g. unaligned-row staging).
 
-  python scripts/sass_loops.py selective_scan_fwd 'scan_fwd_kernelIfLb0ELb1'
-  python scripts/sass_loops.py selective_scan_bwd 'scan_bwd_kernelIfLb1' --arch 80
+  python -m tools.gpu.sass_loops selective_scan_fwd 'scan_fwd_kernelIfLb0ELb1'
+  python -m tools.gpu.sass_loops selective_scan_bwd 'scan_bwd_kernelIfLb1' --arch 80
 
 --cubin PATH reads an already compiled cubin instead (e.g. a peer's kernels, for comparison; the
 file argument is then ignored).
@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def cuobjdump() -> str:
@@ -65,7 +65,7 @@ def loops(ins):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.gpu.sass_loops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("file", help="csrc/cuda/<file>.cu without the extension")
     ap.add_argument("filter", nargs="?", default="", help="substring of the mangled kernel names")
     ap.add_argument("--arch", default="90")

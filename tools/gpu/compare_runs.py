@@ -1,53 +1,41 @@
 """Two kernel-benchmark runs side by side: what changed between them, cell by cell.
 
-    python -m benchmarks.compare_runs OLD.csv NEW.csv [--provider cuda] [--peers mamba_ssm,triton]
+    python -m tools.gpu.compare_runs OLD.csv NEW.csv [--provider cuda] [--peers mamba_ssm,triton]
 
-Both files are ``benchmarks.kernels`` CSVs (e.g. benchmarks/results/nvidia-h200/kernels-gpu-bar.csv
-and a new run's bench/kernels-gpu-bar.csv). For every (op, shape, mode, dtype) timed by
+Both files are ``benchmarks.kernels`` CSVs (e.g. benchmarks/results/nvidia-h200/kernels-gpu.csv
+and a new run's bench/kernels-gpu.csv). For every (op, shape, mode, dtype) timed by
 ``--provider`` in both, prints its old and new median time, new/old (below 1: faster), and its
-speed-up against each peer of ``--peers`` (default: the issue's bar peers) in each run (the peers timed in that same run, so the ratios compare
-across machines and days where raw times may not). The run's verdict lines follow. Cells timed in
-only one run are listed as such, never silently dropped.
+speed-up against each peer of ``--peers`` (default: the bars' peers, tools/gpu/bars.py) in each
+run (the peers timed in that same run, so the ratios compare across machines and days where raw
+times may not). Each run's bar verdicts follow. Cells timed in only one run are listed as such,
+never silently dropped.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
+
+from tools.gpu.bars import GPU_BARS, PEERS, bar_verdicts
+from tools.gpu.runs import read_csv
 
 KEY = ("op", "shape", "mode", "dtype")
 
 
-def read_run(path: str) -> tuple[dict, list[str]]:
-    """{(op, shape, mode, dtype, provider): row} and the verdict lines of one CSV."""
-    verdicts, lines = [], []
-    with open(path, newline="") as f:
-        for line in f:
-            if line.startswith("# verdict:"):
-                verdicts.append(line[len("# verdict:"):].strip())
-            elif not line.startswith("#"):
-                lines.append(line)
-    rows = {}
-    for r in csv.DictReader(lines):
-        rows[tuple(r[k] for k in KEY) + (r["provider"],)] = r
-    return rows, verdicts
+def read_run(path: str, bars=GPU_BARS) -> tuple[dict, list[str]]:
+    """{(op, shape, mode, dtype, provider): row} and the bar verdict lines of one CSV."""
+    _, rows = read_csv(path)
+    return ({tuple(r[k] for k in KEY) + (r["provider"],): r for r in rows},
+            [v["line"] for v in bar_verdicts(rows, bars)])
 
 
 def _ms(r: dict | None) -> float:
-    try:
-        v = float(r["ms"]) if r else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-    return v
+    return r["ms"] if r else math.nan
 
 
-BAR_PEERS = ("mamba_ssm", "mamba_ssm_composed", "causal_conv1d")
-
-
-def compare(old_path: str, new_path: str, provider: str = "cuda", peers=BAR_PEERS) -> str:
-    old, old_v = read_run(old_path)
-    new, new_v = read_run(new_path)
+def compare(old_path: str, new_path: str, provider: str = "cuda", peers=PEERS, bars=GPU_BARS) -> str:
+    old, old_v = read_run(old_path, bars)
+    new, new_v = read_run(new_path, bars)
     cells = sorted({k[:-1] for k in list(old) + list(new) if k[-1] == provider})
     timed = {k[-1] for k in list(old) + list(new)}
     peers = [p for p in peers if p != provider and p in timed]
@@ -81,11 +69,11 @@ def compare(old_path: str, new_path: str, provider: str = "cuda", peers=BAR_PEER
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.gpu.compare_runs", description=__doc__.split("\n\n")[0])
     ap.add_argument("old")
     ap.add_argument("new")
     ap.add_argument("--provider", default="cuda", help="the implementation compared (default: cuda)")
-    ap.add_argument("--peers", default=",".join(BAR_PEERS),
+    ap.add_argument("--peers", default=",".join(PEERS),
                     help="comma-separated peers to show speed-ups against (default: %(default)s)")
     a = ap.parse_args(argv)
     for path in (a.old, a.new):

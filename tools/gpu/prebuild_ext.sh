@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Builds the extension (CPU + CUDA kernels) for one GPU architecture and one Python on this
 # machine, from a clean clone of HEAD, into .carry/ours/ (git-ignored): the compressed module, the
-# architecture, and a hash of the sources it was built from. benchmarks/gpu_check.sh uses it instead
+# architecture, and a hash of the sources it was built from. tools/gpu/gpu_check.sh uses it instead
 # of building when the hash still matches, saving the lent GPU machine's minutes. Needs nvcc and a
 # Python whose torch matches the GPU machine's (e.g. PY=/tmp/v312/bin/python with torch+cu130).
 #
-#   PY=/tmp/v312/bin/python ARCH=90 bash scripts/prebuild_ext.sh
-#   bash scripts/prebuild_ext.sh --hash     # prints the sources' hash only
+#   PY=/tmp/v312/bin/python ARCH=90 bash tools/gpu/prebuild_ext.sh
+#   bash tools/gpu/prebuild_ext.sh --hash     # prints the sources' hash only
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 src_hash() {
   LC_ALL=C find csrc setup.py -type f \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' -o -name '*.cpp' \
     -o -name '*.py' \) -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
@@ -29,6 +29,6 @@ rm -f .carry/ours/_C*.xz
 strip --strip-debug -o "$tmp/_C$suffix" "$tmp/src/vimd_kernels/_C$suffix"
 xz -T0 -c "$tmp/_C$suffix" >".carry/ours/_C$suffix.xz"
 echo "$ARCH" >.carry/ours/arch
-(cd "$tmp/src" && bash scripts/prebuild_ext.sh --hash) >.carry/ours/source.sha256
+(cd "$tmp/src" && bash tools/gpu/prebuild_ext.sh --hash) >.carry/ours/source.sha256
 echo "ptxas spill warnings: $(grep -c "Registers are spilled" "$tmp/build.log" || true)"
 ls -l .carry/ours

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh on a machine without a GPU: the stages run in order, write their logs and
+"""tools/gpu/gpu_check.sh on a machine without a GPU: the stages run in order, write their logs and
 summary lines, and a stage that would start too late is skipped and says so. (Its GPU work, the
 build and the benchmarks, is not run here; the `cuda`-marked tests it calls are skipped without a GPU.)"""
 import os
@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools.gpu.runs import ROOT
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
                                 reason="on a GPU this would run the whole GPU test suite")
@@ -19,7 +19,7 @@ def _run(tmp_path, stages: str, deadline_s: int, **extra_env) -> str:
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "STAGES": stages, "PY": sys.executable,
            "DEADLINE_S": str(deadline_s), "TEST_WORKERS": "1", **extra_env}
-    r = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True,
+    r = subprocess.run(["bash", "tools/gpu/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return (out / "summary.txt").read_text()
@@ -65,19 +65,19 @@ def test_ncu_stage_without_ncu_says_so(tmp_path):
 
 
 def test_prebuilt_extension_hash_follows_the_sources(tmp_path):
-    """gpu_check.sh uses a prebuilt extension only while scripts/prebuild_ext.sh --hash of the
+    """gpu_check.sh uses a prebuilt extension only while tools/gpu/prebuild_ext.sh --hash of the
     tree matches the one recorded at build time: any change to a kernel source must change it."""
     import shutil
 
     def tree_hash(root) -> str:
-        r = subprocess.run(["bash", "scripts/prebuild_ext.sh", "--hash"], cwd=root, capture_output=True,
+        r = subprocess.run(["bash", "tools/gpu/prebuild_ext.sh", "--hash"], cwd=root, capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         return r.stdout.strip()
 
     src = tmp_path / "tree"
     shutil.copytree(os.path.join(ROOT, "csrc"), src / "csrc")
-    shutil.copytree(os.path.join(ROOT, "scripts"), src / "scripts")
+    shutil.copytree(os.path.join(ROOT, "tools"), src / "tools")
     shutil.copy(os.path.join(ROOT, "setup.py"), src / "setup.py")
     first = tree_hash(src)
     assert len(first) == 64 and tree_hash(src) == first == tree_hash(ROOT)
@@ -90,39 +90,20 @@ def test_pack_versions_archives_a_commit_and_names_a_bad_one(tmp_path):
     import shutil
     import tarfile
     repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
-    shutil.copy(os.path.join(ROOT, "scripts", "pack_versions.sh"), repo / "scripts")
+    (repo / "tools" / "gpu").mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "tools", "gpu", "pack_versions.sh"), repo / "tools" / "gpu")
     (repo / "setup.py").write_text("# v1\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "v1"]):
         subprocess.run(git + cmd, cwd=repo, check=True, capture_output=True)
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
                          check=True).stdout.strip()
-    r = subprocess.run(["bash", "scripts/pack_versions.sh", "HEAD"], cwd=repo, capture_output=True, text=True)
+    r = subprocess.run(["bash", "tools/gpu/pack_versions.sh", "HEAD"], cwd=repo, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     with tarfile.open(repo / ".carry" / "versions" / f"{sha}.tar.gz") as t:
         assert "setup.py" in t.getnames()
-    r = subprocess.run(["bash", "scripts/pack_versions.sh", "no-such-rev"], cwd=repo, capture_output=True, text=True)
+    r = subprocess.run(["bash", "tools/gpu/pack_versions.sh", "no-such-rev"], cwd=repo, capture_output=True, text=True)
     assert r.returncode == 2 and "no commit named 'no-such-rev'" in r.stderr
-    # ablate:MASK: HEAD with VIMD_ABLATE set in csrc/cuda/params.h
-    (repo / "csrc" / "cuda").mkdir(parents=True)
-    (repo / "csrc" / "cuda" / "params.h").write_text("#ifndef VIMD_ABLATE\n#define VIMD_ABLATE 0\n#endif\n")
-    for cmd in (["add", "-A"], ["commit", "-qm", "v2"]):
-        subprocess.run(git + cmd, cwd=repo, check=True, capture_output=True)
-    r = subprocess.run(["bash", "scripts/pack_versions.sh", "ablate:5"], cwd=repo, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    with tarfile.open(repo / ".carry" / "versions" / "ablate5.tar.gz") as t:
-        params = t.extractfile("./csrc/cuda/params.h").read().decode()
-    assert "#define VIMD_ABLATE 5\n" in params
-    for bad in ("ablate:0", "ablate:64", "ablate:x"):
-        r = subprocess.run(["bash", "scripts/pack_versions.sh", bad], cwd=repo, capture_output=True, text=True)
-        assert r.returncode == 2 and "mask of 1..63" in r.stderr, bad
-
-
-def test_the_ablation_switch_is_where_pack_versions_looks():
-    """pack_versions.sh ablate:MASK rewrites this exact line of csrc/cuda/params.h."""
-    with open(os.path.join(ROOT, "csrc", "cuda", "params.h")) as f:
-        assert "#define VIMD_ABLATE 0\n" in f.read()
 
 
 def test_versions_stage_builds_each_packed_tree_and_reports_failures(tmp_path):

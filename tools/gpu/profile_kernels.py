@@ -1,4 +1,4 @@
-"""Where the time goes: ``python -m benchmarks.profile_kernels [--jobs ...] [--out DIR]``.
+"""Where the time goes: ``python -m tools.gpu.profile_kernels [--jobs ...] [--out DIR]``.
 
 Runs a few (op, shape, dtype, provider) jobs of benchmarks/kernels.py fwd+bwd under
 ``torch.profiler`` and prints, per job, the GPU kernels by total time per iteration (name, calls,
@@ -9,7 +9,7 @@ mamba_ssm's kernels and the copies around them. On the CPU it lists the ops by s
 A job is ``op:shape:dtype:provider``; the default jobs are the bar shapes of the GPU check.
 
 ``--ncu``: the target for Nsight Compute instead (``ncu --profile-from-start off ... python -m
-benchmarks.profile_kernels --ncu``): each job's fwd+bwd is warmed up, then run once between
+tools.gpu.profile_kernels --ncu``): each job's fwd+bwd is warmed up, then run once between
 ``cudaProfilerStart`` and ``cudaProfilerStop``, so ncu sees each of its kernels once and nothing
 else; no torch.profiler (it and ncu both need CUPTI).  ``gpu_check.sh``'s ``ncu`` stage runs it.
 """
@@ -114,7 +114,7 @@ def _short(name: str, width: int = 90) -> str:
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.profile_kernels", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.gpu.profile_kernels", description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", nargs="+", help="op:shape:dtype:provider (default: the GPU bar shapes)")
     ap.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     ap.add_argument("--batch", type=int, help="override every workload's batch")

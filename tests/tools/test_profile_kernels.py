@@ -1,10 +1,10 @@
-"""benchmarks/profile_kernels.py on the CPU (ops by self time): job parsing, a profiled job, and
+"""tools/gpu/profile_kernels.py on the CPU (ops by self time): job parsing, a profiled job, and
 providers that cannot run here reported rather than raised."""
 import json
 
 import pytest
 
-from benchmarks import profile_kernels
+from tools.gpu import profile_kernels
 
 
 def test_parse_job_rejects_bad_specs():

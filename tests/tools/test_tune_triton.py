@@ -1,10 +1,10 @@
-"""benchmarks/tune_triton.py: the variant list, and a tiny sweep under the Triton interpreter
+"""tools/gpu/tune_triton.py: the variant list, and a tiny sweep under the Triton interpreter
 that restores the modules' TUNE knobs afterwards."""
 import math
 
 import pytest
 
-from benchmarks import tune_triton
+from tools.gpu import tune_triton
 
 
 def test_variants_start_with_the_default_tiling():

@@ -1,11 +1,5 @@
-"""scripts/sass_loops.py: the SASS listing parser and loop finder (no toolkit needed)."""
-import importlib.util
-from pathlib import Path
-
-_spec = importlib.util.spec_from_file_location(
-    "sass_loops", Path(__file__).resolve().parents[2] / "scripts" / "sass_loops.py")
-sass_loops = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sass_loops)
+"""tools/gpu/sass_loops.py: the SASS listing parser and loop finder (no toolkit needed)."""
+from tools.gpu import sass_loops
 
 LISTING = """
         Function : _Z6kernelPf

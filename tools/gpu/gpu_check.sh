@@ -6,8 +6,8 @@
 # a stage that would start too late is skipped and says so. Build outputs (build/ and the peers'
 # in-place builds under .gpu_cache/) stay on a warm machine, so a second call resumes quickly:
 #
-#   bash benchmarks/gpu_check.sh          # one call: build, peers, cuda tests, gpu-bar, Triton tests
-#   STAGES="build peers bench profile models" bash benchmarks/gpu_check.sh  # a second call
+#   bash tools/gpu/gpu_check.sh          # one call: build, peers, cuda tests, --preset gpu, Triton tests
+#   STAGES="build peers bench profile models" bash tools/gpu/gpu_check.sh  # a second call
 #
 # Device time: the default stages fit one call of the 10-minute limit (estimates from per-file
 # compile times measured on a CPU machine: our sm_90 build ~1.5 min; the peers built for sm_90
@@ -19,31 +19,29 @@
 # Peers (mamba_ssm, causal_conv1d) are not built by this repository: if an executable
 # .carry/build_peers.sh exists (yours, carried with the working tree), the `peers` stage runs it
 # in the background and the benchmarks import what it built from PEER_PATH (default: the in-place
-# builds under .gpu_cache/peers/). Without it, their columns say "not installed".
-# Prebuilt extension: when .carry/ours holds one built by scripts/prebuild_ext.sh from these very
+# builds under .gpu_cache/peers/). Without it, their columns say "not installed". How to build
+# them for one architecture: tools/gpu/README.md, "The peers on a lent GPU".
+# Prebuilt extension: when .carry/ours holds one built by tools/gpu/prebuild_ext.sh from these very
 # sources (hash check), for this GPU's architecture and this Python, the `build` stage unpacks it
 # instead of compiling (carry .carry with the working tree).
-# Optional stage `tune`: sweeps the Triton kernels' tile knobs (benchmarks/tune_triton.py).
+# Optional stage `tune`: sweeps the Triton kernels' tile knobs (tools/gpu/tune_triton.py).
 # Optional stage `plan`: times the cuda scan's forward chunk splits and the backward's row walk
-# against forced alternatives (benchmarks/scan_plan.py), to check the launch planner's cost model.
-# Optional stage `layout`: times the scan's cuda fwd+bwd (the gpu-bar shapes) built with the
-# backward's two row layouts (VIMD_SCAN_LANES=32: a warp per row, then the default 16: half a warp
-# with 16 steps per lane), rebuilding the default last; results in layout_32/ and layout_16/.
+# against forced alternatives (tools/gpu/scan_plan.py), to check the launch planner's cost model.
 # Optional stage `versions`: earlier commits' kernels timed beside this tree's in the same call
-# (packed first by scripts/pack_versions.sh REV ... into .carry/versions/; built in the background
+# (packed first by tools/gpu/pack_versions.sh REV ... into .carry/versions/; built in the background
 # during the tests; results and compare_runs tables in versions/).
 # Optional stage `sanitize`: compute-sanitizer memcheck, racecheck and synccheck over one small
 # `cuda` test of every kernel and phase (GPU_SANITIZE_CASES in tests/kernels/test_cuda_racecheck.py).
 # Optional stage `ncu`: Nsight Compute (SpeedOfLight, Occupancy, WarpStateStats, ...) of our kernels
 # and the peers' at NCU_JOBS (profile_kernels' jobs, run once each): ncu_details.txt.
 # Optional stage `test-slow`: the `slow` cuda tests (real shapes against the reference's loop over L).
-# Env: OUT, STAGES (build peers test test-slow sanitize bench versions test-triton profile ncu models plan tune layout), ARCH (default:
+# Env: OUT, STAGES (build peers test test-slow sanitize bench versions test-triton profile ncu models plan tune), ARCH (default:
 #      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), TEST_TIMEOUT_S (cap per test set), PACK, PYTEST_ARGS, BENCH_ARGS, PEER_PATH,
-#      BASELINE_CSV (a committed gpu-bar run the bench stage is compared with: compare.txt; its floors:
-#      floors.txt, benchmarks/floors.py), VERSIONS_DIR (default .carry/versions), VERSIONS_OPS (the ops
+#      BASELINE_CSV (a committed --preset gpu run the bench stage is compared with: compare.txt; the
+#      run's bars: bars.txt, tools/gpu/bars.py; its floors: floors.txt, tools/gpu/floors.py), VERSIONS_DIR (default .carry/versions), VERSIONS_OPS (the ops
 #      the versions stage times; default "selective_scan causal_conv1d").
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -98,14 +96,14 @@ if has peers; then
   fi
 fi
 
-# A prebuilt extension (.carry/ours, from scripts/prebuild_ext.sh on a CPU machine) replaces the
+# A prebuilt extension (.carry/ours, from tools/gpu/prebuild_ext.sh on a CPU machine) replaces the
 # build when it was compiled from these very sources, for this GPU and this Python: the lent
 # machine's minutes then go to tests and benchmarks.
 build_rc=skip
 prebuilt=.carry/ours
 ext_suffix=$($PY -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))" 2>/dev/null)
 if has build && [ -f "$prebuilt/_C$ext_suffix.xz" ] && [ "$(cat "$prebuilt/arch" 2>/dev/null)" = "$ARCH" ] \
-    && [ "$(cat "$prebuilt/source.sha256" 2>/dev/null)" = "$(bash scripts/prebuild_ext.sh --hash)" ]; then
+    && [ "$(cat "$prebuilt/source.sha256" 2>/dev/null)" = "$(bash tools/gpu/prebuild_ext.sh --hash)" ]; then
   xz -dc "$prebuilt/_C$ext_suffix.xz" >"vimd_kernels/_C$ext_suffix" && build_rc=0 || build_rc=1
   export PYTHONPATH="$PWD:$PYTHONPATH"
   note "build: prebuilt extension from $prebuilt (sources match, sm_$ARCH): rc=$build_rc"
@@ -123,14 +121,14 @@ elif has build && enough_time build 120; then
   $PY -c "import vimd_kernels as v; from vimd_kernels import _C; print('available backends:', v.available_backends()); print('has cuda ops:', hasattr(_C, 'selective_scan_fwd_cuda'))" 2>&1 | tee -a "$summary"
 fi
 
-# versions: the trees scripts/pack_versions.sh left in .carry/versions/, each built in place under
+# versions: the trees tools/gpu/pack_versions.sh left in .carry/versions/, each built in place under
 # .gpu_cache/versions/ in the background (MAX_JOBS shared among them) while the tests run.
 ver_pids=()
 ver_labels=()  # this call's trees (a warm machine may hold others under .gpu_cache/versions/)
 if has versions; then
   tars=("${VERSIONS_DIR:-.carry/versions}"/*.tar.gz)
   if [ ! -f "${tars[0]}" ]; then
-    note "versions: nothing in ${VERSIONS_DIR:-.carry/versions} (bash scripts/pack_versions.sh REV ..., then carry .carry)"
+    note "versions: nothing in ${VERSIONS_DIR:-.carry/versions} (bash tools/gpu/pack_versions.sh REV ..., then carry .carry)"
   else
     mkdir -p "$OUT/versions"
     for t in "${tars[@]}"; do
@@ -201,19 +199,23 @@ bench_rc=skip
 if has bench; then
   wait_peers 240
   if enough_time bench 90; then
-    timeout "$(( $(left) - 10 ))" $PY -m benchmarks.kernels --preset gpu-bar --device cuda \
+    timeout "$(( $(left) - 10 ))" $PY -m benchmarks.kernels --preset gpu --device cuda \
       --budget-s "$(( $(left) - 40 ))" --out "$OUT/bench" ${BENCH_ARGS:-} >"$OUT/bench_kernels.log" 2>&1
     bench_rc=$?
-    note "bench (benchmarks.kernels --preset gpu-bar): rc=$bench_rc (log bench_kernels.log, results bench/)"
-    # against the last committed run (BASELINE_CSV): what each change since then did, cell by cell
-    base=${BASELINE_CSV:-benchmarks/results/nvidia-h200/kernels-gpu-bar.csv}
-    if [ -f "$base" ] && [ -f "$OUT/bench/kernels-gpu-bar.csv" ]; then
-      $PY -m benchmarks.compare_runs "$base" "$OUT/bench/kernels-gpu-bar.csv" >"$OUT/compare.txt" 2>&1
-      note "bench: compared with $base (compare.txt, rc=$?)"
-    fi
-    # each cell's time against its floor (bytes over the copy bandwidth, exp2 over the SFU rate)
-    if [ -f "$OUT/bench/kernels-gpu-bar.csv" ]; then
-      $PY -m benchmarks.floors "$OUT/bench/kernels-gpu-bar.csv" >"$OUT/floors.txt" 2>&1
+    note "bench (benchmarks.kernels --preset gpu): rc=$bench_rc (log bench_kernels.log, results bench/)"
+    run_csv=$OUT/bench/kernels-gpu.csv
+    if [ -f "$run_csv" ]; then
+      # the bars' verdicts (PASS / FAIL / NOT MEASURED)
+      $PY -m tools.gpu.bars "$run_csv" >"$OUT/bars.txt" 2>&1
+      note "bench: bars of this run (bars.txt, rc=$?)"
+      # against the last committed run (BASELINE_CSV): what each change since then did, cell by cell
+      base=${BASELINE_CSV:-benchmarks/results/nvidia-h200/kernels-gpu.csv}
+      if [ -f "$base" ]; then
+        $PY -m tools.gpu.compare_runs "$base" "$run_csv" >"$OUT/compare.txt" 2>&1
+        note "bench: compared with $base (compare.txt, rc=$?)"
+      fi
+      # each cell's time against its floor (bytes over the copy bandwidth, exp2 over the SFU rate)
+      $PY -m tools.gpu.floors "$run_csv" >"$OUT/floors.txt" 2>&1
       note "bench: floors of this run (floors.txt, rc=$?)"
     fi
   fi
@@ -223,10 +225,12 @@ fi
 # other; compare_runs then gives each version's time against this tree's, cell by cell.
 if [ ${#ver_pids[@]} -gt 0 ]; then
   wait "${ver_pids[@]}"
-  vbench() {  # vbench LABEL DIR: cuda scan + conv jobs of the gpu-bar preset, from DIR's own code
+  # the GPU preset as DIR's own code names it (`gpu-bar` in trees before its rename)
+  preset_of() { if grep -q '"gpu-bar"' "$1/benchmarks/kernels.py" 2>/dev/null; then echo gpu-bar; else echo gpu; fi; }
+  vbench() {  # vbench LABEL DIR: cuda scan + conv jobs of the GPU preset, from DIR's own code
     (cd "$2" && PYTHONPATH="$PWD:${PEER_PATH}" timeout "$(( $(left) - 5 ))" $PY -m benchmarks.kernels \
-      --preset gpu-bar --device cuda --ops ${VERSIONS_OPS:-selective_scan causal_conv1d} --providers cuda --budget-s 60 \
-      --no-plot --out "$OUT/versions/$1" >"$OUT/versions/$1.log" 2>&1)
+      --preset "$(preset_of .)" --device cuda --ops ${VERSIONS_OPS:-selective_scan causal_conv1d} --providers cuda \
+      --budget-s 60 --no-plot --out "$OUT/versions/$1" >"$OUT/versions/$1.log" 2>&1)
   }
   if enough_time "versions (this tree)" 60; then
     vbench tree "$PWD"
@@ -238,9 +242,10 @@ if [ ${#ver_pids[@]} -gt 0 ]; then
       enough_time "versions ($label)" 60 || break
       vbench "$label" "$dir"
       note "versions: $label timed: rc=$? (versions/$label.log)"
-      [ -f "$OUT/versions/$label/kernels-gpu-bar.csv" ] && [ -f "$OUT/versions/tree/kernels-gpu-bar.csv" ] && \
-        $PY -m benchmarks.compare_runs "$OUT/versions/$label/kernels-gpu-bar.csv" \
-          "$OUT/versions/tree/kernels-gpu-bar.csv" >"$OUT/versions/compare_$label.txt" 2>&1
+      old_csv=$OUT/versions/$label/kernels-$(preset_of "$dir").csv
+      [ -f "$old_csv" ] && [ -f "$OUT/versions/tree/kernels-gpu.csv" ] && \
+        $PY -m tools.gpu.compare_runs "$old_csv" "$OUT/versions/tree/kernels-gpu.csv" \
+          >"$OUT/versions/compare_$label.txt" 2>&1
     done
   fi
 fi
@@ -252,9 +257,9 @@ fi
 if has profile; then
   wait_peers 150
   if enough_time profile 45; then
-    timeout "$(( $(left) - 5 ))" $PY -m benchmarks.profile_kernels --device cuda --out "$OUT/bench" \
+    timeout "$(( $(left) - 5 ))" $PY -m tools.gpu.profile_kernels --device cuda --out "$OUT/bench" \
       >"$OUT/profile.log" 2>&1
-    note "profile (benchmarks.profile_kernels): rc=$? (log profile.log: time per kernel)"
+    note "profile (tools.gpu.profile_kernels): rc=$? (log profile.log: time per kernel)"
   fi
 fi
 
@@ -272,7 +277,7 @@ if has ncu; then
     timeout "$(( $(left) - 15 ))" "$NCU" --clock-control none --profile-from-start off -k "regex:scan|conv" \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section MemoryWorkloadAnalysis --export "$OUT/ncu" --force-overwrite \
-      $PY -m benchmarks.profile_kernels --ncu --jobs $NCU_JOBS >"$OUT/ncu.log" 2>&1
+      $PY -m tools.gpu.profile_kernels --ncu --jobs $NCU_JOBS >"$OUT/ncu.log" 2>&1
     rc=$?
     [ -f "$OUT/ncu.ncu-rep" ] && "$NCU" --import "$OUT/ncu.ncu-rep" --page details >"$OUT/ncu_details.txt" 2>&1
     note "ncu: rc=$rc, $(grep -cE ', Context [0-9]+, Stream [0-9]+' "$OUT/ncu_details.txt" 2>/dev/null) kernel launch(es) (ncu.log, ncu_details.txt)"
@@ -280,13 +285,13 @@ if has ncu; then
 fi
 
 if has plan && enough_time plan 45; then
-  timeout "$(( $(left) - 5 ))" $PY -m benchmarks.scan_plan --out "$OUT/bench" >"$OUT/scan_plan.log" 2>&1
-  note "plan (benchmarks.scan_plan): rc=$? (log scan_plan.log: the planner's splits against forced ones); $(tail -1 "$OUT/scan_plan.log")"
+  timeout "$(( $(left) - 5 ))" $PY -m tools.gpu.scan_plan --out "$OUT/bench" >"$OUT/scan_plan.log" 2>&1
+  note "plan (tools.gpu.scan_plan): rc=$? (log scan_plan.log: the planner's splits against forced ones); $(tail -1 "$OUT/scan_plan.log")"
 fi
 
 if has tune && enough_time tune 120; then
   for op in selective_scan causal_conv1d; do
-    timeout "$(( $(left) - 5 ))" $PY -m benchmarks.tune_triton --op $op --quick --out "$OUT/bench" \
+    timeout "$(( $(left) - 5 ))" $PY -m tools.gpu.tune_triton --op $op --quick --out "$OUT/bench" \
       >"$OUT/tune_$op.log" 2>&1
     note "tune ($op): rc=$? (log tune_$op.log; fastest: $(grep -m1 -E '^ *[0-9.]+ ms  ' "$OUT/tune_$op.log"))"
   done
@@ -300,24 +305,6 @@ if has models; then
     note "bench (benchmarks.models): rc=$? (log bench_models.log)"
   fi
 fi
-if has layout; then
-  for lanes in 32 16; do
-    enough_time "layout (lanes=$lanes)" 150 || break
-    bstart=$(date +%s)
-    VIMD_SCAN_LANES=$lanes TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" VIMD_CUDA_ARCHS=$ARCH MAX_JOBS=$MAX_JOBS \
-      timeout "$(left)" $PY -m pip install --no-build-isolation --no-deps -v -e . >"$OUT/build_lanes$lanes.log" 2>&1
-    note "layout: build VIMD_SCAN_LANES=$lanes rc=$? in $(( $(date +%s) - bstart ))s; rows per block: $($PY -c 'from vimd_kernels import _C; print(_C.cuda_scan_rows)' 2>&1)"
-    if [ "$lanes" = 32 ] && enough_time "layout bench (lanes=32)" 60; then
-      timeout "$(( $(left) - 100 ))" $PY -m benchmarks.kernels --preset gpu-bar --device cuda --ops selective_scan bimamba_inner \
-        --providers cuda --budget-s 60 --out "$OUT/layout_32" >"$OUT/layout_32.log" 2>&1
-      note "layout: lanes=32 timed (layout_32.log)"
-    elif [ "$lanes" = 16 ] && enough_time "layout bench (lanes=16)" 60; then
-      timeout "$(( $(left) - 5 ))" $PY -m benchmarks.kernels --preset gpu-bar --device cuda --ops selective_scan bimamba_inner \
-        --providers cuda --budget-s 60 --out "$OUT/layout_16" >"$OUT/layout_16.log" 2>&1
-      note "layout: lanes=16 timed (layout_16.log)"
-    fi
-  done
-fi
 wait_peers 0
 
 echo
@@ -327,13 +314,15 @@ cat "$summary"
 [ -f "$OUT/bench_kernels.log" ] && { echo "--- kernel benchmark (tail) ---"; tail -45 "$OUT/bench_kernels.log"; }
 [ -f "$OUT/profile.log" ] && { echo "--- profile (head) ---"; grep -v USDT "$OUT/profile.log" | head -40; }
 [ -f "$OUT/bench_models.log" ] && { echo "--- model benchmark (tail) ---"; tail -15 "$OUT/bench_models.log"; }
+[ -f "$OUT/bars.txt" ] && { echo "--- bars (bars.txt) ---"; cat "$OUT/bars.txt"; }
 [ -f "$OUT/compare.txt" ] && { echo "--- cuda vs the baseline run (compare.txt) ---"; head -40 "$OUT/compare.txt"; }
 [ -f "$OUT/floors.txt" ] && { echo "--- scan forward vs its floor (floors.txt) ---"; sed -n 2p "$OUT/floors.txt"; grep -E "^(op|selective_scan .* fwd )" "$OUT/floors.txt"; }
 # PACK=1 (for the lent machine, which returns at most 8 files from $OUT): pack everything into one
-# archive and keep only the summary, the environment, the kernel benchmark's log, its comparison
-# with the baseline and its floors beside it.
+# archive and keep only the summary, the environment, the kernel benchmark's log, its bars, its
+# comparison with the baseline and its floors beside it.
 [ "${PACK:-0}" = 1 ] && tar czf /tmp/gpu_check.tar.gz -C "$OUT" . && find "$OUT" -mindepth 1 -maxdepth 1 \
-  ! -name summary.txt ! -name env.txt ! -name bench_kernels.log ! -name compare.txt ! -name floors.txt -exec rm -rf {} + \
+  ! -name summary.txt ! -name env.txt ! -name bench_kernels.log ! -name bars.txt ! -name compare.txt \
+  ! -name floors.txt -exec rm -rf {} + \
   && mv /tmp/gpu_check.tar.gz "$OUT/" && echo "(everything in \$OUT/gpu_check.tar.gz)"
 [ "$build_rc" = 0 ] || [ "$build_rc" = skip ] || exit 1
 [ "$test_rc" = 0 ] || [ "$test_rc" = skip ] || exit 1

@@ -1,10 +1,10 @@
 """Floors: the least time any exact implementation can take, from the two ceilings of the device.
 
-    python -m benchmarks.floors [RUN.csv] [--sm-clock-mhz F] [--all]
+    python -m tools.gpu.floors [RUN.csv] [--sm-clock-mhz F] [--all]
 
 A floor is the larger of two times:
 
-- bytes: what the minimal algorithm moves (``kernels.min_bytes``: each input read once, each
+- bytes: what the minimal algorithm moves (``benchmarks.kernels.min_bytes``: each input read once, each
   output written once) over the device-to-device copy bandwidth measured in the run;
 - exp2: the decays exp(delta * A) every exact selective scan evaluates, one per (row, step,
   state) in the forward and again in the backward (storing them would move (batch, dim, L, N)
@@ -18,8 +18,7 @@ blocks evaluates every exp2 twice (chunk summaries, then the chunks from their e
 its own floor is twice the exp2 term.  Both are printed per cell: ``max % copy`` (one exp2 per
 step and state) and ``split`` (two).
 
-The default RUN is the committed H200 run.  Rows of ``kernels.py`` runs on a GPU carry
-``floor_ms`` and ``pct_floor`` (floor / time) themselves.
+The default RUN is the committed H200 run.
 """
 from __future__ import annotations
 
@@ -29,15 +28,15 @@ import os
 from dataclasses import dataclass
 
 from benchmarks import shapes
+from benchmarks.common import format_table
+from benchmarks.kernels import DTYPES, min_bytes
+from tools.gpu.runs import H200_RUN, read_csv
 
 EX2_PER_CLOCK_PER_SM = 16
 # Highest SM clock (MHz) by device name, for runs that did not record one (nvidia-smi's
 # clocks.max.sm where a run can ask; these are the published boost clocks).
 MAX_SM_CLOCK_MHZ = {"H200": 1980, "H100 80GB HBM3": 1980, "H100 SXM": 1980, "H100 NVL": 1785,
                     "H100 PCIe": 1755, "A100": 1410}
-DEFAULT_RUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "nvidia-h200",
-                           "kernels-gpu-bar.csv")
-_ITEM = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass(frozen=True)
@@ -69,36 +68,10 @@ def exp2_count(op: str, w: shapes.Workload, batch: int, mode: str) -> int:
 
 def floor(op: str, w: shapes.Workload, batch: int, dtype: str, mode: str, rates: Rates) -> dict:
     """{'bytes_s', 'exp2_s', 'floor_s', 'bound'} for one cell."""
-    from benchmarks.kernels import DTYPES, min_bytes  # kernels imports this module
     bytes_s = min_bytes(op, w, batch, DTYPES[dtype], mode) / rates.copy_bw
     exp2_s = exp2_count(op, w, batch, mode) / rates.ex2_per_s
     return dict(bytes_s=bytes_s, exp2_s=exp2_s, floor_s=max(bytes_s, exp2_s),
                 bound="exp2" if exp2_s > bytes_s else "bytes")
-
-
-def annotate(rows: list[dict], rates: Rates) -> None:
-    """Add ``floor_ms`` and ``pct_floor`` (floor / measured time, %) to every timed row of a run."""
-    for r in rows:
-        if r["shape"] in shapes.WORKLOADS and not math.isnan(r["ms"]):
-            f = floor(r["op"], shapes.get(r["shape"]), r["batch"], r["dtype"], r["mode"], rates)
-            r["floor_ms"] = f["floor_s"] * 1e3
-            r["pct_floor"] = 100 * r["floor_ms"] / r["ms"]
-
-
-# ----------------------------------------------------------------------------- the CLI
-
-def read_csv(path: str) -> tuple[dict, list[dict]]:
-    """(meta, rows) of a ``benchmarks.kernels`` CSV."""
-    import csv
-    meta, lines = {}, []
-    with open(path, newline="") as f:
-        for line in f:
-            if line.startswith("# ") and ": " in line and not line.startswith("# verdict:"):
-                k, v = line[2:].rstrip("\n").split(": ", 1)
-                meta[k] = v
-            elif not line.startswith("#"):
-                lines.append(line)
-    return meta, list(csv.DictReader(lines))
 
 
 def rates_of(meta: dict, sm_clock_mhz: float | None = None) -> Rates:
@@ -124,14 +97,11 @@ def table(meta: dict, rows: list[dict], rates: Rates, providers=("cuda",)) -> li
     for r in rows:
         if r["provider"] not in providers or r["shape"] not in shapes.WORKLOADS:
             continue
-        try:
-            ms = float(r["ms"])
-        except ValueError:
-            ms = math.nan
+        ms = r["ms"]
         if math.isnan(ms):
             continue
         w = shapes.get(r["shape"])
-        f = floor(r["op"], w, int(r["batch"]), r["dtype"], r["mode"], rates)
+        f = floor(r["op"], w, r["batch"], r["dtype"], r["mode"], rates)
         line = dict(op=r["op"], shape=r["shape"], dtype=r["dtype"], mode=r["mode"], provider=r["provider"],
                     ms=ms, bytes_us=f["bytes_s"] * 1e6, exp2_us=f["exp2_s"] * 1e6,
                     floor_us=f["floor_s"] * 1e6, bound=f["bound"], gap=ms * 1e3 / (f["floor_s"] * 1e6))
@@ -143,8 +113,8 @@ def table(meta: dict, rows: list[dict], rates: Rates, providers=("cuda",)) -> li
 
 
 def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", nargs="?", default=DEFAULT_RUN, help="a benchmarks.kernels CSV from a GPU run")
+    p = argparse.ArgumentParser(prog="python -m tools.gpu.floors", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", nargs="?", default=H200_RUN, help="a benchmarks.kernels CSV from a GPU run")
     p.add_argument("--sm-clock-mhz", type=float, help="SM clock to assume (default: recorded or published)")
     p.add_argument("--all", action="store_true", help="every provider, not only cuda")
     a = p.parse_args(argv)
@@ -157,7 +127,6 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(f"{a.run}: {e}") from None
     providers = sorted({r["provider"] for r in rows}) if a.all else ("cuda",)
     lines = table(meta, rows, rates, providers)
-    from benchmarks.common import format_table
     print(f"# {meta.get('summary', a.run)}")
     print(f"# ceilings: copy {rates.copy_bw / 1e9:.0f} GB/s (measured in the run); ex2 {rates.sms} SMs x "
           f"{EX2_PER_CLOCK_PER_SM}/clock x {rates.sm_clock_hz / 1e6:.0f} MHz = {rates.ex2_per_s / 1e12:.2f} T/s")

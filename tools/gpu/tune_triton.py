@@ -1,4 +1,4 @@
-"""Sweep the Triton kernels' tile knobs on a GPU: ``python -m benchmarks.tune_triton [--op ...]``.
+"""Sweep the Triton kernels' tile knobs on a GPU: ``python -m tools.gpu.tune_triton [--op ...]``.
 
 Times fwd+bwd of the triton backend for every variant of the module's ``TUNE`` knobs (scan:
 block_t x block_d x backward warps; conv: block_t x block_d x warps) at one workload, and prints
@@ -65,7 +65,7 @@ def sweep(op: str, shape: str, dtype: str, device: str, knobs: dict | None = Non
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.tune_triton", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.gpu.tune_triton", description=__doc__.splitlines()[0])
     ap.add_argument("--op", default="selective_scan", choices=sorted(KNOBS))
     ap.add_argument("--shape", default="vim-ti-s16")
     ap.add_argument("--dtype", default="float32", choices=sorted(kernels.DTYPES))

@@ -1,11 +1,9 @@
-"""benchmarks.floors: the two ceilings' times, checked by hand on the bar shapes and the committed run."""
-import math
-
+"""tools.gpu.floors: the two ceilings' times, checked by hand on the bar shapes and the committed run."""
 import pytest
 
-from benchmarks import floors, shapes
-
-H200_RUN = floors.DEFAULT_RUN
+from benchmarks import shapes
+from tools.gpu import floors
+from tools.gpu.runs import H200_RUN
 
 
 def test_exp2_count_is_one_per_row_step_state_and_pass():
@@ -48,17 +46,6 @@ def test_rates_need_a_gpu_run():
         floors.rates_of({"device": "Some GPU", "copy_gbps": "1000", "sm_count": "10"})
     r = floors.rates_of({"device": "Some GPU", "copy_gbps": "1000", "sm_count": "10"}, sm_clock_mhz=1000)
     assert r.ex2_per_s == 10 * 16 * 1e9 and r.copy_bw == 1e12
-
-
-def test_annotate_adds_floor_columns_to_timed_rows_only():
-    rates = floors.Rates(copy_bw=4e12, sms=132, sm_clock_hz=1.98e9)
-    base = dict(op="selective_scan", shape="vim-ti-s16", batch=128, dtype="float32", mode="fwd")
-    rows = [dict(base, ms=0.2), dict(base, ms=math.nan)]
-    floors.annotate(rows, rates)
-    expect = floors.floor("selective_scan", shapes.get("vim-ti-s16"), 128, "float32", "fwd", rates)["floor_s"]
-    assert rows[0]["floor_ms"] == pytest.approx(expect * 1e3)
-    assert rows[0]["pct_floor"] == pytest.approx(100 * expect * 1e3 / 0.2)
-    assert "floor_ms" not in rows[1]
 
 
 def test_cli_on_the_committed_h200_run(capsys):
