@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 
-from .engine.errors import UserError
+from .errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,23 +28,28 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     t.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a checkpoint (default: the run folder's checkpoint.safetensors)")
+    t.set_defaults(func=_cmd_train, trailing="overrides")
     e = sub.add_parser("eval", help="evaluate weights on the config's evaluation data")
     e.add_argument("config")
     e.add_argument("overrides", nargs="*")
     e.add_argument("--weights", required=True, help="model .safetensors (or a training checkpoint)")
+    e.set_defaults(func=_cmd_eval, trailing="overrides")
     d = sub.add_parser("demo", help="the end-to-end demo on synthetic data (no data on disk)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--scale", type=float, default=1.0, help="multiply every training length by this")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--backend", default=None)
+    d.set_defaults(func=_cmd_demo)
     f = sub.add_parser("flops", help="count FLOPs of a registered model")
     f.add_argument("model")
     f.add_argument("--input", default="3,224,224", help="C,H,W of one input")
     f.add_argument("kwargs", nargs="*", help="model keyword arguments key=value")
+    f.set_defaults(func=_cmd_flops, trailing="kwargs")
     b = sub.add_parser("bench", help="run benchmarks.kernels or benchmarks.models")
     b.add_argument("which", choices=["kernels", "models"])
     b.add_argument("args", nargs=argparse.REMAINDER)
-    sub.add_parser("models", help="list registered models")
+    b.set_defaults(func=_cmd_bench)
+    sub.add_parser("models", help="list registered models").set_defaults(func=_cmd_models)
     return p
 
 
@@ -70,20 +75,31 @@ def _cmd_train(a) -> int:
 
 
 def _cmd_eval(a) -> int:
-    from .distill.tasks import create
-    from .engine.checkpoint import load_into, load_weights
+    from .checkpoint import load_into, load_weights
+    from .distill.tasks import create, task_class
     from .engine.config import load_config
-    from .engine.trainer import build_data, evaluate
+    from .engine.kinds import build_data, evaluate
     cfg = load_config(a.config, a.overrides)
     # a distillation config evaluates its student on the student's view
     _, eval_ds, num_classes = build_data(cfg)
     extra = {} if num_classes is None else {"num_classes": num_classes}
     model = create(cfg["model"], cfg, "model", **extra)
     load_into(model, load_weights(a.weights), a.weights)
-    kind = "sr" if cfg["task"] in ("sr", "dvmsr_kd") else "classify"
-    m = evaluate(model, kind, eval_ds, cfg)
+    m = evaluate(model, task_class(cfg["task"]).kind, eval_ds, cfg)
     for k, v in m.items():
         print(f"{k}: {v:.4f}")
+    return 0
+
+
+def _cmd_demo(a) -> int:
+    from .engine.demo import run_demo
+    run_demo(a.out, scale=a.scale, seed=a.seed, backend=a.backend)
+    return 0
+
+
+def _cmd_models(a) -> int:
+    import vimd_models
+    print("\n".join(vimd_models.list_models()))
     return 0
 
 
@@ -122,36 +138,20 @@ def _one_line(msg: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     a, rest = parser.parse_known_args(argv)
-    if rest:  # overrides may come after options: vimd eval cfg --weights w data.root=...
-        if a.cmd in ("train", "eval", "flops") and all("=" in r and not r.startswith("-") for r in rest):
-            field = "kwargs" if a.cmd == "flops" else "overrides"
+    if rest:  # key=value arguments may come after options: vimd eval cfg --weights w data.root=...
+        field = getattr(a, "trailing", None)
+        if field and all("=" in r and not r.startswith("-") for r in rest):
             setattr(a, field, list(getattr(a, field)) + rest)
         else:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        if a.cmd == "train":
-            return _cmd_train(a)
-        if a.cmd == "eval":
-            return _cmd_eval(a)
-        if a.cmd == "demo":
-            from .engine.demo import run_demo
-            run_demo(a.out, scale=a.scale, seed=a.seed, backend=a.backend)
-            return 0
-        if a.cmd == "flops":
-            return _cmd_flops(a)
-        if a.cmd == "bench":
-            return _cmd_bench(a)
-        if a.cmd == "models":
-            import vimd_models
-            print("\n".join(vimd_models.list_models()))
-            return 0
+        return a.func(a)
     except UserError as e:
         print(f"vimd: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vimd: interrupted", file=sys.stderr)
         return 130
-    return 1
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from vimd_models.data import (EpochSampler, ImageList, SRPairs, SyntheticFineGra
 from vimd_models.data import folders
 from vimd_models.data.transforms import LowResProtocol, load_image, resize
 from vimd_models.engine.config import load_config
-from vimd_models.engine.errors import UserError
+from vimd_models.errors import UserError
 
 
 def _img(path, seed, size=(20, 24)):

@@ -7,9 +7,9 @@ import torch
 
 import vimd_models
 from vimd_models.distill.tasks import build_task
-from vimd_models.engine.checkpoint import save_weights
+from vimd_models.checkpoint import save_weights
 from vimd_models.engine.config import load_config
-from vimd_models.engine.errors import UserError
+from vimd_models.errors import UserError
 from vimd_models.engine.trainer import train
 
 VIM = {"embed_dim": 16, "depth": 2, "d_state": 4, "patch_size": 8, "stride": 8, "img_size": 32}
@@ -118,3 +118,20 @@ def test_sr_run_writes_outputs(tmp_path):
         assert os.path.isfile(os.path.join(r["run_dir"], f)), f
     assert r["last"]["val_psnr"] > 5 and 0 < r["last"]["val_ssim"] <= 1
     assert load_config(os.path.join(r["run_dir"], "config.yaml"))["model"]["kwargs"] == {"embed_dim": 8, "depths": [1]}
+
+
+def test_task_table_declares_what_the_engine_reads():
+    from vimd_models.distill.tasks import TASKS, register_task, task_class
+    from vimd_models.engine.kinds import KINDS
+    assert set(TASKS) == {"classify", "sr", "dvmsr_kd", "vimd", "dfkd"}
+    cfg = load_config(None, ["data.views=lr"])
+    for name, cls in TASKS.items():
+        assert cls.name == name and cls.kind in KINDS
+        if cls.kind == "classify":
+            assert all(v in ("hr", "lr", "hr_lr") for v in cls.views(cfg))
+    assert TASKS["vimd"].views(cfg) == ("hr_lr", "lr") and TASKS["classify"].views(cfg) == ("lr", "lr")
+    assert [n for n, c in TASKS.items() if c.data_free] == ["dfkd"]
+    with pytest.raises(UserError, match="unknown task 'kd'; known tasks: classify, sr, dvmsr_kd, vimd, dfkd"):
+        task_class("kd")
+    with pytest.raises(ValueError, match="already registered"):
+        register_task("sr")(type("Again", (TASKS["sr"],), {}))

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from vimd_models.engine.checkpoint import load_into, load_state, load_weights, save_state, save_weights
+from vimd_models.checkpoint import load_into, load_state, load_weights, save_state, save_weights
 from vimd_models.engine.config import load_config, parse_override
-from vimd_models.engine.errors import UserError
+from vimd_models.errors import UserError
 from vimd_models.engine.metrics import psnr_y, rgb_to_y, ssim_y, topk_correct
 from vimd_models.engine.optim import lr_at
 
@@ -174,6 +174,19 @@ def test_bf16_autocast_step(tmp_path):
                              "train.epochs=1", "train.amp=bf16", "train.progress=false", f"output_dir={tmp_path}"])
     r = train(cfg)
     assert math.isfinite(r["last"]["train_loss"]) and r["history"][0]["step"] == 2
+
+
+def test_step_callbacks_and_trainer_parts(tmp_path):
+    from vimd_models.engine.trainer import Trainer
+    cfg = load_config(None, ["backend=ref", "model.name=vim_micro", "model.kwargs={embed_dim: 16, depth: 1, d_state: 4}",
+                             "data.img_size=32", "data.train_size=12", "data.val_size=4", "data.batch_size=4",
+                             "train.epochs=2", "train.progress=false", f"output_dir={tmp_path}"])
+    seen = []
+    trainer = Trainer(cfg, on_step_end=[lambda tr, step: seen.append((step, tr.pos["step_in_epoch"]))])
+    assert trainer.steps_per_epoch == 3 and trainer.total_steps == 6
+    r = trainer.fit()
+    assert seen == [(1, 1), (2, 2), (3, 3), (4, 1), (5, 2), (6, 3)]
+    assert [h["step"] for h in r["history"]] == [3, 6] and r["best"]["val_top1"] >= 0
 
 
 def test_cli_models_and_flops():

@@ -15,17 +15,20 @@ COMMON = ["task=classify", "model.name=vim_micro", "model.kwargs={drop_path_rate
           "backend=ref"]
 
 
-def _run(out, *extra):
+TRAIN = ["-m", "vimd_models.cli", "train"]
+
+
+def _run(out, *extra, cmd=TRAIN):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "vimd_models.cli", "train", os.path.join(ROOT, "configs", "demo_teacher.yaml"),
-                           *COMMON, f"output_dir={out}", *extra], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, *cmd, os.path.join(ROOT, "configs", "demo_teacher.yaml"), *COMMON,
+                           f"output_dir={out}", *extra], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
 def test_sigkill_mid_epoch_then_resume_matches(tmp_path):
     ref = _run(tmp_path / "a", "name=run")
     assert ref.returncode == 0, ref.stderr
     # 6 steps per epoch: die at global step 9 (mid epoch 2; the last checkpoint is from step 8)
-    killed = _run(tmp_path / "b", "name=run", "train.kill_after_step=9")
+    killed = _run(tmp_path / "b", "name=run", cmd=["-m", "tests.engine.killed_run", "9"])
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not os.path.exists(tmp_path / "b" / "run" / "model.safetensors")
     resumed = _run(tmp_path / "b", "name=run", "--resume")

@@ -5,14 +5,11 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..engine.errors import UserError
+from ..errors import UserError
 from .folders import READERS, ImageList
 from .sr import SRPairs, SyntheticSR
 from .synthetic import SyntheticFineGrained
 from .transforms import LowResProtocol, random_crop_pair
-
-CLASSIFICATION = ("synthetic",) + tuple(READERS)
-SR = ("synthetic", "sr_folder")
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -93,50 +90,73 @@ def make_loader(ds, batch_size: int, seed: int, epoch: int, train: bool, num_wor
                       drop_last=train, persistent_workers=False, generator=_gen(seed + epoch))
 
 
-def _base_classification(cfg: dict, split: str):
+def _synthetic_classification(cfg: dict, split: str) -> SyntheticFineGrained:
+    d = cfg["data"]
+    n = d["train_size"] if split == "train" else d["val_size"]
+    return SyntheticFineGrained(d["num_classes"], n, split, cfg["seed"], render_size=d["img_size"] * 5 // 4)
+
+
+def _on_disk_classification(cfg: dict, split: str) -> ImageList:
     d = cfg["data"]
     name = d["dataset"]
-    if name == "synthetic":
-        n = d["train_size"] if split == "train" else d["val_size"]
-        return SyntheticFineGrained(d["num_classes"], n, split, cfg["seed"], render_size=d["img_size"] * 5 // 4)
-    if name not in READERS:
-        raise UserError(f"config 'data.dataset': unknown classification dataset {name!r}; "
-                        f"choose one of {', '.join(CLASSIFICATION)}")
     if not d["root"]:
         raise UserError(f"config 'data.root' must name the {name} dataset folder")
     samples, classes = READERS[name](d["root"], split)
     return ImageList(samples, classes, where=f"{name} at {d['root']} ({split})")
 
 
+# data.dataset -> (cfg, split) -> base dataset with .get(i) -> (image, label) and .num_classes
+CLASSIFICATION = {"synthetic": _synthetic_classification, **dict.fromkeys(READERS, _on_disk_classification)}
+
+
+def _synthetic_sr(cfg: dict, split: str) -> SyntheticSR:
+    d = cfg["data"]
+    n = d["train_size"] if split == "train" else d["val_size"]
+    return SyntheticSR(d["patch_size"], n, split, cfg["seed"], d["scale"])
+
+
+def _sr_folder(cfg: dict, split: str) -> SRPairs:
+    d = cfg["data"]
+    if split != "train":
+        raise UserError("config 'data.test_sets' must list HR folders to evaluate on (e.g. Set5, Set14)")
+    if not d["root"]:
+        raise UserError("config 'data.root' must name the HR training image folder")
+    return SRPairs(d["root"], d["scale"], d["lr_root"])
+
+
+# data.dataset -> (cfg, split) -> base dataset with .get(i) -> (hr, lr); evaluation on data.test_sets
+# (HR folders) takes precedence over the dataset's own evaluation split
+SR = {"synthetic": _synthetic_sr, "sr_folder": _sr_folder}
+
+
 def build_classification(cfg: dict, split: str, views: str | None = None) -> ClassificationData:
     d = cfg["data"]
     proto = LowResProtocol(d["img_size"], d["lr_size"], train=split == "train", scale_min=d["scale_min"],
                            hflip=d["hflip"])
-    return ClassificationData(_base_classification(cfg, split), proto, views or d["views"])
+    build = CLASSIFICATION.get(d["dataset"])
+    if build is None:
+        raise UserError(f"config 'data.dataset': unknown classification dataset {d['dataset']!r}; "
+                        f"choose one of {', '.join(CLASSIFICATION)}")
+    return ClassificationData(build(cfg, split), proto, views or d["views"])
 
 
 def build_sr(cfg: dict, split: str) -> list[SRData]:
-    """Train: one dataset of patches. Eval: one dataset per test set (or the validation split)."""
+    """Train: one dataset of patches. Eval: one dataset per test set (or the dataset's validation split)."""
     d = cfg["data"]
     scale = d["scale"]
-    if split == "train":
-        if d["dataset"] == "synthetic":
-            base = SyntheticSR(d["patch_size"], d["train_size"], "train", cfg["seed"], scale)
-        elif d["dataset"] == "sr_folder":
-            if not d["root"]:
-                raise UserError("config 'data.root' must name the HR training image folder")
-            base = SRPairs(d["root"], scale, d["lr_root"])
-        else:
-            raise UserError(f"config 'data.dataset': {d['dataset']!r} is not an SR dataset; use one of {SR}")
-        if d["patch_size"] % scale:
-            raise UserError(f"config 'data.patch_size' ({d['patch_size']}) must be a multiple of data.scale ({scale})")
-        return [SRData(base, d["patch_size"], scale)]
-    if d["test_sets"]:
+    if split != "train" and d["test_sets"]:
         return [SRData(SRPairs(p, scale), None, scale) for p in d["test_sets"]]
-    if d["dataset"] == "synthetic":
-        return [SRData(SyntheticSR(d["patch_size"], d["val_size"], "val", cfg["seed"], scale), None, scale)]
-    raise UserError("config 'data.test_sets' must list HR folders to evaluate on (e.g. Set5, Set14)")
+    build = SR.get(d["dataset"])
+    if build is None:
+        raise UserError(f"config 'data.dataset': {d['dataset']!r} is not an SR dataset; use one of {', '.join(SR)}")
+    base = build(cfg, split)
+    if split != "train":
+        return [SRData(base, None, scale)]
+    if d["patch_size"] % scale:
+        raise UserError(f"config 'data.patch_size' ({d['patch_size']}) must be a multiple of data.scale ({scale})")
+    return [SRData(base, d["patch_size"], scale)]
 
 
 __all__ = ["SyntheticFineGrained", "LowResProtocol", "ClassificationData", "SRData", "EpochSampler",
-           "make_loader", "build_classification", "build_sr", "ImageList", "SRPairs", "READERS"]
+           "make_loader", "build_classification", "build_sr", "ImageList", "SRPairs", "READERS",
+           "CLASSIFICATION", "SR"]

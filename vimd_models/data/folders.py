@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from ..engine.errors import UserError
+from ..errors import UserError
 from .transforms import load_image
 
 IMG_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")

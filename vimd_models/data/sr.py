@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from ..engine.errors import UserError
+from ..errors import UserError
 from .folders import IMG_EXT
 from .transforms import load_image, resize
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..engine.errors import UserError
+from ..errors import UserError
 
 
 def load_image(path: str) -> torch.Tensor:

@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ..checkpoint import load_weights
+from ..errors import UserError
+
 
 class SAM(nn.Module):
     """Spatial attention module: F' = lam * (softmax_HW(A) * HW) * F + F."""
@@ -157,6 +160,46 @@ class StatHooks:
         for h in self.handles:
             h.remove()
         self.handles = []
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _bn_prior(teacher: nn.Module, f: dict):
+    if not has_batchnorm(teacher):
+        raise UserError("config 'distill.dfkd.prior' = bn but the teacher has no BatchNorm layers; "
+                        "use norm_stats with statistics recorded during teacher training")
+    return StatHooks(teacher, "bn"), None
+
+
+def _norm_stats_prior(teacher: nn.Module, f: dict):
+    if not f["norm_stats"]:
+        raise UserError("config 'distill.dfkd.norm_stats' must point to the teacher's norm_stats.safetensors")
+    ref = load_weights(f["norm_stats"])
+    hooks = StatHooks(teacher, "norm")
+    missing = [n for n in hooks.names if f"{n}.mean" not in ref]
+    if missing:
+        raise UserError(f"{f['norm_stats']} has no statistics for teacher layers {missing[:3]}")
+    return hooks, [(ref[f"{n}.mean"], ref[f"{n}.var"]) for n in hooks.names]
+
+
+def _no_prior(teacher: nn.Module, f: dict):
+    return None, None
+
+
+# distill.dfkd.prior -> (teacher, dfkd config) -> (StatHooks on the teacher or None, reference
+# (mean, var) per hooked layer, or None for the BatchNorm running statistics)
+PRIORS = {"bn": _bn_prior, "norm_stats": _norm_stats_prior, "none": _no_prior}
+
+
+def build_prior(teacher: nn.Module, f: dict):
+    """The data-free prior named by ``f["prior"]``; "auto": bn for a BatchNorm teacher, else
+    norm_stats when statistics were given, else none."""
+    prior = f["prior"]
+    if prior == "auto":
+        prior = "bn" if has_batchnorm(teacher) else ("norm_stats" if f["norm_stats"] else "none")
+    return PRIORS[prior](teacher, f)
 
 
 @torch.no_grad()

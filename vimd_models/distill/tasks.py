@@ -1,9 +1,11 @@
 """One task object per training method, so one engine trains them all.
 
 A task is an ``nn.Module`` holding the trained model (``self.model``), any frozen teacher and any
-trainable auxiliary modules; ``forward(batch) -> (loss, {component: value})``. Its ``kind``
-("classify" / "sr") picks the evaluation; ``train_views`` / ``eval_views`` pick the views the
-classification loaders yield (see vimd_models.data).
+trainable auxiliary modules; ``forward(batch) -> (loss, {component: value})``. Each task class is
+registered in ``TASKS`` under its config name (``task: ...``) and declares, as class attributes,
+what the engine needs before the task exists: its ``kind`` ("classify" / "sr": the data form, the
+evaluation and its metrics), the classification ``views`` it trains and evaluates on (see
+vimd_models.data) and whether it is ``data_free``.
 """
 from __future__ import annotations
 
@@ -11,16 +13,39 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..engine.checkpoint import load_into, load_weights
-from ..engine.errors import UserError
+from ..checkpoint import load_into, load_weights
+from ..errors import UserError
+from ..registry import create_model
 from . import losses
-from .dfkd import (AttentionGenerator, MixedHighOrderAttention, StatHooks, as_map, mhad_loss, pre_logits,
-                   projector)
+from .dfkd import AttentionGenerator, MixedHighOrderAttention, as_map, build_prior, mhad_loss, pre_logits, projector
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(name: str):
+    """Class decorator: ``TASKS[name] = cls``; ``name`` is the config's ``task`` value."""
+    def deco(cls):
+        if name in TASKS:
+            raise ValueError(f"task {name!r} is already registered ({TASKS[name].__name__})")
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+    return deco
+
+
+def task_class(name: str) -> type[Task]:
+    if name not in TASKS:
+        raise UserError(f"config 'task': unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def build_task(cfg: dict, num_classes: int | None = None) -> Task:
+    """The task named by ``cfg["task"]``; ``num_classes`` comes from the data (classification kinds)."""
+    return task_class(cfg["task"])(cfg, num_classes)
 
 
 def create(spec: dict, cfg: dict, what: str, **extra) -> nn.Module:
     """create_model from a config section {name, kwargs}; config mistakes become UserErrors."""
-    import vimd_models
     kwargs = {**extra, **(spec.get("kwargs") or {})}
     for k, v in extra.items():
         if k in (spec.get("kwargs") or {}) and spec["kwargs"][k] != v:
@@ -28,7 +53,7 @@ def create(spec: dict, cfg: dict, what: str, **extra) -> nn.Module:
     if not spec.get("name"):
         raise UserError(f"config '{what}.name' must name a registered model")
     try:
-        return vimd_models.create_model(spec["name"], backend=cfg["backend"], **kwargs)
+        return create_model(spec["name"], backend=cfg["backend"], **kwargs)
     except (ValueError, TypeError) as e:
         raise UserError(f"config '{what}': {e}") from None
 
@@ -49,13 +74,28 @@ def load_teacher(cfg: dict, **extra) -> nn.Module:
 
 
 class Task(nn.Module):
+    """Base task. Class attributes:
+
+    kind: "classify" (loaders yield views + label; top-1 / top-5) or "sr" ((lr, hr) pairs; PSNR / SSIM);
+    train_views / eval_views: the classification views, "hr", "lr" or "hr_lr" (read through ``views``);
+    data_free: no training set, the task makes its own inputs (``train.steps_per_epoch`` sets the epoch);
+    records_norm_stats: ``train.record_norm_stats`` saves the trained model's norm-input statistics;
+    ddp_ok: False when the engine must all-reduce gradients itself (tasks with inner optimisers).
+    """
+    name = ""  # set by register_task
     kind = "classify"
     train_views = "hr"
     eval_views = "hr"
     data_free = False
-    ddp_ok = True  # False: the engine all-reduces gradients itself (tasks with inner optimisers)
+    records_norm_stats = False
+    ddp_ok = True
 
-    def __init__(self, cfg: dict):
+    @classmethod
+    def views(cls, cfg: dict) -> tuple[str, str]:
+        """(train view, evaluation view) of the classification loaders."""
+        return cls.train_views, cls.eval_views
+
+    def __init__(self, cfg: dict, num_classes: int | None = None):
         super().__init__()
         self.cfg = cfg
         self.frozen: list[nn.Module] = []
@@ -77,13 +117,20 @@ class Task(nn.Module):
         return int(batch[0].shape[0])
 
 
+@register_task("classify")
 class ClassifyTask(Task):
-    """Supervised classifier (HRVM-Net teacher, ResNet-34, ...): CE with label smoothing."""
+    """Supervised classifier (HRVM-Net teacher, ResNet-34, ...): CE with label smoothing. Trains and
+    evaluates on ``data.views`` (one view: hr_lr is read as hr)."""
+    records_norm_stats = True
 
-    def __init__(self, cfg: dict, num_classes: int):
+    @classmethod
+    def views(cls, cfg: dict) -> tuple[str, str]:
+        v = cfg["data"]["views"] if cfg["data"]["views"] != "hr_lr" else "hr"
+        return v, v
+
+    def __init__(self, cfg: dict, num_classes: int | None = None):
         super().__init__(cfg)
         self.model = create(cfg["model"], cfg, "model", num_classes=num_classes)
-        self.train_views = self.eval_views = cfg["data"]["views"] if cfg["data"]["views"] != "hr_lr" else "hr"
 
     def forward(self, batch):
         x, y = batch
@@ -91,11 +138,13 @@ class ClassifyTask(Task):
         return loss, {"ce": loss.detach()}
 
 
+@register_task("sr")
 class SRTask(Task):
     """SR training (SRResNet, DVMSR): L1 on (lr, hr) pairs."""
     kind = "sr"
+    train_views = eval_views = None  # SR data has one form: (lr, hr) pairs
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, num_classes: int | None = None):
         super().__init__(cfg)
         self.model = create(cfg["model"], cfg, "model")
 
@@ -104,10 +153,11 @@ class SRTask(Task):
         return losses.sr_kd(self.model(lr), hr)
 
 
+@register_task("dvmsr_kd")
 class DVMSRKDTask(SRTask):
     """DVMSR student with the teacher's output as extra supervision: L1(S, HR) + lam * L1(S, T)."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, num_classes: int | None = None):
         super().__init__(cfg)
         self.teacher = load_teacher(cfg)
         self.frozen = [self.teacher]
@@ -127,12 +177,13 @@ def _hsd_indices(spec) -> list[int] | None:
     return list(spec)
 
 
+@register_task("vimd")
 class ViMDTask(Task):
     """SRVM-Net student on LR, frozen HRVM-Net teacher on HR: CE + alpha * (L_LD + beta * L_HSD)."""
     train_views = "hr_lr"
     eval_views = "lr"
 
-    def __init__(self, cfg: dict, num_classes: int):
+    def __init__(self, cfg: dict, num_classes: int | None = None):
         super().__init__(cfg)
         self.model = create(cfg["model"], cfg, "model", num_classes=num_classes)
         sr_ckpt = cfg["model"].get("sr_checkpoint")
@@ -169,6 +220,7 @@ def _evenly(n: int, k: int) -> list[int]:
     return [round((i + 1) * n / k) - 1 for i in range(k)]
 
 
+@register_task("dfkd")
 class DFKDTask(Task):
     """DFKD-FGVC: adversarial data-free distillation; every cycle = gen_steps generator steps
     (w_bn * prior - L_KD) then student_steps student steps (L_KD + w_mhad L_MHAD + w_sfcl L_SFCL).
@@ -176,7 +228,7 @@ class DFKDTask(Task):
     data_free = True
     ddp_ok = False
 
-    def __init__(self, cfg: dict, num_classes: int):
+    def __init__(self, cfg: dict, num_classes: int | None = None):
         super().__init__(cfg)
         f = cfg["distill"]["dfkd"]
         self.model = create(cfg["model"], cfg, "model", num_classes=num_classes)
@@ -202,29 +254,8 @@ class DFKDTask(Task):
         self.adapters = nn.ModuleList(nn.Conv2d(s.shape[1], t.shape[1], 1) for s, t in zip(s_maps, t_maps))
         self.proj_t = projector(t_maps[-1].shape[1], f["proj_dim"])
         self.proj_s = projector(s_maps[-1].shape[1], f["proj_dim"])
-        self.prior, self.ref_stats = self._build_prior(f)
+        self.prior, self.ref_stats = build_prior(self.teacher, f)
         self.cycle_pos = 0
-
-    def _build_prior(self, f: dict):
-        prior = f["prior"]
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.teacher.modules())
-        if prior == "auto":
-            prior = "bn" if has_bn else ("norm_stats" if f["norm_stats"] else "none")
-        if prior == "bn":
-            if not has_bn:
-                raise UserError("config 'distill.dfkd.prior' = bn but the teacher has no BatchNorm layers; "
-                                "use norm_stats with statistics recorded during teacher training")
-            return StatHooks(self.teacher, "bn"), None
-        if prior == "norm_stats":
-            if not f["norm_stats"]:
-                raise UserError("config 'distill.dfkd.norm_stats' must point to the teacher's norm_stats.safetensors")
-            ref = load_weights(f["norm_stats"])
-            hooks = StatHooks(self.teacher, "norm")
-            missing = [n for n in hooks.names if f"{n}.mean" not in ref]
-            if missing:
-                raise UserError(f"{f['norm_stats']} has no statistics for teacher layers {missing[:3]}")
-            return hooks, [(ref[f"{n}.mean"], ref[f"{n}.var"]) for n in hooks.names]
-        return None, None
 
     def prior_loss(self) -> torch.Tensor:
         cur = self.prior.pop()
@@ -290,18 +321,3 @@ class DFKDTask(Task):
     def load_extra_state(self, state: dict) -> None:
         self.gen_opt.load_state_dict(state["gen_opt"])
         self.cycle_pos = int(state["cycle_pos"])
-
-
-def build_task(cfg: dict, num_classes: int | None = None) -> Task:
-    t = cfg["task"]
-    if t == "classify":
-        return ClassifyTask(cfg, num_classes)
-    if t == "sr":
-        return SRTask(cfg)
-    if t == "dvmsr_kd":
-        return DVMSRKDTask(cfg)
-    if t == "vimd":
-        return ViMDTask(cfg, num_classes)
-    if t == "dfkd":
-        return DFKDTask(cfg, num_classes)
-    raise UserError(f"config 'task': unknown task {t!r}")

@@ -11,12 +11,13 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
-
-TASKS = ("classify", "sr", "vimd", "dvmsr_kd", "dfkd")
+from ..distill.dfkd import PRIORS
+from ..distill.tasks import task_class
+from ..errors import UserError
+from .optim import OPTIMIZERS, SCHEDULES
 
 DEFAULTS: dict[str, Any] = {
-    "task": "classify",
+    "task": "classify",           # a name in vimd_models.distill.tasks.TASKS
     "name": None,                 # run name; default: config file stem
     "output_dir": "runs",         # the run writes to <output_dir>/<name>/
     "seed": 0,
@@ -71,7 +72,6 @@ DEFAULTS: dict[str, Any] = {
         "eval_every": 1,
         "progress": True,
         "record_norm_stats": False,  # classify: save the teacher's norm-input statistics
-        "kill_after_step": None,  # testing only: SIGKILL the process after this global step
     },
 }
 
@@ -155,19 +155,23 @@ def _check(cond: bool, msg: str) -> None:
         raise UserError(msg)
 
 
+def _one_of(value, choices, key: str) -> None:
+    _check(value in choices, f"config '{key}' must be one of {', '.join(choices)}, got {value!r}")
+
+
 def validate(cfg: dict) -> None:
     """Value checks that do not need the models or data."""
-    _check(cfg["task"] in TASKS, f"config 'task' must be one of {TASKS}, got {cfg['task']!r}")
+    task_class(cfg["task"])
     d, o, s, t = cfg["data"], cfg["optim"], cfg["sched"], cfg["train"]
     for k in ("batch_size", "eval_batch_size", "img_size", "lr_size", "scale", "num_classes"):
         _check(isinstance(d[k], int) and d[k] > 0, f"config 'data.{k}' must be a positive integer, got {d[k]!r}")
     _check(isinstance(d["num_workers"], int) and d["num_workers"] >= 0, "config 'data.num_workers' must be >= 0")
-    _check(d["views"] in ("hr", "lr", "hr_lr"), f"config 'data.views' must be hr, lr or hr_lr, got {d['views']!r}")
+    _one_of(d["views"], ("hr", "lr", "hr_lr"), "data.views")
     _check(isinstance(o["lr"], (int, float)) and o["lr"] > 0, f"config 'optim.lr' must be a positive number, got {o['lr']!r}")
-    _check(o["name"] in ("adamw", "adam", "sgd"), f"config 'optim.name' must be adamw, adam or sgd, got {o['name']!r}")
-    _check(s["name"] in ("cosine", "step", "none"), f"config 'sched.name' must be cosine, step or none, got {s['name']!r}")
+    _one_of(o["name"], OPTIMIZERS, "optim.name")
+    _one_of(s["name"], SCHEDULES, "sched.name")
     _check(isinstance(t["epochs"], int) and t["epochs"] > 0, f"config 'train.epochs' must be a positive integer, got {t['epochs']!r}")
-    _check(t["amp"] in ("none", "bf16"), f"config 'train.amp' must be none or bf16, got {t['amp']!r}")
+    _one_of(t["amp"], ("none", "bf16"), "train.amp")
     _check(isinstance(t["ema"], (int, float)) and 0 <= t["ema"] < 1, "config 'train.ema' must be in [0, 1)")
     _check(isinstance(t["ckpt_every"], int) and t["ckpt_every"] >= 0, "config 'train.ckpt_every' must be >= 0")
     spe = t["steps_per_epoch"]
@@ -175,8 +179,7 @@ def validate(cfg: dict) -> None:
     hl = cfg["distill"]["hsd_layers"]
     _check(hl in ("all", "last") or (isinstance(hl, list) and all(isinstance(i, int) for i in hl)),
            "config 'distill.hsd_layers' must be all, last or a list of layer indices")
-    _check(cfg["distill"]["dfkd"]["prior"] in ("auto", "bn", "norm_stats", "none"),
-           "config 'distill.dfkd.prior' must be auto, bn, norm_stats or none")
+    _one_of(cfg["distill"]["dfkd"]["prior"], ("auto", *PRIORS), "distill.dfkd.prior")
 
 
 def dump_config(cfg: dict, path: str) -> None:

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from ..distill.tasks import create, task_class
 from .config import load_config
 from .trainer import train
 
@@ -32,9 +33,8 @@ def _sized(cfg_name: str, scale: float, extra: list[str]) -> dict:
 
 
 def _flops(cfg: dict, shape: tuple) -> tuple[float, float]:
-    from ..distill.tasks import create
     from ..flops import count_flops
-    extra = {"num_classes": cfg["data"]["num_classes"]} if cfg["task"] in ("classify", "vimd") else {}
+    extra = {"num_classes": cfg["data"]["num_classes"]} if task_class(cfg["task"]).kind == "classify" else {}
     m = create(cfg["model"], cfg, "model", **extra)
     r = count_flops(m, (1, *shape))
     return r["counter"] / 1e6, r["full"] / 1e6

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import io
 
-from .checkpoint import atomic_write
+from ..checkpoint import atomic_write
 
 
 def write_summary(history: list[dict], path: str) -> None:

@@ -9,32 +9,50 @@ from torch import nn
 from ..registry import param_groups
 
 
+# optim.name -> (parameter groups, optim config) -> optimiser
+OPTIMIZERS = {
+    "adamw": lambda groups, o: torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"])),
+    "adam": lambda groups, o: torch.optim.Adam(groups, lr=o["lr"], betas=tuple(o["betas"])),
+    "sgd": lambda groups, o: torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=False),
+}
+
+
 def build_optimizer(module: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     o = cfg["optim"]
     groups = [g for g in param_groups(module, float(o["weight_decay"])) if g["params"]]
     if not groups:
         raise ValueError("the task has no trainable parameters")
-    if o["name"] == "adamw":
-        return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]))
-    if o["name"] == "adam":
-        return torch.optim.Adam(groups, lr=o["lr"], betas=tuple(o["betas"]))
-    return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=False)
+    return OPTIMIZERS[o["name"]](groups, o)
+
+
+def _cosine(step: int, base: float, warm: int, total_steps: int, steps_per_epoch: int, s: dict) -> float:
+    t = (step - warm) / max(1, total_steps - warm)
+    return float(s["min_lr"]) + 0.5 * (base - float(s["min_lr"])) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _step(step: int, base: float, warm: int, total_steps: int, steps_per_epoch: int, s: dict) -> float:
+    epoch = step // max(1, steps_per_epoch)
+    return base * float(s["gamma"]) ** sum(epoch >= m for m in s["milestones"])
+
+
+def _constant(step: int, base: float, warm: int, total_steps: int, steps_per_epoch: int, s: dict) -> float:
+    return base
+
+
+# sched.name -> the learning rate after warm-up:
+# (step, base lr, warm-up steps, total steps, steps per epoch, sched config) -> lr
+SCHEDULES = {"cosine": _cosine, "step": _step, "none": _constant}
 
 
 def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: dict) -> float:
-    """Learning rate at a global step: linear warm-up from warmup_lr, then cosine to min_lr (or step)."""
+    """Learning rate at a global step: linear warm-up from warmup_lr, then the schedule (cosine to
+    min_lr, step decay or constant)."""
     o, s = cfg["optim"], cfg["sched"]
     base = float(o["lr"])
     warm = int(round(float(s["warmup_epochs"]) * steps_per_epoch))
     if step < warm:
         return float(s["warmup_lr"]) + (base - float(s["warmup_lr"])) * step / warm
-    if s["name"] == "none":
-        return base
-    if s["name"] == "step":
-        epoch = step // max(1, steps_per_epoch)
-        return base * float(s["gamma"]) ** sum(epoch >= m for m in s["milestones"])
-    t = (step - warm) / max(1, total_steps - warm)
-    return float(s["min_lr"]) + 0.5 * (base - float(s["min_lr"])) * (1 + math.cos(math.pi * min(1.0, t)))
+    return SCHEDULES[s["name"]](step, base, warm, total_steps, steps_per_epoch, s)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
