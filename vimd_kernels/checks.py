@@ -1,15 +1,26 @@
-"""Up-front argument checks for the public ops: every error names the argument and what was expected."""
+"""Up-front argument checks for the public ops: every error names the argument and what was expected.
+
+The one validation layer in Python: the shapes, dtypes and devices every backend needs, then
+(``backend``) the limits the chosen backend's module declares in its capabilities. The C++
+bindings check again before a launch, as the last guard.
+"""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-FLOAT_IO = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from .backend import FLOAT_DTYPES as FLOAT_IO
+from .registry import capabilities
+
 MAX_CONV_WIDTH = 8
 
 
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
+
+
+def _names(dtypes) -> str:
+    return ", ".join(_name(d) for d in dtypes)
 
 
 def tensor(name: str, t, ndims=None, dtypes=None, optional=False) -> None:
@@ -23,8 +34,7 @@ def tensor(name: str, t, ndims=None, dtypes=None, optional=False) -> None:
         want = " or ".join(str(n) for n in ndims)
         raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(t.shape)}")
     if dtypes is not None and t.dtype not in dtypes:
-        want = ", ".join(_name(d) for d in dtypes)
-        raise TypeError(f"{name} must have dtype in ({want}), got {_name(t.dtype)}")
+        raise TypeError(f"{name} must have dtype in ({_names(dtypes)}), got {_name(t.dtype)}")
 
 
 def shape(name: str, t: Tensor, expected: tuple, what: str = "") -> None:
@@ -44,6 +54,11 @@ def _param_dtype(u: Tensor) -> tuple:
     return (torch.float64,) if u.dtype == torch.float64 else (torch.float32,)
 
 
+def _weight_dtypes(x: Tensor) -> tuple:
+    """Conv weight / bias: x's dtype or the parameter dtype."""
+    return tuple(dict.fromkeys((x.dtype,) + _param_dtype(x)))
+
+
 def selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
     tensor("u", u, (3,), FLOAT_IO)
     batch, dim, L = u.shape
@@ -57,9 +72,8 @@ def selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
     if A.shape[0] != dim or A.shape[1] < 1:
         raise ValueError(f"A must have shape ({dim}, N) with N >= 1, got {tuple(A.shape)}")
     N = A.shape[1]
-    bc_dtypes = tuple(dict.fromkeys((u.dtype,) + pd))
     for name, X in (("B", B), ("C", C)):
-        tensor(name, X, (2, 3, 4), bc_dtypes)
+        tensor(name, X, (2, 3, 4), _weight_dtypes(u))
         if X.dim() == 2:
             shape(name, X, (dim, N), "constant (dim, N)")
         elif X.dim() == 3:
@@ -92,7 +106,7 @@ def causal_conv1d(x, weight, bias, activation) -> Tensor:
     batch, dim, L = x.shape
     if L < 1 or dim < 1 or batch < 1:
         raise ValueError(f"x must be (batch, dim, L) with every size >= 1, got {tuple(x.shape)}")
-    wdt = tuple(dict.fromkeys((x.dtype,) + _param_dtype(x)))
+    wdt = _weight_dtypes(x)
     tensor("weight", weight, (2, 3), wdt)
     if weight.dim() == 3:
         if weight.shape[1] != 1:
@@ -115,13 +129,14 @@ def causal_conv1d(x, weight, bias, activation) -> Tensor:
 
 def mamba_inner(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
                 out_proj_weight, out_proj_bias, suffix: str = "", D=None, delta_bias=None) -> None:
-    """Shape checks tying the mixer's weights together (the ops re-check their own inputs)."""
+    """Shape and dtype checks tying the mixer's weights together."""
     tensor("xz", xz, (3,), FLOAT_IO)
     if xz.shape[1] % 2:
         raise ValueError(f"xz must be (batch, 2*d_inner, L), got an odd channel count {xz.shape[1]}")
     d_inner = xz.shape[1] // 2
     s = suffix
-    tensor("A" + s, A, (2,))
+    pd, wdt = _param_dtype(xz), _weight_dtypes(xz)  # what the conv and the scan take for xz's halves
+    tensor("A" + s, A, (2,), pd)
     if A.shape[0] != d_inner:
         raise ValueError(f"A{s} must have shape ({d_inner}, N) for xz with d_inner={d_inner}, "
                          f"got {tuple(A.shape)}")
@@ -141,7 +156,7 @@ def mamba_inner(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight
     tensor("out_proj_bias", out_proj_bias, (1,), optional=True)
     if out_proj_bias is not None:
         shape("out_proj_bias", out_proj_bias, (out_proj_weight.shape[0],))
-    tensor("conv1d_weight" + s, conv1d_weight, (2, 3))
+    tensor("conv1d_weight" + s, conv1d_weight, (2, 3), wdt)
     cw = conv1d_weight
     if cw.shape[0] != d_inner or (cw.dim() == 3 and cw.shape[1] != 1):
         raise ValueError(f"conv1d_weight{s} must have shape ({d_inner}, width) or ({d_inner}, 1, width) "
@@ -149,8 +164,8 @@ def mamba_inner(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight
     if not 2 <= cw.shape[-1] <= MAX_CONV_WIDTH:
         raise ValueError(f"conv1d_weight{s} width must be between 2 and {MAX_CONV_WIDTH}, "
                          f"got {cw.shape[-1]}")
-    for name, t in (("conv1d_bias", conv1d_bias), ("D", D), ("delta_bias", delta_bias)):
-        tensor(name + s, t, (1,), optional=True)
+    for name, t, dtypes in (("conv1d_bias", conv1d_bias, wdt), ("D", D, pd), ("delta_bias", delta_bias, pd)):
+        tensor(name + s, t, (1,), dtypes, optional=True)
         if t is not None:
             shape(name + s, t, (d_inner,))
     same_device("xz", xz, **{"conv1d_weight" + s: conv1d_weight, "conv1d_bias" + s: conv1d_bias,
@@ -158,3 +173,31 @@ def mamba_inner(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight
                              "delta_proj_weight" + s: delta_proj_weight, "A" + s: A,
                              "D" + s: D, "delta_bias" + s: delta_bias,
                              "out_proj_weight": out_proj_weight, "out_proj_bias": out_proj_bias})
+
+
+def backend(kernel: str, name: str, *, io: tuple, state: tuple | None = None,
+            width: tuple | None = None, reverse: bool = False) -> None:
+    """The limits of backend ``name``'s module for ``kernel`` (its declared capabilities), each
+    given as (argument name, tensor): ``io`` the row operand (its dtype), ``state`` A (N states),
+    ``width`` the conv weight (its last dimension)."""
+    caps = capabilities(kernel, name)
+    what = f"backend {name!r} of {kernel}"
+    arg, t = io
+    if t.dtype not in caps.dtypes:
+        raise TypeError(f"{arg}: {what} takes {_names(caps.dtypes)}, got {_name(t.dtype)}")
+    if state is not None and caps.max_state is not None and state[1].shape[-1] > caps.max_state:
+        raise ValueError(f"{state[0]}: {what} supports N <= {caps.max_state} states, "
+                         f"got N={state[1].shape[-1]}")
+    if width is not None and caps.max_width is not None and width[1].shape[-1] > caps.max_width:
+        raise ValueError(f"{width[0]}: {what} supports widths up to {caps.max_width}, "
+                         f"got {width[1].shape[-1]}")
+    if reverse and not caps.reverse:
+        raise ValueError(f"reverse: {what} runs forward in time only")
+
+
+def mixer_backend(name: str, xz: Tensor, conv1d_weights: list, As: list) -> None:
+    """``backend`` for the mixers' conv and scan, one branch per direction (1: ``_b``, reversed)."""
+    for s, (w, A) in enumerate(zip(conv1d_weights, As)):
+        sfx = "_b" if s else ""
+        backend("causal_conv1d", name, io=("xz", xz), width=("conv1d_weight" + sfx, w), reverse=bool(s))
+        backend("selective_scan", name, io=("xz", xz), state=("A" + sfx, A), reverse=bool(s))

@@ -13,6 +13,16 @@ def _try(fn, default="n/a"):
         return f"{default} ({type(e).__name__}: {e})"
 
 
+def _caps(caps) -> str:
+    """One line of a backend module's declared capabilities."""
+    parts = [", ".join(str(d).replace("torch.", "") for d in caps.dtypes)]
+    parts += [f"{label} <= {v}" for label, v in (("N", caps.max_state), ("width", caps.max_width))
+              if v is not None]
+    parts += [label for label, on in (("reverse", caps.reverse), ("deterministic", caps.deterministic),
+                                      ("row views", caps.row_views)) if on]
+    return "; ".join(parts)
+
+
 def report() -> list[tuple[str, str]]:
     """(key, value) rows describing the Python/torch/triton/extension/backends situation."""
     import torch
@@ -35,7 +45,7 @@ def report() -> list[tuple[str, str]]:
                                       f"{p.total_memory / 2**30:.1f} GiB"))
     else:
         rows.append(("cuda device", "none"))
-    ext = registry._EXT
+    ext = registry.extension()
     if ext is None:
         rows.append(("vimd_kernels._C", "not built"))
     else:
@@ -48,13 +58,14 @@ def report() -> list[tuple[str, str]]:
     rows.append(("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "unset")))
     rows.append(("VIMD_BACKEND", os.environ.get("VIMD_BACKEND", "unset")))
     for name, b in registry.BACKENDS.items():
-        if b.available():
-            kernels = [k for k in registry.KERNELS if registry.kernel_available(k, name)]
-            missing = sorted(set(registry.KERNELS) - set(kernels))
-            state = "available" + (f" (missing kernels: {', '.join(missing)})" if missing else "")
-        else:
-            state = f"missing: {b.install_hint}"
-        rows.append((f"backend {name}", state))
+        if not b.available():
+            rows.append((f"backend {name}", f"missing: {b.install_hint}"))
+            continue
+        kernels = [k for k in registry.KERNELS if registry.kernel_available(k, name)]
+        missing = sorted(set(registry.KERNELS) - set(kernels))
+        rows.append((f"backend {name}", "available" + (f" (missing kernels: {', '.join(missing)})"
+                                                       if missing else "")))
+        rows.extend((f"  {k}", _try(lambda k=k: _caps(registry.impl(k, name).caps))) for k in kernels)
     rows.append(("default backend (cpu tensors)", _try(lambda: registry.resolve(None, torch.device("cpu")))))
     if torch.cuda.is_available():
         rows.append(("default backend (cuda tensors)",

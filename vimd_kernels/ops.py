@@ -1,8 +1,9 @@
 """Public ops: argument checks, backend dispatch, and the ``vimd::`` custom ops with autograd.
 
-Each kernel is two custom ops (forward, backward) whose implementation looks up
-``vimd_kernels/<kernel>/<backend>.py``; fake implementations make them traceable, so
-``torch.compile(fullgraph=True)`` sees them as single opaque nodes with no graph break.
+Each kernel is two custom ops (forward, backward) whose implementation calls the backend's entry
+point from the registry's dispatch table (``registry.impl``); fake implementations make them
+traceable, so ``torch.compile(fullgraph=True)`` sees them as single opaque nodes with no graph
+break.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from torch import Tensor
 
 from . import checks
 from .mamba_inner import fused
-from .registry import kernel_module, resolve
+from .mamba_inner.body import inner_core
+from .registry import impl, resolve
 
 # ----------------------------------------------------------------------------- selective scan
 
@@ -26,7 +28,7 @@ def _selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
                         z: Optional[Tensor], delta_bias: Optional[Tensor],
                         initial_state: Optional[Tensor], delta_softplus: bool, reverse: bool,
                         backend: str) -> tuple[Tensor, Tensor]:
-    out, last = kernel_module("selective_scan", backend).forward(
+    out, last = impl("selective_scan", backend).forward(
         u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse)
     return out.contiguous(), last.contiguous()
 
@@ -41,7 +43,7 @@ def _selective_scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
                         z: Optional[Tensor], delta_bias: Optional[Tensor],
                         initial_state: Optional[Tensor], dout: Tensor, dlast_state: Optional[Tensor],
                         delta_softplus: bool, reverse: bool, backend: str) -> list[Tensor]:
-    grads = kernel_module("selective_scan", backend).backward(
+    grads = impl("selective_scan", backend).backward(
         u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state, delta_softplus, reverse)
     # A missing optional input gets an empty placeholder (custom ops return tensors only).
     return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
@@ -80,6 +82,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     """Selective scan (mamba_ssm-compatible). See DESIGN.md "The ops contract"."""
     checks.selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
     name = resolve(backend, u.device)
+    checks.backend("selective_scan", name, io=("u", u), state=("A", A), reverse=reverse)
     out, last = _selective_scan_fwd(*(_contig(t) for t in (u, delta, A, B, C, D, z, delta_bias,
                                                            initial_state)),
                                     bool(delta_softplus), bool(reverse), name)
@@ -91,7 +94,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
 @torch.library.custom_op("vimd::causal_conv1d_fwd", mutates_args=())
 def _causal_conv1d_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool,
                        backend: str) -> Tensor:
-    return kernel_module("causal_conv1d", backend).forward(x, weight, bias, silu, reverse).contiguous()
+    return impl("causal_conv1d", backend).forward(x, weight, bias, silu, reverse).contiguous()
 
 
 @_causal_conv1d_fwd.register_fake
@@ -102,7 +105,7 @@ def _(x, weight, bias, silu, reverse, backend):
 @torch.library.custom_op("vimd::causal_conv1d_bwd", mutates_args=())
 def _causal_conv1d_bwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], dout: Tensor, silu: bool,
                        reverse: bool, backend: str) -> list[Tensor]:
-    dx, dw, db = kernel_module("causal_conv1d", backend).backward(x, weight, bias, dout, silu, reverse)
+    dx, dw, db = impl("causal_conv1d", backend).backward(x, weight, bias, dout, silu, reverse)
     return [dx.contiguous(), dw.contiguous(), db if db is not None else x.new_empty(0)]
 
 
@@ -130,35 +133,12 @@ def causal_conv1d_fn(x, weight, bias=None, activation=None, *, reverse=False, ba
     """Depthwise causal conv1d (causal_conv1d-compatible); weight (dim, width) or (dim, 1, width)."""
     weight = checks.causal_conv1d(x, weight, bias, activation)
     name = resolve(backend, x.device)
+    checks.backend("causal_conv1d", name, io=("x", x), width=("weight", weight), reverse=reverse)
     return _causal_conv1d_fwd(x.contiguous(), weight.contiguous(), _contig(bias),
                               activation is not None, bool(reverse), name)
 
 
 # ----------------------------------------------------------------------------- Mamba mixer paths
-
-def inner_core(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, D,
-               delta_bias, delta_softplus, reverse, scan, conv):
-    """conv1d+SiLU -> x_proj -> dt_proj -> scan(z-gated): the mixer body before out_proj, (b, d, L).
-
-    ``scan`` and ``conv`` are selective_scan_fn/causal_conv1d_fn-like callables, so the same body
-    serves the dispatching ops and the pure references.
-    """
-    rank = delta_proj_weight.shape[1]
-    N = A.shape[-1]
-    x, z = xz.chunk(2, dim=1)
-    x = conv(x, conv1d_weight, conv1d_bias, "silu", reverse=reverse)
-    # x_proj / dt_proj in the weights' dtype, as the fused mixer does (vimd_kernels/mamba_inner/fused.py)
-    x_dbl = F.linear(x.transpose(1, 2).to(x_proj_weight.dtype), x_proj_weight)  # (b, L, rank [+N] [+N])
-    delta = F.linear(x_dbl[..., :rank].to(delta_proj_weight.dtype), delta_proj_weight)
-    delta = delta.transpose(1, 2).to(x.dtype)
-    col = rank
-    if B is None:
-        B = x_dbl[..., col:col + N].transpose(1, 2).to(x.dtype)
-        col += N
-    if C is None:
-        C = x_dbl[..., col:col + N].transpose(1, 2).to(x.dtype)
-    return scan(x, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse=reverse)
-
 
 def _composed_core(name: str, xz, *args):
     """The mixer body composed from the public ops (each saving its own activations)."""
@@ -172,16 +152,6 @@ def _branch(conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, D, 
                 delta_proj_weight=delta_proj_weight, A=A, D=D, delta_bias=delta_bias)
 
 
-def _check_branch(xz, branch: dict, suffix: str = "") -> None:
-    """The dtype checks the composed path gets from the scan and conv ops, for the mixer op."""
-    pd = (torch.float64,) if xz.dtype == torch.float64 else (torch.float32,)
-    wdt = tuple(dict.fromkeys((xz.dtype,) + pd))
-    checks.tensor("conv1d_weight" + suffix, branch["conv1d_weight"], None, wdt)
-    checks.tensor("conv1d_bias" + suffix, branch["conv1d_bias"], None, wdt, optional=True)
-    for k in ("A", "D", "delta_bias"):
-        checks.tensor(k + suffix, branch[k], None, pd, optional=k != "A")
-
-
 def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
                    out_proj_weight, out_proj_bias, A, B=None, C=None, D=None, delta_bias=None,
                    delta_softplus=True, *, backend=None):
@@ -189,12 +159,12 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
     checks.mamba_inner(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
                        out_proj_weight, out_proj_bias, D=D, delta_bias=delta_bias)
     name = resolve(backend, xz.device)
+    checks.mixer_backend(name, xz, [conv1d_weight], [A])
     if name == "ref" or B is not None or C is not None:  # given B/C: the composed path
         y = _composed_core(name, xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
                            A, B, C, D, delta_bias, delta_softplus, False)
     else:  # the recompute mixer op (saves only xz and the weights)
         branch = _branch(conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, D, delta_bias)
-        _check_branch(xz, branch)
         y = fused.mixer(name, xz, [branch], delta_softplus)
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
 
@@ -210,12 +180,11 @@ def bimamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_w
                        A_b, None, None, out_proj_weight, out_proj_bias, suffix="_b", D=D_b,
                        delta_bias=delta_bias_b)
     name = resolve(backend, xz.device)
+    checks.mixer_backend(name, xz, [conv1d_weight, conv1d_weight_b], [A, A_b])
     fwd = _branch(conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, D, delta_bias)
     bwd = _branch(conv1d_weight_b, conv1d_bias_b, x_proj_weight_b, delta_proj_weight_b, A_b, D_b,
                   delta_bias_b)
     if name != "ref":  # both directions in one mixer op (one launch where the backend can)
-        _check_branch(xz, fwd)
-        _check_branch(xz, bwd, "_b")
         y = fused.mixer(name, xz, [fwd, bwd], delta_softplus)
         return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
     order = ("conv1d_weight", "conv1d_bias", "x_proj_weight", "delta_proj_weight", "A")

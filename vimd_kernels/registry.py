@@ -1,20 +1,24 @@
-"""The one backend registry: which backends exist, whether they are usable, and how to pick one.
+"""The one backend registry: which backends exist, whether they are usable here, how to pick one,
+and the dispatch table from (kernel, backend) to the backend module's entry points.
 
-A backend is a module per kernel, ``vimd_kernels/<kernel>/<backend>.py``, exposing ``forward`` and
-``backward`` with the same signature as ``<kernel>/reference.py``.
+What a backend module provides (entry points, capabilities) is the contract of
+``vimd_kernels/backend.py``; each module is imported and checked against it once, on first use,
+so a backend that cannot load here (no triton, no built extension) never breaks
+``import vimd_kernels``.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-KERNELS = ("selective_scan", "causal_conv1d")
+from .backend import SPECS, Capabilities, Impl, load
+
+KERNELS = tuple(SPECS)
 
 
 def _probe_extension():
@@ -22,9 +26,6 @@ def _probe_extension():
         from vimd_kernels import _C
     except ImportError:
         return None
-    if getattr(_C, "cuda_ablate", 0):
-        warnings.warn(f"vimd_kernels._C is a timing build (VIMD_ABLATE={_C.cuda_ablate}, csrc/cuda/params.h): "
-                      "its cuda scan kernels leave stages out and give wrong results", stacklevel=2)
     return _C
 
 
@@ -119,7 +120,12 @@ def resolve(backend: str | None, device: torch.device) -> str:
     return backend
 
 
-_MODULE = {"ref": "reference"}
+_MODULE = {"ref": "reference"}  # backend -> module name, where they differ
+
+
+def extension():
+    """The built C++/CUDA extension ``vimd_kernels._C``, or None where it is not built."""
+    return _EXT
 
 
 def _module_name(kernel: str, backend: str) -> str:
@@ -132,11 +138,33 @@ def kernel_available(kernel: str, backend: str) -> bool:
     return b is not None and b.available() and importlib.util.find_spec(_module_name(kernel, backend)) is not None
 
 
-def kernel_module(kernel: str, backend: str):
+# The dispatch table: (kernel, backend) -> the module's checked entry points and capabilities.
+_TABLE: dict[tuple[str, str], Impl] = {}
+
+
+def _load(kernel: str, backend: str) -> Impl:
+    if kernel not in SPECS:
+        raise ValueError(f"kernel must be one of {sorted(SPECS)}, got {kernel!r}")
+    name = _module_name(kernel, backend)
     try:
-        return importlib.import_module(_module_name(kernel, backend))
+        module = importlib.import_module(name)
     except ModuleNotFoundError as e:
-        if e.name != _module_name(kernel, backend):
+        if e.name != name:
             raise
         raise RuntimeError(f"backend {backend!r} has no {kernel} kernel "
                            f"(vimd_kernels/{kernel}/{_MODULE.get(backend, backend)}.py is missing)") from None
+    entry = _TABLE[(kernel, backend)] = load(kernel, module)
+    return entry
+
+
+def impl(kernel: str, backend: str) -> Impl:
+    """The entry points of ``backend``'s module for ``kernel`` (loaded and checked once)."""
+    entry = _TABLE.get((kernel, backend))
+    return entry if entry is not None else _load(kernel, backend)
+
+
+@torch.compiler.assume_constant_result
+def capabilities(kernel: str, backend: str) -> Capabilities:
+    """The declared capabilities of ``backend``'s module for ``kernel``: one constant per
+    (kernel, backend), so torch.compile evaluates the lookup while tracing."""
+    return impl(kernel, backend).caps

@@ -225,7 +225,11 @@ def test_mixer_op_saves_only_xz_and_weights(bidirectional):
 @pytest.mark.parametrize("bidirectional", (False, True))
 def test_mixer_op_uses_backend_bi_hooks(monkeypatch, bidirectional):
     """A kernel module's bi_forward/bi_backward run both directions when present (here: wrappers of
-    the cpu module that record their calls); results match the direction-by-direction path."""
+    the cpu module that record their calls, put in the dispatch table); results match the
+    direction-by-direction path."""
+    import dataclasses
+
+    from vimd_kernels import registry
     from vimd_kernels.causal_conv1d import cpu as conv_cpu
     from vimd_kernels.selective_scan import cpu as scan_cpu
     calls = []
@@ -259,9 +263,10 @@ def test_mixer_op_uses_backend_bi_hooks(monkeypatch, bidirectional):
     args = _stacked_op_args(flat, bidirectional)
     y0 = fused._mixer_fwd(*args, True, "cpu")
     g0 = torch.autograd.grad(y0.square().sum(), args)
-    for mod, name, f in ((conv_cpu, "bi_forward", conv_bi_forward), (conv_cpu, "bi_backward", conv_bi_backward),
-                         (scan_cpu, "bi_forward", scan_bi_forward), (scan_cpu, "bi_backward", scan_bi_backward)):
-        monkeypatch.setattr(mod, name, f, raising=False)
+    for kernel, fwd, bwd in (("causal_conv1d", conv_bi_forward, conv_bi_backward),
+                             ("selective_scan", scan_bi_forward, scan_bi_backward)):
+        hooked = dataclasses.replace(registry.impl(kernel, "cpu"), bi_forward=fwd, bi_backward=bwd)
+        monkeypatch.setitem(registry._TABLE, (kernel, "cpu"), hooked)
     args = _stacked_op_args(flat, bidirectional)
     y1 = fused._mixer_fwd(*args, True, "cpu")
     g1 = torch.autograd.grad(y1.square().sum(), args)

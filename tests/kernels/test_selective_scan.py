@@ -296,12 +296,12 @@ def test_backend_modules_share_one_signature():
     """Every selective_scan backend module exposes forward/backward with the reference's parameters."""
     import inspect
 
-    from vimd_kernels.registry import BACKENDS, kernel_module
-    ref = kernel_module(KERNEL, "ref")
+    from vimd_kernels.registry import BACKENDS, impl
+    ref = impl(KERNEL, "ref").module
     for name in BACKENDS:
         if not kernel_available(KERNEL, name):
             continue
-        mod = kernel_module(KERNEL, name)
+        mod = impl(KERNEL, name).module
         for fn in ("forward", "backward"):
             assert list(inspect.signature(getattr(mod, fn)).parameters) == \
                 list(inspect.signature(getattr(ref, fn)).parameters), f"{name}.{fn}"

@@ -9,6 +9,10 @@ from torch import Tensor
 
 from vimd_kernels import _C
 
+from ..backend import FLOAT_DTYPES, Capabilities
+
+CAPS = Capabilities(dtypes=FLOAT_DTYPES, max_width=_C.cpu_conv_max_width, deterministic=True)
+
 
 def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool) -> Tensor:
     return _C.causal_conv1d_fwd_cpu(x, weight, bias, bool(silu), bool(reverse))

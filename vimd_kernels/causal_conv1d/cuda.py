@@ -10,21 +10,19 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vimd_kernels import _C
 
-# x may be a channel slice of a bigger tensor (rows of L contiguous steps, any batch stride): the
-# mixer passes xz[:, :d] without a copy (vimd_kernels/mamba_inner/fused.py).
-ROW_VIEWS = True
+from ..backend import Capabilities
+
+# x in float32, float16 or bfloat16 (float64: backend 'ref' or 'cpu'); x may be a channel slice of
+# a bigger tensor (rows of L contiguous steps, any batch stride): the mixer passes xz[:, :d]
+# without a copy (vimd_kernels/mamba_inner/fused.py).
+CAPS = Capabilities(dtypes=(torch.float32, torch.float16, torch.bfloat16),
+                    max_width=_C.cuda_conv_max_width, deterministic=True, row_views=True)
 
 
 def _ext():
-    from vimd_kernels import _C
     return _C
-
-
-def _check_supported(x: Tensor) -> None:
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"x: the cuda causal conv1d takes float32, float16 or bfloat16, got {x.dtype} "
-                        "(use backend='ref' or 'cpu' for float64)")
 
 
 def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -32,12 +30,10 @@ def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool) -> Tensor:
-    _check_supported(x)
     return _ext().causal_conv1d_fwd_cuda(x, _f32(weight), _f32(bias), bool(silu), bool(reverse))
 
 
 def backward(x, weight, bias, dout, silu: bool, reverse: bool):
-    _check_supported(x)
     dx, dweight, dbias = _ext().causal_conv1d_bwd_cuda(x, _f32(weight), _f32(bias), dout.contiguous(),
                                                        bool(silu), bool(reverse))
     return dx, dweight.to(weight.dtype), (dbias.to(bias.dtype) if bias is not None else None)
@@ -47,12 +43,10 @@ def backward(x, weight, bias, dout, silu: bool, reverse: bool):
 # direction 1 runs reversed. dout (2, batch, dim, L) may be one buffer expanded.
 
 def bi_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool) -> Tensor:
-    _check_supported(x)
     return _ext().causal_conv1d_bi_fwd_cuda(x, _f32(weight), _f32(bias), bool(silu))
 
 
 def bi_backward(x, weight, bias, dout, silu: bool):
-    _check_supported(x)
     dx, dweight, dbias = _ext().causal_conv1d_bi_bwd_cuda(x, _f32(weight), _f32(bias), dout[0].contiguous(),
                                                           dout[1].contiguous(), bool(silu))
     return dx, dweight.to(weight.dtype), (dbias.to(bias.dtype) if bias is not None else None)

@@ -11,6 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..backend import FLOAT_DTYPES, Capabilities
+
+CAPS = Capabilities(dtypes=FLOAT_DTYPES, deterministic=True)
+
 
 def causal_conv1d_ref(x, weight, bias=None, activation=None, *, reverse=False, backend=None):
     del backend

@@ -15,12 +15,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..backend import FLOAT_DTYPES, Capabilities
 from ..triton_utils import compute_dtype, pow2, rows
 
 # Test hooks: force the tiling (None = heuristic).
 TUNE: dict = {"block_d": None, "block_t": None, "warps": None}
 # x may be a channel slice of a bigger tensor (any batch stride): the mixer passes xz[:, :d] as is.
-ROW_VIEWS = True
+CAPS = Capabilities(dtypes=FLOAT_DTYPES, deterministic=True, row_views=True)
 
 
 @triton.jit

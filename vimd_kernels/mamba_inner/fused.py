@@ -1,30 +1,18 @@
 """The recompute Mamba mixer, for every backend: conv1d+SiLU -> x_proj -> dt_proj -> z-gated scan.
 
-One custom-op pair, ``vimd::mixer_fwd`` / ``vimd::mixer_bwd``, whose implementation calls the
-resolved backend's ``causal_conv1d`` / ``selective_scan`` modules (``registry.kernel_module``).
-Autograd saves only xz and the weights; the backward recomputes the conv output, the x_proj /
-dt_proj products and B/C, so a mixer holds one (b, 2*d_inner, L) activation instead of ~six.
+One custom-op pair, ``vimd::mixer_fwd`` / ``vimd::mixer_bwd``, running the mixer body of
+``body.py`` on the resolved backend's ``causal_conv1d`` / ``selective_scan`` entry points
+(``registry.impl``). Autograd saves only xz and the weights; the backward recomputes the conv
+output, the x_proj / dt_proj products and B/C, so a mixer holds one (b, 2*d_inner, L) activation
+instead of ~six.
 
 Directions are a leading weight dimension S: S = 1 is Mamba (forward in time), S = 2 is ViM v2,
 direction 1 running in reverse (mirrored indexing in the kernels, no flip copies), and
-y = (y_fwd + y_bwd) / 2. With S = 2 a backend kernel module may run both directions in one launch
-by providing ``bi_forward`` / ``bi_backward`` (contracts below); otherwise each direction is one
-``forward`` / ``backward`` call with ``reverse = bool(direction)``.
-
-  causal_conv1d.bi_forward(x, weight (2, d, W), bias (2, d) | None, silu) -> out (2, b, d, L)
-  causal_conv1d.bi_backward(x, weight, bias, dout (2, b, d, L), silu)
-      -> (dx (2, b, d, L), dweight (2, d, W), dbias (2, d) | None)
-  selective_scan.bi_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-      # u, delta (2, b, d, L); A (2, d, N); B, C (2, b, N, L); D, delta_bias (2, d) | None;
-      # z (b, d, L) | None, shared by both directions
-      -> (out (2, b, d, L), last_state (2, b, d, N))
-  selective_scan.bi_backward(u, delta, A, B, C, D, z, delta_bias, dout (2, b, d, L), delta_softplus)
-      -> (du, ddelta, dA, dB, dC, dD | None, dz (2, b, d, L) | None, ddelta_bias | None)
-      # dout may be an expanded view (both directions read one buffer; each dout[s] is contiguous)
-
-The scan's bi_forward/bi_backward decide the grouping: with them both directions run in one pass
-of stacked (2, ...) tensors; without them the directions run one after the other (and the
-backward's transient memory is that of one direction).
+y = (y_fwd + y_bwd) / 2. With S = 2 a backend whose modules provide ``bi_forward`` /
+``bi_backward`` (the contract: ``vimd_kernels/backend.py``) runs both directions in one pass of
+stacked (2, ...) tensors; otherwise the directions run one after the other, each one
+``forward`` / ``backward`` call with ``reverse = bool(direction)`` (and the backward's transient
+memory is that of one direction).
 
 Matmul precision: x_proj / dt_proj run in the dtype of x_proj_weight (``mixer`` casts the weights
 to the autocast dtype when autocast is on, exactly what autocast does to the composed path), and
@@ -32,12 +20,15 @@ autocast is switched off inside the op so the backward's recomputation matches t
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ..registry import kernel_module
+from ..backend import Impl
+from ..registry import impl
+from .body import mixer_body, project
 
 
 def _no_autocast(device_type: str):
@@ -54,11 +45,14 @@ def _stack(per_dir: list) -> list:
             (parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)) for parts in zip(*per_dir)]
 
 
-def _passes(backend: str, S: int) -> list[slice]:
+def _kernels(backend: str) -> tuple[Impl, Impl]:
+    return impl("causal_conv1d", backend), impl("selective_scan", backend)
+
+
+def _passes(scan: Impl, S: int) -> list[slice]:
     """Groups of directions computed together: both at once when the backend's scan runs them in
     one launch, else one by one (which also halves the backward's transient memory)."""
-    mod = kernel_module("selective_scan", backend)
-    if S == 2 and hasattr(mod, "bi_forward") and hasattr(mod, "bi_backward"):
+    if S == 2 and scan.bidirectional:
         return [slice(0, 2)]
     return [slice(s, s + 1) for s in range(S)]
 
@@ -67,66 +61,54 @@ def _both(sl: slice) -> bool:
     return sl.stop - sl.start == 2
 
 
-def _conv_fwd(backend: str, x: Tensor, w: Tensor, b: Optional[Tensor], sl: slice) -> Tensor:
+def _conv_fwd(conv: Impl, x: Tensor, w: Tensor, b: Optional[Tensor], sl: slice) -> Tensor:
     """(k, b, d, L): x through the conv1d+SiLU of directions ``sl`` (direction 1 reversed)."""
-    mod = kernel_module("causal_conv1d", backend)
-    if _both(sl) and hasattr(mod, "bi_forward"):
-        return mod.bi_forward(x, w, b, True)
-    return _stack([(mod.forward(x, w[s], _at(b, s), True, bool(s)),) for s in range(sl.start, sl.stop)])[0]
+    if _both(sl) and conv.bidirectional:
+        return conv.bi_forward(x, w, b, True)
+    return _stack([(conv.forward(x, w[s], _at(b, s), True, bool(s)),) for s in range(sl.start, sl.stop)])[0]
 
 
-def _conv_bwd(backend: str, x, w, b, dout, sl: slice):
-    mod = kernel_module("causal_conv1d", backend)
-    if _both(sl) and hasattr(mod, "bi_backward"):
-        return mod.bi_backward(x, w, b, dout, True)
-    return _stack([mod.backward(x, w[s], _at(b, s), dout[i].contiguous(), True, bool(s))
+def _conv_bwd(conv: Impl, x, w, b, dout, sl: slice):
+    if _both(sl) and conv.bidirectional:
+        return conv.bi_backward(x, w, b, dout, True)
+    return _stack([conv.backward(x, w[s], _at(b, s), dout[i].contiguous(), True, bool(s))
                    for i, s in enumerate(range(sl.start, sl.stop))])
 
 
-def _scan_fwd(backend, u, delta, B, C, A, D, z, delta_bias, softplus, sl: slice) -> Tensor:
+def _scan_fwd(scan: Impl, u, delta, B, C, A, D, z, delta_bias, softplus, sl: slice) -> Tensor:
     """(k, b, d, L) z-gated scan outputs of directions ``sl``; u, delta, B, C are (k, ...), the
     weights A, D, delta_bias stacked over all directions."""
-    mod = kernel_module("selective_scan", backend)
     if _both(sl):
-        return mod.bi_forward(u, delta, A, B, C, D, z, delta_bias, softplus)[0]
+        return scan.bi_forward(u, delta, A, B, C, D, z, delta_bias, softplus)[0]
     s = sl.start
-    return mod.forward(u[0], delta[0], A[s], B[0], C[0], _at(D, s), z, _at(delta_bias, s), None,
-                       softplus, bool(s))[0].unsqueeze(0)
+    return scan.forward(u[0], delta[0], A[s], B[0], C[0], _at(D, s), z, _at(delta_bias, s), None,
+                        softplus, bool(s))[0].unsqueeze(0)
 
 
-def _scan_bwd(backend, u, delta, B, C, A, D, z, delta_bias, dout, softplus, sl: slice):
+def _scan_bwd(scan: Impl, u, delta, B, C, A, D, z, delta_bias, dout, softplus, sl: slice):
     """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) of directions ``sl``, each (k, ...) or None."""
-    mod = kernel_module("selective_scan", backend)
     if _both(sl):
-        return mod.bi_backward(u, delta, A, B, C, D, z, delta_bias, dout, softplus)
+        return scan.bi_backward(u, delta, A, B, C, D, z, delta_bias, dout, softplus)
     s = sl.start
-    grads = mod.backward(u[0], delta[0], A[s], B[0], C[0], _at(D, s), z, _at(delta_bias, s), None,
-                         dout[0].contiguous(), None, softplus, bool(s))
+    grads = scan.backward(u[0], delta[0], A[s], B[0], C[0], _at(D, s), z, _at(delta_bias, s), None,
+                          dout[0].contiguous(), None, softplus, bool(s))
     return _stack([grads[:8]])
 
 
-def _halves(backend: str, xz: Tensor, d: int) -> tuple[Tensor, Tensor]:
+def _halves(conv: Impl, scan: Impl, xz: Tensor, d: int) -> tuple[Tensor, Tensor]:
     """x = xz[:, :d] for the conv and z = xz[:, d:] for the scan: channel slices, passed as they are
-    to kernel modules that read such rows (``ROW_VIEWS``), else copied contiguous."""
+    to kernel modules that read such rows (``Capabilities.row_views``), else copied contiguous."""
     x, z = xz[:, :d], xz[:, d:]
-    if not getattr(kernel_module("causal_conv1d", backend), "ROW_VIEWS", False):
+    if not conv.caps.row_views:
         x = x.contiguous()
-    if not getattr(kernel_module("selective_scan", backend), "ROW_VIEWS", False):
+    if not scan.caps.row_views:
         z = z.contiguous()
     return x, z
 
 
-def _project(xc: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor, N: int):
-    """x_dbl (k, b, L, rank + 2N) and delta, B, C ((k, b, d, L), (k, b, N, L) x2) in xc's dtype.
-    The products take transposed operands as views (the GEMMs read them transposed) and delta
-    comes out as (k, b, d, L) rows directly: no (b, d, L)-sized transposed copies."""
-    rank = dt_proj_w.shape[-1]
-    x_dbl = torch.matmul(xc.transpose(-1, -2).to(x_proj_w.dtype), x_proj_w.transpose(-1, -2).unsqueeze(1))
-    delta = torch.matmul(dt_proj_w.to(x_dbl.dtype).unsqueeze(1), x_dbl[..., :rank].transpose(-1, -2))
-    delta = delta.to(xc.dtype).contiguous()
-    B = x_dbl[..., rank:rank + N].transpose(-1, -2).to(xc.dtype).contiguous()
-    C = x_dbl[..., rank + N:rank + 2 * N].transpose(-1, -2).to(xc.dtype).contiguous()
-    return x_dbl, delta, B, C
+def _weights(x_proj_w: Tensor, dt_proj_w: Tensor, sl: slice) -> tuple[Tensor, Tensor]:
+    """The projection weights of directions ``sl`` as (k, 1, ...): broadcast over the batch."""
+    return x_proj_w[sl].unsqueeze(1), dt_proj_w[sl].unsqueeze(1)
 
 
 @torch.library.custom_op("vimd::mixer_fwd", mutates_args=())
@@ -134,14 +116,16 @@ def _mixer_fwd(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: T
                dt_proj_w: Tensor, A: Tensor, D: Optional[Tensor], delta_bias: Optional[Tensor],
                softplus: bool, backend: str) -> Tensor:
     """z-gated scan output (b, d_inner, L), averaged over the S directions of the stacked weights."""
-    d, S = xz.shape[1] // 2, conv_w.shape[0]
+    d, S, N = xz.shape[1] // 2, conv_w.shape[0], A.shape[-1]
+    conv, scan = _kernels(backend)
     y = None
     with _no_autocast(xz.device.type):
-        x, z = _halves(backend, xz, d)
-        for sl in _passes(backend, S):
-            xc = _conv_fwd(backend, x, conv_w, conv_b, sl)
-            _, delta, B, C = _project(xc, x_proj_w[sl], dt_proj_w[sl], A.shape[-1])
-            ys = _scan_fwd(backend, xc, delta, B, C, A, D, z, delta_bias, softplus, sl)
+        x, z = _halves(conv, scan, xz, d)
+        for sl in _passes(scan, S):
+            ys = mixer_body(x, partial(_conv_fwd, conv, w=conv_w, b=conv_b, sl=sl),
+                            *_weights(x_proj_w, dt_proj_w, sl), N,
+                            partial(_scan_fwd, scan, A=A, D=D, z=z, delta_bias=delta_bias,
+                                    softplus=softplus, sl=sl))
             ys = ys[0] if ys.shape[0] == 1 else ys.sum(0)
             y = ys if y is None else y.add_(ys)
         return y if S == 1 else y.mul_(1.0 / S)
@@ -160,15 +144,16 @@ def _mixer_bwd(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: T
     d, S, rank, N = xz.shape[1] // 2, conv_w.shape[0], dt_proj_w.shape[-1], A.shape[-1]
     dxz = None
     grads: list[list] = [[] for _ in range(7)]  # per pass: conv_w, conv_b, x_proj_w, dt_proj_w, A, D, db
+    conv, scan = _kernels(backend)
     with _no_autocast(xz.device.type):
-        x, z = _halves(backend, xz, d)
+        x, z = _halves(conv, scan, xz, d)
         dy_s = dy if S == 1 else (dy * (1.0 / S)).to(dy.dtype)  # each direction gets dy / S
-        for sl in _passes(backend, S):
+        for sl in _passes(scan, S):
             k = sl.stop - sl.start
-            xc = _conv_fwd(backend, x, conv_w, conv_b, sl)
-            x_dbl, delta, B, C = _project(xc, x_proj_w[sl], dt_proj_w[sl], N)
+            xc = _conv_fwd(conv, x, conv_w, conv_b, sl)
+            x_dbl, delta, B, C = project(xc, *_weights(x_proj_w, dt_proj_w, sl), N)
             du, ddelta, dA, dB, dC, dD, dz, ddb = _scan_bwd(
-                backend, xc, delta, B, C, A, D, z, delta_bias, dy_s.expand(k, *dy.shape), softplus, sl)
+                scan, xc, delta, B, C, A, D, z, delta_bias, dy_s.expand(k, *dy.shape), softplus, sl)
             del delta, B, C  # free the recomputed activations as soon as they are used
             if sl.stop == S:
                 del z
@@ -186,7 +171,7 @@ def _mixer_bwd(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: T
             du.add_(torch.matmul(x_proj_w[sl].to(mm).transpose(-1, -2).unsqueeze(1),
                                  dx_dbl.transpose(-1, -2)).to(du.dtype))
             del dx_dbl
-            dx, d_conv_w, d_conv_b = _conv_bwd(backend, x, conv_w, conv_b, du, sl)
+            dx, d_conv_w, d_conv_b = _conv_bwd(conv, x, conv_w, conv_b, du, sl)
             del du
             if sl.stop == S:
                 del x

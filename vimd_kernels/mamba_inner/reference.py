@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ..causal_conv1d.reference import causal_conv1d_ref
-from ..ops import inner_core
 from ..selective_scan.reference import selective_scan_ref
+from .body import inner_core
 
 
 def _ref_core(xz, *args):

@@ -10,6 +10,10 @@ from torch import Tensor
 
 from vimd_kernels import _C
 
+from ..backend import FLOAT_DTYPES, Capabilities
+
+CAPS = Capabilities(dtypes=FLOAT_DTYPES, deterministic=True)
+
 
 def forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
             z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],

@@ -16,12 +16,25 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-TILE = 256          # backward: time steps per row tile (csrc/cuda/params.h: kScanTile)
-ROWS = 8            # backward: rows per block, half a warp each (kScanRows; the built value wins)
-MAX_STATE = 64      # kScanMaxState
-FWD_ROWS = 128      # forward: rows (one thread each) per block (kFwdRows)
-FWD_STEPS = 8       # forward: steps staged per iteration; chunks are multiples of it (kFwdSteps)
-FWD_BLOCKS_PER_SM = 3  # forward main kernel: __launch_bounds__ budget of 3 blocks of 128 threads (fwd_min_blocks, B/C grouped)
+from vimd_kernels import _C
+
+from ..backend import Capabilities
+
+# The kernels' layout (csrc/cuda/layout.h), as every build of the extension exports it.
+TILE = _C.cuda_scan_tile  # backward: time steps per row tile
+ROWS = _C.cuda_scan_rows  # backward: rows per block, half a warp each
+MAIN_BLOCKS_PER_SM = _C.cuda_scan_main_blocks  # backward main kernel: blocks per SM its registers allow
+MAX_STATE = _C.cuda_scan_max_state
+FWD_ROWS = _C.cuda_fwd_rows  # forward: rows (one thread each) per block
+FWD_STEPS = _C.cuda_fwd_steps  # forward: steps staged per iteration; chunks are multiples of it
+FWD_BLOCKS_PER_SM = _C.cuda_fwd_blocks  # forward main kernel's register budget (B/C grouped)
+
+# u / delta / z in float32, float16 or bfloat16 (float64: backend 'ref' or 'cpu'); z may be a
+# channel slice of a bigger tensor (rows of L contiguous steps, any batch stride): the mixer passes
+# xz[:, d:] without a copy (vimd_kernels/mamba_inner/fused.py).
+CAPS = Capabilities(dtypes=(torch.float32, torch.float16, torch.bfloat16), max_state=MAX_STATE,
+                    deterministic=True, row_views=True)
+
 SUMMARY_COST = 0.9     # the forward's summary pass (no C, no outputs; the same exp2 count) vs its main pass
 # The forward's time per multiprocessor grows with its resident blocks (they share its ex2
 # throughput and memory pipes); one block alone (a warp per SM sub-partition) leaves most of it
@@ -38,17 +51,10 @@ BLOCK_START_COST = 1.0
 # shuffle scan (~10 cycles a chunk), plus the summary pass's chunk state writes.
 CHUNK_COST = 0.02
 BLOCKS_PER_SM = 8   # backward blocks per multiprocessor to keep before merging channel slabs
-MAIN_BLOCKS_PER_SM = 2   # backward main kernel: ~247 registers x 128 threads (ptxas, sm_90) -> 2 (kScanMainBlocks)
 ROW_WALK_MAX_TILES = 32  # a row walk sweeps its tiles in sequence: keep that serial part short
 
 
-# z may be a channel slice of a bigger tensor (rows of L contiguous steps, any batch stride): the
-# mixer passes xz[:, d:] without a copy (vimd_kernels/mamba_inner/fused.py).
-ROW_VIEWS = True
-
-
 def _ext():
-    from vimd_kernels import _C
     return _C
 
 
@@ -59,12 +65,6 @@ def _sm_count(device_index: int) -> int:
 
 def _device_sms(t: Tensor) -> int:
     return _sm_count(t.device.index if t.device.index is not None else torch.cuda.current_device())
-
-
-def _backward_layout() -> tuple[int, int]:
-    """(rows per block, main-kernel blocks per SM) of the built backward (VIMD_SCAN_LANES)."""
-    ext = _ext()
-    return getattr(ext, "cuda_scan_rows", ROWS), getattr(ext, "cuda_scan_main_blocks", MAIN_BLOCKS_PER_SM)
 
 
 def groups_of(X: Tensor) -> int:
@@ -110,23 +110,22 @@ def _plan_chunk_tiles(col_blocks: int, tiles: int, sm_count: int) -> int:
     return min(candidates, key=lambda ct: (fwd_cost(col_blocks, tiles, ct, sm_count), -ct))
 
 
-def use_row_walk(batch: int, dim: int, L: int, sm_count: int, rows: int = ROWS,
-                 main_blocks: int = MAIN_BLOCKS_PER_SM) -> bool:
+def use_row_walk(batch: int, dim: int, L: int, sm_count: int) -> bool:
     """Backward over several tiles: walk each row's tiles in one block (a forward sweep of the
     states, then the tiles last to first) when the rows alone give two waves of blocks; else run
     the tiles in parallel after a summary pass and the carries' combine (long L, few rows)."""
     tiles = math.ceil(L / TILE)
     return (1 < tiles <= ROW_WALK_MAX_TILES
-            and batch * math.ceil(dim / rows) >= 2 * main_blocks * sm_count)
+            and batch * math.ceil(dim / ROWS) >= 2 * MAIN_BLOCKS_PER_SM * sm_count)
 
 
 def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
-                  sm_count: int, row_walk: bool = False, rows: int = ROWS) -> tuple[int, int]:
+                  sm_count: int, row_walk: bool = False) -> tuple[int, int]:
     """(seg_channels, slab_channels) for the backward launch.
 
     A segment is a run of channels inside one group of every grouped B/C (the gcd of their
     group sizes), so a block's summed dB/dC belong to one group. A slab is the channels one block
-    walks (a multiple of `rows`, the block's rows): larger slabs mean fewer partials to store and reduce, so slabs
+    walks (a multiple of ROWS, the block's rows): larger slabs mean fewer partials to store and reduce, so slabs
     grow while the grid still has BLOCKS_PER_SM blocks per multiprocessor.
     """
     sizes = []
@@ -137,26 +136,17 @@ def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
             sizes.append(dim // G)
     seg = functools.reduce(math.gcd, sizes) if sizes else dim
     if not sizes:
-        return seg, rows  # no grouped operand: nothing summed across channels in a block
+        return seg, ROWS  # no grouped operand: nothing summed across channels in a block
     tiles = 1 if row_walk else math.ceil(L / TILE)  # blocks per row: one walks all tiles
-    cap = math.ceil(seg / rows) * rows
+    cap = math.ceil(seg / ROWS) * ROWS
 
     def blocks(slab: int) -> int:
         return batch * tiles * (dim // seg) * math.ceil(seg / slab)
 
-    slab = rows
+    slab = ROWS
     while slab * 2 <= cap and blocks(slab * 2) >= BLOCKS_PER_SM * sm_count:
         slab *= 2
     return seg, slab
-
-
-def _check_supported(u: Tensor, A: Tensor) -> None:  # A: (dim, N)
-    if u.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"u: the cuda selective scan takes float32, float16 or bfloat16, got {u.dtype} "
-                        "(use backend='ref' or 'cpu' for float64)")
-    if A.shape[1] > MAX_STATE:
-        raise ValueError(f"A: the cuda selective scan supports N <= {MAX_STATE} states, "
-                         f"got N={A.shape[1]}")
 
 
 def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -206,7 +196,6 @@ def bc_rows_bi(X: Tensor) -> Tensor:
 
 def forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
             initial_state: Optional[Tensor], delta_softplus: bool, reverse: bool) -> tuple[Tensor, Tensor]:
-    _check_supported(u, A)
     batch, dim, L = u.shape
     chunk_len = plan_chunk_len(batch, dim, L, _device_sms(u))
     # the forward stages B/C rows through shared memory with coalesced loads: no padding needed
@@ -219,11 +208,10 @@ def forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delta_b
 
 def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
              delta_softplus: bool, reverse: bool):
-    _check_supported(u, A)
     batch, dim, L = u.shape
-    sms, (rows, main_blocks) = _device_sms(u), _backward_layout()
-    walk = use_row_walk(batch, dim, L, sms, rows, main_blocks)
-    seg, slab = plan_backward(batch, dim, L, groups_of(B), groups_of(C), sms, walk, rows)
+    sms = _device_sms(u)
+    walk = use_row_walk(batch, dim, L, sms)
+    seg, slab = plan_backward(batch, dim, L, groups_of(B), groups_of(C), sms, walk)
     grads = _ext().selective_scan_bwd_cuda(u, delta, A, bc_rows(B, reverse), bc_rows(C, reverse), D, z,
                                            delta_bias, initial_state, dout.contiguous(),
                                            _f32(dlast_state), bool(delta_softplus), bool(reverse), seg,
@@ -238,7 +226,6 @@ def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_sta
 
 def bi_forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
                delta_softplus: bool) -> tuple[Tensor, Tensor]:
-    _check_supported(u, A[0])
     _, batch, dim, L = u.shape
     chunk_len = plan_chunk_len(batch, 2 * dim, L, _device_sms(u))  # both directions fill the grid
     return _ext().selective_scan_bi_fwd_cuda(u, delta, A, _f32(B), _f32(C), D, z, delta_bias,
@@ -246,11 +233,10 @@ def bi_forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delt
 
 
 def bi_backward(u, delta, A, B, C, D, z, delta_bias, dout, delta_softplus: bool):
-    _check_supported(u, A[0])
     _, batch, dim, L = u.shape
-    sms, (rows, main_blocks) = _device_sms(u), _backward_layout()
-    walk = use_row_walk(2 * batch, dim, L, sms, rows, main_blocks)  # both directions share the grid
-    seg, slab = plan_backward(2 * batch, dim, L, groups_of(B[0]), groups_of(C[0]), sms, walk, rows)
+    sms = _device_sms(u)
+    walk = use_row_walk(2 * batch, dim, L, sms)  # both directions share the grid
+    seg, slab = plan_backward(2 * batch, dim, L, groups_of(B[0]), groups_of(C[0]), sms, walk)
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _ext().selective_scan_bi_bwd_cuda(
         u, delta, A, bc_rows_bi(B), bc_rows_bi(C), D, z, delta_bias, dout[0].contiguous(),
         dout[1].contiguous(), bool(delta_softplus), seg, slab, walk)

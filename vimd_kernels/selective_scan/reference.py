@@ -13,6 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..backend import FLOAT_DTYPES, Capabilities
+
+CAPS = Capabilities(dtypes=FLOAT_DTYPES, deterministic=True)
+
 
 def _compute_dtype(u: Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 else torch.float32

@@ -26,12 +26,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..backend import FLOAT_DTYPES, Capabilities
 from ..triton_utils import compute_dtype, device_sms, linear_combine, pow2, rows, softplus
 
 # Test hooks: force the tiling (None = heuristic).  chunk_len must be a multiple of block_t.
 TUNE: dict = {"block_d": None, "block_t": None, "chunk_len": None, "bwd_warps": None}
 # z may be a channel slice of a bigger tensor (any batch stride): the mixer passes xz[:, d:] as is.
-ROW_VIEWS = True
+CAPS = Capabilities(dtypes=FLOAT_DTYPES, deterministic=True, row_views=True)
 
 _CONST, _VAR = 0, 1  # B/C kinds: constant (dim, N) or variable/grouped (batch, G, N, L)
 
