@@ -4,7 +4,6 @@ build of torch are present.
 Environment:
   VIMD_SKIP_CUDA_BUILD=TRUE   build the CPU kernels only
   VIMD_CUDA_ARCHS="80;90"     compute capabilities to build SASS for (PTX of the newest is added)
-  VIMD_SCAN_LANES=16|32       the scan backward's lanes per row (default 16; 32 for A/B timing)
   MAX_JOBS=N                  parallel compile jobs (ninja)
 """
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import glob
 import os
 import platform
-import re
 from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import setup
@@ -45,30 +43,20 @@ def cuda_extension_kwargs() -> dict:
             "--threads", "4", "-Xptxas=-warn-spills",
             "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
             "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", *gencode]
-    # The scan backward's row width (csrc/cuda/params.h): 16 lanes (default) or 32, for A/B timing.
-    lanes = os.environ.get("VIMD_SCAN_LANES", "").strip()
-    if lanes not in ("", "16", "32"):
-        raise ValueError(f"VIMD_SCAN_LANES must be 16 or 32, got {lanes!r}")
-    defines = [f"-DVIMD_SCAN_LANES={lanes}"] if lanes else []
-    sources = sorted(glob.glob("csrc/cuda/*.cu")) + ["csrc/bindings_cuda.cpp"]
-    return {"sources": sources, "nvcc": nvcc + defines, "cxx": defines}
+    return {"sources": sorted(glob.glob("csrc/cuda/*.cu")) + ["csrc/cuda/ops.cpp"], "nvcc": nvcc}
 
 
-# Per-ISA builds of the CPU kernels: csrc/cpu/isa_<name>.cpp is compiled with these flags (and
+# Per-ISA builds of the CPU kernels: CPU_KERNELS is compiled once per ISA with these flags (and
 # CPU_CAPABILITY=<NAME>, which gives at::vec and our kernels a per-ISA namespace); csrc/cpu/ops.cpp
 # picks one at run time from at::get_cpu_capability(). Everything else gets the baseline flags, so
 # the library never executes an instruction the CPU lacks.
+CPU_KERNELS = "csrc/cpu/kernels.cpp"
 ISA_FLAGS = {
     "default": ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"],
     "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
 }
-
-
-def _isa_of(source: str) -> str | None:
-    m = re.search(r"isa_([a-z0-9]+)\.cpp$", source)
-    return m.group(1) if m else None
 
 
 def _cpu_isas() -> list[str]:
@@ -78,9 +66,8 @@ def _cpu_isas() -> list[str]:
 
 
 def _cpu_sources() -> list[str]:
-    isas = _cpu_isas()
-    return ["csrc/bindings.cpp"] + [s for s in sorted(glob.glob("csrc/cpu/*.cpp"))
-                                    if _isa_of(s) is None or _isa_of(s) in isas]
+    """The baseline-ISA sources (CPU_KERNELS is built per ISA by BuildExt)."""
+    return ["csrc/bindings.cpp"] + [s for s in sorted(glob.glob("csrc/cpu/*.cpp")) if s != CPU_KERNELS]
 
 
 def extensions():
@@ -95,7 +82,7 @@ def extensions():
         kw = cuda_extension_kwargs()
         return [CUDAExtension("vimd_kernels._C", sources + kw["sources"], include_dirs=include_dirs,
                               define_macros=macros + [("VIMD_WITH_CUDA", "1")],
-                              extra_compile_args={"cxx": cxx + kw["cxx"], "nvcc": kw["nvcc"]},
+                              extra_compile_args={"cxx": cxx, "nvcc": kw["nvcc"]},
                               extra_link_args=["-fopenmp"])]
     return [CppExtension("vimd_kernels._C", sources, include_dirs=include_dirs, define_macros=macros,
                          extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]
@@ -105,32 +92,29 @@ def cmdclass():
     from torch.utils.cpp_extension import BuildExtension
 
     class BuildExt(BuildExtension):
-        """BuildExtension that compiles csrc/cpu/isa_<name>.cpp with that ISA's flags.
+        """BuildExtension that also compiles CPU_KERNELS once per ISA, with that ISA's flags.
 
-        Each ISA file gets its own output folder (its own ninja file), so they compile in parallel
-        (MAX_JOBS at a time); the remaining sources then build and link as usual.
+        Each ISA's build gets its own output folder (its own ninja file), so they compile in
+        parallel (MAX_JOBS at a time); the remaining sources then build and link as usual.
         """
 
         def build_extension(self, ext):
-            isa_sources = [s for s in ext.sources if _isa_of(s)]
-            if isa_sources:
-                ext.sources = [s for s in ext.sources if not _isa_of(s)]
-                base = ext.extra_compile_args
-                macros = ext.define_macros + [(m,) for m in ext.undef_macros]
+            base = ext.extra_compile_args
+            macros = ext.define_macros + [(m,) for m in ext.undef_macros]
 
-                def compile_one(src):
-                    flags = ISA_FLAGS[_isa_of(src)]
-                    post = ({**base, "cxx": list(base["cxx"]) + flags} if isinstance(base, dict)
-                            else list(base) + flags)
-                    out_dir = os.path.join(self.build_temp, "isa_" + _isa_of(src))
-                    return self.compiler.compile([src], output_dir=out_dir, macros=macros,
-                                                 include_dirs=ext.include_dirs, debug=self.debug,
-                                                 extra_postargs=post, depends=ext.depends)
+            def compile_one(isa):
+                flags = ISA_FLAGS[isa]
+                post = ({**base, "cxx": list(base["cxx"]) + flags} if isinstance(base, dict)
+                        else list(base) + flags)
+                out_dir = os.path.join(self.build_temp, "isa_" + isa)
+                return self.compiler.compile([CPU_KERNELS], output_dir=out_dir, macros=macros,
+                                             include_dirs=ext.include_dirs, debug=self.debug,
+                                             extra_postargs=post, depends=ext.depends)
 
-                jobs = max(1, int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
-                with ThreadPoolExecutor(max_workers=jobs) as pool:
-                    objects = [o for objs in pool.map(compile_one, isa_sources) for o in objs]
-                ext.extra_objects = list(ext.extra_objects or []) + objects
+            jobs = max(1, int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                objects = [o for objs in pool.map(compile_one, _cpu_isas()) for o in objs]
+            ext.extra_objects = list(ext.extra_objects or []) + objects
             super().build_extension(ext)
 
     return {"build_ext": BuildExt.with_options(use_ninja=True)}

@@ -1,14 +1,46 @@
-// pybind11 module vimd_kernels._C: the CPU kernels (always) and, when built with -DVIMD_WITH_CUDA,
-// the CUDA kernels registered by csrc/bindings_cuda.cpp (functions named *_cuda).
+// pybind11 module vimd_kernels._C: the CPU ops of csrc/cpu/ops.cpp (always), the kernels' layout
+// constants (always) and, when built with -DVIMD_WITH_CUDA, the CUDA ops registered by
+// csrc/cuda/ops.cpp (functions named *_cuda).
 #include <torch/extension.h>
 
+#include "cpu/kernels.h"
 #include "cpu/ops.h"
+#include "cuda/layout.h"
 
 #ifdef VIMD_WITH_CUDA
 void register_cuda_ops(pybind11::module_& m);
 #endif
 
 namespace {
+
+// Module attributes: the kernels' layout constants, for the Python side (launch planning,
+// argument checks). Every build exports them, the CPU-only one too.
+struct Constant {
+  const char* name;
+  long long value;
+};
+constexpr Constant kConstants[] = {
+    {"cpu_scan_chunk", vimd::cpu::kChunk},
+    {"cpu_scan_whole_row", vimd::cpu::kWholeRow},
+    {"cpu_conv_max_width", vimd::cpu::kConvMaxWidth},
+    {"cuda_scan_warps", vimd::cuda::kScanWarps},
+    {"cuda_scan_lanes", vimd::cuda::kScanLanes},
+    {"cuda_scan_items", vimd::cuda::kScanItems},
+    {"cuda_scan_tile", vimd::cuda::kScanTile},
+    {"cuda_scan_rows", vimd::cuda::kScanRows},
+    {"cuda_scan_main_blocks", vimd::cuda::kScanMainBlocks},
+    {"cuda_scan_summary_blocks", vimd::cuda::kScanSummaryBlocks},
+    {"cuda_scan_max_state", vimd::cuda::kScanMaxState},
+    {"cuda_fwd_rows", vimd::cuda::kFwdRows},
+    {"cuda_fwd_steps", vimd::cuda::kFwdSteps},
+    {"cuda_fwd_state_group", vimd::cuda::kFwdStateGroup},
+    {"cuda_fwd_max_seqlen", vimd::cuda::kFwdMaxSeqlen},
+    {"cuda_fwd_blocks", vimd::cuda::kFwdBlocks},
+    {"cuda_fwd_blocks_const_bc", vimd::cuda::kFwdBlocksConstBC},
+    {"cuda_conv_items", vimd::cuda::kConvItems},
+    {"cuda_conv_max_width", vimd::cuda::kConvMaxWidth},
+    {"cuda_conv_threads", vimd::cuda::kConvThreads},
+};
 
 pybind11::dict build_info() {
   pybind11::dict info;
@@ -47,6 +79,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info, "what this build contains and which CPU kernels run");
   m.def("_set_cpu_isa", &vimd::cpu::set_isa, py::arg("isa"),
         "select the CPU kernels ('auto' or a supported ISA); returns the previous one (for tests)");
+  for (const Constant& c : kConstants) m.attr(c.name) = c.value;
 #ifdef VIMD_WITH_CUDA
   register_cuda_ops(m);
 #endif

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Host-compile check of the CUDA binding layer (no GPU, no CUDA build of torch): compiles
-# csrc/bindings_cuda.cpp and csrc/bindings.cpp with VIMD_WITH_CUDA, i.e. the real-device branches
+# csrc/cuda/ops.cpp and csrc/bindings.cpp with VIMD_WITH_CUDA, i.e. the real-device branches
 # (device guards, current stream, cudaFuncSetAttribute) that the host emulator's build of the same
 # file leaves out, against the installed torch's headers and the CUDA toolkit's.
 # A CPU wheel of torch ships c10/cuda and ATen/cuda headers but not the generated
@@ -36,7 +36,7 @@ if [ ! -f "$TORCH_INC/c10/cuda/impl/cuda_cmake_macros.h" ]; then
 fi
 
 status=0
-for f in csrc/bindings_cuda.cpp csrc/bindings.cpp; do
+for f in csrc/cuda/ops.cpp csrc/bindings.cpp; do
   if "$CXX" -std=c++17 -fsyntax-only -Wall -Werror -Wno-c++20-extensions -DVIMD_WITH_CUDA \
       -DTORCH_EXTENSION_NAME=_C -I"$tmp" -isystem "$TORCH_INC" -isystem "$TORCH_INC/torch/csrc/api/include" \
       -isystem "$CUDA_HOME/include" -isystem "$PY_INC" -isystem "$PYBIND_INC" -Icsrc "$f"; then

@@ -1,7 +1,7 @@
-// Plain interface between the tensor-level CPU ops (ops.cpp, baseline ISA) and the kernels, which
-// are compiled once per instruction set (isa_default.cpp / isa_avx2.cpp / isa_avx512.cpp include
-// isa_impl.h inside namespace vimd::cpu::<ISA>). Only raw pointers and sizes cross this boundary,
-// so no torch inline function is compiled with different ISA flags in two translation units.
+// Plain interface between the tensor-level CPU ops (ops.cpp, baseline ISA) and the kernels
+// (scan.h, conv.h), which are compiled once per instruction set (kernels.cpp, built by setup.py
+// per ISA inside namespace vimd::cpu::<ISA>). Only raw pointers and sizes cross this boundary, so
+// no torch inline function is compiled with different ISA flags in two translation units.
 #pragma once
 
 #include <cstdint>
@@ -55,8 +55,10 @@ struct ScanArgs {
   void* dC_part = nullptr;
 };
 
-// Depthwise causal conv1d. x/out/dout/dx (batch, dim, L) in `io`; weight (dim, width), bias (dim),
-// dw_part (batch, dim, width), db_part (batch, dim) in the compute type.
+// Depthwise causal conv1d of widths 2..kConvMaxWidth. x/out/dout/dx (batch, dim, L) in `io`;
+// weight (dim, width), bias (dim), dw_part (batch, dim, width), db_part (batch, dim) in the
+// compute type.
+constexpr int64_t kConvMaxWidth = 8;
 struct ConvArgs {
   int64_t batch = 0, dim = 0, L = 0, width = 0;
   bool silu = false, reverse = false, dbl = false;

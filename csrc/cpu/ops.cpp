@@ -349,8 +349,9 @@ ConvSetup setup_conv(const at::Tensor& x, const at::Tensor& weight, const OptTen
   const at::ScalarType ct = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   check_cpu(weight, "weight");
   const at::Tensor w = weight.dim() == 3 && weight.size(1) == 1 ? weight.squeeze(1) : weight;
-  TORCH_CHECK(w.dim() == 2 && w.size(0) == x.size(1) && w.size(1) >= 2 && w.size(1) <= 8,
-              "weight must be (", x.size(1), ", width) with 2 <= width <= 8, got ", weight.sizes());
+  TORCH_CHECK(w.dim() == 2 && w.size(0) == x.size(1) && w.size(1) >= 2 && w.size(1) <= kConvMaxWidth,
+              "weight must be (", x.size(1), ", width) with 2 <= width <= ", kConvMaxWidth, ", got ",
+              weight.sizes());
   TORCH_CHECK(w.scalar_type() == x.scalar_type() || w.scalar_type() == ct, "weight must have dtype ",
               x.scalar_type(), " or ", ct, ", got ", w.scalar_type());
   ConvSetup s;

@@ -1,64 +1,14 @@
 // Plain parameter structs and launcher declarations shared by the CUDA kernels (csrc/cuda/*.cuh)
-// and the binding layer (csrc/bindings_cuda.cpp). No torch headers here: this compiles with bare
-// nvcc and with a host C++ compiler.
+// and the binding layer (csrc/cuda/ops.cpp). No torch headers here: this compiles with bare nvcc
+// and with a host C++ compiler.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
+#include "layout.h"
+
 namespace vimd {
 namespace cuda {
-
-// Selective scan backward layout: kScanLanes lanes (half a warp) walk one (batch, channel) row;
-// each lane owns kScanItems consecutive time steps, so a row covers one tile of kScanTile = 256
-// steps per iteration, and a block of kScanWarps warps holds kScanRows rows. Building with
-// VIMD_SCAN_LANES=32 gives the earlier layout (a warp per row, 8 steps per lane, fewer registers)
-// for timing one against the other (benchmarks/gpu_check.sh stage `layout`).
-#ifndef VIMD_SCAN_LANES
-#define VIMD_SCAN_LANES 16
-#endif
-constexpr int kScanWarps = 4;
-constexpr int kScanLanes = VIMD_SCAN_LANES;
-static_assert(kScanLanes == 16 || kScanLanes == 32, "VIMD_SCAN_LANES must be 16 or 32");
-constexpr int kScanItems = 256 / kScanLanes;
-constexpr int kScanTile = kScanLanes * kScanItems;
-constexpr int kScanRows = kScanWarps * (32 / kScanLanes);
-// Backward main kernel: blocks per multiprocessor its registers allow (__launch_bounds__): about
-// 247 registers with 16 steps per lane, 160 with 8.
-constexpr int kScanMainBlocks = kScanLanes == 16 ? 2 : 3;
-constexpr int kScanMaxState = 64;  // the backward keeps (2, N, kScanTile) floats in shared memory
-
-// Ablations of the scan kernels, for placing their time on a GPU without hardware counters: a
-// build with VIMD_ABLATE = a mask of the bits below leaves those stages out (its results are
-// wrong by design), and its time against the full kernels' is what the stages cost. The rest of
-// the work and the occupancy stay as they are (how: scan_common.cuh). Trees for
-// gpu_check's `versions` stage: `bash scripts/pack_versions.sh ablate:MASK`. 0 (the default)
-// compiles every hook away.
-#ifndef VIMD_ABLATE
-#define VIMD_ABLATE 0
-#endif
-constexpr unsigned kAblate = VIMD_ABLATE;
-constexpr unsigned kAblateExp = 1;     // the decays' exp2 become one FMA (no SFU work)
-constexpr unsigned kAblateLoads = 2;   // row inputs (u, delta, z, dout): every row reads the same 4 rows (cached)
-constexpr unsigned kAblateStores = 4;  // row outputs (out, du, ddelta, dz) are not written
-constexpr unsigned kAblateBC = 8;      // B and C are made up, not read
-constexpr unsigned kAblateScan = 16;   // backward: no lane scans (their shuffle rounds)
-constexpr unsigned kAblateSync = 32;   // no block barrier per forward tile / per backward state
-constexpr bool ablated(unsigned stage) { return (kAblate & stage) != 0; }
-
-// Selective scan forward layout: one thread walks one (batch, channel) row with its states in
-// registers (kFwdStateGroup at a time); a block's kFwdRows rows share B/C, staged kFwdSteps steps
-// at a time. Forward chunks are multiples of kFwdSteps.
-constexpr int kFwdRows = 128;
-constexpr int kFwdSteps = 8;
-constexpr int kFwdStateGroup = 16;
-// The forward addresses a warp's 32 rows and a block's N <= kScanMaxState B/C rows (padded by
-// fewer than 16 steps) with 32-bit offsets from one base.
-constexpr int kFwdMaxSeqlen = (1 << 25) - 16;
-
-// Causal conv1d layout: one thread computes kConvItems consecutive outputs of one row.
-constexpr int kConvItems = 8;
-constexpr int kConvMaxWidth = 8;
-constexpr int kConvThreads = 128;
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 

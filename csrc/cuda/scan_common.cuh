@@ -29,25 +29,9 @@ union ItemWords {
 // kPadTile = 16 banks apart); consecutive steps likewise.
 constexpr int kPadItems = kScanItems + 1;
 
-// exp(delta A) as exp2(delta * A log2 e); kAblateExp: one FMA instead (params.h).
-__device__ __forceinline__ float decay_exp2(float x) {
-  return ablated(kAblateExp) ? fmaf(x, 1e-3f, 0.999f) : exp2f(x);
-}
+// exp(delta A) as exp2(delta * A log2 e).
+__device__ __forceinline__ float decay_exp2(float x) { return exp2f(x); }
 
-// The ablations (params.h) leave the rest of the work as it is, so that what a variant saves is the
-// stage and not, say, code the compiler could then drop (their kernels keep the full ones'
-// occupancy: the same launch bounds, no spills, register counts within a few):
-//  - made-up B/C values (ablation_value) are per thread and item, so nothing downstream folds;
-//  - row loads read the same few rows for every row (ablated_row: L1/L2-resident, same alignment
-//    class, the same instructions);
-//  - row stores return behind `L >= 0`, a test the compiler cannot decide, so the values they
-//    would write and the store code stay.
-__device__ __forceinline__ float ablation_value(int i) {
-  return 0.5f + 1e-3f * static_cast<float>((threadIdx.x + i) & 255);
-}
-__device__ __forceinline__ long long ablated_row(long long row) {
-  return ablated(kAblateLoads) ? (row & 3) : row;  // rows of odd L keep their 16-byte phase
-}
 constexpr int kPadTile = kScanLanes * kPadItems;
 __device__ __forceinline__ int padded(int pos) { return pos + pos / kScanItems; }
 
@@ -64,8 +48,7 @@ struct RowLane {
   __device__ __forceinline__ RowLane()
       : slot(threadIdx.x / kScanLanes),
         lane(threadIdx.x % kScanLanes),
-        mask((kScanLanes >= 32 ? kFullMask : (1u << (kScanLanes % 32)) - 1u)
-             << (threadIdx.x % 32 / kScanLanes * kScanLanes)) {}
+        mask(((1u << kScanLanes) - 1u) << (threadIdx.x % 32 / kScanLanes * kScanLanes)) {}
 };
 
 // Raises the kernel's dynamic shared-memory limit to `smem` (the default is 48 KB minus the
@@ -175,7 +158,6 @@ struct TileIO {
   // Writes the lane's steps below t_end.
   template <typename T>
   __device__ __forceinline__ void store(T* __restrict__ row, const float (&v)[kScanItems]) const {
-    if (ablated(kAblateStores) && L >= 0) return;  // see the ablation notes above
     const int t0 = t();
     if (aligned(row)) {
       if (full()) {
@@ -239,10 +221,7 @@ struct BCView {
   template <typename IO>
   __device__ __forceinline__ void next(const IO& io, float (&v)[kScanItems]) {
     if (grouped) {
-      if (ablated(kAblateBC)) {
-#pragma unroll
-        for (int i = 0; i < kScanItems; ++i) v[i] = ablation_value(i);
-      } else if (vec && io.full()) {
+      if (vec && io.full()) {
         io.load_block(row, v);
       } else {
         io.load(row, v);

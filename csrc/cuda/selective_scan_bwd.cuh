@@ -40,33 +40,24 @@ struct RowInputs {
   __device__ __forceinline__ void load(const ScanParams& p, const IO& io, int b, long long row, int d,
                                        float* zgrad) {
     const int L = p.seqlen;
-    // Every tensor's global loads first, so their latencies overlap. (The 32-lane build, for
-    // timing the layouts, loads them one after the other: batched, its constant-B/C kernels
-    // spilled under their register cap.)
-    constexpr bool kBatch = kScanLanes == 16;
-    const T* zrow = p.z ? static_cast<const T*>(p.z) + (ablated(kAblateLoads) ? ablated_row(d) * L
-                                                                             : b * p.z_batch_stride + static_cast<long long>(d) * L)
+    // Every tensor's global loads first, so their latencies overlap.
+    const T* zrow = p.z ? static_cast<const T*>(p.z) + (b * p.z_batch_stride + static_cast<long long>(d) * L)
                         : nullptr;
-    const long long src = ablated_row(row);
     ItemWords<T> wu, wd, wy, wz;
-    bool al_u = io.fetch(static_cast<const T*>(p.u) + src * L, wu), al_d = false, al_y = false, al_z = false;
-    if (kBatch) {
-      al_d = io.fetch(static_cast<const T*>(p.delta) + src * L, wd);
-      al_y = io.fetch(static_cast<const T*>(p.dout) + src * L, wy);
-      if (zrow) al_z = io.fetch(zrow, wz);
-    }
+    const bool al_u = io.fetch(static_cast<const T*>(p.u) + row * L, wu);
+    const bool al_d = io.fetch(static_cast<const T*>(p.delta) + row * L, wd);
+    const bool al_y = io.fetch(static_cast<const T*>(p.dout) + row * L, wy);
+    bool al_z = false;
+    if (zrow) al_z = io.fetch(zrow, wz);
     io.put(al_u, wu, u);
-    if (!kBatch) al_d = io.fetch(static_cast<const T*>(p.delta) + src * L, wd);
     io.put(al_d, wd, delta);
     prepare_delta(delta, io.t(), io.t_end, p.delta_bias ? p.delta_bias[d] : 0.f, p.delta_softplus);
     dt_sum = 0.f;
 #pragma unroll
     for (int i = 0; i < kScanItems; ++i) dt_sum += delta[i];
-    if (!kBatch) al_y = io.fetch(static_cast<const T*>(p.dout) + src * L, wy);
     io.put(al_y, wy, dy);
     if (p.z) {
       float zv[kScanItems];
-      if (!kBatch) al_z = io.fetch(zrow, wz);
       io.put(al_z, wz, zv);
 #pragma unroll
       for (int i = 0; i < kScanItems; ++i) {
@@ -123,7 +114,7 @@ __device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int 
     float qa = ha, qb = 0.f;
 #pragma unroll
     for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
-    if (!ablated(kAblateScan)) warp_scan_affine_up_down<kScanLanes>(ha, hb, qa, qb, lane);
+    warp_scan_affine_up_down<kScanLanes>(ha, hb, qa, qb, lane);
     const long long idx = (row * p.n_chunks + c) * N + n;
     if (active && lane == kScanLanes - 1) p.chunk_h[idx] = hb;
     if (active && lane == 0) p.chunk_q[idx] = qb;
@@ -171,7 +162,7 @@ struct BCTileStage {
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int ti = tile + 4 * k4 + j;
-        if (ti < t_end) v[j] = ablated(kAblateBC) ? ablation_value(j) : r[kReverse ? L - 1 - ti : ti];
+        if (ti < t_end) v[j] = r[kReverse ? L - 1 - ti : ti];
       }
     }
     return make_float4(v[0], v[1], v[2], v[3]);
@@ -317,8 +308,8 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
       // ... and (kBCGrouped) the previous state's dA partial summed over the row's lanes in the
       // same rounds: its own round of shuffles at the end of that state would stall it. (The
-      // constant-B/C kernels keep that round: the extra live value spilled in the 32-lane build.)
-      if (!ablated(kAblateScan)) warp_scan_affine_up_down<kScanLanes, kBCGrouped>(la, lb, qa, qb, lane, &dA_prev);
+      // constant-B/C kernels keep that round.)
+      warp_scan_affine_up_down<kScanLanes, kBCGrouped>(la, lb, qa, qb, lane, &dA_prev);
       if (kBCGrouped && active && lane == 0 && n > 0) {
         p.part_A[(static_cast<long long>(d) * N + n - 1) * J + j] = dA_prev;
       }
@@ -380,7 +371,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
       if (grouped) {  // sum the rows' contributions to this state, in row order
         // the next state's B/C tile: its buffer was last read in state n - 1, before that barrier
         if (n + 1 < N) bc_stage.put(bc_smem, bc_buf ^ 1, bc_next);
-        if (!ablated(kAblateSync)) __syncthreads();
+        __syncthreads();
         // One float4 of the 2 x kScanTile sums per thread (blockDim = 2 * kScanTile / 4), each
         // owned by that thread across the states, so with two buffers no barrier is needed after
         // this (red[buf] is written again two states later, after the next state's barrier).
@@ -399,7 +390,7 @@ __device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
           *dst = cur;
         }
         if (red_buffers == 1) {
-          if (!ablated(kAblateSync)) __syncthreads();  // one buffer: every thread has read it before the next state's writes
+          __syncthreads();  // one buffer: every thread has read it before the next state's writes
         } else {
           buf ^= 1;
         }
@@ -482,8 +473,8 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
       const TileIO<kReverse> io{sweep_stage[rl.slot], c * kScanTile, min(L, (c + 1) * kScanTile), L, lane,
                                 rl.mask};
       float uv[kScanItems], dv[kScanItems];
-      io.load(static_cast<const T*>(p.u) + ablated_row(row) * L, uv);
-      io.load(static_cast<const T*>(p.delta) + ablated_row(row) * L, dv);
+      io.load(static_cast<const T*>(p.u) + row * L, uv);
+      io.load(static_cast<const T*>(p.delta) + row * L, dv);
       prepare_delta(dv, io.t(), io.t_end, bias, p.delta_softplus);
       float lane_dt = 0.f;
 #pragma unroll
@@ -510,7 +501,7 @@ __device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
         float la = decay_exp2(lane_dt * a2), lb = 0.f;
 #pragma unroll
         for (int i = 0; i < kScanItems; ++i) lb = fmaf(decay_exp2(dv[i] * a2), lb, uv[i] * bv[i]);
-        if (!ablated(kAblateScan)) warp_scan_affine_up<kScanLanes>(la, lb, lane);
+        warp_scan_affine_up<kScanLanes>(la, lb, lane);
         const float h_out = fmaf(la, h_in, lb);
         if (active && lane == kScanLanes - 1) p.chunk_h[(row * tiles + c + 1) * N + n] = h_out;
         __syncwarp();
@@ -531,10 +522,6 @@ __device__ __forceinline__ void scan_bwd_tiles(const ScanParams& p, int c) {
   }
   for (; c >= c_end; --c) scan_bwd_block<T, kReverse, kBCGrouped>(p, c);
 }
-
-// The summary pass's register budget: 3 blocks of 128 threads per SM leave room for the next
-// state's B and C in flight (at 4 it spilled).
-constexpr int kScanSummaryBlocks = 3;
 
 template <typename T, bool kBCGrouped>
 __global__ __launch_bounds__(kScanWarps * 32, kScanSummaryBlocks) void scan_bwd_summary_kernel(ScanParams p) {

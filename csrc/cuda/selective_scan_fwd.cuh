@@ -4,7 +4,7 @@
 // kFwdStateGroup; larger N cycles the groups through shared memory). A step then costs, per
 // state, one multiply and one exp2 for the decay, a multiply and an FMA for the state and an FMA
 // for the output: no cross-lane scans and no per-state reloads, so the kernel is bound by the
-// exp2 throughput rather than by instruction issue (the warp-per-row layout the backward uses
+// exp2 throughput rather than by instruction issue (the lanes-over-time layout the backward uses
 // spends most of its issue slots on the lane scans and per-state loads).
 //
 // A block's kFwdRows rows lie in one segment of the B/C groups, so they read the same B and C:
@@ -74,7 +74,6 @@ struct RowSteps {
   template <typename T>
   __device__ __forceinline__ void store(T* base, int row_stride, const float (&v)[kFwdSteps],
                                         float* buf) const {
-    if (ablated(kAblateStores) && L >= 0) return;  // see the ablation notes in scan_common.cuh
     __syncwarp();
 #pragma unroll
     for (int k = 0; k < kFwdSteps; ++k) buf[slot(k)] = v[k];
@@ -137,9 +136,8 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
       const int e = tid + k * kFwdRows, n = e / kFwdSteps, t = tile + e % kFwdSteps;
       const bool ok = n < N && t < t_end;
       const int pt = kReverse ? L - 1 - t : t;
-      vb[k] = (b_grouped && ok) ? (ablated(kAblateBC) ? ablation_value(k) : Bg.row0[n * Bg.stride + pt]) : 0.f;
-      vc[k] = (!kSummary && c_grouped && ok) ? (ablated(kAblateBC) ? ablation_value(k) : Cg.row0[n * Cg.stride + pt])
-                                             : 0.f;
+      vb[k] = (b_grouped && ok) ? Bg.row0[n * Bg.stride + pt] : 0.f;
+      vc[k] = (!kSummary && c_grouped && ok) ? Cg.row0[n * Cg.stride + pt] : 0.f;
     }
   };
   auto put = [&](int buf, const float (&vb)[kFwdStage], const float (&vc)[kFwdStage]) {
@@ -179,12 +177,10 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
     for (int k = 0; k < kFwdStateGroup; ++k) h[k] = entry_state(k);
   }
 
-  // (kAblateLoads: every warp reads the first rows, see ablated_row)
-  const long long src = ablated(kAblateLoads) ? 0 : row_index(p, b, d0);
+  const long long src = row_index(p, b, d0);
   const T* u = static_cast<const T*>(p.u) + src * L;
   const T* delta = static_cast<const T*>(p.delta) + src * L;
-  const T* z = p.z ? static_cast<const T*>(p.z) + (ablated(kAblateLoads) ? 0 : b * p.z_batch_stride +
-                                                                            static_cast<long long>(d0) * L)
+  const T* z = p.z ? static_cast<const T*>(p.z) + (b * p.z_batch_stride + static_cast<long long>(d0) * L)
                    : nullptr;
   const float Dd = p.D ? p.D[d] : 0.f;
   const float bias = p.delta_bias ? p.delta_bias[d] : 0.f;
@@ -235,7 +231,7 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
         s_dt[io.slot(i)] = dv[i];
       }
     }
-    if (!ablated(kAblateSync)) __syncthreads();  // this block's B/C are staged (and the buffer staged next was read by all)
+    __syncthreads();  // this block's B/C are staged (and the buffer staged next was read by all)
     for (int g = 0; g < n_groups; ++g) {
       if (spill) {
         load_group(g);
@@ -313,11 +309,8 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
   }
 }
 
-// Blocks per multiprocessor the registers are budgeted for (__launch_bounds__): 3 of 128 threads
-// leave room for the next tile's loads in flight (at 4, the B/C-grouped kernels spilled); constant
-// B/C hold 2 x kFwdStateGroup more values in registers, so those kernels get 2 (at 3 the
-// two-direction one spilled on sm_80).
-constexpr int fwd_min_blocks(bool bc_grouped) { return bc_grouped ? 3 : 2; }
+// Blocks per multiprocessor the registers are budgeted for (__launch_bounds__, layout.h).
+constexpr int fwd_min_blocks(bool bc_grouped) { return bc_grouped ? kFwdBlocks : kFwdBlocksConstBC; }
 
 // The chunk (grid z) of a block. Blocks start in grid order, so the main pass takes the chunks
 // last first: the chunks the summary pass read last are the likeliest still in L2.

@@ -135,18 +135,6 @@ def test_groups_of():
     assert scan_cuda.groups_of(torch.empty(2, 4, 3, 5)) == 4
 
 
-def test_cuda_modules_reject_unsupported_inputs_before_launch():
-    u = torch.zeros(1, 2, 3, dtype=torch.float64)
-    A = torch.zeros(2, 4, dtype=torch.float64)
-    with pytest.raises(TypeError, match="u: .*float64"):
-        scan_cuda.forward(u, u, A, A, A, None, None, None, None, False, False)
-    with pytest.raises(ValueError, match="A: .*N <= 64"):
-        scan_cuda.forward(u.float(), u.float(), torch.zeros(2, 65), A.float(), A.float(), None, None,
-                          None, None, False, False)
-    with pytest.raises(TypeError, match="x: .*float64"):
-        conv_cuda.forward(u, torch.zeros(2, 4, dtype=torch.float64), None, False, False)
-
-
 # ----------------------------------------------------------------------------- CPU: emulated kernels
 # The kernel templates of csrc/cuda compiled for the CPU with csrc/cuda/emu/simt_host.h (one
 # std::thread per CUDA thread) behind the real bindings and the real backend modules: checks
@@ -165,7 +153,9 @@ def _cuda_include() -> str | None:
     return None
 
 
-def _build_emulator(tmp_path_factory, name: str, defines: list[str]):
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    """The CUDA ops of csrc/cuda/ops.cpp with the kernels running under the host emulator."""
     inc = _cuda_include()
     if inc is None:
         pytest.skip("CUDA toolkit headers (cuda_fp16.h) not found: cannot build the kernel emulator")
@@ -173,27 +163,16 @@ def _build_emulator(tmp_path_factory, name: str, defines: list[str]):
     csrc = os.path.join(os.path.dirname(__file__), "..", "..", "csrc")
     sanitize = os.environ.get(EMU_SANITIZE_ENV)  # "thread": the race check (test_cuda_racecheck.py)
     san = [f"-fsanitize={sanitize}", "-g"] if sanitize else []
-    name += f"_{sanitize}" if sanitize else ""
+    name = "vimd_cuda_emu" + (f"_{sanitize}" if sanitize else "")
     preload = os.environ.pop("LD_PRELOAD", None)  # the sanitizer runtime is for this process, not the compiler
     try:
         return load(name=name, sources=[os.path.join(csrc, "cuda", "emu", "emu_ops.cpp")],
                     extra_include_paths=[os.path.abspath(csrc), inc],
-                    extra_cflags=["-std=c++20", "-DVIMD_CUDA_EMULATION", "-O1", "-Wno-unknown-pragmas", *defines, *san],
+                    extra_cflags=["-std=c++20", "-DVIMD_CUDA_EMULATION", "-O1", "-Wno-unknown-pragmas", *san],
                     extra_ldflags=san, build_directory=str(tmp_path_factory.mktemp(name)), verbose=False)
     finally:
         if preload is not None:
             os.environ["LD_PRELOAD"] = preload
-
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    return _build_emulator(tmp_path_factory, "vimd_cuda_emu", [])
-
-
-@pytest.fixture(scope="module")
-def emu_warp_rows(tmp_path_factory):
-    """The kernels built with VIMD_SCAN_LANES=32: the backward's warp-per-row layout (A/B builds)."""
-    return _build_emulator(tmp_path_factory, "vimd_cuda_emu_warp_rows", ["-DVIMD_SCAN_LANES=32"])
 
 
 @pytest.fixture
@@ -276,21 +255,6 @@ def test_emulated_forward_chunks_of_any_step_multiple(emu, chunk_len, N):
     many = emu.selective_scan_fwd_cuda(*args, True, True, chunk_len)
     assert_close(many[0], one[0], "scan", torch.float32, "out")
     assert_close(many[1], one[1], "scan", torch.float32, "last_state")
-
-
-@pytest.mark.parametrize("case,walk", [(ScanCase(2, 8, 300, 4, initial_state=True), False),
-                                       (ScanCase(2, 8, 299, 4, "g2", "var", initial_state=True, reverse=True), True),
-                                       (ScanCase(2, 6, 40, 2, "g2", "g3", D=False, delta_bias=False), False),
-                                       (ScanCase(2, 8, 197, 3, dtype=torch.bfloat16, reverse=True), False)], ids=str)
-def test_emulated_backward_warp_rows_layout(emu_warp_rows, monkeypatch, case, walk):
-    """The A/B build of the backward (VIMD_SCAN_LANES=32: a warp per row, 8 steps per lane, 4 rows
-    per block), planned with the rows it reports."""
-    for mod in (scan_cuda, conv_cuda):
-        monkeypatch.setattr(mod, "_ext", lambda: emu_warp_rows)
-    monkeypatch.setattr(scan_cuda, "_device_sms", lambda t: EMU_SM_COUNT)
-    monkeypatch.setattr(scan_cuda, "use_row_walk", lambda *a: walk)
-    assert emu_warp_rows.cuda_scan_rows == 4 and emu_warp_rows.cuda_scan_main_blocks == 3
-    _check_backend_scan(case, scan_cuda.forward, scan_cuda.backward)
 
 
 def test_emulated_backward_with_more_tiles_than_a_combine_group(emulated):

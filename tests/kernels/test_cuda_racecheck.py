@@ -27,7 +27,7 @@ T = "tests/kernels/test_cuda.py::"
 # carry combine, main pass), state groups cycled through shared memory, backward tiles in parallel
 # (summary + combine) and the row walk, odd L through the staging buffers, grouped B/C sums, both
 # directions in one launch, conv forward/backward (both directions, channel slices), the mixer op.
-# The slow test below adds the rest (the warp-per-row build, multi-slab blocks, 300-row segments).
+# The slow test below adds the rest (multi-slab blocks and 300-row segments among them).
 RACE_CASES = [
     T + "test_emulated_scan_kernels_match_reference[b2d8L300N4-BvarCvar-Dzdsi--float32]",
     T + "test_emulated_scan_kernels_match_reference[b2d8L64N4-Bg4Cvar-Dzds-r-bfloat16]",
@@ -41,7 +41,7 @@ RACE_CASES = [
 ]
 
 
-# On a GPU, `STAGES=sanitize bash benchmarks/gpu_check.sh` runs these `cuda` tests under
+# On a GPU, `STAGES=sanitize bash tools/gpu/gpu_check.sh` runs these `cuda` tests under
 # compute-sanitizer's memcheck (out-of-bounds and misaligned global accesses, which the emulator's
 # x86 host tolerates), racecheck (shared-memory hazards on the hardware) and synccheck: one small
 # case of every kernel and phase (grouped B/C, the three-phase long-L path, state groups with the

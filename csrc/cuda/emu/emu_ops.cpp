@@ -1,4 +1,4 @@
-// The CUDA bindings (csrc/bindings_cuda.cpp) over CPU tensors, with the kernel templates of
+// The CUDA ops (csrc/cuda/ops.cpp) over CPU tensors, with the kernel templates of
 // csrc/cuda running under the host emulator (simt_host.h). Built on demand by the tests
 // (torch.utils.cpp_extension.load); never part of the package build.
 #include <torch/extension.h>
@@ -9,6 +9,6 @@
 #include "../selective_scan_bwd.cuh"
 #include "../selective_scan_fwd.cuh"
 
-#include "../../bindings_cuda.cpp"
+#include "../ops.cpp"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { register_cuda_ops(m); }

@@ -1,177 +1,19 @@
-// The CPU kernels, compiled once per instruction set: isa_<name>.cpp includes this file with
-// CPU_CAPABILITY=<NAME> (setup.py sets it and the matching -m flags per file), so at::vec picks
-// the matching Vectorized<T> and every symbol lands in namespace vimd::cpu::<NAME>.
+// The selective scan's CPU kernels (per instruction set: see vec.h).
 //
 // Layout of the work: one (batch, channel) row at a time; cheap per-time-step quantities
 // (softplus, dt*u, gating, conversions) are computed with vectors along L into per-thread
 // scratch rows (in step order, i.e. reversed while loading for reverse=True; the tensors are never
-// flipped and B/C are walked backwards in place), and the recurrence keeps up to 4 vectors of
-// states in registers while it walks L. Compute type: float, or double for
-// float64 inputs. Only at::vec and this file's own helpers are used here (see kernels.h).
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
+// flipped and B/C are walked backwards in place), and the recurrence keeps up to kMaxKV vectors of
+// states in registers while it walks L. Compute type: float, or double for float64 inputs.
+#pragma once
 
-#include <cstdlib>
-#include <cstring>
-#include <new>
 #include <type_traits>
 
-#include "cpu/kernels.h"
-
-#ifndef CPU_CAPABILITY
-#error "compile this through csrc/cpu/isa_<name>.cpp (setup.py defines CPU_CAPABILITY per file)"
-#endif
-
-#define VIMD_STR2(x) #x
-#define VIMD_STR(x) VIMD_STR2(x)
+#include "cpu/vec.h"
 
 namespace vimd::cpu::CPU_CAPABILITY {
 
-template <typename T>
-using Vec = at::vec::Vectorized<T>;
-
 constexpr int kMaxKV = 4;  // state vectors held in registers per pass
-
-// ----------------------------------------------------------------------------- small helpers
-
-template <typename T>
-class Scratch {  // one allocation per task, never per step
- public:
-  explicit Scratch(int64_t n) : p_(static_cast<T*>(std::malloc(sizeof(T) * (n > 0 ? n : 1)))) {
-    if (p_ == nullptr) throw std::bad_alloc();
-  }
-  ~Scratch() { std::free(p_); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  T* get() const { return p_; }
-
- private:
-  T* p_;
-};
-
-inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-
-inline float bits_to_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
-inline uint32_t float_to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  return u;
-}
-
-inline float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t em = h & 0x7fffu;
-  if (em >= 0x7c00u) return bits_to_float(sign | 0x7f800000u | ((em & 0x3ffu) << 13));  // inf/nan
-  if (em >= 0x0400u) return bits_to_float(sign | ((em << 13) + 0x38000000u));           // normal
-  return bits_to_float(sign | float_to_bits(static_cast<float>(em) * 5.9604644775390625e-8f));
-}
-
-inline uint16_t float_to_half(float f) {  // round to nearest even
-  uint32_t x = float_to_bits(f);
-  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
-  x &= 0x7fffffffu;
-  if (x >= 0x7f800000u) return sign | 0x7c00u | (x > 0x7f800000u ? 0x200u : 0u);  // inf/nan
-  if (x >= 0x477ff000u) return sign | 0x7c00u;                                    // overflow
-  if (x < 0x38800000u) {  // half subnormal: let the FPU round at 2^-24 granularity
-    const float r = bits_to_float(x) + 0.5f;
-    return sign | static_cast<uint16_t>(float_to_bits(r) - 0x3f000000u);
-  }
-  x += 0xc8000fffu + ((x >> 13) & 1u);  // rebias exponent (-112 << 23) and round
-  return sign | static_cast<uint16_t>(x >> 13);
-}
-
-inline float bf16_to_float(uint16_t b) { return bits_to_float(static_cast<uint32_t>(b) << 16); }
-
-inline uint16_t float_to_bf16(float f) {  // round to nearest even
-  uint32_t x = float_to_bits(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);
-  x += 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<uint16_t>(x >> 16);
-}
-
-// Converts n elements of a row into the compute type; rev=true stores them in reverse order (the
-// per-row scratch of a reverse scan is kept in step order, so the tensors are never flipped).
-template <typename T>
-void load_row(IoType io, const void* base, int64_t off, int64_t n, T* dst, bool rev = false) {
-  if (rev) {
-    load_row(io, base, off, n, dst, false);
-    for (int64_t i = 0, j = n - 1; i < j; ++i, --j) {
-      const T tmp = dst[i];
-      dst[i] = dst[j];
-      dst[j] = tmp;
-    }
-    return;
-  }
-  if ((io == IoType::F32 && sizeof(T) == 4) || (io == IoType::F64 && sizeof(T) == 8)) {
-    std::memcpy(dst, static_cast<const T*>(base) + off, sizeof(T) * n);
-    return;
-  }
-  switch (io) {
-    case IoType::F32: {
-      const float* p = static_cast<const float*>(base) + off;
-      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(p[i]);
-      break;
-    }
-    case IoType::F64: {
-      const double* p = static_cast<const double*>(base) + off;
-      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(p[i]);
-      break;
-    }
-    case IoType::F16: {
-      const uint16_t* p = static_cast<const uint16_t*>(base) + off;
-      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(half_to_float(p[i]));
-      break;
-    }
-    case IoType::BF16: {
-      const uint16_t* p = static_cast<const uint16_t*>(base) + off;
-      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(bf16_to_float(p[i]));
-      break;
-    }
-  }
-}
-
-// Stores n compute-type values into a row (reversing them when rev; src is then used as scratch).
-template <typename T>
-void store_row(IoType io, void* base, int64_t off, int64_t n, T* src, bool rev = false) {
-  if (rev) {
-    for (int64_t i = 0, j = n - 1; i < j; ++i, --j) {
-      const T tmp = src[i];
-      src[i] = src[j];
-      src[j] = tmp;
-    }
-  }
-  if ((io == IoType::F32 && sizeof(T) == 4) || (io == IoType::F64 && sizeof(T) == 8)) {
-    std::memcpy(static_cast<T*>(base) + off, src, sizeof(T) * n);
-    return;
-  }
-  switch (io) {
-    case IoType::F32: {
-      float* p = static_cast<float*>(base) + off;
-      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(src[i]);
-      break;
-    }
-    case IoType::F64: {
-      double* p = static_cast<double*>(base) + off;
-      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<double>(src[i]);
-      break;
-    }
-    case IoType::F16: {
-      uint16_t* p = static_cast<uint16_t*>(base) + off;
-      for (int64_t i = 0; i < n; ++i) p[i] = float_to_half(static_cast<float>(src[i]));
-      break;
-    }
-    case IoType::BF16: {
-      uint16_t* p = static_cast<uint16_t*>(base) + off;
-      for (int64_t i = 0; i < n; ++i) p[i] = float_to_bf16(static_cast<float>(src[i]));
-      break;
-    }
-  }
-}
 
 // exp of the recurrence: the inline polynomial (about 20 ulp) for float, Sleef for double.
 template <typename T>
@@ -181,11 +23,6 @@ inline Vec<T> vexp(const Vec<T>& x) {
   } else {
     return x.exp();
   }
-}
-
-template <typename T>
-inline T hsum(const Vec<T>& v) {
-  return at::vec::vec_reduce_all<T>([](const Vec<T>& a, const Vec<T>& b) { return a + b; }, v);
 }
 
 // Lane i of the result is the sum of the lanes of v[i], for W = Vec<T>::size() vectors (v is
@@ -236,11 +73,6 @@ class StepSums {
   int64_t L_;
 };
 
-template <typename T>
-inline Vec<T> vsigmoid(const Vec<T>& x) {
-  return Vec<T>(T(1)) / (Vec<T>(T(1)) + x.neg().exp());
-}
-
 // Calls f(std::integral_constant<int, KV>) for kv in 1..kMaxKV.
 template <typename F>
 inline void with_kv(int64_t kv, F&& f) {
@@ -252,9 +84,6 @@ inline void with_kv(int64_t kv, F&& f) {
   }
 }
 
-// ----------------------------------------------------------------------------- selective scan
-
-// Per-row scratch is kept in step order s (t = L-1-s for a reverse scan); B/C are read in place,
 // walking their time axis backwards for reverse: B at step s is B0 + s * bstep.
 template <typename T>
 struct RowView {  // the parameters of one (batch, channel) row
@@ -588,118 +417,11 @@ void scan_bwd_impl(const ScanArgs& a, int64_t task_begin, int64_t task_end) {
   }
 }
 
-// ----------------------------------------------------------------------------- causal conv1d
-// out[t] = act(bias + sum_j wr[j] * xs[t + j]) where xs is the row zero-padded by width-1 in front
-// (causal, wr = w) or behind (reverse, wr = w reversed).
-
-template <typename T>
-void conv_load_padded(const ConvArgs& a, int64_t row, T* xs, T* wr) {
-  const int64_t L = a.L, P = a.width - 1;
-  const T* w = static_cast<const T*>(a.weight) + (row % a.dim) * a.width;
-  for (int64_t j = 0; j < a.width; ++j) wr[j] = a.reverse ? w[a.width - 1 - j] : w[j];
-  T* pad = a.reverse ? xs + L : xs;
-  for (int64_t j = 0; j < P; ++j) pad[j] = T(0);
-  load_row(a.io, a.x, row * L, L, a.reverse ? xs : xs + P);
-}
-
-template <typename T>
-inline Vec<T> conv_preact(const T* xs, const T* wr, int64_t width, T bias, int64_t i, int64_t c) {
-  Vec<T> acc(bias);
-  for (int64_t j = 0; j < width; ++j) acc = at::vec::fmadd(Vec<T>(wr[j]), Vec<T>::loadu(xs + i + j, c), acc);
-  return acc;
-}
-
-template <typename T>
-void conv_fwd_impl(const ConvArgs& a, int64_t row_begin, int64_t row_end) {
-  using V = Vec<T>;
-  constexpr int64_t W = V::size();
-  const int64_t L = a.L, P = a.width - 1;
-  Scratch<T> buf(2 * L + P);
-  T* xs = buf.get();
-  T* o = xs + L + P;
-  T wr[8];
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    conv_load_padded(a, row, xs, wr);
-    const T bias = a.bias ? static_cast<const T*>(a.bias)[row % a.dim] : T(0);
-    for (int64_t i = 0; i < L; i += W) {
-      const int64_t c = imin(W, L - i);
-      V s = conv_preact(xs, wr, a.width, bias, i, c);
-      if (a.silu) s = s * vsigmoid(s);
-      s.store(o + i, c);
-    }
-    store_row(a.io, a.out, row * L, L, o);
-  }
-}
-
-template <typename T>
-void conv_bwd_impl(const ConvArgs& a, int64_t row_begin, int64_t row_end) {
-  using V = Vec<T>;
-  constexpr int64_t W = V::size();
-  const int64_t L = a.L, P = a.width - 1;
-  Scratch<T> buf(3 * L + 2 * P);
-  T* xs = buf.get();
-  T* dsp = xs + L + P;  // d(pre-activation), zero-padded on the side opposite to xs's padding
-  T* go = dsp + L + P;
-  T wr[8], wd[8];
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    const int64_t d = row % a.dim;
-    conv_load_padded(a, row, xs, wr);
-    for (int64_t j = 0; j < a.width; ++j) wd[j] = wr[a.width - 1 - j];
-    const T bias = a.bias ? static_cast<const T*>(a.bias)[d] : T(0);
-    T* ds = a.reverse ? dsp + P : dsp;
-    T* pad = a.reverse ? dsp : dsp + L;
-    for (int64_t j = 0; j < P; ++j) pad[j] = T(0);
-    load_row(a.io, a.dout, row * L, L, go);
-    V db(T(0));
-    for (int64_t i = 0; i < L; i += W) {
-      const int64_t c = imin(W, L - i);
-      V g = V::loadu(go + i, c);
-      if (a.silu) {
-        const V s = conv_preact(xs, wr, a.width, bias, i, c);
-        const V sg = vsigmoid(s);
-        g = g * sg * (V(T(1)) + s * (V(T(1)) - sg));
-      }
-      db = db + g;
-      g.store(ds + i, c);
-    }
-    T* dw = static_cast<T*>(a.dw_part) + row * a.width;
-    for (int64_t j = 0; j < a.width; ++j) {  // d wr[j] = sum_t ds[t] xs[t + j]
-      V acc(T(0));
-      for (int64_t i = 0; i < L; i += W) {
-        const int64_t c = imin(W, L - i);
-        acc = at::vec::fmadd(V::loadu(ds + i, c), V::loadu(xs + i + j, c), acc);
-      }
-      dw[a.reverse ? a.width - 1 - j : j] = hsum(acc);
-    }
-    if (a.db_part) static_cast<T*>(a.db_part)[row] = hsum(db);
-    for (int64_t i = 0; i < L; i += W) {  // dx[i] = sum_j wd[j] dsp[i + j]
-      const int64_t c = imin(W, L - i);
-      conv_preact(dsp, wd, a.width, T(0), i, c).store(go + i, c);
-    }
-    store_row(a.io, a.dx, row * L, L, go);
-  }
-}
-
-// ----------------------------------------------------------------------------- entry points
-
-void scan_fwd(const ScanArgs& a, int64_t b, int64_t e) {
+inline void scan_fwd(const ScanArgs& a, int64_t b, int64_t e) {
   if (a.dbl) scan_fwd_impl<double>(a, b, e); else scan_fwd_impl<float>(a, b, e);
 }
-void scan_bwd(const ScanArgs& a, int64_t b, int64_t e) {
+inline void scan_bwd(const ScanArgs& a, int64_t b, int64_t e) {
   if (a.dbl) scan_bwd_impl<double>(a, b, e); else scan_bwd_impl<float>(a, b, e);
-}
-void conv_fwd(const ConvArgs& a, int64_t b, int64_t e) {
-  if (a.dbl) conv_fwd_impl<double>(a, b, e); else conv_fwd_impl<float>(a, b, e);
-}
-void conv_bwd(const ConvArgs& a, int64_t b, int64_t e) {
-  if (a.dbl) conv_bwd_impl<double>(a, b, e); else conv_bwd_impl<float>(a, b, e);
-}
-
-const KernelTable& table() {
-  static const KernelTable t{VIMD_STR(CPU_CAPABILITY), static_cast<int>(Vec<float>::size()),
-                             static_cast<int>(Vec<double>::size()), &scan_fwd, &scan_bwd,
-                             &conv_fwd, &conv_bwd};
-  return t;
 }
 
 }  // namespace vimd::cpu::CPU_CAPABILITY

@@ -1,9 +1,10 @@
-// Thin binding layer for the CUDA kernels: argument checks, device guard, current stream, output
-// and workspace allocation, dtype dispatch. The kernels themselves (csrc/cuda) see only plain
-// parameter structs and raw pointers. Called from csrc/bindings.cpp under VIMD_WITH_CUDA.
+// Tensor-level CUDA ops of vimd_kernels._C: argument checks, device guard, current stream, output
+// and workspace allocation, dtype dispatch. The kernels themselves (*.cuh) see only plain
+// parameter structs and raw pointers. register_cuda_ops is called from csrc/bindings.cpp under
+// VIMD_WITH_CUDA.
 //
 // csrc/cuda/emu/emu_ops.cpp includes this file with VIMD_CUDA_EMULATION defined: the same
-// bindings then take CPU tensors and run the kernels under the host emulator (tests, no GPU).
+// ops then take CPU tensors and run the kernels under the host emulator (tests, no GPU).
 #include <torch/extension.h>
 
 #include <cuda_bf16.h>
@@ -17,7 +18,7 @@
 #include <tuple>
 #include <vector>
 
-#include "cuda/params.h"
+#include "params.h"
 
 namespace {
 
@@ -590,9 +591,4 @@ void register_cuda_ops(pybind11::module_& m) {
         "causal conv1d backward, both directions in one launch (CUDA)", py::arg("x"), py::arg("weight"),
         py::arg("bias"), py::arg("dout_f"), py::arg("dout_b"), py::arg("silu"));
   m.def("cuda_sm_count", &sm_count, "number of multiprocessors of a CUDA device", py::arg("device"));
-  m.attr("cuda_scan_tile") = vc::kScanTile;
-  m.attr("cuda_scan_rows") = vc::kScanRows;
-  m.attr("cuda_scan_main_blocks") = vc::kScanMainBlocks;
-  m.attr("cuda_scan_max_state") = vc::kScanMaxState;
-  m.attr("cuda_ablate") = vc::kAblate;  // nonzero: a timing build with kernel stages left out (params.h)
 }
