@@ -1,0 +1,1 @@
+"""mamba_ssm.utils: ``generation`` (InferenceParams) and ``hf`` (local config / state dict loading)."""
