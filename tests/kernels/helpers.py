@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Optional
 
 import pytest
@@ -44,14 +44,23 @@ def backend_params(kernel: str, cases=None, is_tiny=lambda c: True):
     return out
 
 
-# ----------------------------------------------------------------------------- scan inputs
-
 @dataclass(frozen=True)
-class ScanCase:
-    """One selective-scan configuration.  ``b_kind``/``c_kind``: 'const', 'var' or 'g<G>'."""
+class KernelCase:
+    """What every kernel test case has: the (batch, dim, L) shape, then keyword-only the direction
+    and the dtype of the input."""
     batch: int = 2
     dim: int = 4
     L: int = 7
+    _: KW_ONLY
+    reverse: bool = False
+    dtype: torch.dtype = torch.float32
+
+
+# ----------------------------------------------------------------------------- scan inputs
+
+@dataclass(frozen=True)
+class ScanCase(KernelCase):
+    """One selective-scan configuration.  ``b_kind``/``c_kind``: 'const', 'var' or 'g<G>'."""
     N: int = 4
     b_kind: str = "var"
     c_kind: str = "var"
@@ -60,8 +69,6 @@ class ScanCase:
     delta_bias: bool = True
     softplus: bool = True
     initial_state: bool = False
-    reverse: bool = False
-    dtype: torch.dtype = torch.float32
     bc_dtype: Optional[torch.dtype] = None  # B/C dtype when it differs from u's (e.g. fp32 B with fp16 u)
 
     def __str__(self) -> str:

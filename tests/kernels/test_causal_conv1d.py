@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from tests.kernels.helpers import backend_params, reduction_scale
+from tests.kernels.helpers import KernelCase, backend_params, reduction_scale
 from tests.kernels.oracle import conv64
 from tests.tolerances import assert_close
 from vimd_kernels import causal_conv1d_fn, causal_conv1d_ref
@@ -15,16 +15,11 @@ KERNEL = "causal_conv1d"
 
 
 @dataclass(frozen=True)
-class ConvCase:
-    batch: int = 2
-    dim: int = 4
-    L: int = 7
+class ConvCase(KernelCase):
     width: int = 4
     bias: bool = True
     silu: bool = True
-    reverse: bool = False
     conv_layout: bool = False  # weight as nn.Conv1d stores it, (dim, 1, width)
-    dtype: torch.dtype = torch.float32
 
     def __str__(self) -> str:
         opts = "".join(c if on else "-" for c, on in

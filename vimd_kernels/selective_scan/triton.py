@@ -19,7 +19,7 @@ per-program partials and summed in a fixed order afterwards: results are bitwise
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -37,15 +37,25 @@ CAPS = Capabilities(dtypes=FLOAT_DTYPES, deterministic=True, row_views=True)
 _CONST, _VAR = 0, 1  # B/C kinds: constant (dim, N) or variable/grouped (batch, G, N, L)
 
 
+class _ScanFlags(NamedTuple):
+    """What a scan call computes: the kernels' FLAGS, one constexpr (each value compiles its own
+    kernel)."""
+    reverse: bool
+    b_kind: int  # _CONST or _VAR
+    c_kind: int
+    softplus: bool
+    has_d: bool
+    has_z: bool
+    has_db: bool
+
+
 # ----------------------------------------------------------------------------- kernels
 
 @triton.jit
 def _load_tile(u_ptr, delta_ptr, db_ptr, B_ptr, C_ptr, A, b, dim, L, N, B_G, C_G, offs_d, d_mask,
-               offs_n, n_mask, p, p_mask, REVERSE: tl.constexpr, B_KIND: tl.constexpr,
-               C_KIND: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DB: tl.constexpr,
-               BD: tl.constexpr, CT: tl.constexpr):
+               offs_n, n_mask, p, p_mask, FLAGS: tl.constexpr, BD: tl.constexpr, CT: tl.constexpr):
     """Load one (BD, BT) tile of the scan inputs at scan steps p; masked steps get a=1, b=0."""
-    if REVERSE:
+    if FLAGS.reverse:
         idx = L - 1 - p
     else:
         idx = p
@@ -53,23 +63,23 @@ def _load_tile(u_ptr, delta_ptr, db_ptr, B_ptr, C_ptr, A, b, dim, L, N, B_G, C_G
     ptrs = (b * dim + offs_d)[:, None].to(tl.int64) * L + idx[None, :]
     u = tl.load(u_ptr + ptrs, mask=m2, other=0.0).to(CT)
     dt_pre = tl.load(delta_ptr + ptrs, mask=m2, other=0.0).to(CT)
-    if HAS_DB:
+    if FLAGS.has_db:
         dt_pre += tl.load(db_ptr + offs_d, mask=d_mask, other=0.0).to(CT)[:, None]
-    if SOFTPLUS:
+    if FLAGS.softplus:
         dt = softplus(dt_pre)
     else:
         dt = dt_pre
     dt = tl.where(m2, dt, 0.0)
     first_d = (tl.program_id(0) * BD).to(tl.int64)
     mn = n_mask[:, None] & p_mask[None, :]
-    if B_KIND == 0:
+    if FLAGS.b_kind == 0:
         Bt = tl.load(B_ptr + offs_d[:, None] * N + offs_n[None, :],
                      mask=d_mask[:, None] & n_mask[None, :], other=0.0).to(CT)[:, :, None]
     else:
         g = first_d // (dim // B_G)
         Bt = tl.load(B_ptr + ((b * B_G + g) * N + offs_n)[:, None].to(tl.int64) * L + idx[None, :],
                      mask=mn, other=0.0).to(CT)[None, :, :]
-    if C_KIND == 0:
+    if FLAGS.c_kind == 0:
         Ct = tl.load(C_ptr + offs_d[:, None] * N + offs_n[None, :],
                      mask=d_mask[:, None] & n_mask[None, :], other=0.0).to(CT)[:, :, None]
     else:
@@ -134,16 +144,14 @@ def _program_states(A_ptr, h0_ptr, dim, N, n_chunks, HAS_H0: tl.constexpr, H0_PE
 @triton.jit
 def _ss_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr, dout_ptr,
                    out_ptr, last_ptr, P_ptr, S_ptr, Q_ptr,
-                   batch, dim, L, N, B_G, C_G, chunk_len, n_chunks, z_shift,
-                   REVERSE: tl.constexpr, B_KIND: tl.constexpr, C_KIND: tl.constexpr,
-                   SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                   HAS_DB: tl.constexpr, HAS_H0: tl.constexpr, H0_PER_CHUNK: tl.constexpr,
-                   SUMMARY: tl.constexpr, HAS_DOUT: tl.constexpr,
-                   BD: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, CT: tl.constexpr):
+                   batch, dim, L, N, B_G, C_G, chunk_len, n_chunks, z_shift, FLAGS: tl.constexpr,
+                   HAS_H0: tl.constexpr, H0_PER_CHUNK: tl.constexpr, SUMMARY: tl.constexpr,
+                   HAS_DOUT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr,
+                   CT: tl.constexpr):
     """SUMMARY: per chunk P = prod a, S = end state from zero (and Q with HAS_DOUT); else outputs."""
     b, c, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, chunk_off, A, h = _program_states(
         A_ptr, h0_ptr, dim, N, n_chunks, HAS_H0, H0_PER_CHUNK, BD, NP, CT)
-    if HAS_D:
+    if FLAGS.has_d:
         Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(CT)
     P = tl.full((BD, NP), 1.0, dtype=CT)
     Q = tl.zeros((BD, NP), dtype=CT)
@@ -154,22 +162,22 @@ def _ss_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, 
         p_mask = p < end
         idx, ptrs, m2, u, dt_pre, dt, Bt, Ct, dA, dBu = _load_tile(
             u_ptr, delta_ptr, db_ptr, B_ptr, C_ptr, A, b, dim, L, N, B_G, C_G, offs_d, d_mask,
-            offs_n, n_mask, p, p_mask, REVERSE, B_KIND, C_KIND, SOFTPLUS, HAS_DB, BD, CT)
+            offs_n, n_mask, p, p_mask, FLAGS, BD, CT)
         a_cum, b_cum = tl.associative_scan((dA, dBu), 2, linear_combine)
         hs = a_cum * h[:, :, None] + b_cum
         h = _last_col(hs, BT)
         if SUMMARY:
             if HAS_DOUT:
                 dout = tl.load(dout_ptr + ptrs, mask=m2, other=0.0).to(CT)
-                _, silu_z, _ = _gate(u, z_ptr, b * z_shift, ptrs, m2, HAS_Z, CT)  # silu(z) only
+                _, silu_z, _ = _gate(u, z_ptr, b * z_shift, ptrs, m2, FLAGS.has_z, CT)  # silu(z) only
                 dout = dout * silu_z
                 Q += tl.sum((P[:, :, None] * a_cum) * Ct * dout[:, None, :], axis=2)
             P = P * _last_col(a_cum, BT)
         else:
             y = tl.sum(hs * Ct, axis=1)
-            if HAS_D:
+            if FLAGS.has_d:
                 y += Dv[:, None] * u
-            out, _, _ = _gate(y, z_ptr, b * z_shift, ptrs, m2, HAS_Z, CT)
+            out, _, _ = _gate(y, z_ptr, b * z_shift, ptrs, m2, FLAGS.has_z, CT)
             tl.store(out_ptr + ptrs, out.to(out_ptr.dtype.element_ty), mask=m2)
     if SUMMARY:
         tl.store(P_ptr + chunk_off, P, mask=dn_mask)
@@ -207,16 +215,14 @@ def _ss_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, 
                    dout_ptr, ckpt_ptr,
                    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dD_ptr, ddb_ptr, dB_ptr, dC_ptr, dh0_ptr,
                    batch, dim, L, N, B_G, C_G, chunk_len, n_chunks, n_tiles, z_shift,
-                   REVERSE: tl.constexpr, B_KIND: tl.constexpr, C_KIND: tl.constexpr,
-                   SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                   HAS_DB: tl.constexpr, HAS_H0: tl.constexpr, H0_PER_CHUNK: tl.constexpr,
+                   FLAGS: tl.constexpr, HAS_H0: tl.constexpr, H0_PER_CHUNK: tl.constexpr,
                    HAS_QIN: tl.constexpr, QIN_PER_CHUNK: tl.constexpr,
                    BD: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, CT: tl.constexpr):
     b, c, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, chunk_off, A, h = _program_states(
         A_ptr, h0_ptr, dim, N, n_chunks, HAS_H0, H0_PER_CHUNK, BD, NP, CT)
     # adjoint of the state at the chunk end, from later steps
     q = _load_state(qin_ptr, HAS_QIN, QIN_PER_CHUNK, chunk_off, b, dim, N, state_off, dn_mask, BD, NP, CT)
-    if HAS_D:
+    if FLAGS.has_d:
         Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(CT)
     start = c * chunk_len
     end = tl.minimum(start + chunk_len, L)
@@ -229,7 +235,7 @@ def _ss_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, 
         tl.store(ckpt_ptr + ((b * n_tiles + t0 // BT) * dim) * N + state_off, h, mask=dn_mask)
         _, _, _, _, _, _, _, _, dA, dBu = _load_tile(
             u_ptr, delta_ptr, db_ptr, B_ptr, C_ptr, A, b, dim, L, N, B_G, C_G, offs_d, d_mask,
-            offs_n, n_mask, p, p_mask, REVERSE, B_KIND, C_KIND, SOFTPLUS, HAS_DB, BD, CT)
+            offs_n, n_mask, p, p_mask, FLAGS, BD, CT)
         a_cum, b_cum = tl.associative_scan((dA, dBu), 2, linear_combine)
         h = _last_col(a_cum * h[:, :, None] + b_cum, BT)
     dA_acc = tl.zeros((BD, NP), dtype=CT)
@@ -247,22 +253,21 @@ def _ss_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, 
                           mask=dn_mask, other=0.0)
         idx, ptrs, m2, u, dt_pre, dt, Bt, Ct, dA, dBu = _load_tile(
             u_ptr, delta_ptr, db_ptr, B_ptr, C_ptr, A, b, dim, L, N, B_G, C_G, offs_d, d_mask,
-            offs_n, n_mask, p, p_mask, REVERSE, B_KIND, C_KIND, SOFTPLUS, HAS_DB, BD, CT)
+            offs_n, n_mask, p, p_mask, FLAGS, BD, CT)
         a_cum, b_cum = tl.associative_scan((dA, dBu), 2, linear_combine)
         hs = a_cum * h_start[:, :, None] + b_cum
         y = tl.sum(hs * Ct, axis=1)
-        if HAS_D:
+        if FLAGS.has_d:
             y += Dv[:, None] * u
         dout = tl.load(dout_ptr + ptrs, mask=m2, other=0.0).to(CT)
-        _, silu_z, dsilu = _gate(y, z_ptr, b * z_shift, ptrs, m2, HAS_Z, CT)
-        if HAS_Z:
+        _, silu_z, dsilu = _gate(y, z_ptr, b * z_shift, ptrs, m2, FLAGS.has_z, CT)
+        if FLAGS.has_z:
             tl.store(dz_ptr + ptrs, (dout * y * dsilu).to(dz_ptr.dtype.element_ty), mask=m2)
         dy = dout * silu_z
         # a_{t+1} inside the tile (the last step's successor is the carry q): reload delta at p+1
         _, _, _, _, _, _, _, _, dA_next, _ = _load_tile(
             u_ptr, delta_ptr, db_ptr, B_ptr, C_ptr, A, b, dim, L, N, B_G, C_G, offs_d, d_mask,
-            offs_n, n_mask, p + 1, (p + 1 < end) & (col < BT - 1), REVERSE, B_KIND, C_KIND,
-            SOFTPLUS, HAS_DB, BD, CT)
+            offs_n, n_mask, p + 1, (p + 1 < end) & (col < BT - 1), FLAGS, BD, CT)
         g_a, g_b = tl.associative_scan((dA_next, Ct * dy[:, None, :]), 2, linear_combine,
                                        reverse=True)
         g = g_a * q[:, :, None] + g_b
@@ -271,32 +276,32 @@ def _ss_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, 
         gB = g * Bt
         ddt = tl.sum(gh * A[:, :, None], axis=1) + tl.sum(gB, axis=1) * u
         du = tl.sum(gB, axis=1) * dt
-        if HAS_D:
+        if FLAGS.has_d:
             du += Dv[:, None] * dy
             dD_acc += tl.sum(dy * u, axis=1)
         dA_acc += tl.sum(gh * dt[:, None, :], axis=2)
         gdtu = g * (dt * u)[:, None, :]
         hdy = hs * dy[:, None, :]
-        if B_KIND == 0:
+        if FLAGS.b_kind == 0:
             dBc_acc += tl.sum(gdtu, axis=2)
         else:
             dB_off = ((tl.program_id(0) * batch + b) * N + offs_n)[:, None].to(tl.int64) * L + idx[None, :]
             tl.store(dB_ptr + dB_off, tl.sum(gdtu, axis=0), mask=n_mask[:, None] & p_mask[None, :])
-        if C_KIND == 0:
+        if FLAGS.c_kind == 0:
             dCc_acc += tl.sum(hdy, axis=2)
         else:
             dC_off = ((tl.program_id(0) * batch + b) * N + offs_n)[:, None].to(tl.int64) * L + idx[None, :]
             tl.store(dC_ptr + dC_off, tl.sum(hdy, axis=0), mask=n_mask[:, None] & p_mask[None, :])
-        if SOFTPLUS:
+        if FLAGS.softplus:
             ddt = ddt / (1.0 + tl.exp(-dt_pre))
         ddt = tl.where(m2, ddt, 0.0)
         ddb_acc += tl.sum(ddt, axis=1)
         tl.store(du_ptr + ptrs, du.to(du_ptr.dtype.element_ty), mask=m2)
         tl.store(ddelta_ptr + ptrs, ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
     tl.store(dA_ptr + chunk_off, dA_acc, mask=dn_mask)
-    if B_KIND == 0:
+    if FLAGS.b_kind == 0:
         tl.store(dB_ptr + chunk_off, dBc_acc, mask=dn_mask)
-    if C_KIND == 0:
+    if FLAGS.c_kind == 0:
         tl.store(dC_ptr + chunk_off, dCc_acc, mask=dn_mask)
     vec_off = (b * n_chunks + c) * dim + offs_d
     tl.store(dD_ptr + vec_off, dD_acc, mask=d_mask)
@@ -372,9 +377,10 @@ def _grid(pl: _Plan):
 
 
 def _flags(pl: _Plan, D, z, delta_bias, delta_softplus, reverse) -> dict:
-    return dict(REVERSE=bool(reverse), B_KIND=pl.B_kind, C_KIND=pl.C_kind,
-                SOFTPLUS=bool(delta_softplus), HAS_D=D is not None, HAS_Z=z is not None,
-                HAS_DB=delta_bias is not None, BD=pl.BD, NP=pl.NP, BT=pl.BT, CT=pl.tl_ct)
+    flags = _ScanFlags(reverse=bool(reverse), b_kind=pl.B_kind, c_kind=pl.C_kind,
+                      softplus=bool(delta_softplus), has_d=D is not None, has_z=z is not None,
+                      has_db=delta_bias is not None)
+    return dict(FLAGS=flags, BD=pl.BD, NP=pl.NP, BT=pl.BT, CT=pl.tl_ct)
 
 
 def _bwd_warps(pl: _Plan) -> int:
