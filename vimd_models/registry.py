@@ -50,7 +50,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (list_models() gives all {len(_MODELS)})")
+        raise ValueError(f"unknown model {name!r}{hint} (`vimd models` lists all {len(_MODELS)})")
     fn = _MODELS[name]
     _check_kwargs(name, fn, kwargs)
     return fn(**kwargs)

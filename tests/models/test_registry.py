@@ -17,6 +17,11 @@ def test_list_models():
 def test_unknown_name_lists_close_matches():
     with pytest.raises(ValueError, match="vim_tiny_patch16_224"):
         vm.create_model("vim_tiny_patch16_244")
+    n = len(vm.list_models())
+    with pytest.raises(ValueError, match=rf"unknown model 'vim_nano'; did you mean vim_micro.*\? \(`vimd models` lists all {n}\)"):
+        vm.create_model("vim_nano")
+    with pytest.raises(ValueError, match=rf"^unknown model 'qwerty' \(`vimd models` lists all {n}\)$"):
+        vm.create_model("qwerty")
 
 
 @pytest.mark.parametrize("name", ["vim_micro", "dvmsr_micro", "resnet_micro", "srresnet_micro", "srvm_net"])
