@@ -3,13 +3,15 @@
 A training state is a nested dict whose leaves are tensors, numbers, strings, bools, None or
 lists of those (model / optimizer state dicts, RNG states, counters). It is flattened to
 ``{"a/b/0": tensor}`` + a JSON tree with tensor placeholders, written to a temp file in the same
-folder, fsynced, then ``os.replace``d over the target (atomic on POSIX).
+folder, fsynced, then ``os.replace``d over the target (atomic on POSIX), with the permissions a
+plain ``open(path, "w")`` would give (0o666 minus the process umask).
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import threading
 from typing import Any
 
 import torch
@@ -51,11 +53,28 @@ def _unflatten(obj: Any, tensors: dict) -> Any:
     return obj
 
 
+_umask: int | None = None
+_umask_lock = threading.Lock()
+
+
+def file_mode() -> int:
+    """0o666 minus the process umask, read once (``os.umask`` can only be read by setting it, so
+    the read-and-restore runs under a lock)."""
+    global _umask
+    with _umask_lock:
+        if _umask is None:
+            _umask = os.umask(0o077)
+            os.umask(_umask)
+    return 0o666 & ~_umask
+
+
 def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        os.fchmod(fd, file_mode())  # mkstemp creates 0o600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -146,3 +165,15 @@ def load_into(module: torch.nn.Module, state_dict: dict, where: str, strict: boo
     if problems:
         raise UserError(f"checkpoint {where} does not match the model: {'; '.join(problems)}")
     module.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=strict)
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict, where: str) -> None:
+    """Restore an optimiser's saved state (moments, step counts) but keep the hyperparameters it was
+    built with (lr, weight decay, betas, momentum), so config values given on resume take effect."""
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    try:
+        opt.load_state_dict(state)
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{where} does not fit the optimizer ({e})") from None
+    for g, h in zip(opt.param_groups, hyper):
+        g.update(h)

@@ -1,13 +1,16 @@
-"""The ``vimd`` command: train, eval, demo, flops, bench, models.
+"""The ``vimd`` command: train, eval, check-data, demo, flops, bench, models.
 
     vimd train configs/vimd_cub.yaml data.root=/data/CUB_200_2011 train.epochs=10
     vimd train configs/vimd_cub.yaml --resume            # continue <output_dir>/<name>/
+    vimd train configs/vimd_cub.yaml --resume optim.lr=1e-4   # ... with a lower learning rate
+    vimd check-data configs/vimd_cub.yaml data.root=/data/CUB_200_2011
     vimd eval configs/vimd_cub.yaml --weights runs/vimd_cub/best.safetensors
     vimd demo [--out runs/demo] [--scale 1.0]
     vimd flops vim_tiny_patch16_224 --input 3,224,224
     vimd bench kernels [args for benchmarks.kernels]
 
-User mistakes (config, data, checkpoint) print one line ``vimd: error: ...`` and exit with 2.
+User mistakes (config, data, checkpoint) and a diverged run print ``vimd: error: ...`` (one line,
+or a short list of the bad files / the offending YAML lines) and exit with 2.
 """
 from __future__ import annotations
 
@@ -34,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*")
     e.add_argument("--weights", required=True, help="model .safetensors (or a training checkpoint)")
     e.set_defaults(func=_cmd_eval, trailing="overrides")
+    c = sub.add_parser("check-data", help="count the config's images per split and class and check "
+                                          "that every file opens (as train does first)")
+    c.add_argument("config")
+    c.add_argument("overrides", nargs="*")
+    c.set_defaults(func=_cmd_check_data, trailing="overrides")
     d = sub.add_parser("demo", help="the end-to-end demo on synthetic data (no data on disk)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--scale", type=float, default=1.0, help="multiply every training length by this")
@@ -91,6 +99,17 @@ def _cmd_eval(a) -> int:
     return 0
 
 
+def _cmd_check_data(a) -> int:
+    from .data.check import check_data
+    from .engine.config import load_config
+    from .engine.kinds import build_data
+    cfg = load_config(a.config, a.overrides)
+    train_ds, eval_dss, _ = build_data(cfg)
+    n = check_data(train_ds, eval_dss, progress=cfg["train"]["progress"], per_group=True)
+    print(f"data: all {n:,} image files open" if n else "data: synthetic, no files to check")
+    return 0
+
+
 def _cmd_demo(a) -> int:
     from .engine.demo import run_demo
     run_demo(a.out, scale=a.scale, seed=a.seed, backend=a.backend)
@@ -138,6 +157,9 @@ def _one_line(msg: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     a, rest = parser.parse_known_args(argv)
+    resume = getattr(a, "resume", None)
+    if resume and "=" in resume and not os.path.exists(resume):  # --resume optim.lr=1e-4: an override
+        a.resume, a.overrides = "auto", [*a.overrides, resume]
     if rest:  # key=value arguments may come after options: vimd eval cfg --weights w data.root=...
         field = getattr(a, "trailing", None)
         if field and all("=" in r and not r.startswith("-") for r in rest):

@@ -45,6 +45,48 @@ def test_config_errors_name_the_key(tmp_path):
     assert cfg["model"]["kwargs"] == {"depth": 3} and cfg["data"]["batch_size"] == 7
 
 
+def test_invalid_yaml_names_file_line_and_column(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("task: classify\nmodel: {name: vim\ntrain: {epochs: 3}\n")
+    with pytest.raises(UserError) as e:
+        load_config(str(p))
+    assert str(e.value).splitlines() == [
+        f"invalid YAML in {p}, line 3, column 6: while parsing a flow mapping (line 2, column 8): "
+        "expected ',' or '}', but got ':'",
+        "  2 | model: {name: vim",
+        "  3 | train: {epochs: 3}",
+        "    |      ^"]
+    p.write_text("task: classify\n seed: 3\n")
+    with pytest.raises(UserError) as e:
+        load_config(str(p))
+    assert str(e.value).splitlines() == [
+        f"invalid YAML in {p}, line 2, column 6: mapping values are not allowed here",
+        "  2 |  seed: 3", "    |      ^"]
+
+
+def test_dotted_override_sets_one_model_argument():
+    from vimd_models.distill.tasks import create
+
+    def params(overrides):
+        cfg = load_config(os.path.join(ROOT, "configs", "demo_teacher.yaml"), overrides)
+        m = create(cfg["model"], cfg, "model", num_classes=cfg["data"]["num_classes"])
+        return cfg["model"]["kwargs"], sum(p.numel() for p in m.parameters())
+
+    kwargs, n = params([])
+    assert n == 96_874
+    kw32, n32 = params(["model.kwargs.img_size=32"])
+    assert kw32 == {**kwargs, "img_size": 32}
+    # the same 4-block, 48-wide model; only the position embedding has 16 patches instead of 64
+    assert n32 == 96_874 - 48 * (64 - 16)
+    assert params(["model.kwargs={img_size: 32}"])[0] == {"img_size": 32}  # a mapping value replaces
+    cfg = load_config(None, ["teacher.kwargs.depths=[2, 2]", "teacher.kwargs.a.b=1", "teacher.kwargs.a.c=2"])
+    assert cfg["teacher"]["kwargs"] == {"depths": [2, 2], "a": {"b": 1, "c": 2}}
+    with pytest.raises(UserError, match="'depths' in 'teacher.kwargs' is not a mapping"):
+        load_config(None, ["teacher.kwargs.depths=[2]", "teacher.kwargs.depths.x=1"])
+    with pytest.raises(UserError, match="unknown config key 'modle'"):
+        load_config(None, ["modle.kwargs.img_size=32"])
+
+
 def test_schedule_warmup_then_cosine():
     cfg = load_config(None, ["optim.lr=1.0", "sched.warmup_epochs=1", "sched.warmup_lr=0", "sched.min_lr=0"])
     assert lr_at(0, 100, 10, cfg) == 0 and lr_at(5, 100, 10, cfg) == pytest.approx(0.5)
@@ -77,8 +119,8 @@ def test_state_roundtrip_with_optimizer(tmp_path):
 def test_corrupt_and_mismatched_checkpoints(tmp_path):
     path = str(tmp_path / "s.safetensors")
     save_state(path, {"model": torch.nn.Linear(3, 2).state_dict()})
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) // 2])
+    data = (tmp_path / "s.safetensors").read_bytes()
+    (tmp_path / "s.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="corrupt"):
         load_state(path)
     with pytest.raises(UserError, match="not found"):
@@ -89,7 +131,7 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path):
         load_into(torch.nn.Linear(3, 4), load_weights(w), w)
     with pytest.raises(UserError, match="missing keys: 1.weight"):
         load_into(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)), {"0." + k: v for k, v in load_weights(w).items()}, w)
-    open(w, "wb").write(b"\x00" * 32)
+    (tmp_path / "w.safetensors").write_bytes(b"\x00" * 32)
     with pytest.raises(UserError, match="corrupt"):
         load_weights(w)
     pickled = str(tmp_path / "p.safetensors")
@@ -126,7 +168,7 @@ def _cli(*args, cwd=None):
 @pytest.mark.parametrize("args,msg", [
     (["train", "configs/nope.yaml"], "config file not found"),
     (["train", "configs/demo_teacher.yaml", "train.epohcs=2"], "unknown config key 'train.epohcs'"),
-    (["train", "configs/demo_teacher.yaml", "model.name=vim_nano"], "unknown model 'vim_nano'"),
+    (["train", "configs/demo_teacher.yaml", "model.name=vim_nano"], "unknown model 'vim_nano'; did you mean vim_micro"),
     (["train", "configs/hrvm_cub.yaml", "data.root=/nonexistent/CUB"], "CUB-200-2011 folder not found: /nonexistent/CUB"),
     (["train", "configs/demo_teacher.yaml", "data.batch_size=0"], "data.batch_size"),
     (["eval", "configs/demo_teacher.yaml", "--weights", "/nonexistent.safetensors"], "weights file not found"),
@@ -161,7 +203,7 @@ def test_cli_corrupt_image_in_a_worker_is_one_line(tmp_path):
     (tmp_path / "d" / "train" / "b" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     r = _cli("train", "configs/demo_teacher.yaml", "data.dataset=folder", f"data.root={tmp_path / 'd'}",
              "data.batch_size=4", "data.num_workers=1", "data.img_size=16", "model.kwargs={img_size: 16, depth: 1}",
-             f"output_dir={tmp_path}", "train.progress=false", cwd=ROOT)
+             f"output_dir={tmp_path}", "train.progress=false", "data.check=false", cwd=ROOT)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("vimd: error: cannot read image ") and "1.png" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -259,9 +259,13 @@ class ImageList:
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], where: str = ""):
         if not samples:
             raise UserError(f"dataset {where} has no images for this split")
-        self.samples, self.classes = samples, classes
+        self.samples, self.classes, self.where = samples, classes, where
         self.labels = [lab for _, lab in samples]
         self.num_classes = max(len(classes), max(self.labels) + 1)
+
+    def file_groups(self) -> list[tuple[str, str]]:
+        """(path, class name) of every image (data.check)."""
+        return [(p, self.classes[lab] if lab < len(self.classes) else str(lab)) for p, lab in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)

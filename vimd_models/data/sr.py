@@ -47,6 +47,7 @@ class SRPairs:
     def __init__(self, hr_dir: str, scale: int, lr_dir: str | None = None, name: str | None = None):
         self.hr_files = list_images(hr_dir, "HR")
         self.scale, self.name = scale, name or os.path.basename(os.path.normpath(hr_dir))
+        self.where = hr_dir if lr_dir is None else f"{hr_dir} (LR: {lr_dir})"
         self.lr_files = None
         if lr_dir is not None:
             lrs = list_images(lr_dir, "LR")
@@ -55,6 +56,10 @@ class SRPairs:
 
     def __len__(self) -> int:
         return len(self.hr_files)
+
+    def file_groups(self) -> list[tuple[str, str]]:
+        """(path, "HR" or "LR") of every image file (data.check)."""
+        return [(p, "HR") for p in self.hr_files] + [(p, "LR") for p in self.lr_files or []]
 
     def get(self, index: int):
         hr = mod_crop(load_image(self.hr_files[index]), self.scale)

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..checkpoint import load_into, load_weights
+from ..checkpoint import load_into, load_optimizer_state, load_weights
 from ..errors import UserError
 from ..registry import create_model
 from . import losses
@@ -319,5 +319,5 @@ class DFKDTask(Task):
         return {"gen_opt": self.gen_opt.state_dict(), "cycle_pos": self.cycle_pos}
 
     def load_extra_state(self, state: dict) -> None:
-        self.gen_opt.load_state_dict(state["gen_opt"])
+        load_optimizer_state(self.gen_opt, state["gen_opt"], "the generator's optimizer state in the checkpoint")
         self.cycle_pos = int(state["cycle_pos"])

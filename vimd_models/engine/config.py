@@ -22,7 +22,6 @@ DEFAULTS: dict[str, Any] = {
     "output_dir": "runs",         # the run writes to <output_dir>/<name>/
     "seed": 0,
     "backend": None,              # kernel backend passed to every model (None = auto)
-    "device": "cpu",
     "deterministic": False,       # torch.use_deterministic_algorithms(True)
     "model": {"name": "vim_micro", "kwargs": {}, "pretrained": None, "sr_checkpoint": None},
     "teacher": {"name": None, "kwargs": {}, "checkpoint": None},
@@ -45,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,
         "scale_min": 0.35,        # RandomResizedCrop scale range
         "hflip": True,
+        "check": True,            # open every image file's header before training (cached)
     },
     "distill": {
         "alpha": 1.0, "beta": 20.0, "temperature": 4.0, "label_smoothing": 0.1,
@@ -65,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
               "milestones": [], "gamma": 0.5},
     "train": {
         "epochs": 10,
+        "device": "auto",         # auto (cuda when available, else cpu) | cpu | cuda | cuda:i
         "steps_per_epoch": None,  # None: one pass over the data; dfkd: required
         "amp": "none",            # none | bf16
         "ema": 0.0,               # EMA decay (0 = off); evaluation then uses the EMA weights
@@ -107,8 +108,8 @@ def _number(v):
     return v
 
 
-def parse_override(text: str) -> dict:
-    """``a.b.c=value`` -> nested dict; the value is parsed as YAML (numbers, lists, null...)."""
+def _split_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value); the value is parsed as YAML (numbers, lists, null...)."""
     if "=" not in text:
         raise UserError(f"override '{text}' must look like key.sub=value")
     key, raw = text.split("=", 1)
@@ -116,14 +117,59 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
-    node: dict = {}
-    cur = node
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        cur[p] = {}
-        cur = cur[p]
-    cur[parts[-1]] = value
-    return node
+    return key.strip().split("."), value
+
+
+def _nest(parts: list[str], value) -> dict:
+    for p in reversed(parts):
+        value = {p: value}
+    return value
+
+
+def parse_override(text: str) -> dict:
+    """``a.b.c=value`` -> nested dict {"a": {"b": {"c": value}}}."""
+    return _nest(*_split_override(text))
+
+
+def apply_override(cfg: dict, text: str) -> dict:
+    """``cfg`` with one override applied. The override sets the value at its dotted key and nothing
+    else: ``model.kwargs.img_size=32`` changes one model argument and keeps the others, while
+    ``model.kwargs={...}`` replaces the whole mapping."""
+    parts, value = _split_override(text)
+    where = f"override '{text}'"
+    for i in range(1, len(parts)):
+        if tuple(parts[:i]) in FREE_FORM:  # a leaf inside a free-form mapping: merge it in
+            section = cfg
+            for p in parts[:i]:
+                section = section[p]
+            section = node = copy.deepcopy(section or {})
+            for p in parts[i:-1]:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise UserError(f"{where}: '{p}' in '{'.'.join(parts[:i])}' is not a mapping")
+            node[parts[-1]] = value
+            parts, value = parts[:i], section
+            break
+    return _merge(cfg, _nest(parts, value), where)
+
+
+def _yaml_error(path: str, text: str, e: yaml.YAMLError) -> UserError:
+    """File, line and column of a YAML syntax error, with the offending lines and a caret."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is None:
+        return UserError(f"invalid YAML in {path}: {str(e).splitlines()[0]}")
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    ctx, ctx_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if ctx:
+        at = f" (line {ctx_mark.line + 1}, column {ctx_mark.column + 1})" if ctx_mark is not None else ""
+        what = f"{ctx}{at}: {what}"
+    lines = text.splitlines()
+    first = ctx_mark.line if ctx_mark is not None and 0 <= mark.line - ctx_mark.line <= 3 else mark.line
+    width = len(str(mark.line + 1))
+    shown = [f"  {n + 1:>{width}} | {lines[n]}" for n in range(first, min(mark.line + 1, len(lines)))]
+    shown.append(f"  {'':>{width}} | {' ' * mark.column}^")
+    return UserError(f"invalid YAML in {path}, line {mark.line + 1}, column {mark.column + 1}: {what}\n"
+                     + "\n".join(shown))
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> dict:
@@ -132,18 +178,19 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> d
     if path is not None:
         if not os.path.isfile(path):
             raise UserError(f"config file not found: {path}")
+        with open(path) as f:
+            text = f.read()
         try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise UserError(f"invalid YAML in {path}: {str(e).splitlines()[0]}") from None
+            raise _yaml_error(path, text, e) from None
         if not isinstance(data, dict):
             raise UserError(f"config {path} must be a mapping at the top level")
         cfg = _merge(cfg, data, path)
         if cfg["name"] is None:
             cfg["name"] = os.path.splitext(os.path.basename(path))[0]
     for ov in overrides:
-        cfg = _merge(cfg, parse_override(ov), f"override '{ov}'")
+        cfg = apply_override(cfg, ov)
     if cfg["name"] is None:
         cfg["name"] = cfg["task"]
     validate(cfg)
@@ -172,6 +219,10 @@ def validate(cfg: dict) -> None:
     _one_of(s["name"], SCHEDULES, "sched.name")
     _check(isinstance(t["epochs"], int) and t["epochs"] > 0, f"config 'train.epochs' must be a positive integer, got {t['epochs']!r}")
     _one_of(t["amp"], ("none", "bf16"), "train.amp")
+    dev = t["device"]
+    _check(isinstance(dev, str) and (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())),
+           f"config 'train.device' must be auto, cpu, cuda or cuda:<index>, got {dev!r}")
+    _check(isinstance(d["check"], bool), f"config 'data.check' must be true or false, got {d['check']!r}")
     _check(isinstance(t["ema"], (int, float)) and 0 <= t["ema"] < 1, "config 'train.ema' must be in [0, 1)")
     _check(isinstance(t["ckpt_every"], int) and t["ckpt_every"] >= 0, "config 'train.ckpt_every' must be >= 0")
     spe = t["steps_per_epoch"]

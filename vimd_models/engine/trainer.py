@@ -1,15 +1,20 @@
 """The one training loop for every task.
 
-A run writes to <output_dir>/<name>/: config.yaml (resolved), checkpoint.safetensors (resumable
-state, atomically replaced every ``train.ckpt_every`` steps and each epoch), summary.csv (one row
-per epoch), curves.png, model.safetensors (final release weights; EMA weights when EMA is on) and
-best.safetensors (best evaluation). Resuming restores model, optimiser, EMA, schedule position,
-RNG state and the position inside the epoch, so it continues exactly.
+A run writes to <output_dir>/<name>/: config.yaml (resolved), run_info.json (device, kernel
+backend, dtype, world size), checkpoint.safetensors (resumable state, atomically replaced every
+``train.ckpt_every`` steps and each epoch), summary.csv (one row per epoch), curves.png,
+model.safetensors (final release weights; EMA weights when EMA is on) and best.safetensors (best
+evaluation). Resuming restores model, optimiser, EMA, schedule position, RNG state and the position
+inside the epoch, so it continues exactly; config values given on resume (optim.lr, ...) apply.
+
+A loss that turns NaN / Inf stops the run with one error naming the step and the loss term; the
+last checkpoint (written before that step) is kept, and the error says how to resume from it.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import random
 import time
@@ -19,32 +24,32 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..checkpoint import load_into, load_state, load_weights, save_state, save_weights
+from ..checkpoint import (atomic_write, load_into, load_optimizer_state, load_state, load_weights, save_state,
+                          save_weights)
 from ..data import make_loader
+from ..data.check import check_data
 from ..distill.dfkd import record_norm_stats
 from ..distill.tasks import task_class
 from ..errors import UserError
 from .config import dump_config
-from .distributed import dist_info, init_distributed, local_cuda_device, to_device
+from .distributed import dist_info, init_distributed, resolve_device, to_device
 from .kinds import KINDS, evaluate
 from .logging import write_curves, write_summary
 from .optim import EMA, build_optimizer, lr_at, set_lr
 
 STATE_FILE = "checkpoint.safetensors"
+DTYPES = {"none": "float32", "bf16": "bfloat16 autocast"}  # train.amp -> what the step computes in
 
 StepCallback = Callable[["Trainer", int], None]
 
 
-def _device(cfg: dict) -> torch.device:
-    dev = cfg["device"]
-    if dev.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"config 'device' = {dev} but no CUDA GPU is available")
-        if dist.is_initialized():
-            return local_cuda_device()
-    elif dev != "cpu":
-        raise UserError(f"config 'device' must be cpu or cuda[:i], got {dev!r}")
-    return torch.device(dev)
+def _kernel_backend(cfg: dict, device: torch.device) -> str:
+    """The kernel backend the models resolve for ``device`` (config 'backend', VIMD_BACKEND, auto)."""
+    import vimd_kernels.registry as reg
+    try:
+        return reg.resolve(cfg["backend"], device)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"config 'backend': {e}") from None
 
 
 def _rng_state() -> dict:
@@ -88,7 +93,11 @@ class Trainer:
     def setup(self) -> None:
         cfg, t = self.cfg, self.cfg["train"]
         self.rank, self.world = dist_info()
-        self.device = _device(cfg)
+        self.device = resolve_device(t["device"])
+        self.info = {"device": str(self.device), "backend": _kernel_backend(cfg, self.device),
+                     "dtype": DTYPES[t["amp"]], "world_size": self.world, "torch": torch.__version__}
+        if self.device.type == "cuda":
+            self.info["device_name"] = torch.cuda.get_device_name(self.device)
         torch.manual_seed(cfg["seed"])
         random.seed(cfg["seed"])
         if cfg["deterministic"]:
@@ -98,10 +107,17 @@ class Trainer:
         if self.rank == 0:
             os.makedirs(self.run_dir, exist_ok=True)
             dump_config(cfg, os.path.join(self.run_dir, "config.yaml"))
+            atomic_write(os.path.join(self.run_dir, "run_info.json"), json.dumps(self.info, indent=1).encode())
+            print(f"run {self.run_dir}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.info.items()),
+                  flush=True)
 
         self.task_cls = task_class(cfg["task"])
         self.kind = KINDS[self.task_cls.kind]
         self.train_ds, self.eval_ds, num_classes = self.kind.data(cfg, self.task_cls)
+        if cfg["data"]["check"]:
+            lead = self.rank == 0
+            check_data(self.train_ds, self.eval_ds, progress=lead and t["progress"], out=print if lead else None,
+                       write_cache=lead)
         self.task = self.task_cls(cfg, num_classes).to(self.device)
         if cfg["model"]["pretrained"]:
             load_into(self.task.model, load_weights(cfg["model"]["pretrained"]), cfg["model"]["pretrained"])
@@ -116,6 +132,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict | None = None
         self.last: dict = {}
+        self.saved_step: int | None = None  # global step of the checkpoint on disk from this run
 
     def _steps_per_epoch(self) -> int:
         t, bs = self.cfg["train"], self.cfg["data"]["batch_size"]
@@ -141,20 +158,24 @@ class Trainer:
             if meta.get(k) != want:
                 raise UserError(f"checkpoint {path} was written for {k} {meta.get(k)!r}, the config asks for {want!r}")
         load_into(self.task, state["task"], path)
-        try:
-            self.opt.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise UserError(f"checkpoint {path}: optimizer state does not match ({e})") from None
+        load_optimizer_state(self.opt, state["optimizer"], f"the optimizer state in checkpoint {path}")
         if self.ema is not None:
             if "ema" not in state:
                 raise UserError(f"checkpoint {path} has no EMA state but train.ema is on")
             self.ema.load_state_dict(state["ema"])
         self.task.load_extra_state(state.get("extra", {}))
         self.pos, self.history, self.best = state["pos"], state["history"], state["best"]
+        self.saved_step = self.pos["global_step"]
+        self.last = self.history[-1] if self.history else {}
         rngs = state["rng"]
         _set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
 
     def save_checkpoint(self) -> None:
+        """Write the training state; refuses (one error, the previous checkpoint kept) when a weight
+        is no longer finite."""
+        bad = next((n for n, p in self.task.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise self._diverged(f"weight {bad} is not finite after step {self.pos['global_step']}")
         rngs = [_rng_state()]
         if self.world > 1:
             gathered = [None] * self.world
@@ -166,6 +187,20 @@ class Trainer:
             if self.ema is not None:
                 state["ema"] = self.ema.state_dict()
             save_state(self.state_path, state, self._meta())
+        self.saved_step = self.pos["global_step"]
+
+    def _diverged(self, what: str) -> UserError:
+        """The error for a loss or weight that turned NaN / Inf, saying how to go on from the last
+        checkpoint (the resolved config.yaml in the run folder reproduces this run)."""
+        lr = self.lr_at(self.pos["global_step"])
+        lower = f"optim.lr=<lower than {self.cfg['optim']['lr']:g}>"
+        config = os.path.join(self.run_dir, "config.yaml")
+        if self.saved_step is None:
+            how = f"no checkpoint was written yet: run `vimd train {config} {lower}`"
+        else:
+            how = (f"the checkpoint of step {self.saved_step} is kept: "
+                   f"run `vimd train {config} --resume {lower}`")
+        return UserError(f"training diverged: {what} (epoch {self.pos['epoch'] + 1}, lr {lr:.3g}); {how}")
 
     # ---- training -----------------------------------------------------------------------------
     def eval_model(self) -> nn.Module:
@@ -201,12 +236,11 @@ class Trainer:
         return (b for _, b in zip(range(left), loader))
 
     def _progress(self, epoch: int):
-        if self.rank != 0 or not self.cfg["train"]["progress"]:
-            return None
+        """The epoch's progress bar (rank 0, train.progress), cleared when the epoch ends or fails."""
         from tqdm import tqdm
         return tqdm(total=self.steps_per_epoch, initial=self.pos["step_in_epoch"],
                     desc=f"{self.cfg['name']} ep {epoch + 1}/{self.cfg['train']['epochs']}", leave=False,
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, disable=self.rank != 0 or not self.cfg["train"]["progress"])
 
     def step(self, batch) -> None:
         """One optimiser step on one batch; advances the position, loss sums and training time
@@ -218,7 +252,8 @@ class Trainer:
         with self.amp:
             loss, comps = self.wrapped(batch)
         if not torch.isfinite(loss):
-            raise RuntimeError(f"loss is {loss.item()} at step {pos['global_step']} ({ {k: float(v) for k, v in comps.items()} })")
+            terms = [f"'{k}' is {float(v)}" for k, v in comps.items() if not torch.isfinite(torch.as_tensor(v))]
+            raise self._diverged(f"loss term {', '.join(terms) or f'sum is {loss.item()}'} at step {pos['global_step'] + 1}")
         loss.backward()
         if self.world > 1 and not task.ddp_ok:
             for p in self.params:
@@ -246,20 +281,18 @@ class Trainer:
         epoch = pos["epoch"]
         self.task.train()
         batches = self._batches(epoch)
-        progress = self._progress(epoch)
         self._tic = time.perf_counter()
-        for batch in batches:
-            self.step(batch)
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix({k: f"{s / c:.4g}" for k, (s, c) in pos["sums"].items()}
-                                | {"img/s": f"{pos['images'] / max(pos['time'], 1e-9):.1f}"})
-            if every and pos["global_step"] % every == 0 and pos["step_in_epoch"] < self.steps_per_epoch:
-                self.save_checkpoint()
-            for cb in self.on_step_end:
-                cb(self, pos["global_step"])
-        if progress is not None:
-            progress.close()
+        with self._progress(epoch) as progress:
+            for batch in batches:
+                self.step(batch)
+                if not progress.disable:
+                    progress.update(1)
+                    progress.set_postfix({k: f"{s / c:.4g}" for k, (s, c) in pos["sums"].items()}
+                                         | {"img/s": f"{pos['images'] / max(pos['time'], 1e-9):.1f}"})
+                if every and pos["global_step"] % every == 0 and pos["step_in_epoch"] < self.steps_per_epoch:
+                    self.save_checkpoint()
+                for cb in self.on_step_end:
+                    cb(self, pos["global_step"])
         self.epoch_end(epoch)
 
     def epoch_end(self, epoch: int) -> dict:
@@ -328,7 +361,7 @@ def train(cfg: dict, resume: str | None = None, on_step_end: Sequence[StepCallba
     Under torchrun every rank waits for rank 0's final writes, then leaves the process group: a rank
     that exits with the group's threads still running aborts ("terminate called without an active
     exception")."""
-    owned = init_distributed(cfg["device"])
+    owned = init_distributed(cfg["train"]["device"])
     try:
         res = Trainer(cfg, on_step_end).fit(resume)
         if dist_info()[1] > 1:
