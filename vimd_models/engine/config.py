@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from ..configs import resolve_config_path
 from ..distill.dfkd import PRIORS
 from ..distill.tasks import task_class
 from ..errors import UserError
@@ -176,8 +177,7 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> d
     """Defaults <- YAML file (if any) <- overrides; validated; returns a plain nested dict."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        if not os.path.isfile(path):
-            raise UserError(f"config file not found: {path}")
+        path = resolve_config_path(path)  # a file, or the name of a packaged config
         with open(path) as f:
             text = f.read()
         try:

@@ -15,16 +15,14 @@ import time
 
 import torch
 
+from ..configs import CONFIG_DIR
 from ..distill.tasks import create, task_class
 from .config import load_config
 from .trainer import train
 
-HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = os.path.join(HERE, "configs")
-
 
 def _sized(cfg_name: str, scale: float, extra: list[str]) -> dict:
-    cfg = load_config(os.path.join(CONFIGS, cfg_name), extra)
+    cfg = load_config(os.path.join(CONFIG_DIR, cfg_name), extra)
     d, t = cfg["data"], cfg["train"]
     d["train_size"] = max(d["batch_size"] * 2, int(d["train_size"] * scale))
     d["val_size"] = max(8, int(d["val_size"] * min(1.0, scale)))
