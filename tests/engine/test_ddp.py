@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ARGS = ["train", os.path.join(ROOT, "configs", "demo_teacher.yaml"), "backend=ref", "seed=1",
         "model.kwargs={embed_dim: 16, depth: 1, d_state: 4, patch_size: 8, stride: 8, img_size: 32}",
         "data.img_size=32", "data.train_size=32", "data.val_size=12", "data.num_classes=4", "train.epochs=1",
-        "train.progress=false", "optim.lr=0.01", "train.ckpt_every=2"]
+        "train.progress=false", "optim.lr=0.01", "train.ckpt_every=2", "train.device=cpu"]  # gloo, 2 processes
 
 
 def test_ddp_gloo_two_processes_matches_single(tmp_path):

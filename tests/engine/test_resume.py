@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 COMMON = ["task=classify", "model.name=vim_micro", "model.kwargs={drop_path_rate: 0.1}", "data.img_size=32",
           "data.lr_size=8", "data.train_size=48", "data.val_size=16", "data.batch_size=8", "train.epochs=2",
           "train.ckpt_every=2", "train.ema=0.9", "train.progress=false", "optim.lr=0.003", "seed=3",
-          "backend=ref"]
+          "backend=ref", "train.device=cpu"]  # bitwise comparison: CPU arithmetic
 
 
 TRAIN = ["-m", "vimd_models.cli", "train"]
