@@ -1,31 +1,38 @@
-"""Load the official releases' state dicts into our modules, by key name and shape.
+"""Load the official releases' state dicts, and our own weights, into our modules by key name.
 
-- hustvl/Vim checkpoints (``{"model": sd}``): names already match ``VisionMamba``.
+- hustvl/Vim checkpoints (``{"model": sd, "args": Namespace, ...}``): names already match
+  ``VisionMamba``.
 - The DVMSR NTIRE 2024 checkpoint: ``patch_embed.norm.*`` -> ``norm_in.*`` and
   ``layers.{i}.residual_group.blocks.*`` -> ``layers.{i}.blocks.*``; the rest match ``DVMSR``.
 - The SRResNet x4 release (``{"state_dict": sd}``): names match ``SRResNet``.
 Every key must find a parameter/buffer of the same shape, and every one of ours must be filled;
 otherwise a ValueError lists the missing, unexpected and mis-shaped keys. Files are read with
-``torch.load(weights_only=True)`` or safetensors: nothing is unpickled beyond tensors.
+``torch.load(weights_only=True)`` (which also admits the ``argparse.Namespace`` the DeiT/Vim
+training script pickles beside the weights) or safetensors: nothing else is unpickled.
+
+The renames are keyed by class name, so this module does not import the model families.
 """
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import re
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-
-from .models.dvmsr import DVMSR
-from .models.srresnet import SRResNet
-from .models.vim import VisionMamba
 
 _WRAPPERS = ("model", "state_dict", "params_ema", "params", "model_state")
 _RENAMES = {
-    DVMSR: [(r"^patch_embed\.norm\.", "norm_in."), (r"^layers\.(\d+)\.residual_group\.blocks\.", r"layers.\1.blocks.")],
-    VisionMamba: [],
-    SRResNet: [],
+    "DVMSR": [(r"^patch_embed\.norm\.", "norm_in."), (r"^layers\.(\d+)\.residual_group\.blocks\.", r"layers.\1.blocks.")],
+    "VisionMamba": [],
+    "SRResNet": [],
 }
+
+
+def _rules(model: nn.Module) -> list | None:
+    return next((_RENAMES[c.__name__] for c in type(model).__mro__ if c.__name__ in _RENAMES), None)
 
 
 def unwrap(sd: dict) -> dict[str, Tensor]:
@@ -39,19 +46,26 @@ def unwrap(sd: dict) -> dict[str, Tensor]:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
 
 
-def _read(path: str | os.PathLike) -> dict:
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A file's tensors: safetensors (release weights or a vimd training state, whose model it
+    takes) or a torch pickle read with ``weights_only=True``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(str(path))
+        from .checkpoint import load_weights
+        return load_weights(os.fspath(path))
+    if hasattr(torch.serialization, "safe_globals"):
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    torch.serialization.add_safe_globals([argparse.Namespace])  # torch 2.4: no scoped form
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def convert_state_dict(model: nn.Module, state_dict: dict) -> dict[str, Tensor]:
     """Official names -> ours for ``model``'s family (no checks; see ``load_official``)."""
-    rules = next((r for cls, r in _RENAMES.items() if isinstance(model, cls)), None)
+    rules = _rules(model)
     if rules is None:
-        raise TypeError(f"no converter for {type(model).__name__}; supported: "
-                        f"{', '.join(c.__name__ for c in _RENAMES)}")
+        raise TypeError(f"no converter for {type(model).__name__}; supported: {', '.join(_RENAMES)}")
     out = {}
     for k, v in unwrap(state_dict).items():
         for pat, rep in rules:
@@ -60,11 +74,54 @@ def convert_state_dict(model: nn.Module, state_dict: dict) -> dict[str, Tensor]:
     return out
 
 
-def load_official(model: nn.Module, checkpoint: str | os.PathLike | dict) -> nn.Module:
-    """Load an official checkpoint (path or dict) into ``model``, strictly by name and shape."""
-    sd = convert_state_dict(model, _read(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint)
+def our_names(model: nn.Module, state_dict: dict) -> dict[str, Tensor]:
+    """``state_dict`` under our names: official names converted for the families that have a
+    converter (our own names pass through unchanged), checkpoint wrappers stripped."""
+    return convert_state_dict(model, state_dict) if _rules(model) is not None else unwrap(state_dict)
+
+
+def resample_pos_embed(pos_embed: Tensor, grid: tuple[int, int]) -> Tensor:
+    """ViM's position embedding (1, M + 1, D), class token in the middle (index M // 2), resampled
+    to a ``grid`` of patches: the patch entries bicubically on their square grid, the class entry
+    kept and put back in the middle of the new sequence. (Vim's fine-tune script takes the first
+    entry as the class token, the layout of a leading class token.)"""
+    m = pos_embed.shape[1] - 1
+    side = math.isqrt(m)
+    if side * side != m:
+        raise ValueError(f"pos_embed has {m} patch entries, not a square grid")
+    if (side, side) == tuple(grid):
+        return pos_embed
+    cls = pos_embed[:, m // 2: m // 2 + 1]
+    patches = torch.cat((pos_embed[:, : m // 2], pos_embed[:, m // 2 + 1:]), dim=1)
+    maps = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    maps = F.interpolate(maps, size=tuple(grid), mode="bicubic", align_corners=False)
+    patches = maps.permute(0, 2, 3, 1).flatten(1, 2).to(pos_embed.dtype)
+    k = patches.shape[1] // 2
+    return torch.cat((patches[:, :k], cls, patches[:, k:]), dim=1)
+
+
+def adapt_state_dict(model: nn.Module, sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """Fine-tuning from a release: drop a classifier whose shape differs from the model's (those
+    keys are returned: the model keeps its fresh head), and resample ViM's ``pos_embed`` to the
+    model's token grid."""
     ours = model.state_dict()
-    missing = sorted(set(ours) - set(sd))
+    dropped = []
+    get_classifier = getattr(model, "get_classifier", None)
+    if get_classifier is not None and getattr(model, "classifier_name", None):
+        head = {id(p) for p in get_classifier().parameters()}
+        for name, p in model.named_parameters():
+            if id(p) in head and name in sd and sd[name].shape != p.shape:
+                dropped.append(name)
+    sd = {k: v for k, v in sd.items() if k not in dropped}
+    if "pos_embed" in sd and "pos_embed" in ours and sd["pos_embed"].shape != ours["pos_embed"].shape:
+        sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], model.patch_embed.grid_size)
+    return sd, dropped
+
+
+def _load_exact(model: nn.Module, sd: dict[str, Tensor], optional: list[str] = ()) -> nn.Module:
+    """load_state_dict, after checking every key and shape; keys in ``optional`` may be missing."""
+    ours = model.state_dict()
+    missing = sorted(set(ours) - set(sd) - set(optional))
     unexpected = sorted(set(sd) - set(ours))
     bad_shape = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(ours[k].shape)}"
                        for k in set(sd) & set(ours) if sd[k].shape != ours[k].shape)
@@ -72,5 +129,26 @@ def load_official(model: nn.Module, checkpoint: str | os.PathLike | dict) -> nn.
         parts = [f"{name} ({len(keys)}): {', '.join(keys)}" for name, keys in
                  (("missing", missing), ("unexpected", unexpected), ("shape mismatch", bad_shape)) if keys]
         raise ValueError(f"checkpoint does not fit {type(model).__name__}:\n  " + "\n  ".join(parts))
-    model.load_state_dict(sd, strict=True)
+    model.load_state_dict(sd, strict=not optional)
     return model
+
+
+def load_official(model: nn.Module, checkpoint: str | os.PathLike | dict) -> nn.Module:
+    """Load an official checkpoint (path or dict) into ``model``, strictly by name and shape."""
+    raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    return _load_exact(model, convert_state_dict(model, raw))
+
+
+def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | dict, adapt: bool = False) -> nn.Module:
+    """Load our weights (safetensors, a training state) or an official release into ``model``.
+
+    Official names are converted for the families that have a converter (our own names pass
+    through unchanged). ``adapt=True`` (fine-tuning from a release) drops a classifier of other
+    classes and resamples ViM's position embedding; otherwise every key must fit exactly.
+    """
+    raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    sd = our_names(model, raw)
+    dropped: list[str] = []
+    if adapt:
+        sd, dropped = adapt_state_dict(model, sd)
+    return _load_exact(model, sd, dropped)

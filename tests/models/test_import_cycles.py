@@ -24,7 +24,9 @@ def _imported(name: str, path: str, modules: dict) -> set[str]:
     packages above it that ``name`` is not inside (those are already being imported)."""
     package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
     targets = set()
-    for node in ast.walk(ast.parse(open(path).read(), path)):
+    with open(path) as f:
+        source = f.read()
+    for node in ast.walk(ast.parse(source, path)):
         if isinstance(node, ast.Import):
             targets.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..layers import DropPath, Mamba, VSSBlock
 from ..registry import register_model
+from .common import ModelApi
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -58,7 +59,7 @@ class RSSB(nn.Module):
         return x + y.flatten(2).transpose(1, 2)
 
 
-class DVMSR(nn.Module):
+class DVMSR(ModelApi, nn.Module):
     """lr (B, 3, h, w) in [0, 1] -> sr (B, 3, h*upscale, w*upscale) (not clamped, as released)."""
 
     def __init__(self, upscale: int = 4, embed_dim: int = 60, depths: Sequence[int] = (2, 2, 2, 2),
@@ -97,7 +98,7 @@ class DVMSR(nn.Module):
         t = self.norm_in(x.flatten(2).transpose(1, 2))
         feats = []
         for layer in self.layers:
-            t = layer(t, (h, w))
+            t = self.run_block(layer, t, (h, w))
             feats.append(t.transpose(1, 2).reshape(b, c, h, w))
         t = self.norm_f(t).transpose(1, 2).reshape(b, c, h, w)
         x = self.conv_after_body(t) + x

@@ -6,6 +6,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ..registry import register_model
+from .common import ModelApi
 
 
 class BasicBlock(nn.Module):
@@ -26,9 +27,10 @@ class BasicBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(out)) + idt)
 
 
-class ResNet(nn.Module):
+class ResNet(ModelApi, nn.Module):
     """torchvision layout and names (conv1, bn1, layer1..4, fc). ``small_stem``: 3x3 stride-1 stem
     without max-pool, for tiny inputs (micro variant)."""
+    classifier_name = "fc"
 
     def __init__(self, layers: Sequence[int] = (2, 2, 2, 2), widths: Sequence[int] = (64, 128, 256, 512),
                  num_classes: int = 1000, in_chans: int = 3, small_stem: bool = False,
@@ -68,7 +70,8 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outs = []
         for s in range(1, 5):
-            x = getattr(self, f"layer{s}")(x)
+            for blk in getattr(self, f"layer{s}"):
+                x = self.run_block(blk, x)
             outs.append(x)
         return outs
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import register_model
+from .common import ModelApi
 
 
 class ResidualConvBlock(nn.Module):
@@ -33,7 +34,7 @@ class UpsampleBlock(nn.Module):
         return self.upsample_block(x)
 
 
-class SRResNet(nn.Module):
+class SRResNet(ModelApi, nn.Module):
     """lr (B, 3, h, w) in [0, 1] -> sr (B, 3, h*upscale, w*upscale) clamped to [0, 1]."""
 
     def __init__(self, upscale: int = 4, channels: int = 64, num_blocks: int = 16, in_chans: int = 3,
@@ -48,6 +49,7 @@ class SRResNet(nn.Module):
         steps = [3] if upscale == 3 else [2] * int(math.log2(upscale))
         self.upsampling = nn.Sequential(*(UpsampleBlock(channels, f) for f in steps))
         self.conv3 = nn.Conv2d(channels, in_chans, 9, 1, 4)
+        self.feature_info = [dict(num_chs=channels, reduction=1, module=f"trunk.{i}") for i in range(num_blocks)]
 
     def forward_intermediates(self, lr: Tensor) -> tuple[Tensor, list[Tensor]]:
         """(sr, [output of each residual block])."""
@@ -56,7 +58,7 @@ class SRResNet(nn.Module):
         head = self.conv1(lr)
         feats, x = [], head
         for blk in self.trunk:
-            x = blk(x)
+            x = self.run_block(blk, x)
             feats.append(x)
         x = self.upsampling(head + self.conv2(x))
         return torch.clamp(self.conv3(x), 0.0, 1.0), feats
@@ -65,9 +67,12 @@ class SRResNet(nn.Module):
         return self.forward_intermediates(lr)[0]
 
 
-@register_model
 def srresnet_x4(**kwargs) -> SRResNet:
     return SRResNet(**{"upscale": 4, "channels": 64, "num_blocks": 16, **kwargs})
+
+
+# the ImageNet-trained release that SRVM-Net's SR sub-network starts from (key "state_dict")
+register_model(srresnet_x4, pretrained_cfg=dict(file_name="SRResNet_x4-ImageNet-6dd5216c.pth.tar"))
 
 
 @register_model

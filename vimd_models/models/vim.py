@@ -11,8 +11,10 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..features import resolve_indices
 from ..layers import DropPath, Mamba, PatchEmbed, RMSNorm
 from ..registry import register_model
+from .common import ModelApi
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,28 +35,14 @@ class Block(nn.Module):
         return self.mixer(self.norm(residual.to(hidden.dtype))), residual
 
 
-def resolve_indices(indices: int | Sequence[int] | None, n: int) -> list[int]:
-    """None: all n; an int k: the last k; a sequence: those (negative ints count from the end)."""
-    if indices is None:
-        return list(range(n))
-    if isinstance(indices, int):
-        if not 1 <= indices <= n:
-            raise ValueError(f"indices={indices} must be between 1 and {n} (the last k layers)")
-        return list(range(n - indices, n))
-    out = []
-    for i in indices:
-        if not isinstance(i, int) or not -n <= i < n:
-            raise ValueError(f"indices must hold ints in [-{n}, {n}), got {i!r}")
-        out.append(i % n)
-    return out
-
-
-class VisionMamba(nn.Module):
+class VisionMamba(ModelApi, nn.Module):
     """x (B, 3, img_size, img_size) in [0, 1] -> logits (B, num_classes).
 
     ``normalize`` applies ImageNet mean/std first (off by default: the ViMD protocol feeds [0, 1]).
     drop_path_rate: the ViM schedule (layer i gets linspace(0, rate, depth)[i - 1], layer 0 none).
     """
+    classifier_name = "head"
+    head_init_std = 0.02
 
     def __init__(self, num_classes: int = 1000, img_size: int = 224, patch_size: int = 16,
                  stride: int | None = None, embed_dim: int = 192, depth: int = 24, d_state: int = 16,
@@ -104,7 +92,7 @@ class VisionMamba(nn.Module):
     def _run(self, x: Tensor, taps: Sequence[int] = ()) -> tuple[Tensor, list[Tensor]]:
         hidden, residual, feats = self._tokens(x), None, []
         for i, blk in enumerate(self.layers):
-            hidden, residual = blk(hidden, residual)
+            hidden, residual = self.run_block(blk, hidden, residual)
             if i in taps:  # H_j = final_norm(residual_j + hidden_j)
                 feats.append(self.norm_f((residual + hidden.float()).to(hidden.dtype)))
         out = self.norm_f((residual + self.drop_path(hidden).float()).to(hidden.dtype))
@@ -129,38 +117,45 @@ class VisionMamba(nn.Module):
         order = sorted(set(taps))  # _run collects in layer order; map back to the asked order
         return self.forward_head(out), [feats[order.index(j)] for j in taps]
 
-
-def _vim(defaults: dict, kwargs: dict) -> VisionMamba:
-    return VisionMamba(**{**defaults, **kwargs})
-
-
-@register_model
-def vim_tiny_patch16_224(**kwargs) -> VisionMamba:
-    return _vim(dict(embed_dim=192, depth=24, patch_size=16, stride=16), kwargs)
+    def tokens_to_map(self, tokens: Tensor) -> Tensor:
+        """(B, L, D) tokens -> (B, D, h, w) on the patch grid, the class token left out."""
+        t = torch.cat((tokens[:, :self.cls_pos], tokens[:, self.cls_pos + 1:]), dim=1)
+        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *self.patch_embed.grid_size)
 
 
-@register_model
-def vim_small_patch16_224(**kwargs) -> VisionMamba:
-    return _vim(dict(embed_dim=384, depth=24, patch_size=16, stride=16), kwargs)
+# hustvl's ImageNet-1k releases (middle class token), Apache-2.0: hustvl/Vim-{tiny,small}-midclstok,
+# vim_{t,s}_midclstok_{tag}.pth; the "ft_" ones were fine-tuned at stride 8. They were trained on
+# ImageNet mean/std-normalised input, so pretrained=True builds the model with normalize=True (it
+# then takes [0, 1] pixels).
+def _hustvl(size: str, tag: str, top1: float) -> dict:
+    return dict(hf_hub_id=f"hustvl/Vim-{size}-midclstok", hf_hub_filename=f"vim_{size[0]}_midclstok_{tag}.pth",
+                num_classes=1000, top1=top1, model_kwargs=dict(normalize=True), input_size=(3, 224, 224),
+                mean=IMAGENET_MEAN, std=IMAGENET_STD, license="apache-2.0", paper="arXiv:2401.09417")
 
 
-@register_model
-def vim_base_patch16_224(**kwargs) -> VisionMamba:
-    return _vim(dict(embed_dim=768, depth=24, patch_size=16, stride=16), kwargs)
+TINY, SMALL, BASE = dict(embed_dim=192, depth=24), dict(embed_dim=384, depth=24), dict(embed_dim=768, depth=24)
+S16, S8 = dict(patch_size=16, stride=16), dict(patch_size=16, stride=8)
+MICRO = dict(embed_dim=48, depth=4, d_state=8, patch_size=4, img_size=32, num_classes=10)
+
+# name -> (architecture, pretrained config, description)
+VARIANTS: dict[str, tuple[dict, dict, str]] = {
+    "vim_tiny_patch16_224": ({**TINY, **S16}, _hustvl("tiny", "76p1acc", 76.1), "ViM-Ti/16 at 224 (L = 197)."),
+    "vim_small_patch16_224": ({**SMALL, **S16}, _hustvl("small", "80p5acc", 80.5), "ViM-S/16 at 224."),
+    "vim_base_patch16_224": ({**BASE, **S16}, {}, "ViM-B/16 at 224."),
+    "vim_tiny_patch16_stride8_224": ({**TINY, **S8}, _hustvl("tiny", "ft_78p3acc", 78.3), "ViM-Ti/16, stride 8 (L = 730)."),
+    "vim_small_patch16_stride8_224": ({**SMALL, **S8}, _hustvl("small", "ft_81p6acc", 81.6), "ViM-S/16, stride 8."),
+    "vim_micro": (MICRO, {}, "CPU tests/demos: D=48, depth 4, N=8, patch 4 at 32x32 (L = 65); img_size=64, "
+                             "patch_size=8 works."),
+}
 
 
-@register_model
-def vim_tiny_patch16_stride8_224(**kwargs) -> VisionMamba:
-    return _vim(dict(embed_dim=192, depth=24, patch_size=16, stride=8), kwargs)
+def _factory(name: str, defaults: dict, doc: str):
+    def factory(**kwargs) -> VisionMamba:
+        return VisionMamba(**{**defaults, **kwargs})
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    return factory
 
 
-@register_model
-def vim_small_patch16_stride8_224(**kwargs) -> VisionMamba:
-    return _vim(dict(embed_dim=384, depth=24, patch_size=16, stride=8), kwargs)
-
-
-@register_model
-def vim_micro(**kwargs) -> VisionMamba:
-    """CPU tests/demos: D=48, depth 4, N=8, patch 4 at 32x32 (L = 65); img_size=64, patch_size=8 works."""
-    return _vim(dict(embed_dim=48, depth=4, d_state=8, patch_size=4, img_size=32,
-                     num_classes=10), kwargs)
+for _name, (_defaults, _cfg, _doc) in VARIANTS.items():
+    globals()[_name] = register_model(_factory(_name, _defaults, _doc), pretrained_cfg=_cfg)

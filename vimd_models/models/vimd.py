@@ -6,12 +6,13 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ..registry import create_model, register_model
-from .vim import VisionMamba
+from .common import ModelApi
+from .vim import VARIANTS, VisionMamba
 
 SR_ARCHS = ("srresnet_x4", "dvmsr", "srresnet_micro", "dvmsr_micro")
 
 
-class SRVMNet(nn.Module):
+class SRVMNet(ModelApi, nn.Module):
     """lr (B, 3, img_size/4, img_size/4) in [0, 1] -> SR (frozen, eval) -> ViM at img_size -> logits.
 
     ``model.sr`` never trains: its parameters have requires_grad False and it stays in eval mode
@@ -22,8 +23,12 @@ class SRVMNet(nn.Module):
         super().__init__()
         self.sr, self.classifier = sr, classifier
         self.num_classes, self.num_features = classifier.num_classes, classifier.num_features
-        self.feature_info = [dict(fi, module="classifier." + fi["module"]) for fi in classifier.feature_info]
         self.upscale = sr.upscale
+        # reductions relative to the LR input (the classifier's are relative to the SR output)
+        self.feature_info = [dict(fi, module="classifier." + fi["module"],
+                                  reduction=fi["reduction"] // self.upscale if fi["reduction"] % self.upscale == 0
+                                  else fi["reduction"] / self.upscale)
+                             for fi in classifier.feature_info]
         self.sr.requires_grad_(False)
         self.sr.eval()
 
@@ -52,6 +57,19 @@ class SRVMNet(nn.Module):
                               ) -> tuple[Tensor, list[Tensor]]:
         return self.classifier.forward_intermediates(self.super_resolve(lr), indices)
 
+    def tokens_to_map(self, tokens: Tensor) -> Tensor:
+        return self.classifier.tokens_to_map(tokens)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.classifier.set_grad_checkpointing(enable)  # the SR network is frozen: nothing to keep
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier.get_classifier()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier.reset_classifier(num_classes)
+        self.num_classes = num_classes
+
 
 @register_model
 def srvm_net(num_classes: int = 1000, sr_arch: str = "srresnet_x4", img_size: int = 224,
@@ -67,8 +85,13 @@ def srvm_net(num_classes: int = 1000, sr_arch: str = "srresnet_x4", img_size: in
     return SRVMNet(sr, clf)
 
 
-@register_model
 def hrvm_net(num_classes: int = 1000, **vim_kwargs) -> VisionMamba:
     """HRVM-Net (the ViMD teacher): ViM-tiny, patch 16 stride 8 (as released) at 224 by default."""
     defaults = dict(embed_dim=192, depth=24, patch_size=16, stride=8, img_size=224)
     return VisionMamba(**{**defaults, "num_classes": num_classes, **vim_kwargs})
+
+
+# ViMD fine-tunes from hustvl's stride-8 ImageNet Vim-Ti (SPECS.md "Initialisation") on [0, 1]
+# pixels without mean/std, so the release's normalize=True is not applied here.
+_HRVM_CFG = {k: v for k, v in VARIANTS["vim_tiny_patch16_stride8_224"][1].items() if k != "model_kwargs"}
+register_model(hrvm_net, pretrained_cfg=_HRVM_CFG)
