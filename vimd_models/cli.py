@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("args", nargs=argparse.REMAINDER)
     b.set_defaults(func=_cmd_bench)
     sub.add_parser("models", help="list registered models").set_defaults(func=_cmd_models)
+    from .infer import add_commands
+    add_commands(sub)  # sr, predict
     return p
 
 
