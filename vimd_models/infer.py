@@ -204,9 +204,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
         raise UserError(f"config {a.config} trains a {task.kind} model (use vimd sr)")
     model = _from_config(cfg)
     sd = _read_weights(model, a.weights)
-    head = next(n for n, p in model.named_parameters() if p is getattr(model.get_classifier(), "weight", None))
-    if head not in sd:
-        raise UserError(f"weights {a.weights} have no classifier ({head})")
+    weight = getattr(model.get_classifier(), "weight", None) if getattr(model, "classifier_name", None) else None
+    head = next((n for n, p in model.named_parameters() if p is weight), None)
+    if head is None or head not in sd:
+        raise UserError(f"weights {a.weights} hold no classifier for {cfg['model']['name']}")
     n = sd[head].shape[0]
     if n != model.num_classes:
         model.reset_classifier(n)

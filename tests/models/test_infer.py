@@ -157,3 +157,20 @@ def test_cli_predict_errors(tmp_path, capsys):
     w, _ = _weights(tmp_path / "w.safetensors", "srresnet_micro")
     assert main(["predict", img, "--weights", w, "--config", "demo_sr"]) == 2
     assert "use vimd sr" in capsys.readouterr().err
+
+
+def test_cli_predict_an_srvm_student_on_its_lr_view(tmp_path, capsys):
+    """The ViMD student: its head's classes come from the weights, its input is the LR view."""
+    kw = {"sr_arch": "srresnet_micro", "img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 1, "d_state": 4}
+    cfg = _config(tmp_path / "v.yaml", task="vimd", backend="ref", model={"name": "srvm_net", "kwargs": kw},
+                  data={"dataset": "synthetic", "num_classes": 4, "img_size": 32, "lr_size": 8})
+    w, model = _weights(tmp_path / "w.safetensors", "srvm_net", num_classes=4, **kw)
+    img = _png(tmp_path / "p.png", 32, 32)
+    assert main(["predict", img, "--weights", w, "--config", cfg]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 5
+    lr = torch.nn.functional.interpolate(load_image(img)[None], size=(8, 8), mode="bicubic", antialias=True,
+                                         align_corners=False).clamp(0, 1)
+    with torch.no_grad():
+        best = int(model(lr).argmax())
+    assert out[1].split()[-1] == f"({best})"

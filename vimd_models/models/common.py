@@ -18,7 +18,7 @@ from ..registry import is_no_decay
 
 class ModelApi:
     grad_checkpointing = False
-    classifier_name: str | None = None  # attribute holding the final nn.Linear, if the model has one
+    classifier_name: str | None = None  # submodule holding the final nn.Linear, if the model has one
     head_init_std: float | None = None  # trunc-normal std of a new head (None: nn.Linear's default)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -40,7 +40,7 @@ class ModelApi:
     def get_classifier(self) -> nn.Module:
         if self.classifier_name is None:
             raise TypeError(f"{type(self).__name__} has no classifier")
-        return getattr(self, self.classifier_name)
+        return self.get_submodule(self.classifier_name)
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised head for ``num_classes`` (0: no head, forward gives the pooled

@@ -18,6 +18,7 @@ class SRVMNet(ModelApi, nn.Module):
     ``model.sr`` never trains: its parameters have requires_grad False and it stays in eval mode
     under ``.train()`` (gradients still flow through it to the input, e.g. to a generator).
     """
+    classifier_name = "classifier.head"
 
     def __init__(self, sr: nn.Module, classifier: VisionMamba):
         super().__init__()
@@ -62,9 +63,6 @@ class SRVMNet(ModelApi, nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.classifier.set_grad_checkpointing(enable)  # the SR network is frozen: nothing to keep
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier.get_classifier()
 
     def reset_classifier(self, num_classes: int) -> None:
         self.classifier.reset_classifier(num_classes)
