@@ -144,6 +144,9 @@ def _cmd_flops(a) -> int:
 
 def _cmd_bench(a) -> int:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(root, "benchmarks", f"{a.which}.py")):
+        raise UserError("`vimd bench` runs the benchmarks of a source checkout (they are not installed "
+                        "with the package): clone the repository and run it there")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     return subprocess.call([sys.executable, "-m", f"benchmarks.{a.which}", *a.args], env=env)
 
