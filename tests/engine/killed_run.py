@@ -1,7 +1,7 @@
 """``vimd train`` in-process, killed with SIGKILL after a given global step like a preempted job
 (through the trainer's ``on_step_end`` callbacks):
 
-    python -m tests.engine.killed_run STEP CONFIG [key.sub=value ...]
+    python -m tests.engine.killed_run STEP CONFIG [key.sub=value ...] [--resume]
 """
 import os
 import signal
@@ -20,4 +20,6 @@ def kill_after(step: int):
 
 if __name__ == "__main__":
     step, config, *overrides = sys.argv[1:]
-    train(load_config(config, overrides), on_step_end=[kill_after(int(step))])
+    resume = "auto" if "--resume" in overrides else None
+    overrides = [o for o in overrides if o != "--resume"]
+    train(load_config(config, overrides), resume=resume, on_step_end=[kill_after(int(step))])

@@ -95,6 +95,25 @@ def test_schedule_warmup_then_cosine():
     assert lr_at(100, 100, 10, cfg) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_step_milestones_count_iterations_in_iteration_runs():
+    it = load_config(None, ["optim.lr=1.0", "sched.name=step", "sched.warmup_epochs=0", "sched.milestones=[250, 400]",
+                            "sched.gamma=0.5", "train.iterations=500"])
+    # steps_per_epoch (50) does not matter: milestones are iterations
+    assert [lr_at(s, 500, 50, it) for s in (0, 249, 250, 399, 400, 499)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    ep = load_config(None, ["optim.lr=1.0", "sched.name=step", "sched.warmup_epochs=0", "sched.milestones=[2, 4]",
+                            "train.epochs=5"])
+    assert [lr_at(s, 250, 50, ep) for s in (99, 100, 199, 200)] == [1, 0.5, 0.5, 0.25]
+    warm = load_config(None, ["optim.lr=1.0", "sched.warmup_iters=10", "sched.warmup_lr=0", "train.iterations=100"])
+    assert lr_at(5, 100, 3, warm) == pytest.approx(0.5) and lr_at(10, 100, 3, warm) == pytest.approx(1.0)
+    with pytest.raises(UserError, match="'sched.milestones' count epochs and must not pass train.epochs"):
+        load_config(None, ["sched.milestones=[250, 400]", "train.epochs=300"])
+    with pytest.raises(UserError, match="count iterations and must not pass train.iterations"):
+        load_config(None, ["sched.milestones=[250, 400]", "train.iterations=300"])
+    for bad in ("train.iterations=0", "train.eval_every=0", "sched.milestones=[3, 2]", "sched.warmup_iters=-1"):
+        with pytest.raises(UserError, match=bad.split("=")[0]):
+            load_config(None, [bad])
+
+
 # ---- checkpoints --------------------------------------------------------------------------------
 def test_state_roundtrip_with_optimizer(tmp_path):
     m = torch.nn.Linear(3, 2)

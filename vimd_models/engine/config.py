@@ -63,15 +63,19 @@ DEFAULTS: dict[str, Any] = {
     "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9,
               "betas": [0.9, 0.999], "clip_grad": 5.0},
     "sched": {"name": "cosine", "warmup_epochs": 1.0, "warmup_lr": 1e-6, "min_lr": 1e-6,
-              "milestones": [], "gamma": 0.5},
+              "warmup_iters": None,  # warm-up in iterations (overrides warmup_epochs)
+              "milestones": [],      # step schedule: in epochs, or in iterations with train.iterations
+              "gamma": 0.5},
     "train": {
         "epochs": 10,
+        "iterations": None,       # run length in optimiser steps (the SR recipes); replaces epochs:
+                                  # eval_every / ckpt_every and sched.milestones then count iterations
         "device": "auto",         # auto (cuda when available, else cpu) | cpu | cuda | cuda:i
         "steps_per_epoch": None,  # None: one pass over the data; dfkd: required
         "amp": "none",            # none | bf16
         "ema": 0.0,               # EMA decay (0 = off); evaluation then uses the EMA weights
         "ckpt_every": 0,          # also checkpoint every N steps (0 = only at epoch ends)
-        "eval_every": 1,
+        "eval_every": 1,          # evaluate (one summary row) every N epochs, or N iterations
         "progress": True,
         "record_norm_stats": False,  # classify: save the teacher's norm-input statistics
     },
@@ -225,6 +229,17 @@ def validate(cfg: dict) -> None:
     _check(isinstance(d["check"], bool), f"config 'data.check' must be true or false, got {d['check']!r}")
     _check(isinstance(t["ema"], (int, float)) and 0 <= t["ema"] < 1, "config 'train.ema' must be in [0, 1)")
     _check(isinstance(t["ckpt_every"], int) and t["ckpt_every"] >= 0, "config 'train.ckpt_every' must be >= 0")
+    its = t["iterations"]
+    _check(its is None or (isinstance(its, int) and its > 0), f"config 'train.iterations' must be a positive integer or null, got {its!r}")
+    _check(isinstance(t["eval_every"], int) and t["eval_every"] > 0, "config 'train.eval_every' must be a positive integer")
+    wi = s["warmup_iters"]
+    _check(wi is None or (isinstance(wi, int) and wi >= 0), f"config 'sched.warmup_iters' must be an integer >= 0 or null, got {wi!r}")
+    ms = s["milestones"]
+    unit, key, length = ("iterations", "train.iterations", its) if its else ("epochs", "train.epochs", t["epochs"])
+    _check(isinstance(ms, list) and all(isinstance(m, int) and 0 < m for m in ms) and ms == sorted(ms),
+           f"config 'sched.milestones' must be an increasing list of positive integers, got {ms!r}")
+    _check(not ms or ms[-1] <= length,
+           f"config 'sched.milestones' count {unit} and must not pass {key} ({length}), got {ms!r}")
     spe = t["steps_per_epoch"]
     _check(spe is None or (isinstance(spe, int) and spe > 0), "config 'train.steps_per_epoch' must be a positive integer or null")
     hl = cfg["distill"]["hsd_layers"]

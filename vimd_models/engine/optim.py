@@ -25,34 +25,40 @@ def build_optimizer(module: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     return OPTIMIZERS[o["name"]](groups, o)
 
 
-def _cosine(step: int, base: float, warm: int, total_steps: int, steps_per_epoch: int, s: dict) -> float:
+def _cosine(step: int, base: float, warm: int, total_steps: int, unit: int, s: dict) -> float:
     t = (step - warm) / max(1, total_steps - warm)
     return float(s["min_lr"]) + 0.5 * (base - float(s["min_lr"])) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def _step(step: int, base: float, warm: int, total_steps: int, steps_per_epoch: int, s: dict) -> float:
-    epoch = step // max(1, steps_per_epoch)
-    return base * float(s["gamma"]) ** sum(epoch >= m for m in s["milestones"])
+def _step(step: int, base: float, warm: int, total_steps: int, unit: int, s: dict) -> float:
+    done = step // max(1, unit)  # epochs (or iterations) completed
+    return base * float(s["gamma"]) ** sum(done >= m for m in s["milestones"])
 
 
-def _constant(step: int, base: float, warm: int, total_steps: int, steps_per_epoch: int, s: dict) -> float:
+def _constant(step: int, base: float, warm: int, total_steps: int, unit: int, s: dict) -> float:
     return base
 
 
 # sched.name -> the learning rate after warm-up:
-# (step, base lr, warm-up steps, total steps, steps per epoch, sched config) -> lr
+# (step, base lr, warm-up steps, total steps, steps per milestone unit, sched config) -> lr
 SCHEDULES = {"cosine": _cosine, "step": _step, "none": _constant}
 
 
 def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: dict) -> float:
-    """Learning rate at a global step: linear warm-up from warmup_lr, then the schedule (cosine to
-    min_lr, step decay or constant)."""
+    """Learning rate at a global step (the schedule moves every step): linear warm-up from
+    warmup_lr, then the schedule (cosine to min_lr, step decay or constant). Warm-up lasts
+    sched.warmup_iters steps when set, else sched.warmup_epochs epochs; step milestones count
+    iterations when train.iterations is set, else epochs."""
     o, s = cfg["optim"], cfg["sched"]
     base = float(o["lr"])
-    warm = int(round(float(s["warmup_epochs"]) * steps_per_epoch))
+    if s["warmup_iters"] is not None:
+        warm = int(s["warmup_iters"])
+    else:
+        warm = int(round(float(s["warmup_epochs"]) * steps_per_epoch))
     if step < warm:
         return float(s["warmup_lr"]) + (base - float(s["warmup_lr"])) * step / warm
-    return SCHEDULES[s["name"]](step, base, warm, total_steps, steps_per_epoch, s)
+    unit = 1 if cfg["train"]["iterations"] else steps_per_epoch
+    return SCHEDULES[s["name"]](step, base, warm, total_steps, unit, s)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:

@@ -2,10 +2,11 @@
 
 A run writes to <output_dir>/<name>/: config.yaml (resolved), run_info.json (device, kernel
 backend, dtype, world size), checkpoint.safetensors (resumable state, atomically replaced every
-``train.ckpt_every`` steps and each epoch), summary.csv (one row per epoch), curves.png,
+``train.ckpt_every`` steps and at each summary row), summary.csv (one row per epoch, or per
+``train.eval_every`` iterations when the run length is ``train.iterations``), curves.png,
 model.safetensors (final release weights; EMA weights when EMA is on) and best.safetensors (best
 evaluation). Resuming restores model, optimiser, EMA, schedule position, RNG state and the position
-inside the epoch, so it continues exactly; config values given on resume (optim.lr, ...) apply.
+inside the epoch, so it continues exactly (also mid-schedule in iteration-counted runs); config values given on resume (optim.lr, ...) apply.
 
 A loss that turns NaN / Inf stops the run with one error naming the step and the loss term; the
 last checkpoint (written before that step) is kept, and the error says how to resume from it.
@@ -81,7 +82,8 @@ def count_params(m: nn.Module) -> int:
 class Trainer:
     """One run of ``cfg``: ``setup`` (on construction) builds the device, data, task, optimiser and
     EMA; ``fit`` optionally resumes, then trains epoch by epoch (``step`` per batch, ``epoch_end``
-    per epoch) and writes the final weights. Each ``on_step_end`` callback is called with
+    per epoch; with ``train.iterations``, ``report`` every ``train.eval_every`` steps instead, the
+    data epochs running on until the last iteration) and writes the final weights. Each ``on_step_end`` callback is called with
     (trainer, global step) after every step, once that step's checkpoint (if any) is written."""
 
     def __init__(self, cfg: dict, on_step_end: Sequence[StepCallback] = ()):
@@ -127,7 +129,8 @@ class Trainer:
         # drop-path, the data-free generator's z)
         torch.manual_seed(cfg["seed"] + 1_000_003 * self.rank)
         self.steps_per_epoch = self._steps_per_epoch()
-        self.total_steps = self.steps_per_epoch * t["epochs"]
+        self.iterations = t["iterations"]
+        self.total_steps = self.iterations or self.steps_per_epoch * t["epochs"]
         self.pos = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "sums": {}, "images": 0, "time": 0.0}
         self.history: list[dict] = []
         self.best: dict | None = None
@@ -236,10 +239,15 @@ class Trainer:
         return (b for _, b in zip(range(left), loader))
 
     def _progress(self, epoch: int):
-        """The epoch's progress bar (rank 0, train.progress), cleared when the epoch ends or fails."""
+        """The epoch's progress bar (rank 0, train.progress), cleared when the epoch ends or fails;
+        over all iterations in an iteration-counted run."""
         from tqdm import tqdm
-        return tqdm(total=self.steps_per_epoch, initial=self.pos["step_in_epoch"],
-                    desc=f"{self.cfg['name']} ep {epoch + 1}/{self.cfg['train']['epochs']}", leave=False,
+        if self.iterations:
+            total, initial, desc = self.total_steps, self.pos["global_step"], f"it (ep {epoch + 1})"
+        else:
+            total, initial = self.steps_per_epoch, self.pos["step_in_epoch"]
+            desc = f"ep {epoch + 1}/{self.cfg['train']['epochs']}"
+        return tqdm(total=total, initial=initial, desc=f"{self.cfg['name']} {desc}", leave=False,
                     dynamic_ncols=True, disable=self.rank != 0 or not self.cfg["train"]["progress"])
 
     def step(self, batch) -> None:
@@ -276,8 +284,28 @@ class Trainer:
         pos["time"] += now - self._tic
         self._tic = now
 
+    def _finished(self) -> bool:
+        if self.iterations:
+            return self.pos["global_step"] >= self.total_steps
+        return self.pos["epoch"] >= self.cfg["train"]["epochs"]
+
+    def _after_step(self) -> None:
+        """Iteration-counted runs: next data epoch once this one's batches are used, a summary row
+        every ``eval_every`` steps and at the end; checkpoint every ``ckpt_every`` steps."""
+        pos, t = self.pos, self.cfg["train"]
+        step, every = pos["global_step"], t["ckpt_every"]
+        if self.iterations:
+            if pos["step_in_epoch"] == self.steps_per_epoch:
+                pos.update(epoch=pos["epoch"] + 1, step_in_epoch=0)
+            if step % t["eval_every"] == 0 or step == self.total_steps:
+                self.report()
+            elif every and step % every == 0:
+                self.save_checkpoint()
+        elif every and step % every == 0 and pos["step_in_epoch"] < self.steps_per_epoch:
+            self.save_checkpoint()
+
     def train_epoch(self) -> None:
-        pos, every = self.pos, self.cfg["train"]["ckpt_every"]
+        pos = self.pos
         epoch = pos["epoch"]
         self.task.train()
         batches = self._batches(epoch)
@@ -289,20 +317,29 @@ class Trainer:
                     progress.update(1)
                     progress.set_postfix({k: f"{s / c:.4g}" for k, (s, c) in pos["sums"].items()}
                                          | {"img/s": f"{pos['images'] / max(pos['time'], 1e-9):.1f}"})
-                if every and pos["global_step"] % every == 0 and pos["step_in_epoch"] < self.steps_per_epoch:
-                    self.save_checkpoint()
+                self._after_step()
                 for cb in self.on_step_end:
                     cb(self, pos["global_step"])
-        self.epoch_end(epoch)
+                if self._finished():
+                    break
+        if not self.iterations:
+            self.epoch_end(epoch)
 
     def epoch_end(self, epoch: int) -> dict:
-        """Summary row (evaluation when due, best.safetensors on a new best), checkpoint,
-        summary.csv and curves.png."""
-        cfg, t, pos = self.cfg, self.cfg["train"], self.pos
-        row = {"epoch": epoch + 1, "step": pos["global_step"], "lr": self.lr_at(pos["global_step"] - 1),
+        """The summary row of an epoch-counted run's epoch (see ``report``); next epoch."""
+        t = self.cfg["train"]
+        return self.report(with_eval=(epoch + 1) % t["eval_every"] == 0 or epoch + 1 == t["epochs"])
+
+    def report(self, with_eval: bool = True) -> dict:
+        """Summary row (evaluation when asked, best.safetensors on a new best), checkpoint,
+        summary.csv and curves.png. Its ``epoch`` is the epoch just ended, or in an
+        iteration-counted run the data epochs done (fractional)."""
+        cfg, pos = self.cfg, self.pos
+        label = round(pos["global_step"] / self.steps_per_epoch, 4) if self.iterations else pos["epoch"] + 1
+        row = {"epoch": label, "step": pos["global_step"], "lr": self.lr_at(pos["global_step"] - 1),
                "images_per_s": pos["images"] / max(pos["time"], 1e-9), "train_time_s": pos["time"]}
         row.update({f"train_{k}": s / c for k, (s, c) in pos["sums"].items()})
-        if (epoch + 1) % t["eval_every"] == 0 or epoch + 1 == t["epochs"]:
+        if with_eval:
             model = self.eval_model()
             metrics = evaluate(model, self.task_cls.kind, self.eval_ds, cfg, self.device)
             row.update({f"val_{k}": v for k, v in metrics.items()})
@@ -311,23 +348,26 @@ class Trainer:
                 self.best = dict(row)
                 if self.rank == 0:
                     save_weights(os.path.join(self.run_dir, "best.safetensors"), model.state_dict(),
-                                 {"model": cfg["model"]["name"], "epoch": epoch + 1})
+                                 {"model": cfg["model"]["name"], "epoch": label, "step": pos["global_step"]})
         self.history.append(row)
-        pos.update(epoch=epoch + 1, step_in_epoch=0, sums={}, images=0, time=0.0)
+        pos.update(sums={}, images=0, time=0.0)
+        if not self.iterations:
+            pos.update(epoch=label, step_in_epoch=0)
         self.save_checkpoint()
         if self.rank == 0:
             write_summary(self.history, os.path.join(self.run_dir, "summary.csv"))
             write_curves(self.history, os.path.join(self.run_dir, "curves.png"), cfg["name"])
         self.last = row
+        self._tic = time.perf_counter()  # evaluation and writing are not training time
         return row
 
     def fit(self, resume: str | None = None) -> dict:
-        """Train the remaining epochs (after ``resume(resume)`` when given); returns the last
-        epoch's summary, the best one, the run folder, the parameter count and the history."""
+        """Train the remaining epochs or iterations (after ``resume(resume)`` when given); returns the
+        last summary row, the best one, the run folder, the parameter count and the history."""
         if resume:
             self.resume(resume)
         self._prepare()
-        while self.pos["epoch"] < self.cfg["train"]["epochs"]:
+        while not self._finished():
             self.train_epoch()
         self.finish()
         return {"run_dir": self.run_dir, "last": self.last, "best": self.best, "params": count_params(self.task.model),
