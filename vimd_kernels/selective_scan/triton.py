@@ -52,6 +52,21 @@ class _ScanFlags(NamedTuple):
 # ----------------------------------------------------------------------------- kernels
 
 @triton.jit
+def _load_bc(X_ptr, KIND: tl.constexpr, G, b, dim, L, N, first_d, offs_d, d_mask, offs_n, n_mask, idx,
+             mn, CT: tl.constexpr):
+    """B or C for a tile: constant (KIND 0) as (BD, NP, 1), else the tile's steps of the block's
+    group as (1, NP, BT)."""
+    if KIND == 0:
+        X = tl.load(X_ptr + offs_d[:, None] * N + offs_n[None, :],
+                    mask=d_mask[:, None] & n_mask[None, :], other=0.0).to(CT)[:, :, None]
+    else:
+        g = first_d // (dim // G)
+        X = tl.load(X_ptr + ((b * G + g) * N + offs_n)[:, None].to(tl.int64) * L + idx[None, :],
+                    mask=mn, other=0.0).to(CT)[None, :, :]
+    return X
+
+
+@triton.jit
 def _load_tile(u_ptr, delta_ptr, db_ptr, B_ptr, C_ptr, A, b, dim, L, N, B_G, C_G, offs_d, d_mask,
                offs_n, n_mask, p, p_mask, FLAGS: tl.constexpr, BD: tl.constexpr, CT: tl.constexpr):
     """Load one (BD, BT) tile of the scan inputs at scan steps p; masked steps get a=1, b=0."""
@@ -72,20 +87,10 @@ def _load_tile(u_ptr, delta_ptr, db_ptr, B_ptr, C_ptr, A, b, dim, L, N, B_G, C_G
     dt = tl.where(m2, dt, 0.0)
     first_d = (tl.program_id(0) * BD).to(tl.int64)
     mn = n_mask[:, None] & p_mask[None, :]
-    if FLAGS.b_kind == 0:
-        Bt = tl.load(B_ptr + offs_d[:, None] * N + offs_n[None, :],
-                     mask=d_mask[:, None] & n_mask[None, :], other=0.0).to(CT)[:, :, None]
-    else:
-        g = first_d // (dim // B_G)
-        Bt = tl.load(B_ptr + ((b * B_G + g) * N + offs_n)[:, None].to(tl.int64) * L + idx[None, :],
-                     mask=mn, other=0.0).to(CT)[None, :, :]
-    if FLAGS.c_kind == 0:
-        Ct = tl.load(C_ptr + offs_d[:, None] * N + offs_n[None, :],
-                     mask=d_mask[:, None] & n_mask[None, :], other=0.0).to(CT)[:, :, None]
-    else:
-        g = first_d // (dim // C_G)
-        Ct = tl.load(C_ptr + ((b * C_G + g) * N + offs_n)[:, None].to(tl.int64) * L + idx[None, :],
-                     mask=mn, other=0.0).to(CT)[None, :, :]
+    Bt = _load_bc(B_ptr, FLAGS.b_kind, B_G, b, dim, L, N, first_d, offs_d, d_mask, offs_n,
+                  n_mask, idx, mn, CT)
+    Ct = _load_bc(C_ptr, FLAGS.c_kind, C_G, b, dim, L, N, first_d, offs_d, d_mask, offs_n,
+                  n_mask, idx, mn, CT)
     dA = tl.exp(dt[:, None, :] * A[:, :, None])
     dBu = (dt * u)[:, None, :] * Bt
     return idx, ptrs, m2, u, dt_pre, dt, Bt, Ct, dA, dBu
