@@ -5,10 +5,16 @@
 - The DVMSR NTIRE 2024 checkpoint: ``patch_embed.norm.*`` -> ``norm_in.*`` and
   ``layers.{i}.residual_group.blocks.*`` -> ``layers.{i}.blocks.*``; the rest match ``DVMSR``.
 - The SRResNet x4 release (``{"state_dict": sd}``): names match ``SRResNet``.
-Every key must find a parameter/buffer of the same shape, and every one of ours must be filled;
-otherwise a ValueError lists the missing, unexpected and mis-shaped keys. Files are read with
-``torch.load(weights_only=True)`` (which also admits the ``argparse.Namespace`` the DeiT/Vim
-training script pickles beside the weights) or safetensors: nothing else is unpickled.
+- torchvision's ResNet state dicts (``resnet18-f37072fd.pth``, ``resnet34-b627a593.pth``): names
+  match ``ResNet``.
+``load_official`` / ``load_checkpoint``: every key must find a parameter/buffer of the same shape,
+and every one of ours must be filled; otherwise a ValueError lists the missing, unexpected and
+mis-shaped keys. ``load_pretrained`` (fine-tuning from a release: ``model.finetune``,
+``create_model(pretrained=True)``, ``model.sr_checkpoint``) finds the part of a composite model the
+file belongs to, drops a head of other classes, resamples ViM's position embedding and reports what
+it loaded. Files are read with ``torch.load(weights_only=True)`` (which also admits the
+``argparse.Namespace`` the DeiT/Vim training script pickles beside the weights) or safetensors:
+nothing else is unpickled.
 
 The renames are keyed by class name, so this module does not import the model families.
 """
@@ -17,13 +23,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import pickle
 import re
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_WRAPPERS = ("model", "state_dict", "params_ema", "params", "model_state")
+_WRAPPERS = ("model", "model_ema", "state_dict", "params_ema", "params", "model_state")
 _RENAMES = {
     "DVMSR": [(r"^patch_embed\.norm\.", "norm_in."), (r"^layers\.(\d+)\.residual_group\.blocks\.", r"layers.\1.blocks.")],
     "VisionMamba": [],
@@ -54,11 +62,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if str(path).endswith(".safetensors"):
         from .checkpoint import load_weights
         return load_weights(os.fspath(path))
-    if hasattr(torch.serialization, "safe_globals"):
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    torch.serialization.add_safe_globals([argparse.Namespace])  # torch 2.4: no scoped form
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if hasattr(torch.serialization, "safe_globals"):
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        torch.serialization.add_safe_globals([argparse.Namespace])  # torch 2.4: no scoped form
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = next((ln for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+        raise ValueError(f"{path} holds pickled objects other than tensors, containers and argparse.Namespace; "
+                         f"they are not unpickled ({detail.strip() or 'weights_only load failed'})") from None
 
 
 def convert_state_dict(model: nn.Module, state_dict: dict) -> dict[str, Tensor]:
@@ -152,3 +165,63 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | dict, adap
     if adapt:
         sd, dropped = adapt_state_dict(model, sd)
     return _load_exact(model, sd, dropped)
+
+
+def _is_model(m: nn.Module) -> bool:
+    return any(c.__name__ == "ModelApi" for c in type(m).__mro__)
+
+
+def _fit(model: nn.Module, raw: dict) -> tuple[dict[str, Tensor], dict[str, Tensor], list[str], int]:
+    """``raw`` under ``model``'s names, then adapted for fine-tuning; (named, adapted, dropped head
+    keys, how many adapted tensors fit a parameter/buffer of the same name and shape)."""
+    named = our_names(model, raw)
+    sd, dropped = adapt_state_dict(model, named)
+    ours = model.state_dict()
+    return named, sd, dropped, sum(k in ours and ours[k].shape == v.shape for k, v in sd.items())
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    return "" if not keys else f" ({', '.join(keys[:n])}{', ...' if len(keys) > n else ''})"
+
+
+def load_pretrained(model: nn.Module, checkpoint: str | os.PathLike | dict, log: Callable[[str], None] | None = None,
+                    require_all: bool = False) -> dict:
+    """Fine-tune initialisation: load a release (or our weights) into ``model`` or into the part of a
+    composite model it belongs to (SRVM-Net: a ViM file into ``classifier``, an SR release into
+    ``sr``; the part where most tensors fit by name and shape).
+
+    A head of other classes is dropped (one line to ``log``) and ViM's ``pos_embed`` is resampled
+    to the model's grid; any other shape mismatch, or no tensor fitting at all, is a ValueError;
+    so are missing keys with ``require_all``. ``log`` gets a summary line. Returns
+    {"target": the part's name ("" for the model), "loaded", "missing", "unexpected", "dropped": key lists}.
+    """
+    raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    raw = unwrap(raw)
+    parts = [("", model)] + [(n + ".", m) for n, m in model.named_children() if _is_model(m)]
+    fits = [(prefix, part, *_fit(part, raw)) for prefix, part in parts]
+    prefix, part, named, sd, dropped, n = max(fits, key=lambda f: f[-1])
+    what = os.path.basename(os.fspath(checkpoint)) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
+    if n == 0:
+        raise ValueError(f"no tensor of {what} fits {type(model).__name__} or its parts by name and shape "
+                         f"(checkpoint keys{_few(sorted(raw))})")
+    ours = part.state_dict()
+    bad = sorted(f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in sd.items()
+                 if k in ours and ours[k].shape != v.shape)
+    missing = sorted(set(ours) - set(sd) - set(dropped))
+    if bad or (require_all and missing):
+        raise ValueError(f"{what} does not fit {type(part).__name__}: "
+                         + "; ".join(f"{name} {len(keys)}{_few(keys)}" for name, keys in
+                                     (("shape mismatch", bad), ("missing", missing)) if keys))
+    unexpected = sorted(k for k in sd if k not in ours)
+    part.load_state_dict({k: v for k, v in sd.items() if k in ours}, strict=False)
+    where = f"{prefix[:-1]} ({type(part).__name__})" if prefix else type(part).__name__
+    if log is not None:
+        if dropped:
+            log(f"{what}: head dropped ({', '.join(f'{k} {tuple(named[k].shape)}' for k in dropped)}; "
+                f"the model's: {', '.join(str(tuple(ours[k].shape)) for k in dropped)}), the model's starts fresh")
+        log(f"{what}: loaded {n} tensors into {where}; missing {len(missing)}{_few(missing)}, "
+            f"unexpected {len(unexpected)}{_few(unexpected)}")
+    return {"target": prefix[:-1], "loaded": sorted(k for k in sd if k in ours), "missing": missing,
+            "unexpected": unexpected, "dropped": dropped}
+
+

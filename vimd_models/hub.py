@@ -28,6 +28,8 @@ def pretrained_weights(cfg: dict, pretrained_file: str | os.PathLike | None = No
         return os.fspath(pretrained_file)
     if cfg.get("hf_hub_id"):
         return hf_hub_download(cfg["hf_hub_id"], cfg["hf_hub_filename"])
-    release = f" (the release file {cfg['file_name']})" if cfg.get("file_name") else ""
+    release = f" (the release file {cfg['file_name']}" if cfg.get("file_name") else ""
+    release += (f", from {cfg['url']})" if cfg.get("url") else ")") if release else ""
     raise ValueError(f"no download location is registered for {cfg['architecture']}: "
                      f"pass pretrained_file=<path>{release}")
+

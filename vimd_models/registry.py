@@ -10,6 +10,7 @@ A pretrained config is a dict; the keys used here:
 - ``hf_hub_id``, ``hf_hub_filename``: the weights on the Hugging Face Hub (``pretrained=True``
   downloads them through ``huggingface_hub``, the optional extra ``vimd[hub]``, into its cache);
 - ``file_name``: the release file, for weights with no Hub copy (pass ``pretrained_file=``);
+- ``url``: where the release file is published, for weights with no Hub copy;
 - ``num_classes``: the classes of the released head;
 - ``model_kwargs``: model arguments the weights were trained with, applied under the caller's
   keyword arguments when ``pretrained=True`` (e.g. ``normalize=True`` for ImageNet mean/std);
@@ -24,6 +25,7 @@ import copy
 import difflib
 import fnmatch
 import inspect
+import logging
 import os
 from typing import Callable, Sequence
 
@@ -71,6 +73,17 @@ def get_pretrained_cfg(name: str) -> dict:
     return {"architecture": name, **copy.deepcopy(_PRETRAINED_CFGS[name])}
 
 
+def release_source(file_name: str) -> str | None:
+    """Where the release file ``file_name`` comes from, from the first registered pretrained config
+    that names it: "<file> (the <model> release, <address>)"; None when no config names it."""
+    for name, cfg in _PRETRAINED_CFGS.items():
+        if file_name in (cfg.get("hf_hub_filename"), cfg.get("file_name")):
+            where = (f"https://huggingface.co/{cfg['hf_hub_id']}/resolve/main/{file_name}" if cfg.get("hf_hub_id")
+                     else cfg.get("url"))
+            return f"{file_name} (the {name} release{', ' + where if where else ''})"
+    return None
+
+
 def _check_kwargs(name: str, fn: Callable, kwargs: dict) -> None:
     params = inspect.signature(fn).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
@@ -87,8 +100,10 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
     """Build a registered model.
 
     pretrained: initialise from the released weights of the model's pretrained config (the Hub
-        file, or ``pretrained_file``); a head whose classes differ from ``num_classes`` is left
-        freshly initialised and ViM's position embedding is resampled to the model's token grid.
+        file, or ``pretrained_file``) through ``convert.load_pretrained`` (as the ``model.finetune``
+        config key): a head whose classes differ from ``num_classes`` is left freshly initialised,
+        ViM's position embedding is resampled to the model's token grid, a composite model takes
+        the file into the part it fits, and a summary line is logged (logger ``vimd_models``).
     checkpoint_path: then load these weights exactly (our safetensors, a training state, or an
         official release checkpoint, by name through ``vimd_models.convert``).
     features_only: return a ``FeatureListNet`` giving the features at ``out_indices`` (positions
@@ -108,10 +123,10 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
     model = fn(**kwargs)
     model.pretrained_cfg = model.default_cfg = cfg
     if pretrained or checkpoint_path is not None:
-        from .convert import load_checkpoint
+        from .convert import load_checkpoint, load_pretrained
         if pretrained:
             from .hub import pretrained_weights
-            load_checkpoint(model, pretrained_weights(cfg, pretrained_file), adapt=True)
+            load_pretrained(model, pretrained_weights(cfg, pretrained_file), logging.getLogger("vimd_models").info)
         if checkpoint_path is not None:
             load_checkpoint(model, checkpoint_path)
     if features_only:

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..checkpoint import load_into, load_optimizer_state, load_weights
+from ..finetune import load_release
 from ..errors import UserError
 from ..registry import create_model
 from . import losses
@@ -191,7 +192,8 @@ class ViMDTask(Task):
         if sr_ckpt:
             if sr is None:
                 raise UserError(f"config 'model.sr_checkpoint': model {cfg['model']['name']} has no SR sub-network")
-            load_into(sr, load_weights(sr_ckpt), sr_ckpt)
+            load_release(sr, sr_ckpt, "model.sr_checkpoint", "point it at an SR network trained here "
+                         "(configs/srresnet_div2k.yaml)", require_all=True)
         if sr is not None:
             self.frozen.append(freeze(sr))
         d = cfg["distill"]

@@ -24,7 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "backend": None,              # kernel backend passed to every model (None = auto)
     "deterministic": False,       # torch.use_deterministic_algorithms(True)
-    "model": {"name": "vim_micro", "kwargs": {}, "pretrained": None, "sr_checkpoint": None},
+    "model": {"name": "vim_micro", "kwargs": {}, "pretrained": None, "sr_checkpoint": None,
+              "finetune": None},    # release to fine-tune from (head dropped, pos_embed resampled); none: scratch
     "teacher": {"name": None, "kwargs": {}, "checkpoint": None},
     "data": {
         "dataset": "synthetic",   # synthetic | cub | cars | aircraft | dogs | pets | flowers |
@@ -226,6 +227,8 @@ def validate(cfg: dict) -> None:
     dev = t["device"]
     _check(isinstance(dev, str) and (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())),
            f"config 'train.device' must be auto, cpu, cuda or cuda:<index>, got {dev!r}")
+    ft = cfg["model"]["finetune"]
+    _check(ft is None or isinstance(ft, str), f"config 'model.finetune' must be a file path or none, got {ft!r}")
     _check(isinstance(d["check"], bool), f"config 'data.check' must be true or false, got {d['check']!r}")
     _check(isinstance(t["ema"], (int, float)) and 0 <= t["ema"] < 1, "config 'train.ema' must be in [0, 1)")
     _check(isinstance(t["ckpt_every"], int) and t["ckpt_every"] >= 0, "config 'train.ckpt_every' must be >= 0")

@@ -32,6 +32,7 @@ from ..data.check import check_data
 from ..distill.dfkd import record_norm_stats
 from ..distill.tasks import task_class
 from ..errors import UserError
+from ..finetune import load_release
 from .config import dump_config
 from .distributed import dist_info, init_distributed, resolve_device, to_device
 from .kinds import KINDS, evaluate
@@ -121,6 +122,8 @@ class Trainer:
             check_data(self.train_ds, self.eval_ds, progress=lead and t["progress"], out=print if lead else None,
                        write_cache=lead)
         self.task = self.task_cls(cfg, num_classes).to(self.device)
+        load_release(self.task.model, cfg["model"]["finetune"], "model.finetune", "train from scratch with "
+                     "model.finetune=none", log=print if self.rank == 0 else None)
         if cfg["model"]["pretrained"]:
             load_into(self.task.model, load_weights(cfg["model"]["pretrained"]), cfg["model"]["pretrained"])
         self.opt = build_optimizer(self.task, cfg)

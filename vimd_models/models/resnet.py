@@ -96,14 +96,24 @@ class ResNet(ModelApi, nn.Module):
         return self.forward_head(outs[-1]), [outs[i] for i in idx]
 
 
-@register_model
 def resnet18(**kwargs) -> ResNet:
     return ResNet(**{"layers": (2, 2, 2, 2), **kwargs})
 
 
-@register_model
 def resnet34(**kwargs) -> ResNet:
     return ResNet(**{"layers": (3, 4, 6, 3), **kwargs})
+
+
+# torchvision's ImageNet-1k weights (IMAGENET1K_V1), the initialisation of the DFKD-FGVC teachers;
+# their state dicts carry this module's names. Trained on ImageNet mean/std-normalised input.
+def _torchvision(file_name: str) -> dict:
+    return dict(file_name=file_name, url=f"https://download.pytorch.org/models/{file_name}", num_classes=1000,
+                input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                license="bsd-3-clause")
+
+
+register_model(resnet18, pretrained_cfg=_torchvision("resnet18-f37072fd.pth"))
+register_model(resnet34, pretrained_cfg=_torchvision("resnet34-b627a593.pth"))
 
 
 @register_model

@@ -72,7 +72,8 @@ def srresnet_x4(**kwargs) -> SRResNet:
 
 
 # the ImageNet-trained release that SRVM-Net's SR sub-network starts from (key "state_dict")
-register_model(srresnet_x4, pretrained_cfg=dict(file_name="SRResNet_x4-ImageNet-6dd5216c.pth.tar"))
+register_model(srresnet_x4, pretrained_cfg=dict(file_name="SRResNet_x4-ImageNet-6dd5216c.pth.tar",
+                                                url="https://github.com/Lornatang/SRGAN-PyTorch"))
 
 
 @register_model
