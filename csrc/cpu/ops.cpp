@@ -168,6 +168,19 @@ at::Tensor param(const OptTensor& t, const char* name, at::IntArrayRef shape, at
   return t->contiguous();
 }
 
+// The fields the scan and conv arguments share: the (batch, dim, L) sizes and element type of
+// the first input, the direction and the compute type.
+template <typename Args>
+void set_common_args(Args& a, const at::Tensor& first, const char* name, at::ScalarType ct,
+                     bool reverse) {
+  a.batch = first.size(0);
+  a.dim = first.size(1);
+  a.L = first.size(2);
+  a.reverse = reverse;
+  a.dbl = ct == at::kDouble;
+  a.io = io_type(first, name);
+}
+
 struct ScanSetup {
   ScanArgs args;
   at::Tensor u, delta, z, A, B, C, D, delta_bias, h0;  // owners of the pointers in args
@@ -211,9 +224,7 @@ ScanSetup setup_scan(const at::Tensor& u, const at::Tensor& delta, const at::Ten
   if (h0.defined()) s.h0 = pad_last(h0, npad, ct);
 
   ScanArgs& a = s.args;
-  a.batch = batch;
-  a.dim = dim;
-  a.L = L;
+  set_common_args(a, u, "u", ct, reverse);
   a.N = N;
   a.npad = npad;
   a.b_var = B.dim() >= 3;
@@ -230,9 +241,6 @@ ScanSetup setup_scan(const at::Tensor& u, const at::Tensor& delta, const at::Ten
   a.rows_per_block = (dpg + nblk - 1) / nblk;
   a.nblk = (dpg + a.rows_per_block - 1) / a.rows_per_block;
   a.softplus = softplus;
-  a.reverse = reverse;
-  a.dbl = ct == at::kDouble;
-  a.io = io_type(u, "u");
   a.u = s.u.data_ptr();
   a.delta = s.delta.data_ptr();
   a.z = ptr_or_null(s.z);
@@ -364,14 +372,9 @@ ConvSetup setup_conv(const at::Tensor& x, const at::Tensor& weight, const OptTen
     s.bias = bias->to(ct).contiguous();
   }
   ConvArgs& a = s.args;
-  a.batch = x.size(0);
-  a.dim = x.size(1);
-  a.L = x.size(2);
+  set_common_args(a, x, "x", ct, reverse);
   a.width = w.size(1);
   a.silu = silu;
-  a.reverse = reverse;
-  a.dbl = ct == at::kDouble;
-  a.io = io_type(x, "x");
   a.x = s.x.data_ptr();
   a.weight = s.weight.data_ptr();
   a.bias = ptr_or_null(s.bias);

@@ -81,24 +81,10 @@ __device__ __forceinline__ void warp_scan_affine_up(float& a, float& b, int lane
   }
 }
 
-// Same, lane kWidth - 1 first (for the adjoint recurrence that runs backwards in time).
-template <int kWidth>
-__device__ __forceinline__ void warp_scan_affine_down(float& a, float& b, int lane) {
-#pragma unroll
-  for (int off = 1; off < kWidth; off <<= 1) {
-    float pa = __shfl_down_sync(kFullMask, a, off, kWidth);
-    float pb = __shfl_down_sync(kFullMask, b, off, kWidth);
-    const bool has = lane + off < kWidth;
-    pa = has ? pa : 1.f;
-    pb = has ? pb : 0.f;
-    b = fmaf(a, pb, b);
-    a *= pa;
-  }
-}
-
-// warp_scan_affine_up of (ua, ub) and warp_scan_affine_down of (da, db) together: the same
-// results, with the two independent shuffle chains interleaved level by level. With kSum, also
-// the kWidth-lane sum of *sum (a butterfly, so every lane gets the same value), a third chain.
+// warp_scan_affine_up of (ua, ub) and the same scan lane kWidth - 1 first (for the adjoint
+// recurrence that runs backwards in time) of (da, db) together, with the two independent shuffle
+// chains interleaved level by level. With kSum, also the kWidth-lane sum of *sum (a butterfly, so
+// every lane gets the same value), a third chain.
 template <int kWidth, bool kSum = false>
 __device__ __forceinline__ void warp_scan_affine_up_down(float& ua, float& ub, float& da, float& db, int lane,
                                                          float* sum = nullptr) {

@@ -100,6 +100,14 @@ void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
 }
 
+// Calls launch(T{}, stream) on the current stream, T the kernel element type of `dtype`, and
+// fails with `what` if the launch does.
+template <typename Launch>
+void launch_io(at::ScalarType dtype, const char* what, Launch&& launch) {
+  const cudaStream_t stream = current_stream();
+  check_launch(dispatch_io(dtype, [&](auto t) { return launch(t, stream); }), what);
+}
+
 // Shared checks and parameter setup of the scan forward and backward.
 vc::ScanParams scan_params(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
                            const Tensor& C, const OptTensor& D, const OptTensor& z,
@@ -220,10 +228,8 @@ std::tuple<Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, const Tensor
   Tensor last = at::empty({p.batch, p.dim, p.dstate}, u.options().dtype(at::kFloat));
   std::vector<Tensor> work;
   setup_scan_fwd(p, out, last, chunk_len, work);
-  const cudaStream_t stream = current_stream();
-  check_launch(dispatch_io(u.scalar_type(),
-                           [&](auto t) { return vc::selective_scan_fwd_launch<decltype(t)>(p, stream); }),
-               "selective_scan_fwd_cuda");
+  launch_io(u.scalar_type(), "selective_scan_fwd_cuda",
+            [&](auto t, cudaStream_t s) { return vc::selective_scan_fwd_launch<decltype(t)>(p, s); });
   return {out, last};
 }
 
@@ -328,10 +334,8 @@ std::vector<OptTensor> selective_scan_bwd_cuda(const Tensor& u, const Tensor& de
   std::vector<Tensor> work;
   setup_scan_bwd(p, o, work, u, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
                  seg_channels, slab_channels, row_walk);
-  const cudaStream_t stream = current_stream();
-  check_launch(dispatch_io(u.scalar_type(),
-                           [&](auto t) { return vc::selective_scan_bwd_launch<decltype(t)>(p, stream); }),
-               "selective_scan_bwd_cuda");
+  launch_io(u.scalar_type(), "selective_scan_bwd_cuda",
+            [&](auto t, cudaStream_t s) { return vc::selective_scan_bwd_launch<decltype(t)>(p, s); });
   return {o.du, o.ddelta, o.dA, o.dB, o.dC, o.dD, o.dz, o.ddelta_bias, o.dinit};
 }
 
@@ -382,10 +386,8 @@ std::tuple<Tensor, Tensor> selective_scan_bi_fwd_cuda(const Tensor& u, const Ten
   for (int s = 0; s < 2; ++s) setup_scan_fwd(bp.dir[s], out.select(0, s), last.select(0, s), chunk_len, work);
   TORCH_CHECK(2 * static_cast<int64_t>(p.n_chunks) <= 65535, "too many chunks (", p.n_chunks,
               "): raise chunk_len");
-  const cudaStream_t stream = current_stream();
-  check_launch(dispatch_io(u.scalar_type(),
-                           [&](auto t) { return vc::selective_scan_bi_fwd_launch<decltype(t)>(bp, stream); }),
-               "selective_scan_bi_fwd_cuda");
+  launch_io(u.scalar_type(), "selective_scan_bi_fwd_cuda",
+            [&](auto t, cudaStream_t s) { return vc::selective_scan_bi_fwd_launch<decltype(t)>(bp, s); });
   return {out, last};
 }
 
@@ -419,10 +421,8 @@ std::vector<OptTensor> selective_scan_bi_bwd_cuda(const Tensor& u, const Tensor&
               bp.dir[0].seqlen,
               " is too long for the two-direction backward (", bp.dir[0].n_chunks, " tiles of ",
               vc::kScanTile, " per direction; the grid takes at most 65535 in all)");
-  const cudaStream_t stream = current_stream();
-  check_launch(dispatch_io(u.scalar_type(),
-                           [&](auto t) { return vc::selective_scan_bi_bwd_launch<decltype(t)>(bp, stream); }),
-               "selective_scan_bi_bwd_cuda");
+  launch_io(u.scalar_type(), "selective_scan_bi_bwd_cuda",
+            [&](auto t, cudaStream_t s) { return vc::selective_scan_bi_bwd_launch<decltype(t)>(bp, s); });
   return {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias};
 }
 
@@ -461,10 +461,8 @@ Tensor causal_conv1d_fwd_cuda(const Tensor& x, const Tensor& weight, const OptTe
   const DeviceGuard guard(x.device());
   Tensor out = at::empty(x.sizes(), x.options());  // contiguous, whatever x's strides
   p.out = out.data_ptr();
-  const cudaStream_t stream = current_stream();
-  check_launch(dispatch_io(x.scalar_type(),
-                           [&](auto t) { return vc::causal_conv1d_fwd_launch<decltype(t)>(p, stream); }),
-               "causal_conv1d_fwd_cuda");
+  launch_io(x.scalar_type(), "causal_conv1d_fwd_cuda",
+            [&](auto t, cudaStream_t s) { return vc::causal_conv1d_fwd_launch<decltype(t)>(p, s); });
   return out;
 }
 
@@ -487,10 +485,8 @@ std::vector<OptTensor> causal_conv1d_bwd_cuda(const Tensor& x, const Tensor& wei
   p.dx = dx.data_ptr();
   p.dweight = dweight.data_ptr<float>();
   p.part_w = part.data_ptr<float>();
-  const cudaStream_t stream = current_stream();
-  check_launch(dispatch_io(x.scalar_type(),
-                           [&](auto t) { return vc::causal_conv1d_bwd_launch<decltype(t)>(p, stream); }),
-               "causal_conv1d_bwd_cuda");
+  launch_io(x.scalar_type(), "causal_conv1d_bwd_cuda",
+            [&](auto t, cudaStream_t s) { return vc::causal_conv1d_bwd_launch<decltype(t)>(p, s); });
   return {dx, dweight, dbias};
 }
 
@@ -511,10 +507,8 @@ Tensor causal_conv1d_bi_fwd_cuda(const Tensor& x, const Tensor& weight, const Op
   const DeviceGuard guard(x.device());
   Tensor out = at::empty({2, x.size(0), x.size(1), x.size(2)}, x.options());
   for (int s = 0; s < 2; ++s) bp.dir[s].out = out.select(0, s).data_ptr();
-  const cudaStream_t stream = current_stream();
-  check_launch(dispatch_io(x.scalar_type(),
-                           [&](auto t) { return vc::causal_conv1d_bi_fwd_launch<decltype(t)>(bp, stream); }),
-               "causal_conv1d_bi_fwd_cuda");
+  launch_io(x.scalar_type(), "causal_conv1d_bi_fwd_cuda",
+            [&](auto t, cudaStream_t s) { return vc::causal_conv1d_bi_fwd_launch<decltype(t)>(bp, s); });
   return out;
 }
 
@@ -541,10 +535,8 @@ std::vector<OptTensor> causal_conv1d_bi_bwd_cuda(const Tensor& x, const Tensor& 
     q.dbias = dbias ? dbias->select(0, s).data_ptr<float>() : nullptr;
     q.part_w = part.select(0, s).data_ptr<float>();
   }
-  const cudaStream_t stream = current_stream();
-  check_launch(dispatch_io(x.scalar_type(),
-                           [&](auto t) { return vc::causal_conv1d_bi_bwd_launch<decltype(t)>(bp, stream); }),
-               "causal_conv1d_bi_bwd_cuda");
+  launch_io(x.scalar_type(), "causal_conv1d_bi_bwd_cuda",
+            [&](auto t, cudaStream_t s) { return vc::causal_conv1d_bi_bwd_launch<decltype(t)>(bp, s); });
   return {dx, dweight, dbias};
 }
 
