@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..errors import UserError
 from .folders import READERS, ImageList
-from .sr import SRPairs, SyntheticSR
+from .sr import SRPairs, SyntheticSR, resolve_sr_folder, to_float
 from .synthetic import SyntheticFineGrained
 from .transforms import LowResProtocol, random_crop_pair
 
@@ -38,8 +38,8 @@ class ClassificationData(torch.utils.data.Dataset):
 
 
 class SRData(torch.utils.data.Dataset):
-    """Training: aligned random (HR patch, LR patch) with flips; evaluation: whole (HR, LR) images.
-    Items are (lr, hr) -- the model input first."""
+    """Training: aligned random (HR patch, LR patch) with flips, cut from the uint8 images; evaluation:
+    whole (HR, LR) images. Items are float (lr, hr) -- the model input first."""
 
     def __init__(self, base, patch: int | None, scale: int):
         self.base, self.patch, self.scale = base, patch, scale
@@ -48,12 +48,17 @@ class SRData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
+    def prepare(self) -> None:
+        """Fill the base dataset's memory cache (data.cache: memory) before workers start."""
+        if hasattr(self.base, "preload"):
+            self.base.preload()
+
     def __getitem__(self, key):
         index, seed = key
-        hr, lr = self.base.get(index)
+        hr, lr = self.base.get_u8(index)
         if self.patch is not None:
             hr, lr = random_crop_pair(hr, lr, self.patch, self.scale, _gen(seed))
-        return lr, hr
+        return to_float(lr), to_float(hr)
 
 
 class EpochSampler(Sampler):
@@ -83,7 +88,10 @@ class EpochSampler(Sampler):
 def make_loader(ds, batch_size: int, seed: int, epoch: int, train: bool, num_workers: int = 0,
                 rank: int = 0, world: int = 1, start_batch: int = 0) -> DataLoader:
     """A loader over this rank's share; ``start_batch`` skips batches already trained (resume).
-    It has its own generator, so creating it never draws from the global RNG."""
+    It has its own generator, so creating it never draws from the global RNG. A dataset with a
+    ``prepare()`` (e.g. an SR memory cache to fill) is prepared first, in this process."""
+    if hasattr(ds, "prepare"):
+        ds.prepare()
     sampler = EpochSampler(len(ds), seed, epoch, shuffle=train, rank=rank, world=world,
                            start=start_batch * batch_size, drop_last=train, batch_size=batch_size, pad=train)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
@@ -116,16 +124,21 @@ def _synthetic_sr(cfg: dict, split: str) -> SyntheticSR:
 
 
 def _sr_folder(cfg: dict, split: str) -> SRPairs:
+    """data.root: an HR folder; LR from data.lr_root, else the LR folder next to it in a known layout
+    (DIV2K_train_HR + DIV2K_train_LR_bicubic/X4), else made by MATLAB bicubic."""
     d = cfg["data"]
     if split != "train":
-        raise UserError("config 'data.test_sets' must list HR folders to evaluate on (e.g. Set5, Set14)")
+        raise UserError("config 'data.test_sets' must list SR test sets to evaluate on (e.g. Set5, Set14)")
     if not d["root"]:
         raise UserError("config 'data.root' must name the HR training image folder")
-    return SRPairs(d["root"], d["scale"], d["lr_root"])
+    if d["lr_root"]:
+        return SRPairs(d["root"], d["scale"], d["lr_root"], cache=d["cache"])
+    return SRPairs.from_folder(d["root"], d["scale"], d["cache"])
 
 
-# data.dataset -> (cfg, split) -> base dataset with .get(i) -> (hr, lr); evaluation on data.test_sets
-# (HR folders) takes precedence over the dataset's own evaluation split
+# data.dataset -> (cfg, split) -> base dataset with .get(i) / .get_u8(i) -> (hr, lr); evaluation on
+# data.test_sets (test set folders, see sr.resolve_sr_folder) takes precedence over the dataset's
+# own evaluation split
 SR = {"synthetic": _synthetic_sr, "sr_folder": _sr_folder}
 
 
@@ -145,7 +158,7 @@ def build_sr(cfg: dict, split: str) -> list[SRData]:
     d = cfg["data"]
     scale = d["scale"]
     if split != "train" and d["test_sets"]:
-        return [SRData(SRPairs(p, scale), None, scale) for p in d["test_sets"]]
+        return [SRData(SRPairs.from_folder(p, scale, d["cache"]), None, scale) for p in d["test_sets"]]
     build = SR.get(d["dataset"])
     if build is None:
         raise UserError(f"config 'data.dataset': {d['dataset']!r} is not an SR dataset; use one of {', '.join(SR)}")
@@ -158,5 +171,5 @@ def build_sr(cfg: dict, split: str) -> list[SRData]:
 
 
 __all__ = ["SyntheticFineGrained", "LowResProtocol", "ClassificationData", "SRData", "EpochSampler",
-           "make_loader", "build_classification", "build_sr", "ImageList", "SRPairs", "READERS",
+           "make_loader", "build_classification", "build_sr", "ImageList", "SRPairs", "resolve_sr_folder", "READERS",
            "CLASSIFICATION", "SR"]

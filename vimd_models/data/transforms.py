@@ -16,16 +16,20 @@ from PIL import Image
 from ..errors import UserError
 
 
-def load_image(path: str) -> torch.Tensor:
-    """Read an image file as a float (3, H, W) tensor in [0, 1]; a bad file is a UserError."""
+def read_rgb(path: str) -> np.ndarray:
+    """Read an image file as a uint8 (H, W, 3) RGB array; a bad file is a UserError."""
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError:
         raise UserError(f"image not found: {path}") from None
     except Exception as e:  # PIL raises many types for truncated / unknown files
         raise UserError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+
+
+def load_image(path: str) -> torch.Tensor:
+    """Read an image file as a float (3, H, W) tensor in [0, 1]; a bad file is a UserError."""
+    return torch.from_numpy(read_rgb(path)).permute(2, 0, 1).float().div_(255.0)
 
 
 def resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from ..configs import resolve_config_path
+from ..data.sr import CACHES
 from ..distill.dfkd import PRIORS
 from ..distill.tasks import task_class
 from ..errors import UserError
@@ -31,8 +32,11 @@ DEFAULTS: dict[str, Any] = {
         "dataset": "synthetic",   # synthetic | cub | cars | aircraft | dogs | pets | flowers |
                                   # indoor67 | stanford40 | folder | sr_folder
         "root": None,
-        "lr_root": None,          # sr_folder: read LR images from here instead of making them
-        "test_sets": [],          # SR evaluation: list of HR folders (Set5, Set14, ...)
+        "lr_root": None,          # sr_folder: read LR images from here (default: the LR folder next to
+                                  # root in a known layout, else LR made by MATLAB bicubic)
+        "test_sets": [],          # SR evaluation: test set folders (Set5/ with HR/ + LR_bicubic/X4/,
+                                  # GTmod12/ + LRbicx4/, DIV2K_valid_HR, or plain HR folders)
+        "cache": "none",          # SR: memory = decode every image once, cut patches from memory
         "num_classes": 10,        # synthetic only
         "train_size": 512,        # synthetic only: images per split
         "val_size": 256,
@@ -219,6 +223,7 @@ def validate(cfg: dict) -> None:
         _check(isinstance(d[k], int) and d[k] > 0, f"config 'data.{k}' must be a positive integer, got {d[k]!r}")
     _check(isinstance(d["num_workers"], int) and d["num_workers"] >= 0, "config 'data.num_workers' must be >= 0")
     _one_of(d["views"], ("hr", "lr", "hr_lr"), "data.views")
+    _one_of(d["cache"], CACHES, "data.cache")
     _check(isinstance(o["lr"], (int, float)) and o["lr"] > 0, f"config 'optim.lr' must be a positive number, got {o['lr']!r}")
     _one_of(o["name"], OPTIMIZERS, "optim.name")
     _one_of(s["name"], SCHEDULES, "sched.name")
