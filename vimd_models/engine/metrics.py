@@ -1,4 +1,11 @@
-"""Evaluation metrics: top-k accuracy; PSNR / SSIM on the Y channel (BT.601) with border crop, float64."""
+"""Evaluation metrics: top-k accuracy; PSNR / SSIM on the Y channel (BT.601) with border crop, float64.
+
+PSNR / SSIM are BasicSR's ``calculate_psnr`` / ``calculate_ssim`` with ``test_y_channel=True``: both
+images quantised to 8 bits (as saved PNGs), MATLAB's rgb2ycbcr Y in [16, 235], ``border`` pixels
+cropped on each side; SSIM with an 11x11 Gaussian window (sigma 1.5) and 'valid' filtering (equal to
+scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=255)`` on the same Y arrays).
+"""
 from __future__ import annotations
 
 import torch
