@@ -126,7 +126,7 @@ def _cmd_models(a) -> int:
 
 def _cmd_flops(a) -> int:
     import vimd_models
-    from .flops import count_flops
+    from .flops import count_flops, paper_note
     try:
         model = vimd_models.create_model(a.model, **_kwargs(a.kwargs))
     except (ValueError, TypeError) as e:
@@ -139,6 +139,9 @@ def _cmd_flops(a) -> int:
     for k in ("counter", "full", "custom"):
         if k in res:
             print(f"{k}: {res[k] / 1e9:.4f} G{res.get('unit', '')}")
+    note = paper_note(a.model, shape)
+    if note:
+        print(f"paper: {note}")
     return 0
 
 

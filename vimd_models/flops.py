@@ -6,7 +6,8 @@
   (mamba_ssm runs that body as one opaque autograd Function, which fvcore/thop skip), with
   LayerNorm counted as fvcore does (5 per element). E.g. DVMSR at 256x256 LR ~20.2 G.
 - ``full``: everything, including the mixer bodies and our scan / conv1d formulas.
-- ``custom``: the part from the ``vimd::`` op formulas alone.
+- ``custom``: the part from the ``vimd::`` op formulas alone (the mixer bodies: for Vim-Ti at 224
+  this is the ViMD paper's 0.50 G, see PAPER_FIGURES).
 """
 from __future__ import annotations
 
@@ -121,3 +122,26 @@ def count_flops(model: nn.Module, input_shape: tuple, real: bool = False) -> dic
     glob = counts["Global"]
     return dict(counter=(_total(glob, custom=False) - fused) // 2, full=_total(glob) // 2,
                 custom=_total(glob, custom=True) // 2, unit="MAC")
+
+
+# A paper's FLOPs figure for a model, and what the counts here say about it:
+# model name -> (input C,H,W, quoted figure in G, note printed by `vimd flops` for that input).
+# Candidates computed for Vim-Ti at 224 (GMACs): counter 0.726 (patch embed + in_proj: the mixer body
+# is one opaque op), full 1.576, custom 0.501; fvcore on Vim's fast path (patch embed, in_proj,
+# out_proj, head) 1.075; thop on the slow path (nn.Conv2d / Conv1d / Linear modules only: patch embed,
+# conv1d, x_proj, out_proj, head; one direction) 0.465; full at 128x128 0.520; stride 8: counter
+# 2.691, full 5.840.
+PAPER_FIGURES = {
+    "vim_tiny_patch16_224": ((3, 224, 224), 0.50, (
+        "the ViMD paper's 0.50 G for Vim-Tiny is the custom count (0.501 G): only the work inside the "
+        "fused mixer ops (x_proj, dt_proj, conv1d + SiLU and the selective scan of both directions), "
+        "without patch embedding, in_proj / out_proj, norms and head; neither the counter (0.726 G) nor "
+        "the full count (1.576 G), nor fvcore-style (1.075 G) or thop-style (0.465 G) counts give it")),
+}
+
+
+def paper_note(model_name: str, input_chw: tuple) -> str | None:
+    """The PAPER_FIGURES note for this model and input, if any."""
+    fig = PAPER_FIGURES.get(model_name)
+    return fig[2] if fig is not None and tuple(input_chw) == fig[0] else None
+

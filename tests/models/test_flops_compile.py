@@ -16,6 +16,16 @@ def test_dvmsr_counter_reproduces_ntire_figure():
     assert 28e9 < r["full"] < 34e9 and r["custom"] > 0      # SPECS: ~30 G in full
 
 
+def test_vim_tiny_counts_and_the_vimd_paper_figure():
+    """Vim-Ti/16 at 224: the ViMD paper's 0.50 G is the custom (fused mixer op) part alone."""
+    from vimd_models.flops import PAPER_FIGURES, paper_note
+    r = count_flops(vm.create_model("vim_tiny_patch16_224"), (1, 3, 224, 224))
+    assert (round(r["counter"] / 1e9, 3), round(r["full"] / 1e9, 3)) == (0.726, 1.576)
+    assert round(r["custom"] / 1e9, 2) == PAPER_FIGURES["vim_tiny_patch16_224"][1] == 0.50
+    assert "custom count" in paper_note("vim_tiny_patch16_224", (3, 224, 224))
+    assert paper_note("vim_tiny_patch16_224", (3, 128, 128)) is None
+
+
 def test_counts_analytic_micro():
     """vim_micro by hand: patch conv + head + per layer in_proj (counter: mamba_inner_fn, out_proj
     included, is the opaque fused op) and out_proj + x_proj/dt_proj/conv1d/scan of both directions (full)."""
