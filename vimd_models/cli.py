@@ -1,4 +1,4 @@
-"""The ``vimd`` command: train, eval, check-data, demo, flops, bench, models.
+"""The ``vimd`` command: train, eval, check-data, demo, flops, bench, models, table.
 
     vimd train configs/vimd_cub.yaml data.root=/data/CUB_200_2011 train.epochs=10
     vimd train configs/vimd_cub.yaml --resume            # continue <output_dir>/<name>/
@@ -8,6 +8,7 @@
     vimd demo [--out runs/demo] [--scale 1.0]
     vimd flops vim_tiny_patch16_224 --input 3,224,224
     vimd bench kernels [args for benchmarks.kernels]
+    vimd table vimd --runs runs -o results/vimd       # the paper's table from finished runs
 
 User mistakes (config, data, checkpoint) and a diverged run print ``vimd: error: ...`` (one line,
 or a short list of the bad files / the offending YAML lines) and exit with 2.
@@ -58,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("args", nargs=argparse.REMAINDER)
     b.set_defaults(func=_cmd_bench)
     sub.add_parser("models", help="list registered models").set_defaults(func=_cmd_models)
+    tb = sub.add_parser("table", help="a paper's result table from finished runs (no NAME: list the tables)")
+    tb.add_argument("name", nargs="?")
+    tb.add_argument("--runs", default=None, help="folder of the run folders (default: each config's output_dir)")
+    tb.add_argument("-o", "--out", default=None, help="also write OUT.md and OUT.csv")
+    tb.set_defaults(func=_cmd_table)
     from .infer import add_commands
     add_commands(sub)  # sr, predict
     return p
@@ -121,6 +127,12 @@ def _cmd_demo(a) -> int:
 def _cmd_models(a) -> int:
     import vimd_models
     print("\n".join(vimd_models.list_models()))
+    return 0
+
+
+def _cmd_table(a) -> int:
+    from .tables import table_command
+    print(table_command(a.name, a.runs, a.out), end="")
     return 0
 
 
