@@ -5,7 +5,7 @@ which also give the run its own ``name``), the metric read from that run's ``sum
 paper's number. A metric is read from the run's best row (the row with the highest value of the
 column ``best.safetensors`` follows: ``val_top1`` or ``val_psnr``, the first SR test set), so
 classification cells show the best top-1 and SR cells the PSNR / SSIM of each named test set
-evaluated at that row. ``render`` prints each cell as ``ours (paper, ours - paper)``; a cell whose
+evaluated at that row. ``render_markdown`` shows each cell as ``ours (paper, ours - paper)``; a cell whose
 run is missing shows ``-`` and the ``vimd train`` command that makes it is listed under the table.
 """
 from __future__ import annotations
