@@ -36,8 +36,9 @@ from ..finetune import load_release
 from .config import dump_config
 from .distributed import dist_info, init_distributed, resolve_device, to_device
 from .kinds import KINDS, evaluate
-from .logging import write_curves, write_summary
+from .logging import write_summary
 from .optim import EMA, build_optimizer, lr_at, set_lr
+from .plots import write_curves
 
 STATE_FILE = "checkpoint.safetensors"
 DTYPES = {"none": "float32", "bf16": "bfloat16 autocast"}  # train.amp -> what the step computes in
