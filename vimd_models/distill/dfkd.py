@@ -46,7 +46,8 @@ class SAM(nn.Module):
 
 
 class AttentionGenerator(nn.Module):
-    """z (B, nz) -> image (B, 3, S, S) in [0, 1]; S = 16 * init size (224 -> 14)."""
+    """z (B, nz) -> image (B, 3, S, S) in [0, 1]; S = 16 * init size (224 -> 14).
+    ``sam_lambda`` 0: no SAM at all (the paper's ablation baseline, a generator without attention)."""
 
     def __init__(self, nz: int = 256, ngf: int = 64, img_size: int = 224, sam_reduction: int = 8,
                  sam_lambda: float = 0.05):
@@ -60,7 +61,7 @@ class AttentionGenerator(nn.Module):
         blocks = []
         for cin, cout in zip(chans[:-1], chans[1:]):
             blocks += [spectral_norm(nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)),
-                       nn.LeakyReLU(0.2, True), SAM(cout, sam_reduction, sam_lambda)]
+                       nn.LeakyReLU(0.2, True), SAM(cout, sam_reduction, sam_lambda) if sam_lambda else nn.Identity()]
         self.blocks = nn.Sequential(*blocks)
         self.out = nn.Conv2d(chans[-1], 3, 3, padding=1)
 

@@ -114,13 +114,13 @@ def write_curves(history: list[dict], path: str, title: str = "") -> None:
     _save(curves_figure(history, title), path, dpi=80)
 
 
-# results bars of the classification panel, by task (teachers: plain classification)
+# colour of a run in the classification panel, by task (teachers: plain classification)
 TASK_COLOURS = {"classify": "tab:gray", "vimd": "tab:blue", "dfkd": "tab:purple"}
 
 
-def _bars(ax, labels: list[str], values: list[float], fmt: str, color) -> None:
-    bars = ax.barh(labels, values, color=color)
-    ax.bar_label(bars, labels=[format(v, fmt) for v in values], padding=3, fontsize=8)
+def _hbar(ax, labels: list[str], values: list[float], fmt: str, color) -> None:
+    rects = ax.barh(labels, values, color=color)
+    ax.bar_label(rects, labels=[format(v, fmt) for v in values], padding=3, fontsize=8)
     ax.invert_yaxis()  # first run on top, as in the table
     ax.tick_params(labelsize=8)
     ax.grid(axis="x", alpha=0.3)
@@ -138,7 +138,7 @@ def results_figure(rows: list[dict], title: str, chance: float | None = None,
     fig, axes = _grid(len(panels), 2, (6.2, 0.45 * max(len(cls), len(sr), 3) + 1.4))
     for ax, panel in zip(axes, panels):
         if panel == "top1":
-            _bars(ax, [r["run"] for r in cls], [r["top1"] for r in cls], ".1f",
+            _hbar(ax, [r["run"] for r in cls], [r["top1"] for r in cls], ".1f",
                   [TASK_COLOURS.get(r.get("task"), "tab:blue") for r in cls])
             ax.set_xlim(0, 110)
             ax.set_xlabel("top-1 accuracy on the validation split (%)", fontsize=8)
@@ -147,20 +147,20 @@ def results_figure(rows: list[dict], title: str, chance: float | None = None,
                 ax.axvline(chance, color="grey", ls="--", lw=1)
                 ax.text(chance, ax.get_ylim()[1], f" chance {chance:g}%", color="grey", fontsize=7, va="bottom")
         elif panel == "psnr":
-            _bars(ax, [r["run"] for r in sr], [r["psnr"] for r in sr], ".2f", "tab:orange")
+            _hbar(ax, [r["run"] for r in sr], [r["psnr"] for r in sr], ".2f", "tab:orange")
             ax.set_xlim(0, max(r["psnr"] for r in sr) * 1.2)
             ax.set_xlabel("PSNR on Y (dB, axis from 0)", fontsize=8)
             ax.set_title("super-resolution x4: PSNR", fontsize=10)
         elif panel == "dpsnr":
             d = [r["psnr"] - base["psnr"] for r in sr]
-            _bars(ax, [r["run"] for r in sr], d, "+.2f", "tab:red")
+            _hbar(ax, [r["run"] for r in sr], d, "+.2f", "tab:red")
             span = max(0.1, max(abs(v) for v in d)) * 1.5
             ax.set_xlim(-span, span)
             ax.axvline(0, color="black", lw=0.8)
             ax.set_xlabel(f"PSNR minus {baseline} (dB)", fontsize=8)
             ax.set_title("super-resolution x4: PSNR difference", fontsize=10)
         else:
-            _bars(ax, [r["run"] for r in sr], [r["ssim"] for r in sr], ".3f", "tab:green")
+            _hbar(ax, [r["run"] for r in sr], [r["ssim"] for r in sr], ".3f", "tab:green")
             ax.set_xlim(0, 1.1)
             ax.set_xlabel("SSIM on Y (0-1)", fontsize=8)
             ax.set_title("super-resolution x4: SSIM", fontsize=10)
