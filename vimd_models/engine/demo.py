@@ -18,6 +18,7 @@ measured, reported with the seed used. ``scale`` multiplies the training lengths
 from __future__ import annotations
 
 import csv
+import json
 import os
 import platform
 import time
@@ -162,8 +163,6 @@ def _machine(backend: str) -> str:
 
 def run_demo(out: str = "runs/demo", scale: float = 1.0, seed: int = 0, backend: str | None = None,
              runs: tuple[Run, ...] = RUNS) -> list[dict]:
-    import vimd_kernels.registry as reg
-    resolved = reg.resolve(backend, torch.device("cpu"))
     common = [f"output_dir={out}", f"seed={seed}", f"backend={backend if backend else 'null'}", "train.progress=false"]
     t0 = time.perf_counter()
     results, dirs, by_name = [], {}, {}
@@ -182,6 +181,8 @@ def run_demo(out: str = "runs/demo", scale: float = 1.0, seed: int = 0, backend:
             bar.close()
         took = time.perf_counter() - start
         dirs[r.name] = res["run_dir"]
+        with open(os.path.join(res["run_dir"], "run_info.json")) as f:
+            resolved = json.load(f)["backend"]  # the kernel backend the run used on its device
         best = res["best"] or {}
         counter, full = _flops(cfg, r.shape)
         row = {"run": r.label, "name": r.name, "task": cfg["task"], "model": cfg["model"]["name"],
