@@ -49,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--backend", default=None)
     d.set_defaults(func=_cmd_demo)
+    sp = sub.add_parser("sr-photos", help="DVMSR x4 with and without teacher supervision vs bicubic on real "
+                                         "photos scikit-image ships (train on 10, test on 5 others)")
+    sp.add_argument("--out", default="runs/sr_photos")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--backend", default=None)
+    sp.add_argument("--iterations", type=int, default=None, help="training iterations of each model "
+                                                                "(default: the photos_sr config's)")
+    sp.set_defaults(func=_cmd_sr_photos)
     f = sub.add_parser("flops", help="count FLOPs of a registered model")
     f.add_argument("model")
     f.add_argument("--input", default="3,224,224", help="C,H,W of one input")
@@ -121,6 +129,14 @@ def _cmd_check_data(a) -> int:
 def _cmd_demo(a) -> int:
     from .engine.demo import run_demo
     run_demo(a.out, scale=a.scale, seed=a.seed, backend=a.backend)
+    return 0
+
+
+def _cmd_sr_photos(a) -> int:
+    from .engine.photos import run_photos
+    if a.iterations is not None and a.iterations <= 0:
+        raise UserError(f"--iterations must be a positive integer, got {a.iterations}")
+    run_photos(a.out, seed=a.seed, backend=a.backend, iterations=a.iterations)
     return 0
 
 

@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..errors import UserError
 from .folders import READERS, ImageList
+from .photos import PhotoSR
 from .sr import SRPairs, SyntheticSR, resolve_sr_folder, to_float
 from .synthetic import SyntheticFineGrained
 from .transforms import LowResProtocol, random_crop_pair
@@ -139,7 +140,12 @@ def _sr_folder(cfg: dict, split: str) -> SRPairs:
 # data.dataset -> (cfg, split) -> base dataset with .get(i) / .get_u8(i) -> (hr, lr); evaluation on
 # data.test_sets (test set folders, see sr.resolve_sr_folder) takes precedence over the dataset's
 # own evaluation split
-SR = {"synthetic": _synthetic_sr, "sr_folder": _sr_folder}
+def _photos(cfg: dict, split: str) -> PhotoSR:
+    d = cfg["data"]
+    return PhotoSR("train", d["scale"], d["train_size"]) if split == "train" else PhotoSR("test", d["scale"])
+
+
+SR = {"synthetic": _synthetic_sr, "sr_folder": _sr_folder, "photos": _photos}
 
 
 def build_classification(cfg: dict, split: str, views: str | None = None) -> ClassificationData:

@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "teacher": {"name": None, "kwargs": {}, "checkpoint": None},
     "data": {
         "dataset": "synthetic",   # synthetic | cub | cars | aircraft | dogs | pets | flowers |
-                                  # indoor67 | stanford40 | folder | sr_folder
+                                  # indoor67 | stanford40 | folder | sr_folder | photos
         "root": None,
         "lr_root": None,          # sr_folder: read LR images from here (default: the LR folder next to
                                   # root in a known layout, else LR made by MATLAB bicubic)
@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
                                   # GTmod12/ + LRbicx4/, DIV2K_valid_HR, or plain HR folders)
         "cache": "none",          # SR: memory = decode every image once, cut patches from memory
         "num_classes": 10,        # synthetic only
-        "train_size": 512,        # synthetic only: images per split
+        "train_size": 512,        # synthetic: images per split; photos: training patches per epoch
         "val_size": 256,
         "img_size": 64,           # HR crop size (224 in the papers)
         "lr_size": 16,            # LR size of the same crop (56 in ViMD)

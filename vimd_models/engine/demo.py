@@ -112,13 +112,13 @@ def _flops(cfg: dict, shape: tuple) -> tuple[float, float]:
 class _PhaseBar:
     """A progress bar over all the optimiser steps of one run (a trainer step callback)."""
 
-    def __init__(self, label: str):
-        self.label, self.bar = label, None
+    def __init__(self, label: str, prefix: str = "demo"):
+        self.label, self.prefix, self.bar = label, prefix, None
 
     def __call__(self, trainer, step: int) -> None:
         if self.bar is None:
             from tqdm import tqdm
-            self.bar = tqdm(total=trainer.total_steps, desc=f"[demo] {self.label}", leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=trainer.total_steps, desc=f"[{self.prefix}] {self.label}", leave=False, dynamic_ncols=True)
         self.bar.update(step - self.bar.n)
 
     def close(self) -> None:

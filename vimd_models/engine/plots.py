@@ -189,5 +189,6 @@ def image_grid_figure(images, title: str = "", captions: list[str] | None = None
     return fig
 
 
-def write_image_grid(images, path: str, title: str = "", captions: list[str] | None = None) -> None:
-    _save(image_grid_figure(images, title, captions), path)
+def write_image_grid(images, path: str, title: str = "", captions: list[str] | None = None,
+                     ncols: int = 8) -> None:
+    _save(image_grid_figure(images, title, captions, ncols), path)
