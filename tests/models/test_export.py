@@ -4,9 +4,11 @@ compiled with AOTInductor run in a fresh Python that only loads vimd_kernels/lib
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +132,27 @@ def test_dvmsr_full_runs_without_vimd(tmp_path):
 def test_vim_tiny_real_size_runs_without_vimd(tmp_path):
     """ViM-Ti/16 at 224 (24 blocks, L = 197)."""
     _check_deployed(vm.create_model("vim_tiny_patch16_224"), torch.randn(1, 3, 224, 224), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build docs/deploy/run_package.cpp")
+def test_cpp_runner(tmp_path):
+    """docs/deploy/run_package.cpp (AOTIModelPackageLoader, no Python) runs a ViM package."""
+    torch_dir = os.path.dirname(torch.__file__)
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "deploy", "run_package.cpp")
+    exe = str(tmp_path / "run_package")
+    subprocess.run(["g++", "-std=c++20", "-O1", "-w", src, f"-I{torch_dir}/include",
+                    f"-I{torch_dir}/include/torch/csrc/api/include", f"-L{torch_dir}/lib",
+                    f"-Wl,-rpath,{torch_dir}/lib", "-ltorch", "-ltorch_cpu", "-lc10", "-ldl", "-o", exe],
+                   check=True, timeout=900)
+    model = vm.create_model("vim_micro").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+    package = compile_package(export_model(model, x), tmp_path / "vim.pt2")
+    x.numpy().tofile(tmp_path / "x.f32")
+    res = subprocess.run([exe, library_path(), package, str(tmp_path / "x.f32"), "2,3,32,32",
+                          str(tmp_path / "out.f32")], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    got = torch.from_numpy(np.fromfile(tmp_path / "out.f32", dtype=np.float32)).reshape(want.shape)
+    torch.testing.assert_close(got, want)
