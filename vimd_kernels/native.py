@@ -1,5 +1,6 @@
 """The C++ ops of vimd_kernels/libvimd_ops.so, ``torch.ops.vimd.*_cpu`` (every build) and
-``torch.ops.vimd.*_cuda`` (CUDA builds): where the library is, and the ops' fake (meta) kernels.
+``torch.ops.vimd.*_cuda`` (CUDA builds): where the library is, the ops' fake (meta) kernels, and
+``traced``, which puts them into exported graphs.
 
 The library registers each op's schema and its CPU or CUDA kernel itself (the tables at the end of
 csrc/cpu/ops.cpp and csrc/cuda/ops.cpp) and needs no Python: a graph exported with these ops (see
@@ -21,6 +22,14 @@ LIBRARY_FILE = "libvimd_ops.so"
 def library_path() -> str:
     """The ops library of this installation (present once the extension is built)."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_FILE)
+
+
+def traced(op, fn):
+    """The custom op ``op``, or while torch.export traces, ``fn``: the op's implementation, run inline,
+    so that the exported graph holds the ops it calls (these C++ ops, or ATen ops) instead of a
+    Python custom op. Forward ops only: the inline call has no autograd formula of its own, and
+    exported graphs are for inference."""
+    return fn if torch.compiler.is_exporting() else op
 
 
 def _contiguous_like(t):

@@ -5,10 +5,10 @@ point from the registry's dispatch table (``registry.impl``); fake implementatio
 traceable, so ``torch.compile(fullgraph=True)`` sees them as single opaque nodes with no graph
 break.
 
-While ``torch.export`` traces, the forward ops' implementations run inline instead (``traced``):
-the exported graph then holds what they call, the backend's C++ ops (``torch.ops.vimd.*_cpu`` /
-``*_cuda``, which load without Python, see ``vimd_kernels/native.py``) or ATen ops (backend
-"ref"), so an AOT-compiled model runs without this package.
+While ``torch.export`` traces, the forward ops' implementations run inline instead
+(``native.traced``): the exported graph then holds what they call, the backend's C++ ops
+(``torch.ops.vimd.*_cpu`` / ``*_cuda``, which load without Python, see ``vimd_kernels/native.py``)
+or ATen ops (backend "ref"), so an AOT-compiled model runs without this package.
 """
 from __future__ import annotations
 
@@ -21,14 +21,8 @@ from torch import Tensor
 from . import checks
 from .mamba_inner import fused
 from .mamba_inner.body import inner_core
+from .native import traced
 from .registry import impl, resolve
-
-def traced(op, fn):
-    """The custom op ``op``, or while torch.export traces, ``fn``: the op's implementation, run inline
-    so that the exported graph holds the ops it calls. Forward ops only (the inline call has no
-    autograd formula of its own: exported graphs are for inference)."""
-    return fn if torch.compiler.is_exporting() else op
-
 
 # ----------------------------------------------------------------------------- selective scan
 
@@ -149,8 +143,8 @@ def causal_conv1d_fn(x, weight, bias=None, activation=None, *, reverse=False, ba
     weight = checks.causal_conv1d(x, weight, bias, activation)
     name = resolve(backend, x.device)
     checks.backend("causal_conv1d", name, io=("x", x), width=("weight", weight), reverse=reverse)
-    return traced(_causal_conv1d_fwd, _conv_forward)(x.contiguous(), weight.contiguous(), _contig(bias),
-                                                     activation is not None, bool(reverse), name)
+    return traced(_causal_conv1d_fwd, _conv_forward)(
+        x.contiguous(), weight.contiguous(), _contig(bias), activation is not None, bool(reverse), name)
 
 
 # ----------------------------------------------------------------------------- Mamba mixer paths

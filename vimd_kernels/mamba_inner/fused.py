@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..backend import Impl
+from ..native import traced
 from ..registry import impl
 from .body import mixer_body, project
 
@@ -244,9 +245,8 @@ def mixer(backend: str, xz: Tensor, branches: list[dict], delta_softplus: bool) 
     delta_bias = _stack_dirs([b["delta_bias"] for b in branches])
     if conv_b is not None:
         conv_b = conv_b.to(conv_w.dtype)
-    # under torch.export the op's body runs inline (vimd_kernels.ops.traced): the exported graph
-    # holds the backend's C++ conv/scan ops and the projections as ATen ops
-    from ..ops import traced
+    # under torch.export the op's body runs inline: the exported graph holds the backend's C++
+    # conv/scan ops and the projections as ATen ops
     return traced(_mixer_fwd, _mixer_forward)(
         xz.contiguous(), conv_w.contiguous(), conv_b, x_proj_w.contiguous(), dt_proj_w.contiguous(),
         A.contiguous(), D, delta_bias, bool(delta_softplus), backend)
