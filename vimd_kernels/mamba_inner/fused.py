@@ -113,8 +113,8 @@ def _weights(x_proj_w: Tensor, dt_proj_w: Tensor, sl: slice) -> tuple[Tensor, Te
 
 
 def _mixer_forward(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor,
-               dt_proj_w: Tensor, A: Tensor, D: Optional[Tensor], delta_bias: Optional[Tensor],
-               softplus: bool, backend: str) -> Tensor:
+                   dt_proj_w: Tensor, A: Tensor, D: Optional[Tensor], delta_bias: Optional[Tensor],
+                   softplus: bool, backend: str) -> Tensor:
     """z-gated scan output (b, d_inner, L), averaged over the S directions of the stacked weights."""
     d, S, N = xz.shape[1] // 2, conv_w.shape[0], A.shape[-1]
     conv, scan = _kernels(backend)
