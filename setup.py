@@ -1,5 +1,7 @@
-"""Build of vimd_kernels._C: the C++ CPU kernels always, the CUDA kernels when a toolkit and a CUDA
-build of torch are present.
+"""Build of the kernels: vimd_kernels/libvimd_ops.so, the C++ CPU ops always and the CUDA ops when a
+toolkit and a CUDA build of torch are present, registered with torch's dispatcher (torch.ops.vimd.*)
+and free of Python (it loads into a C++ program, or with torch.ops.load_library); and the pybind11
+module vimd_kernels._C (layout constants, build information), which links it.
 
 Environment:
   VIMD_SKIP_CUDA_BUILD=TRUE   build the CPU kernels only
@@ -66,39 +68,65 @@ def _cpu_isas() -> list[str]:
 
 
 def _cpu_sources() -> list[str]:
-    """The baseline-ISA sources (CPU_KERNELS is built per ISA by BuildExt)."""
-    return ["csrc/bindings.cpp"] + [s for s in sorted(glob.glob("csrc/cpu/*.cpp")) if s != CPU_KERNELS]
+    """The baseline-ISA sources of the ops library (CPU_KERNELS is built per ISA by BuildExt)."""
+    return [s for s in sorted(glob.glob("csrc/cpu/*.cpp")) if s != CPU_KERNELS]
+
+
+OPS_EXT = "vimd_kernels.libvimd_ops"  # the ops library: vimd_kernels/libvimd_ops.so
+OPS_FILE = "libvimd_ops.so"
+BINDINGS_EXT = "vimd_kernels._C"
 
 
 def extensions():
     import torch  # noqa: F401  (build requirement)
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    sources = _cpu_sources()
     cxx = ["-O3", "-std=c++17", "-fopenmp", "-g0"]  # -g0: no debug info (build time, .so size)
     include_dirs = [os.path.join(ROOT, "csrc")]
     macros = [(f"VIMD_ISA_{isa.upper()}", "1") for isa in _cpu_isas() if isa != "default"]
     if _want_cuda():
         kw = cuda_extension_kwargs()
-        return [CUDAExtension("vimd_kernels._C", sources + kw["sources"], include_dirs=include_dirs,
-                              define_macros=macros + [("VIMD_WITH_CUDA", "1")],
-                              extra_compile_args={"cxx": cxx, "nvcc": kw["nvcc"]},
-                              extra_link_args=["-fopenmp"])]
-    return [CppExtension("vimd_kernels._C", sources, include_dirs=include_dirs, define_macros=macros,
-                         extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]
+        cuda_macros = [("VIMD_WITH_CUDA", "1")]
+        ops = CUDAExtension(OPS_EXT, _cpu_sources() + kw["sources"], include_dirs=include_dirs,
+                            define_macros=macros + cuda_macros,
+                            extra_compile_args={"cxx": cxx, "nvcc": kw["nvcc"]},
+                            extra_link_args=["-fopenmp"])
+    else:
+        cuda_macros = []
+        ops = CppExtension(OPS_EXT, _cpu_sources(), include_dirs=include_dirs, define_macros=macros,
+                           extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+    bindings = CppExtension(BINDINGS_EXT, ["csrc/bindings.cpp"], include_dirs=include_dirs,
+                            define_macros=macros + cuda_macros, extra_compile_args={"cxx": cxx})
+    return [ops, bindings]  # in this order: the bindings link the ops library
 
 
 def cmdclass():
     from torch.utils.cpp_extension import BuildExtension
 
     class BuildExt(BuildExtension):
-        """BuildExtension that also compiles CPU_KERNELS once per ISA, with that ISA's flags.
+        """BuildExtension that builds the ops library (CPU_KERNELS compiled once per ISA, with that
+        ISA's flags; no libtorch_python, so no Python at load time) and links the bindings to it.
 
         Each ISA's build gets its own output folder (its own ninja file), so they compile in
         parallel (MAX_JOBS at a time); the remaining sources then build and link as usual.
         """
 
+        def get_ext_filename(self, fullname):
+            name = super().get_ext_filename(fullname)
+            if fullname.split(".")[-1] == OPS_EXT.split(".")[-1]:  # a shared library, not a module
+                return os.path.join(os.path.dirname(name), OPS_FILE)
+            return name
+
         def build_extension(self, ext):
+            if ext.name == OPS_EXT:
+                self._build_ops(ext)
+            else:
+                ops_dir = os.path.dirname(self.get_ext_fullpath(OPS_EXT))
+                ext.library_dirs = list(ext.library_dirs) + [ops_dir]
+                ext.extra_link_args = list(ext.extra_link_args) + [f"-l:{OPS_FILE}", "-Wl,-rpath,$ORIGIN"]
+                super().build_extension(ext)
+
+        def _build_ops(self, ext):
             base = ext.extra_compile_args
             macros = ext.define_macros + [(m,) for m in ext.undef_macros]
 
@@ -115,6 +143,8 @@ def cmdclass():
             with ThreadPoolExecutor(max_workers=jobs) as pool:
                 objects = [o for objs in pool.map(compile_one, _cpu_isas()) for o in objs]
             ext.extra_objects = list(ext.extra_objects or []) + objects
+            ext.libraries = [lib for lib in ext.libraries if lib != "torch_python"]
+            ext.extra_link_args = list(ext.extra_link_args) + [f"-Wl,-soname,{OPS_FILE}"]
             super().build_extension(ext)
 
     return {"build_ext": BuildExt.with_options(use_ninja=True)}

@@ -1,15 +1,13 @@
-// pybind11 module vimd_kernels._C: the CPU ops of csrc/cpu/ops.cpp (always), the kernels' layout
-// constants (always) and, when built with -DVIMD_WITH_CUDA, the CUDA ops registered by
-// csrc/cuda/ops.cpp (functions named *_cuda).
+// pybind11 module vimd_kernels._C: what is not an op. The kernels' layout constants, what the
+// build contains, and the CPU instruction-set switch. The ops themselves live in the library
+// vimd_kernels/libvimd_ops.so (csrc/cpu/ops.cpp, and csrc/cuda/ops.cpp in CUDA builds), which
+// registers them with torch's dispatcher (torch.ops.vimd.*) and needs no Python; this module links
+// it, so importing it loads the ops.
 #include <torch/extension.h>
 
 #include "cpu/kernels.h"
 #include "cpu/ops.h"
 #include "cuda/layout.h"
-
-#ifdef VIMD_WITH_CUDA
-void register_cuda_ops(pybind11::module_& m);
-#endif
 
 namespace {
 
@@ -60,27 +58,14 @@ pybind11::dict build_info() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
-  m.doc() = "vimd kernels: selective scan and causal conv1d (C++ CPU; CUDA when built with it)";
-  m.def("selective_scan_fwd_cpu", &vimd::cpu::selective_scan_fwd,
-        "selective scan forward -> [out, last_state]", py::arg("u"), py::arg("delta"),
-        py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"),
-        py::arg("delta_bias"), py::arg("initial_state"), py::arg("delta_softplus"),
-        py::arg("reverse"));
-  m.def("selective_scan_bwd_cpu", &vimd::cpu::selective_scan_bwd,
-        "selective scan backward -> [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state]",
-        py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"),
-        py::arg("z"), py::arg("delta_bias"), py::arg("initial_state"), py::arg("dout"),
-        py::arg("dlast_state"), py::arg("delta_softplus"), py::arg("reverse"));
-  m.def("causal_conv1d_fwd_cpu", &vimd::cpu::causal_conv1d_fwd, "depthwise causal conv1d forward",
-        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("silu"), py::arg("reverse"));
-  m.def("causal_conv1d_bwd_cpu", &vimd::cpu::causal_conv1d_bwd,
-        "depthwise causal conv1d backward -> [dx, dweight, dbias]", py::arg("x"),
-        py::arg("weight"), py::arg("bias"), py::arg("dout"), py::arg("silu"), py::arg("reverse"));
+  m.doc() = "vimd kernels: layout constants and build information (the ops: torch.ops.vimd)";
   m.def("build_info", &build_info, "what this build contains and which CPU kernels run");
   m.def("_set_cpu_isa", &vimd::cpu::set_isa, py::arg("isa"),
         "select the CPU kernels ('auto' or a supported ISA); returns the previous one (for tests)");
   for (const Constant& c : kConstants) m.attr(c.name) = c.value;
 #ifdef VIMD_WITH_CUDA
-  register_cuda_ops(m);
+  m.attr("with_cuda") = true;  // the ops library has the CUDA ops (torch.ops.vimd.*_cuda)
+#else
+  m.attr("with_cuda") = false;
 #endif
 }

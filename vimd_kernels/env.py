@@ -51,6 +51,8 @@ def report() -> list[tuple[str, str]]:
     else:
         info = _try(ext.build_info) if hasattr(ext, "build_info") else "built (no build_info())"
         rows.append(("vimd_kernels._C", f"{getattr(ext, '__file__', '?')}"))
+        from .native import library_path
+        rows.append(("  ops library", library_path()))  # torch.ops.vimd.*; loads without Python
         if isinstance(info, dict):
             rows.extend((f"  _C.{k}", str(v)) for k, v in info.items())
         else:

@@ -4,6 +4,11 @@ Each kernel is two custom ops (forward, backward) whose implementation calls the
 point from the registry's dispatch table (``registry.impl``); fake implementations make them
 traceable, so ``torch.compile(fullgraph=True)`` sees them as single opaque nodes with no graph
 break.
+
+While ``torch.export`` traces, the forward ops' implementations run inline instead
+(``native.traced``): the exported graph then holds what they call, the backend's C++ ops
+(``torch.ops.vimd.*_cpu`` / ``*_cuda``, which load without Python, see ``vimd_kernels/native.py``)
+or ATen ops (backend "ref"), so an AOT-compiled model runs without this package.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from torch import Tensor
 from . import checks
 from .mamba_inner import fused
 from .mamba_inner.body import inner_core
+from .native import traced
 from .registry import impl, resolve
 
 # ----------------------------------------------------------------------------- selective scan
@@ -23,14 +29,15 @@ from .registry import impl, resolve
 _SS_INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
-@torch.library.custom_op("vimd::selective_scan_fwd", mutates_args=())
-def _selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                        z: Optional[Tensor], delta_bias: Optional[Tensor],
-                        initial_state: Optional[Tensor], delta_softplus: bool, reverse: bool,
-                        backend: str) -> tuple[Tensor, Tensor]:
+def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                  z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
+                  delta_softplus: bool, reverse: bool, backend: str) -> tuple[Tensor, Tensor]:
     out, last = impl("selective_scan", backend).forward(
         u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse)
     return out.contiguous(), last.contiguous()
+
+
+_selective_scan_fwd = torch.library.custom_op("vimd::selective_scan_fwd", _scan_forward, mutates_args=())
 
 
 @_selective_scan_fwd.register_fake
@@ -83,18 +90,20 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     checks.selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
     name = resolve(backend, u.device)
     checks.backend("selective_scan", name, io=("u", u), state=("A", A), reverse=reverse)
-    out, last = _selective_scan_fwd(*(_contig(t) for t in (u, delta, A, B, C, D, z, delta_bias,
-                                                           initial_state)),
-                                    bool(delta_softplus), bool(reverse), name)
+    out, last = traced(_selective_scan_fwd, _scan_forward)(
+        *(_contig(t) for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)),
+        bool(delta_softplus), bool(reverse), name)
     return (out, last) if return_last_state else out
 
 
 # ----------------------------------------------------------------------------- causal conv1d
 
-@torch.library.custom_op("vimd::causal_conv1d_fwd", mutates_args=())
-def _causal_conv1d_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool,
-                       backend: str) -> Tensor:
+def _conv_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool,
+                  backend: str) -> Tensor:
     return impl("causal_conv1d", backend).forward(x, weight, bias, silu, reverse).contiguous()
+
+
+_causal_conv1d_fwd = torch.library.custom_op("vimd::causal_conv1d_fwd", _conv_forward, mutates_args=())
 
 
 @_causal_conv1d_fwd.register_fake
@@ -134,8 +143,8 @@ def causal_conv1d_fn(x, weight, bias=None, activation=None, *, reverse=False, ba
     weight = checks.causal_conv1d(x, weight, bias, activation)
     name = resolve(backend, x.device)
     checks.backend("causal_conv1d", name, io=("x", x), width=("weight", weight), reverse=reverse)
-    return _causal_conv1d_fwd(x.contiguous(), weight.contiguous(), _contig(bias),
-                              activation is not None, bool(reverse), name)
+    return traced(_causal_conv1d_fwd, _conv_forward)(
+        x.contiguous(), weight.contiguous(), _contig(bias), activation is not None, bool(reverse), name)
 
 
 # ----------------------------------------------------------------------------- Mamba mixer paths

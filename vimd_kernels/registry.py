@@ -22,10 +22,14 @@ KERNELS = tuple(SPECS)
 
 
 def _probe_extension():
+    """The bindings ``vimd_kernels._C`` (importing them loads the ops library, which registers the
+    C++ ops torch.ops.vimd.*_cpu / *_cuda), or None where the extension is not built."""
     try:
         from vimd_kernels import _C
     except ImportError:
         return None
+    from vimd_kernels.native import register_fakes
+    register_fakes()
     return _C
 
 
@@ -46,12 +50,17 @@ _HAS_TRITON = importlib.util.find_spec("triton") is not None
 _INTERP_PROBLEM = _probe_interpreter()
 
 
+def _ext_cuda() -> bool:
+    """The extension was built with the CUDA ops."""
+    return bool(getattr(_EXT, "with_cuda", False))
+
+
 def _cpu_ok() -> bool:
-    return _EXT is not None and hasattr(_EXT, "selective_scan_fwd_cpu")
+    return _EXT is not None  # every build has the CPU ops
 
 
 def _cuda_ok() -> bool:
-    return _EXT is not None and hasattr(_EXT, "selective_scan_fwd_cuda") and torch.cuda.is_available()
+    return _ext_cuda() and torch.cuda.is_available()
 
 
 def _triton_ok() -> bool:
@@ -73,7 +82,7 @@ class Backend:
 
 
 def _cuda_hint() -> str:
-    if _EXT is not None and hasattr(_EXT, "selective_scan_fwd_cuda"):
+    if _ext_cuda():
         return "the extension has the CUDA kernels, but torch sees no CUDA device"
     return ("build with a CUDA toolkit and a CUDA build of torch: "
             "pip install --no-build-isolation -e . (without VIMD_SKIP_CUDA_BUILD)")
@@ -124,7 +133,8 @@ _MODULE = {"ref": "reference"}  # backend -> module name, where they differ
 
 
 def extension():
-    """The built C++/CUDA extension ``vimd_kernels._C``, or None where it is not built."""
+    """The bindings of the built C++/CUDA extension, ``vimd_kernels._C`` (layout constants, build
+    information; the ops are torch.ops.vimd.*), or None where it is not built."""
     return _EXT
 
 

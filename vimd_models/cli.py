@@ -1,4 +1,4 @@
-"""The ``vimd`` command: train, eval, check-data, demo, flops, bench, models, table.
+"""The ``vimd`` command: train, eval, check-data, demo, flops, bench, models, table, export.
 
     vimd train configs/vimd_cub.yaml data.root=/data/CUB_200_2011 train.epochs=10
     vimd train configs/vimd_cub.yaml --resume            # continue <output_dir>/<name>/
@@ -9,6 +9,7 @@
     vimd flops vim_tiny_patch16_224 --input 3,224,224
     vimd bench kernels [args for benchmarks.kernels]
     vimd table vimd --runs runs -o results/vimd       # the paper's table from finished runs
+    vimd export dvmsr --input 1,3,64,64 --out dvmsr.pt2  # AOTInductor package (docs/deploy.md)
 
 User mistakes (config, data, checkpoint) and a diverged run print ``vimd: error: ...`` (one line,
 or a short list of the bad files / the offending YAML lines) and exit with 2.
@@ -72,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     tb.add_argument("--runs", default=None, help="folder of the run folders (default: each config's output_dir)")
     tb.add_argument("-o", "--out", default=None, help="also write OUT.md and OUT.csv")
     tb.set_defaults(func=_cmd_table)
+    x = sub.add_parser("export", help="export a registered model with torch.export and compile it "
+                                      "with AOTInductor into a .pt2 package that runs without vimd")
+    x.add_argument("model")
+    x.add_argument("--input", required=True, help="B,C,H,W of the input the package runs")
+    x.add_argument("--out", required=True, help="the package to write (.pt2)")
+    x.add_argument("--weights", default=None, help="checkpoint to load (default: random init)")
+    x.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    x.add_argument("kwargs", nargs="*", help="model keyword arguments key=value")
+    x.set_defaults(func=_cmd_export, trailing="kwargs")
     from .infer import add_commands
     add_commands(sub)  # sr, predict
     return p
@@ -170,6 +180,37 @@ def _cmd_flops(a) -> int:
     note = paper_note(a.model, shape)
     if note:
         print(f"paper: {note}")
+    return 0
+
+
+def _cmd_export(a) -> int:
+    import torch
+
+    import vimd_models
+    from vimd_kernels.native import library_path
+    from .export import compile_package, custom_ops, export_model
+    try:
+        shape = tuple(int(s) for s in a.input.split(","))
+    except ValueError:
+        raise UserError(f"--input must be B,C,H,W integers, got {a.input!r}") from None
+    if len(shape) != 4:
+        raise UserError(f"--input must be B,C,H,W (4 integers), got {a.input!r}")
+    if not a.out.endswith(".pt2"):
+        raise UserError(f"--out must end in .pt2, got {a.out!r}")
+    if a.device not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, got {a.device!r}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: torch sees no CUDA device")
+    try:
+        model = vimd_models.create_model(a.model, checkpoint_path=a.weights, **_kwargs(a.kwargs))
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
+    model = model.to(a.device)
+    ep = export_model(model, torch.rand(shape, device=a.device))
+    path = compile_package(ep, a.out)
+    print(f"package: {path}")
+    print(f"ops: {', '.join(custom_ops(ep)) or 'ATen only'}")
+    print(f"load first: torch.ops.load_library({library_path()!r})")
     return 0
 
 

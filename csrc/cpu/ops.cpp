@@ -5,6 +5,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -268,12 +269,12 @@ at::Tensor finish_dbc(const at::Tensor& part, const at::Tensor& X, const ScanArg
 
 }  // namespace
 
-std::vector<at::Tensor> selective_scan_fwd(const at::Tensor& u, const at::Tensor& delta,
-                                           const at::Tensor& A, const at::Tensor& B,
-                                           const at::Tensor& C, const OptTensor& D,
-                                           const OptTensor& z, const OptTensor& delta_bias,
-                                           const OptTensor& initial_state, bool delta_softplus,
-                                           bool reverse) {
+std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(const at::Tensor& u, const at::Tensor& delta,
+                                                      const at::Tensor& A, const at::Tensor& B,
+                                                      const at::Tensor& C, const OptTensor& D,
+                                                      const OptTensor& z, const OptTensor& delta_bias,
+                                                      const OptTensor& initial_state,
+                                                      bool delta_softplus, bool reverse) {
   ScanSetup s = setup_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                            reverse);
   ScanArgs& a = s.args;
@@ -455,3 +456,27 @@ std::string set_isa(const std::string& name) {
 }
 
 }  // namespace vimd::cpu
+
+// The CPU ops in torch's dispatcher, torch.ops.vimd.<name>: loading the library (from Python with
+// torch.ops.load_library, or from C++) registers them, so an exported or AOT-compiled graph that
+// calls them runs without vimd's Python package. One line per op in each table: its schema, then
+// its CPU kernel. Fake (meta) kernels: vimd_kernels/native.py.
+TORCH_LIBRARY(vimd, m) {
+  m.def("selective_scan_fwd_cpu(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+        "Tensor? z, Tensor? delta_bias, Tensor? initial_state, bool delta_softplus, bool reverse) "
+        "-> (Tensor, Tensor)");
+  m.def("selective_scan_bwd_cpu(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+        "Tensor? z, Tensor? delta_bias, Tensor? initial_state, Tensor dout, Tensor? dlast_state, "
+        "bool delta_softplus, bool reverse) -> Tensor[]");
+  m.def("causal_conv1d_fwd_cpu(Tensor x, Tensor weight, Tensor? bias, bool silu, bool reverse) "
+        "-> Tensor");
+  m.def("causal_conv1d_bwd_cpu(Tensor x, Tensor weight, Tensor? bias, Tensor dout, bool silu, "
+        "bool reverse) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(vimd, CPU, m) {
+  m.impl("selective_scan_fwd_cpu", TORCH_FN(vimd::cpu::selective_scan_fwd));
+  m.impl("selective_scan_bwd_cpu", TORCH_FN(vimd::cpu::selective_scan_bwd));
+  m.impl("causal_conv1d_fwd_cpu", TORCH_FN(vimd::cpu::causal_conv1d_fwd));
+  m.impl("causal_conv1d_bwd_cpu", TORCH_FN(vimd::cpu::causal_conv1d_bwd));
+}

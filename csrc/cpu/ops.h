@@ -1,4 +1,4 @@
-// Tensor-level CPU ops of vimd_kernels._C (argument checks, packing, allocation, dispatch to the
+// Tensor-level CPU ops (argument checks, packing, allocation, dispatch to the
 // kernels of the selected instruction set, ordered reductions). See vimd_kernels/ops.py for the
 // contract; grads come back in the dtype and shape of their input, undefined for absent inputs.
 #pragma once
@@ -7,19 +7,20 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace vimd::cpu {
 
 using OptTensor = std::optional<at::Tensor>;
 
-// -> {out, last_state}
-std::vector<at::Tensor> selective_scan_fwd(const at::Tensor& u, const at::Tensor& delta,
-                                           const at::Tensor& A, const at::Tensor& B,
-                                           const at::Tensor& C, const OptTensor& D,
-                                           const OptTensor& z, const OptTensor& delta_bias,
-                                           const OptTensor& initial_state, bool delta_softplus,
-                                           bool reverse);
+// -> (out, last_state)
+std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(const at::Tensor& u, const at::Tensor& delta,
+                                                      const at::Tensor& A, const at::Tensor& B,
+                                                      const at::Tensor& C, const OptTensor& D,
+                                                      const OptTensor& z, const OptTensor& delta_bias,
+                                                      const OptTensor& initial_state,
+                                                      bool delta_softplus, bool reverse);
 
 // -> {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state}
 std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor& delta,

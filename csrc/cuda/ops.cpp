@@ -1,11 +1,13 @@
-// Tensor-level CUDA ops of vimd_kernels._C: argument checks, device guard, current stream, output
-// and workspace allocation, dtype dispatch. The kernels themselves (*.cuh) see only plain
-// parameter structs and raw pointers. register_cuda_ops is called from csrc/bindings.cpp under
-// VIMD_WITH_CUDA.
+// Tensor-level CUDA ops: argument checks, device guard, current stream, output and workspace
+// allocation, dtype dispatch. The kernels themselves (*.cuh) see only plain parameter structs and
+// raw pointers. CUDA builds register the ops with torch's dispatcher (torch.ops.vimd.<name>, CUDA
+// kernels; see the table at the end).
 //
 // csrc/cuda/emu/emu_ops.cpp includes this file with VIMD_CUDA_EMULATION defined: the same
-// ops then take CPU tensors and run the kernels under the host emulator (tests, no GPU).
-#include <torch/extension.h>
+// ops then take CPU tensors, run the kernels under the host emulator (tests, no GPU) and are
+// exported as the functions of a pybind11 module (register_cuda_ops).
+#include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -32,7 +34,6 @@ struct DeviceGuard {
 };
 cudaStream_t current_stream() { return nullptr; }
 bool on_kernel_device(const Tensor& t) { return t.is_cpu(); }
-int sm_count(int64_t) { return 4; }
 #else
 using DeviceGuard = c10::cuda::CUDAGuard;
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
@@ -83,6 +84,9 @@ const float* fptr(const OptTensor& t) {
 }
 
 const void* vptr(const OptTensor& t) { return t.has_value() ? t->data_ptr() : nullptr; }
+
+// Gradient lists hold an undefined tensor (None in Python) for an absent input.
+Tensor undefined_if_absent(const OptTensor& t) { return t.value_or(Tensor()); }
 
 // Calls fn(T{}) with T the kernel element type of `dtype`.
 template <typename Fn>
@@ -320,7 +324,7 @@ void setup_scan_bwd(vc::ScanParams& p, ScanBwdOut& o, std::vector<Tensor>& work,
 
 // Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); None for absent inputs.
 // dA..dC, dD, ddelta_bias, dinitial_state are float32. seg_channels/slab_channels: see params.h.
-std::vector<OptTensor> selective_scan_bwd_cuda(const Tensor& u, const Tensor& delta, const Tensor& A,
+std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& u, const Tensor& delta, const Tensor& A,
                                                const Tensor& B, const Tensor& C, const OptTensor& D,
                                                const OptTensor& z, const OptTensor& delta_bias,
                                                const OptTensor& initial_state, const Tensor& dout,
@@ -336,7 +340,8 @@ std::vector<OptTensor> selective_scan_bwd_cuda(const Tensor& u, const Tensor& de
                  seg_channels, slab_channels, row_walk);
   launch_io(u.scalar_type(), "selective_scan_bwd_cuda",
             [&](auto t, cudaStream_t s) { return vc::selective_scan_bwd_launch<decltype(t)>(p, s); });
-  return {o.du, o.ddelta, o.dA, o.dB, o.dC, o.dD, o.dz, o.ddelta_bias, o.dinit};
+  return {o.du, o.ddelta, o.dA, o.dB, o.dC, undefined_if_absent(o.dD), undefined_if_absent(o.dz),
+          undefined_if_absent(o.ddelta_bias), undefined_if_absent(o.dinit)};
 }
 
 // ----------------------------------------------------------------------------- both directions
@@ -394,7 +399,7 @@ std::tuple<Tensor, Tensor> selective_scan_bi_fwd_cuda(const Tensor& u, const Ten
 // Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), stacked over the directions (dz too:
 // one per direction); None for absent inputs. dout_f/dout_b are the two directions' output
 // gradients (they may be one tensor).
-std::vector<OptTensor> selective_scan_bi_bwd_cuda(const Tensor& u, const Tensor& delta, const Tensor& A,
+std::vector<Tensor> selective_scan_bi_bwd_cuda(const Tensor& u, const Tensor& delta, const Tensor& A,
                                                   const Tensor& B, const Tensor& C, const OptTensor& D,
                                                   const OptTensor& z, const OptTensor& delta_bias,
                                                   const Tensor& dout_f, const Tensor& dout_b,
@@ -423,7 +428,8 @@ std::vector<OptTensor> selective_scan_bi_bwd_cuda(const Tensor& u, const Tensor&
               vc::kScanTile, " per direction; the grid takes at most 65535 in all)");
   launch_io(u.scalar_type(), "selective_scan_bi_bwd_cuda",
             [&](auto t, cudaStream_t s) { return vc::selective_scan_bi_bwd_launch<decltype(t)>(bp, s); });
-  return {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias};
+  return {du, ddelta, dA, dB, dC, undefined_if_absent(dD), undefined_if_absent(dz),
+          undefined_if_absent(ddelta_bias)};
 }
 
 vc::ConvParams conv_params(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu,
@@ -467,7 +473,7 @@ Tensor causal_conv1d_fwd_cuda(const Tensor& x, const Tensor& weight, const OptTe
 }
 
 // Returns (dx, dweight float32, dbias float32 or None).
-std::vector<OptTensor> causal_conv1d_bwd_cuda(const Tensor& x, const Tensor& weight,
+std::vector<Tensor> causal_conv1d_bwd_cuda(const Tensor& x, const Tensor& weight,
                                               const OptTensor& bias, const Tensor& dout, bool silu,
                                               bool reverse) {
   vc::ConvParams p = conv_params(x, weight, bias, silu, reverse);
@@ -487,7 +493,7 @@ std::vector<OptTensor> causal_conv1d_bwd_cuda(const Tensor& x, const Tensor& wei
   p.part_w = part.data_ptr<float>();
   launch_io(x.scalar_type(), "causal_conv1d_bwd_cuda",
             [&](auto t, cudaStream_t s) { return vc::causal_conv1d_bwd_launch<decltype(t)>(p, s); });
-  return {dx, dweight, dbias};
+  return {dx, dweight, undefined_if_absent(dbias)};
 }
 
 // Both directions of the conv over one x: weight (2, dim, width), bias (2, dim); direction 1
@@ -513,7 +519,7 @@ Tensor causal_conv1d_bi_fwd_cuda(const Tensor& x, const Tensor& weight, const Op
 }
 
 // Returns (dx (2, batch, dim, L), dweight (2, dim, width) float32, dbias (2, dim) float32 or None).
-std::vector<OptTensor> causal_conv1d_bi_bwd_cuda(const Tensor& x, const Tensor& weight,
+std::vector<Tensor> causal_conv1d_bi_bwd_cuda(const Tensor& x, const Tensor& weight,
                                                  const OptTensor& bias, const Tensor& dout_f,
                                                  const Tensor& dout_b, bool silu) {
   vc::BiConvParams bp = bi_conv_params(x, weight, bias, silu);
@@ -537,50 +543,55 @@ std::vector<OptTensor> causal_conv1d_bi_bwd_cuda(const Tensor& x, const Tensor& 
   }
   launch_io(x.scalar_type(), "causal_conv1d_bi_bwd_cuda",
             [&](auto t, cudaStream_t s) { return vc::causal_conv1d_bi_bwd_launch<decltype(t)>(bp, s); });
-  return {dx, dweight, dbias};
+  return {dx, dweight, undefined_if_absent(dbias)};
 }
-
-#ifndef VIMD_CUDA_EMULATION
-int sm_count(int64_t device) {
-  int n = 0;
-  check_launch(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, static_cast<int>(device)),
-               "cudaDeviceGetAttribute");
-  return n;
-}
-#endif
 
 }  // namespace
 
+// The CUDA ops, one line each: name and the schema's arguments and returns. CUDA builds register
+// them with torch's dispatcher (schema + CUDA kernel); the emulator build exports the same
+// functions from its pybind11 module. Fake (meta) kernels: vimd_kernels/native.py.
+#define VIMD_CUDA_OPS(X)                                                                          \
+  X(selective_scan_fwd_cuda,                                                                      \
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "               \
+    "Tensor? delta_bias, Tensor? initial_state, bool delta_softplus, bool reverse, "              \
+    "int chunk_len) -> (Tensor, Tensor)")                                                         \
+  X(selective_scan_bwd_cuda,                                                                      \
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "               \
+    "Tensor? delta_bias, Tensor? initial_state, Tensor dout, Tensor? dlast_state, "               \
+    "bool delta_softplus, bool reverse, int seg_channels, int slab_channels, bool row_walk) "     \
+    "-> Tensor[]")                                                                                \
+  X(causal_conv1d_fwd_cuda,                                                                       \
+    "(Tensor x, Tensor weight, Tensor? bias, bool silu, bool reverse) -> Tensor")                 \
+  X(causal_conv1d_bwd_cuda,                                                                       \
+    "(Tensor x, Tensor weight, Tensor? bias, Tensor dout, bool silu, bool reverse) -> Tensor[]")  \
+  X(selective_scan_bi_fwd_cuda,                                                                   \
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "               \
+    "Tensor? delta_bias, bool delta_softplus, int chunk_len) -> (Tensor, Tensor)")                \
+  X(selective_scan_bi_bwd_cuda,                                                                   \
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "               \
+    "Tensor? delta_bias, Tensor dout_f, Tensor dout_b, bool delta_softplus, int seg_channels, "   \
+    "int slab_channels, bool row_walk) -> Tensor[]")                                              \
+  X(causal_conv1d_bi_fwd_cuda, "(Tensor x, Tensor weight, Tensor? bias, bool silu) -> Tensor")    \
+  X(causal_conv1d_bi_bwd_cuda,                                                                    \
+    "(Tensor x, Tensor weight, Tensor? bias, Tensor dout_f, Tensor dout_b, bool silu) -> Tensor[]")
+
+#ifdef VIMD_CUDA_EMULATION
 void register_cuda_ops(pybind11::module_& m) {
-  namespace py = pybind11;
-  m.def("selective_scan_fwd_cuda", &selective_scan_fwd_cuda, "selective scan forward (CUDA)",
-        py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"),
-        py::arg("z"), py::arg("delta_bias"), py::arg("initial_state"), py::arg("delta_softplus"),
-        py::arg("reverse"), py::arg("chunk_len"));
-  m.def("selective_scan_bwd_cuda", &selective_scan_bwd_cuda, "selective scan backward (CUDA)",
-        py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"),
-        py::arg("z"), py::arg("delta_bias"), py::arg("initial_state"), py::arg("dout"),
-        py::arg("dlast_state"), py::arg("delta_softplus"), py::arg("reverse"),
-        py::arg("seg_channels"), py::arg("slab_channels"), py::arg("row_walk") = false);
-  m.def("causal_conv1d_fwd_cuda", &causal_conv1d_fwd_cuda, "causal conv1d forward (CUDA)",
-        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("silu"), py::arg("reverse"));
-  m.def("causal_conv1d_bwd_cuda", &causal_conv1d_bwd_cuda, "causal conv1d backward (CUDA)",
-        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("dout"), py::arg("silu"),
-        py::arg("reverse"));
-  m.def("selective_scan_bi_fwd_cuda", &selective_scan_bi_fwd_cuda,
-        "selective scan forward, both directions in one launch (CUDA)", py::arg("u"), py::arg("delta"),
-        py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"), py::arg("delta_bias"),
-        py::arg("delta_softplus"), py::arg("chunk_len"));
-  m.def("selective_scan_bi_bwd_cuda", &selective_scan_bi_bwd_cuda,
-        "selective scan backward, both directions in one launch (CUDA)", py::arg("u"), py::arg("delta"),
-        py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"), py::arg("delta_bias"),
-        py::arg("dout_f"), py::arg("dout_b"), py::arg("delta_softplus"), py::arg("seg_channels"),
-        py::arg("slab_channels"), py::arg("row_walk") = false);
-  m.def("causal_conv1d_bi_fwd_cuda", &causal_conv1d_bi_fwd_cuda,
-        "causal conv1d forward, both directions in one launch (CUDA)", py::arg("x"), py::arg("weight"),
-        py::arg("bias"), py::arg("silu"));
-  m.def("causal_conv1d_bi_bwd_cuda", &causal_conv1d_bi_bwd_cuda,
-        "causal conv1d backward, both directions in one launch (CUDA)", py::arg("x"), py::arg("weight"),
-        py::arg("bias"), py::arg("dout_f"), py::arg("dout_b"), py::arg("silu"));
-  m.def("cuda_sm_count", &sm_count, "number of multiprocessors of a CUDA device", py::arg("device"));
+#define VIMD_PYBIND_DEF(name, schema) m.def(#name, &name, #name schema);
+  VIMD_CUDA_OPS(VIMD_PYBIND_DEF)
+#undef VIMD_PYBIND_DEF
 }
+#else
+TORCH_LIBRARY_FRAGMENT(vimd, m) {
+#define VIMD_DEF(name, schema) m.def(#name schema);
+  VIMD_CUDA_OPS(VIMD_DEF)
+#undef VIMD_DEF
+}
+
+TORCH_LIBRARY_IMPL(vimd, CUDA, m) {
+#define VIMD_IMPL(name, schema) m.impl(#name, TORCH_FN(name));
+  VIMD_CUDA_OPS(VIMD_IMPL)
+#undef VIMD_IMPL
+}
+#endif

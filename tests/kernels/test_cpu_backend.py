@@ -434,10 +434,10 @@ def test_kernel_entry_points_check_arguments():
     u = torch.randn(1, 4, 8)
     A = -torch.rand(4, 3)
     with pytest.raises(RuntimeError, match="A must be"):
-        _C.selective_scan_fwd_cpu(u, u, A[:2], torch.randn(1, 3, 8), torch.randn(1, 3, 8), None,
-                                  None, None, None, False, False)
+        torch.ops.vimd.selective_scan_fwd_cpu(u, u, A[:2], torch.randn(1, 3, 8), torch.randn(1, 3, 8),
+                                              None, None, None, None, False, False)
     with pytest.raises(RuntimeError, match="B must have shape"):
-        _C.selective_scan_fwd_cpu(u, u, A, torch.randn(1, 3, 9), torch.randn(1, 3, 8), None,
-                                  None, None, None, False, False)
+        torch.ops.vimd.selective_scan_fwd_cpu(u, u, A, torch.randn(1, 3, 9), torch.randn(1, 3, 8),
+                                              None, None, None, None, False, False)
     with pytest.raises(RuntimeError, match="weight must be"):
-        _C.causal_conv1d_fwd_cpu(u, torch.randn(4, 9), None, False, False)
+        torch.ops.vimd.causal_conv1d_fwd_cpu(u, torch.randn(4, 9), None, False, False)

@@ -401,9 +401,9 @@ def test_emulated_bindings_reject_bad_launch_arguments(emu):
         emu.selective_scan_fwd_cuda(*[bad[k] for k in SCAN_NAMES], True, False, 256)
     dout = torch.randn_like(x["u"])
     with pytest.raises(RuntimeError, match="seg_channels must divide the channels of every B/C group"):
-        emu.selective_scan_bwd_cuda(*args, dout, None, True, False, 8, 4)
+        emu.selective_scan_bwd_cuda(*args, dout, None, True, False, 8, 4, False)
     with pytest.raises(RuntimeError, match="slab_channels must be a positive multiple of 8"):
-        emu.selective_scan_bwd_cuda(*args, dout, None, True, False, 4, 6)
+        emu.selective_scan_bwd_cuda(*args, dout, None, True, False, 4, 6, False)
     wide = dict(x, A=-torch.rand(8, 65), B=torch.randn(8, 65), C=torch.randn(8, 65))
     with pytest.raises(RuntimeError, match="N <= 64"):
         emu.selective_scan_fwd_cuda(*[wide[k] for k in SCAN_NAMES], True, False, 256)
@@ -674,10 +674,9 @@ def test_scan_chunked_forward_equals_single_pass(reverse):
     """The three-phase forward (many chunks) matches the one-chunk walk over the same inputs."""
     case = ScanCase(2, 8, 3000, 16, initial_state=True, reverse=reverse)
     x = _to_cuda(scan_inputs(case))
-    from vimd_kernels import _C
     args = [x[k] for k in SCAN_NAMES]
-    one = _C.selective_scan_fwd_cuda(*args, True, reverse, 256 * math.ceil(3000 / 256))
-    many = _C.selective_scan_fwd_cuda(*args, True, reverse, 256)
+    one = torch.ops.vimd.selective_scan_fwd_cuda(*args, True, reverse, 256 * math.ceil(3000 / 256))
+    many = torch.ops.vimd.selective_scan_fwd_cuda(*args, True, reverse, 256)
     assert_close(many[0], one[0], "scan", torch.float32, "out")
     assert_close(many[1], one[1], "scan", torch.float32, "last_state")
 

@@ -95,3 +95,29 @@ def test_compile_fullgraph_matches_eager():
     (compiled * dout).sum().backward()
     for k in p:
         torch.testing.assert_close(q[k].grad, p[k].grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"d{k}: {m}")
+
+
+# The C++ kernel ops (torch.ops.vimd.*_cpu, registered by vimd_kernels/libvimd_ops.so) that the
+# custom ops above call and that exported graphs hold: schema, and fake kernels (vimd_kernels/native.py)
+# against the real outputs' shapes, dtypes and strides.
+NEEDS_CPU_OPS = pytest.mark.skipif(not kernel_available("selective_scan", "cpu"),
+                                   reason="backend 'cpu' not available")
+KERNEL_OP_CASES = SCAN_CASES + [ScanCase(batch=2, dim=3, L=6, N=2, dtype=torch.float64, initial_state=True)]
+
+
+@NEEDS_CPU_OPS
+@pytest.mark.parametrize("case", KERNEL_OP_CASES, ids=str)
+def test_opcheck_cpu_kernel_scan_op(case):
+    x = scan_inputs(case)
+    torch.library.opcheck(torch.ops.vimd.selective_scan_fwd_cpu.default,
+                          (*[x[k] for k in SCAN_ARGS], case.softplus, case.reverse))
+
+
+@NEEDS_CPU_OPS
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64))
+@pytest.mark.parametrize("width,bias,silu,reverse", CONV_CASES)
+def test_opcheck_cpu_kernel_conv_op(dtype, width, bias, silu, reverse):
+    x = torch.randn(2, 4, 6).to(dtype)
+    w = torch.randn(4, width).to(dtype)
+    b = torch.randn(4).to(dtype) if bias else None
+    torch.library.opcheck(torch.ops.vimd.causal_conv1d_fwd_cpu.default, (x, w, b, silu, reverse))

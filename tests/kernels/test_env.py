@@ -28,10 +28,10 @@ def test_cuda_hint_tells_unbuilt_from_no_device(monkeypatch):
     """An extension built with the CUDA kernels on a machine without a GPU is not told to rebuild."""
 
     class Ext:  # stand-ins for the extension module, with and without the CUDA kernels
-        pass
+        with_cuda = False
 
     built = Ext()
-    built.selective_scan_fwd_cuda = object()
+    built.with_cuda = True
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(registry, "_EXT", built)
     assert not BACKENDS["cuda"].available()

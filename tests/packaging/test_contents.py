@@ -82,3 +82,4 @@ def test_wheel_holds_the_two_packages_with_configs(wheel_files):
     if any(f.endswith(".dist-info/METADATA") for f in wheel_files):  # a real wheel
         assert any(f.endswith(".dist-info/licenses/LICENSE") for f in wheel_files)
         assert any(f.startswith("vimd_kernels/_C") and f.endswith(".so") for f in wheel_files)
+        assert "vimd_kernels/libvimd_ops.so" in wheel_files  # the ops library the bindings link

@@ -1,4 +1,4 @@
-"""CUDA backend of the depthwise causal conv1d: the kernels of csrc/cuda through ``vimd_kernels._C``.
+"""CUDA backend of the depthwise causal conv1d: the kernels of csrc/cuda, ``torch.ops.vimd.*_cuda``.
 
 Weights and bias go to the kernels in float32 (dim x width values); their gradients come back in
 the dtype they were given. dweight/dbias are reduced in a fixed order (deterministic).
@@ -22,7 +22,8 @@ CAPS = Capabilities(dtypes=(torch.float32, torch.float16, torch.bfloat16),
 
 
 def _ext():
-    return _C
+    """The CUDA ops (torch.ops.vimd.*_cuda, registered by the library the bindings link)."""
+    return torch.ops.vimd
 
 
 def _f32(t: Optional[Tensor]) -> Optional[Tensor]:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..backend import Impl
+from ..native import traced
 from ..registry import impl
 from .body import mixer_body, project
 
@@ -111,10 +112,9 @@ def _weights(x_proj_w: Tensor, dt_proj_w: Tensor, sl: slice) -> tuple[Tensor, Te
     return x_proj_w[sl].unsqueeze(1), dt_proj_w[sl].unsqueeze(1)
 
 
-@torch.library.custom_op("vimd::mixer_fwd", mutates_args=())
-def _mixer_fwd(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor,
-               dt_proj_w: Tensor, A: Tensor, D: Optional[Tensor], delta_bias: Optional[Tensor],
-               softplus: bool, backend: str) -> Tensor:
+def _mixer_forward(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor,
+                   dt_proj_w: Tensor, A: Tensor, D: Optional[Tensor], delta_bias: Optional[Tensor],
+                   softplus: bool, backend: str) -> Tensor:
     """z-gated scan output (b, d_inner, L), averaged over the S directions of the stacked weights."""
     d, S, N = xz.shape[1] // 2, conv_w.shape[0], A.shape[-1]
     conv, scan = _kernels(backend)
@@ -129,6 +129,9 @@ def _mixer_fwd(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: T
             ys = ys[0] if ys.shape[0] == 1 else ys.sum(0)
             y = ys if y is None else y.add_(ys)
         return y if S == 1 else y.mul_(1.0 / S)
+
+
+_mixer_fwd = torch.library.custom_op("vimd::mixer_fwd", _mixer_forward, mutates_args=())
 
 
 @_mixer_fwd.register_fake
@@ -242,5 +245,8 @@ def mixer(backend: str, xz: Tensor, branches: list[dict], delta_softplus: bool) 
     delta_bias = _stack_dirs([b["delta_bias"] for b in branches])
     if conv_b is not None:
         conv_b = conv_b.to(conv_w.dtype)
-    return _mixer_fwd(xz.contiguous(), conv_w.contiguous(), conv_b, x_proj_w.contiguous(),
-                      dt_proj_w.contiguous(), A.contiguous(), D, delta_bias, bool(delta_softplus), backend)
+    # under torch.export the op's body runs inline: the exported graph holds the backend's C++
+    # conv/scan ops and the projections as ATen ops
+    return traced(_mixer_fwd, _mixer_forward)(
+        xz.contiguous(), conv_w.contiguous(), conv_b, x_proj_w.contiguous(), dt_proj_w.contiguous(),
+        A.contiguous(), D, delta_bias, bool(delta_softplus), backend)

@@ -1,4 +1,4 @@
-"""CUDA backend of the selective scan: the kernels of csrc/cuda through ``vimd_kernels._C``.
+"""CUDA backend of the selective scan: the kernels of csrc/cuda, ``torch.ops.vimd.*_cuda``.
 
 Launch planning (how L is cut into chunks, how channels are grouped for the backward's
 deterministic dB/dC reduction) is plain Python here, so it is testable without a GPU.
@@ -55,7 +55,8 @@ ROW_WALK_MAX_TILES = 32  # a row walk sweeps its tiles in sequence: keep that se
 
 
 def _ext():
-    return _C
+    """The CUDA ops (torch.ops.vimd.*_cuda, registered by the library the bindings link)."""
+    return torch.ops.vimd
 
 
 @functools.lru_cache(maxsize=None)
