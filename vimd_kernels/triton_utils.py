@@ -4,11 +4,13 @@ Imported only by the Triton backend modules, so ``import vimd_kernels`` never ne
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
+
+# Floating-point contraction (a*b + c as one FMA), set on every launch rather than left to
+# TRITON_DEFAULT_FP_FUSION: the kernels' accuracy is checked against the references with it on.
+FP_FUSION = True
 
 
 def pow2(n: int, at_least: int = 1) -> int:
@@ -35,18 +37,6 @@ def compute_dtype(t: torch.Tensor) -> tuple[torch.dtype, "tl.dtype"]:
     return torch.float32, tl.float32
 
 
-@functools.lru_cache(maxsize=None)
-def sm_count(device_index: int) -> int:
-    """Number of streaming multiprocessors; a small stand-in under the interpreter (CPU tensors)."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(device_index).multi_processor_count
-    return 4
-
-
-def device_sms(t: torch.Tensor) -> int:
-    return sm_count(t.device.index or 0) if t.is_cuda else sm_count(-1)
-
-
 @triton.jit
 def _index_probe_kernel(out_ptr, n):
     acc = 0
@@ -64,7 +54,7 @@ def interpreter_problem() -> str | None:
     import numpy
     out = torch.zeros(1, dtype=torch.int32)
     try:
-        _index_probe_kernel[(1,)](out, 3)
+        _index_probe_kernel[(1,)](out, 3, enable_fp_fusion=FP_FUSION)
     except Exception as e:  # noqa: BLE001 - any failure here is the interpreter's, reported whole
         return (f"triton {triton.__version__}'s interpreter cannot run a loop with a runtime bound "
                 f"under NumPy {numpy.__version__} ({type(e).__name__}: {e}); with triton <= 3.6 this is "
@@ -72,12 +62,6 @@ def interpreter_problem() -> str | None:
     if int(out.item()) != 3:
         return f"triton {triton.__version__}'s interpreter counted {int(out.item())} loop steps, not 3"
     return None
-
-
-@triton.jit
-def linear_combine(a1, b1, a2, b2):
-    """Compose h -> a1*h + b1 then h -> a2*h + b2 (first-order linear recurrence scan operator)."""
-    return a1 * a2, b1 * a2 + b2
 
 
 @triton.jit
