@@ -222,8 +222,8 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr
                 y = tl.sum(h * Ct, axis=1) + Dv * u
                 z = tl.load(z_ptr + zrow + idx, mask=d_mask, other=0.0).to(CT)
                 sz = 1.0 / (1.0 + tl.exp(-z))
-                tl.store(dz_ptr + zrow + idx, (dy * y * sz * (1.0 + z * (1.0 - sz))).to(
-                    dz_ptr.dtype.element_ty), mask=d_mask)
+                tl.store(dz_ptr + row + idx, (dy * y * sz * (1.0 + z * (1.0 - sz))).to(
+                    dz_ptr.dtype.element_ty), mask=d_mask)  # dz is contiguous
                 dy = dy * z * sz
             g = q + dy[:, None] * Ct  # adjoint of the state after step p
             gB = tl.sum(g * Bt, axis=1)
