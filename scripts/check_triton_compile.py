@@ -2,7 +2,7 @@
 """Ahead-of-time compile of every Triton kernel of vimd_kernels for CUDA targets, with no GPU.
 
 The backends' own host code plans the launches: ``forward``/``backward`` run on meta tensors with
-each kernel's ``run`` replaced by a recorder.  Every
+each kernel's ``run`` replaced by a recorder, and the SM count set to the target GPU's.  Every
 recorded launch is then specialised exactly as Triton's launcher does it (signature, constexprs,
 16-byte divisibility, num_warps/num_stages) and compiled down to a cubin with the wheel's ptxas.
 Prints registers, spills and shared memory per variant; exits 1 on any compile error, register
@@ -10,7 +10,7 @@ spill, shared memory over the target's limit, or a ``*_kernel`` that no case lau
 well under the 255-register ceiling are ptxas trading a few spills for occupancy (seen in tiny
 test tilings and with triton 3.9's ptxas 13); ``--allow-occupancy-spills`` lets those pass.
 
-    python scripts/check_triton_compile.py [--arch 80 90] [--quick | --cases NAME..]
+    python scripts/check_triton_compile.py [--arch 80 90] [--sms 132] [--quick | --cases NAME..]
                                            [--allow-occupancy-spills]
 
 Works with triton 3.6 and 3.9 (uses ``triton.compile``/``ASTSource`` and the launcher's
@@ -43,6 +43,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.compiler import make_backend  # noqa: E402
 from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: E402
 
+from vimd_kernels import triton_utils  # noqa: E402
 from vimd_kernels.causal_conv1d import triton as conv  # noqa: E402
 from vimd_kernels.selective_scan import triton as scan  # noqa: E402
 
@@ -120,13 +121,13 @@ class Conv:
 # SS2D: 4 routes x 120 channels, grouped B/C; the small ones are the GPU tests' odd shapes/tilings.
 CASES = [
     Scan("vim-ti", 16, 384, 197, dtype=BF16),
-    Scan("vim-s-bwd-dir", 2, 768, 730, dtype=F16, reverse=True),
-    Scan("sr", 1, 120, 65536, initial_state=True),  # with h0
+    Scan("vim-s-bwd-dir", 2, 768, 730, dtype=F16, reverse=True),  # chunked over L
+    Scan("sr", 1, 120, 65536, initial_state=True),  # chunked over L, with h0
     Scan("ss2d", 16, 480, 4096, dtype=BF16, b="g4", c="g4", z=False),
     Scan("constB-N10", 2, 64, 197, N=10, b="const", z=False),
     Scan("L1-N1-constC", 2, 64, 1, N=1, c="const", opts=False, initial_state=True),
     Scan("tiny-f64", 1, 3, 9, N=2, dtype=F64, initial_state=True, reverse=True,
-         tune=dict(block_d=2, seg=4)),
+         tune=dict(block_d=2, seg=2, chunk_len=4)),
     *[Conv(f"w{w}", 16, *shape, w, dtype=dt, reverse=w % 2 == 1)
       for w, shape, dt in zip(range(2, 9), [(384, 197), (768, 730), (120, 65536)] * 3,
                               [F32, F16, BF16] * 3)],
@@ -143,8 +144,8 @@ def all_kernels():
             if isinstance(fn, JITFunction) and name.endswith("_kernel")]
 
 
-def record_launches(case) -> list:
-    """(kernel, args, kwargs) of every launch ``case`` makes."""
+def record_launches(case, sms: int) -> list:
+    """(kernel, args, kwargs) of every launch ``case`` makes, planned for a GPU with ``sms`` SMs."""
     launches = []
 
     def recorder(fn):
@@ -152,6 +153,7 @@ def record_launches(case) -> list:
 
     mod = scan if isinstance(case, Scan) else conv
     with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(triton_utils, "sm_count", lambda _: sms))
         stack.enter_context(mock.patch.dict(mod.TUNE, case.tune))
         for _, _, fn in all_kernels():  # kernel[grid](...) calls kernel.run(...)
             stack.enter_context(mock.patch.object(fn, "run", recorder(fn)))
@@ -233,11 +235,11 @@ def compile_one(fn, case, arch: int, sig, constexprs, attrs, options, allow_occ:
     return res
 
 
-def check(cases, archs, allow_occupancy_spills=False, out=print) -> list[Result]:
+def check(cases, archs, sms: int, allow_occupancy_spills=False, out=print) -> list[Result]:
     """Compile every distinct launch of ``cases`` for every arch; returns the results."""
     seen, jobs = set(), []
     for case in cases:
-        for fn, args, kwargs in record_launches(case):
+        for fn, args, kwargs in record_launches(case, sms):
             for arch in archs:
                 backend = make_backend(GPUTarget("cuda", arch, 32))
                 options, sig, constexprs, attrs = specialise(fn, args, kwargs, backend)
@@ -271,6 +273,7 @@ def fmt(r: Result) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90], help="compute capabilities")
+    ap.add_argument("--sms", type=int, default=132, help="SM count the launch planning assumes")
     ap.add_argument("--allow-occupancy-spills", action="store_true",
                     help="pass spills made well under the 255-register ceiling (a ptxas choice)")
     ap.add_argument("--cases", nargs="+", default=[c.name for c in CASES],
@@ -279,9 +282,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     names = QUICK if a.quick else a.cases
     cases = [c for c in CASES if c.name in names]
-    print(f"triton {triton.__version__}, torch {torch.__version__}, archs {a.arch}")
+    print(f"triton {triton.__version__}, torch {torch.__version__}, archs {a.arch}, {a.sms} SMs")
     t = time.perf_counter()
-    results = check(cases, a.arch, a.allow_occupancy_spills)
+    results = check(cases, a.arch, a.sms, a.allow_occupancy_spills)
     bad = [r for r in results if r.failed]
     ok = [r for r in results if not r.error]
     regs = ", ".join(f"{k} <= {max(r.regs for r in ok if r.kernel == k)}"

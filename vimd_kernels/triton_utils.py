@@ -4,6 +4,8 @@ Imported only by the Triton backend modules, so ``import vimd_kernels`` never ne
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -37,6 +39,18 @@ def compute_dtype(t: torch.Tensor) -> tuple[torch.dtype, "tl.dtype"]:
     return torch.float32, tl.float32
 
 
+@functools.lru_cache(maxsize=None)
+def sm_count(device_index: int) -> int:
+    """Number of streaming multiprocessors; a small stand-in under the interpreter (CPU tensors)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device_index).multi_processor_count
+    return 4
+
+
+def device_sms(t: torch.Tensor) -> int:
+    return sm_count(t.device.index or 0) if t.is_cuda else sm_count(-1)
+
+
 @triton.jit
 def _index_probe_kernel(out_ptr, n):
     acc = 0
@@ -54,7 +68,7 @@ def interpreter_problem() -> str | None:
     import numpy
     out = torch.zeros(1, dtype=torch.int32)
     try:
-        _index_probe_kernel[(1,)](out, 3)  # interpreter only: nothing is compiled
+        _index_probe_kernel[(1,)](out, 3)
     except Exception as e:  # noqa: BLE001 - any failure here is the interpreter's, reported whole
         return (f"triton {triton.__version__}'s interpreter cannot run a loop with a runtime bound "
                 f"under NumPy {numpy.__version__} ({type(e).__name__}: {e}); with triton <= 3.6 this is "

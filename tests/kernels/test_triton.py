@@ -1,7 +1,7 @@
 """The Triton backend against the float32 references: every option, ragged lengths, forced tilings
-(several row blocks, ragged row blocks and backward segments, so the checkpointed recompute, the
-in-program and ordered partial reductions and the conv tiles' halos all run on tiny shapes),
-dtypes, determinism and torch.compile.
+(several row blocks, ragged row blocks, backward segments and L chunks, so the checkpointed
+recompute, the three-phase scan, the in-program and ordered partial reductions and the conv
+tiles' halos all run on tiny shapes), dtypes, determinism and torch.compile.
 
 ``interpret`` tests run the kernels on CPU tensors under TRITON_INTERPRET=1 (tiny shapes);
 ``cuda`` tests run the same checks at real shapes on a GPU.
@@ -71,27 +71,28 @@ def check_scan(case: ScanCase, device, seed: int = 0) -> None:
         assert_close(g, want, "scan", case.dtype, f"d{name}", scale=scan_grad_scale(case, name, x[name]))
 
 
-# (case, forced tiling); seg small enough that L spans several backward segments, the last ragged.
+# (case, forced tiling); seg and chunk_len small enough that L spans several backward segments and
+# L chunks (the three-phase scan), the last ones ragged.
 SCAN_CASES = [
-    (ScanCase(batch=2, dim=4, L=13, N=4, initial_state=True), dict(block_d=2, seg=4)),
+    (ScanCase(batch=2, dim=4, L=13, N=4, initial_state=True), dict(block_d=2, seg=4, chunk_len=8)),
     (ScanCase(batch=1, dim=6, L=17, N=10, b_kind="g2", c_kind="g2", initial_state=True, reverse=True),
-     dict(block_d=4, seg=5)),
+     dict(block_d=4, seg=5, chunk_len=10)),
     (ScanCase(batch=2, dim=4, L=11, N=16, b_kind="const", c_kind="var", z=False, reverse=True),
-     dict(block_d=2, seg=3)),
+     dict(block_d=2, seg=3, chunk_len=6)),
     (ScanCase(batch=1, dim=5, L=9, N=1, b_kind="var", c_kind="const", D=False, delta_bias=False,
-              softplus=False, initial_state=True), dict(block_d=2, seg=2)),
+              softplus=False, initial_state=True), dict(block_d=2, seg=2, chunk_len=4)),
     (ScanCase(batch=2, dim=8, L=7, N=3, b_kind="g4", c_kind="var", initial_state=True),
-     dict(block_d=None, seg=None)),
+     dict(block_d=None, seg=None, chunk_len=None)),
     (ScanCase(batch=1, dim=3, L=1, N=4, b_kind="const", c_kind="const", initial_state=True,
-              reverse=True), dict(block_d=None, seg=None)),
+              reverse=True), dict(block_d=None, seg=None, chunk_len=None)),
     (ScanCase(batch=2, dim=4, L=10, N=4, dtype=torch.float16, initial_state=True, reverse=True),
-     dict(block_d=2, seg=4)),
+     dict(block_d=2, seg=4, chunk_len=4)),
     (ScanCase(batch=2, dim=4, L=10, N=4, dtype=torch.bfloat16, b_kind="g2", c_kind="g2"),
-     dict(block_d=2, seg=3)),
+     dict(block_d=2, seg=3, chunk_len=6)),
     (ScanCase(batch=1, dim=4, L=9, N=4, dtype=torch.float16, bc_dtype=torch.float32, b_kind="const"),
-     dict(block_d=None, seg=4)),
+     dict(block_d=None, seg=4, chunk_len=None)),
     (ScanCase(batch=1, dim=3, L=9, N=2, dtype=torch.float64, initial_state=True, reverse=True),
-     dict(block_d=2, seg=4)),
+     dict(block_d=2, seg=2, chunk_len=4)),
 ]
 
 
@@ -104,15 +105,15 @@ def test_scan_interpret(case, tiling, tune):
 
 
 @pytest.mark.interpret
-def test_scan_segment_length_does_not_change_results(tune):
-    """The backward's checkpoint spacing (one segment, ragged segments, one step each) and the
-    rows per program give the same outputs and gradients."""
+def test_scan_tiling_does_not_change_results(tune):
+    """Rows per program, the backward's checkpoint spacing (one segment, ragged segments, one step
+    each) and L chunks (none, two ragged, four) give the same outputs and gradients."""
     case = ScanCase(batch=1, dim=4, L=12, N=4, b_kind="g2", initial_state=True)
     dev = _device(torch.cuda.is_available())
     inputs = _to(scan_inputs(case), dev)
     results = []
-    for block_d, seg in ((4, 12), (2, 5), (1, 1)):
-        tune(scan_triton, block_d=block_d, seg=seg)
+    for block_d, seg, chunk_len in ((4, 12, None), (2, 5, 10), (1, 1, 3)):
+        tune(scan_triton, block_d=block_d, seg=seg, chunk_len=chunk_len)
         x = leaves(inputs)
         out, last = _scan(x, case, "triton")
         (out.square().sum() + last.sum()).backward()
@@ -124,7 +125,7 @@ def test_scan_segment_length_does_not_change_results(tune):
 
 @pytest.mark.interpret
 def test_scan_gradients_bitwise_deterministic(tune):
-    tune(scan_triton, block_d=2, seg=5)
+    tune(scan_triton, block_d=2, seg=2, chunk_len=6)
     case = ScanCase(batch=2, dim=4, L=12, N=4, b_kind="g2", c_kind="var", initial_state=True)
     inputs = _to(scan_inputs(case), _device(torch.cuda.is_available()))
     runs = []
@@ -140,7 +141,7 @@ def test_scan_gradients_bitwise_deterministic(tune):
 SCAN_GPU_CASES = [
     ScanCase(batch=4, dim=384, L=197, N=16, initial_state=True),  # Vim-Ti stride 16
     ScanCase(batch=2, dim=384, L=730, N=16, reverse=True),  # Vim-Ti stride 8, backward branch
-    ScanCase(batch=1, dim=120, L=4096, N=16, initial_state=True),  # SR shape
+    ScanCase(batch=1, dim=120, L=4096, N=16, initial_state=True),  # SR shape: chunked over L
     ScanCase(batch=2, dim=192, L=2304, N=16, b_kind="g4", c_kind="g4", reverse=True),
     ScanCase(batch=2, dim=64, L=197, N=10, b_kind="const", c_kind="var", z=False),
     ScanCase(batch=2, dim=64, L=1, N=1, initial_state=True),

@@ -35,6 +35,6 @@ def _load_checker():
 def test_quick_subset_compiles_for_sm90_without_spills():
     chk = _load_checker()
     cases = [c for c in chk.CASES if c.name in chk.QUICK]
-    results = chk.check(cases, archs=[90], out=lambda line: None)  # also: every kernel ran
+    results = chk.check(cases, archs=[90], sms=132, out=lambda line: None)  # also: every kernel ran
     bad = [chk.fmt(r) for r in results if r.failed]
     assert not bad, "\n".join(bad)

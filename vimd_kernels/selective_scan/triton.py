@@ -14,6 +14,12 @@ and a walk back over the segment runs the adjoint g_t = C_t dy_t + exp(delta_{t+
 dB / dC when constant) stay in registers; variable dB / dC are summed over the block's rows in the
 program and written per (block, batch, step); every partial is then summed over programs in a
 fixed order, so gradients are bitwise reproducible.
+
+Long L with few rows (batch-1 super-resolution): L is split into chunks, a program per (block,
+batch, chunk), in three phases: every chunk summarises itself (decay product P, end state S from a
+zero start, and for the backward Q = sum_t P_t C_t dy_t), a sequential walk over the chunks turns
+the summaries into the state entering every chunk (and the adjoint entering every chunk's end),
+then every chunk runs from its true start.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..backend import FLOAT_DTYPES, Capabilities
-from ..triton_utils import FP_FUSION, compute_dtype, pow2, rows, softplus
+from ..triton_utils import FP_FUSION, compute_dtype, device_sms, pow2, rows, softplus
 
 # z may be a channel slice of a bigger tensor (any batch stride): the mixer passes xz[:, d:] as is.
 CAPS = Capabilities(dtypes=FLOAT_DTYPES, deterministic=True, row_views=True)
@@ -47,7 +53,11 @@ CONFIGS = {
     "fwd": LaunchConfig(block_d=32, warps=4),
     "bwd": LaunchConfig(block_d=32, warps=4, seg=32, max_regs=255),
 }
-TUNE: dict = {"block_d": None, "seg": None, "fwd_warps": None, "bwd_warps": None}
+# Long L with few rows (batch-1 super-resolution): L is split into chunks that run in parallel
+# (three phases) until the grid has programs_per_sm programs per multiprocessor, the chunks no
+# shorter than min_steps.
+SPLIT = {"programs_per_sm": 4, "min_steps": 256}
+TUNE: dict = {"block_d": None, "seg": None, "chunk_len": None, "fwd_warps": None, "bwd_warps": None}
 
 _CONST, _VAR = 0, 1  # B/C kinds: constant (dim, N) or variable/grouped (batch, G, N, L)
 
@@ -131,53 +141,127 @@ def _addr(p, L, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr,
-                     out_ptr, last_ptr, dim, L, N, B_G, C_G, z_shift,
-                     FLAGS: tl.constexpr, HAS_H0: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
-                     CT: tl.constexpr):
-    b, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, A, Dv, dbias = _rows(
-        A_ptr, D_ptr, db_ptr, dim, N, FLAGS, BD, NP, CT)
-    Bx = _bc_base(B_ptr, FLAGS.b_kind, B_G, b, dim, L, N, offs_d, offs_n, n_mask, dn_mask, BD, CT)
-    Cx = _bc_base(C_ptr, FLAGS.c_kind, C_G, b, dim, L, N, offs_d, offs_n, n_mask, dn_mask, BD, CT)
-    h = tl.zeros((BD, NP), dtype=CT)
-    if HAS_H0:
-        h = tl.load(h0_ptr + b * dim * N + state_off, mask=dn_mask, other=0.0).to(CT)
-    row = (b * dim + offs_d).to(tl.int64) * L
-    for p in range(0, L):
-        idx = _addr(p, L, FLAGS.reverse)
-        u, _, dt = _step_in(u_ptr, delta_ptr, row, idx, d_mask, dbias, FLAGS, CT)
-        Bt = _bc_at(Bx, FLAGS.b_kind, n_mask, idx, CT)
-        Ct = _bc_at(Cx, FLAGS.c_kind, n_mask, idx, CT)
-        h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt
-        y = tl.sum(h * Ct, axis=1) + Dv * u
-        if FLAGS.has_z:
-            z = tl.load(z_ptr + b * z_shift + row + idx, mask=d_mask, other=0.0).to(CT)
-            y = y * z / (1.0 + tl.exp(-z))
-        tl.store(out_ptr + row + idx, y.to(out_ptr.dtype.element_ty), mask=d_mask)
-    tl.store(last_ptr + b * dim * N + state_off, h, mask=dn_mask)
+def _gate(z_ptr, zrow, idx, d_mask, CT: tl.constexpr):
+    """silu(z) and its derivative at idx, one per row."""
+    z = tl.load(z_ptr + zrow + idx, mask=d_mask, other=0.0).to(CT)
+    sz = 1.0 / (1.0 + tl.exp(-z))
+    return z * sz, sz * (1.0 + z * (1.0 - sz))
 
 
 @triton.jit
-def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr,
-                     dout_ptr, dlast_ptr, ckpt_ptr, scratch_ptr,
-                     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddb_ptr, dh0_ptr,
-                     batch, dim, L, N, B_G, C_G, z_shift, n_seg,
-                     FLAGS: tl.constexpr, HAS_H0: tl.constexpr, HAS_DLAST: tl.constexpr,
-                     SEG: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, CT: tl.constexpr):
+def _state_in(ptr, HAS: tl.constexpr, PER_CHUNK: tl.constexpr, chunk_off, batch_off, dn_mask,
+              BD: tl.constexpr, NP: tl.constexpr, CT: tl.constexpr):
+    """A (BD, NP) state block entering the program's chunk: per (batch, chunk) when PER_CHUNK,
+    else per batch element; zeros when absent."""
+    x = tl.zeros((BD, NP), dtype=CT)
+    if HAS:
+        if PER_CHUNK:
+            x = tl.load(ptr + chunk_off, mask=dn_mask, other=0.0).to(CT)
+        else:
+            x = tl.load(ptr + batch_off, mask=dn_mask, other=0.0).to(CT)
+    return x
+
+
+@triton.jit
+def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr, dout_ptr,
+                     out_ptr, last_ptr, P_ptr, S_ptr, Q_ptr,
+                     dim, L, N, B_G, C_G, z_shift, chunk_len, n_chunks,
+                     FLAGS: tl.constexpr, HAS_H0: tl.constexpr, H0_PER_CHUNK: tl.constexpr,
+                     SUMMARY: tl.constexpr, HAS_DOUT: tl.constexpr, BD: tl.constexpr,
+                     NP: tl.constexpr, CT: tl.constexpr):
+    """Walks chunk program_id(2) of the rows.  SUMMARY: writes the chunk's decay product P, its end
+    state S from a zero start and (HAS_DOUT) Q = sum_t P_t C_t dy_t with P_t the product up to
+    step t; else the outputs (and the last state, from the last chunk)."""
     b, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, A, Dv, dbias = _rows(
         A_ptr, D_ptr, db_ptr, dim, N, FLAGS, BD, NP, CT)
+    c = tl.program_id(2)
+    chunk_off = ((b * n_chunks + c) * dim) * N + state_off
+    h = _state_in(h0_ptr, HAS_H0, H0_PER_CHUNK, chunk_off, b * dim * N + state_off, dn_mask, BD, NP, CT)
     Bx = _bc_base(B_ptr, FLAGS.b_kind, B_G, b, dim, L, N, offs_d, offs_n, n_mask, dn_mask, BD, CT)
     Cx = _bc_base(C_ptr, FLAGS.c_kind, C_G, b, dim, L, N, offs_d, offs_n, n_mask, dn_mask, BD, CT)
     row = (b * dim + offs_d).to(tl.int64) * L
     zrow = row + b * z_shift
-    h = tl.zeros((BD, NP), dtype=CT)
-    if HAS_H0:
-        h = tl.load(h0_ptr + b * dim * N + state_off, mask=dn_mask, other=0.0).to(CT)
-    # forward walk: the state entering every segment
-    ckpt = ckpt_ptr + (b * n_seg * dim) * N  # (n_seg, dim, N) states of the batch element
+    P = tl.full((BD, NP), 1.0, dtype=CT)
+    Q = tl.zeros((BD, NP), dtype=CT)
+    for p in range(c * chunk_len, tl.minimum(c * chunk_len + chunk_len, L)):
+        idx = _addr(p, L, FLAGS.reverse)
+        u, _, dt = _step_in(u_ptr, delta_ptr, row, idx, d_mask, dbias, FLAGS, CT)
+        Bt = _bc_at(Bx, FLAGS.b_kind, n_mask, idx, CT)
+        a = tl.exp(dt[:, None] * A)
+        h = a * h + (dt * u)[:, None] * Bt
+        if SUMMARY:
+            P = P * a
+            if HAS_DOUT:
+                dy = tl.load(dout_ptr + row + idx, mask=d_mask, other=0.0).to(CT)
+                if FLAGS.has_z:
+                    silu_z, _ = _gate(z_ptr, zrow, idx, d_mask, CT)
+                    dy = dy * silu_z
+                Q += P * _bc_at(Cx, FLAGS.c_kind, n_mask, idx, CT) * dy[:, None]
+        else:
+            y = tl.sum(h * _bc_at(Cx, FLAGS.c_kind, n_mask, idx, CT), axis=1) + Dv * u
+            if FLAGS.has_z:
+                silu_z, _ = _gate(z_ptr, zrow, idx, d_mask, CT)
+                y = y * silu_z
+            tl.store(out_ptr + row + idx, y.to(out_ptr.dtype.element_ty), mask=d_mask)
+    if SUMMARY:
+        tl.store(P_ptr + chunk_off, P, mask=dn_mask)
+        tl.store(S_ptr + chunk_off, h, mask=dn_mask)
+        if HAS_DOUT:
+            tl.store(Q_ptr + chunk_off, Q, mask=dn_mask)
+    elif c == n_chunks - 1:
+        tl.store(last_ptr + b * dim * N + state_off, h, mask=dn_mask)
+
+
+@triton.jit
+def _scan_combine_kernel(P_ptr, S_ptr, init_ptr, H_ptr, final_ptr, n_chunks, DN,
+                         HAS_INIT: tl.constexpr, BACKWARD: tl.constexpr, BLOCK: tl.constexpr,
+                         CT: tl.constexpr):
+    """Walk the chunks in order (last to first with BACKWARD): H[c] = the carry entering chunk c,
+    then carry = P[c] * carry + S[c]; final = the carry after every chunk."""
+    b = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < DN
+    h = tl.zeros((BLOCK,), dtype=CT)
+    if HAS_INIT:
+        h = tl.load(init_ptr + b * DN + offs, mask=mask, other=0.0).to(CT)
+    for i in range(0, n_chunks):
+        if BACKWARD:
+            c = n_chunks - 1 - i
+        else:
+            c = i
+        off = (b * n_chunks + c) * DN + offs
+        tl.store(H_ptr + off, h, mask=mask)
+        h = tl.load(P_ptr + off, mask=mask, other=0.0) * h + tl.load(S_ptr + off, mask=mask, other=0.0)
+    tl.store(final_ptr + b * DN + offs, h, mask=mask)
+
+
+@triton.jit
+def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr,
+                     dout_ptr, qin_ptr, ckpt_ptr, scratch_ptr,
+                     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddb_ptr, dh0_ptr,
+                     batch, dim, L, N, B_G, C_G, z_shift, chunk_len, n_chunks,
+                     FLAGS: tl.constexpr, HAS_H0: tl.constexpr, HAS_QIN: tl.constexpr,
+                     PER_CHUNK: tl.constexpr, SEG: tl.constexpr, BD: tl.constexpr,
+                     NP: tl.constexpr, CT: tl.constexpr):
+    """Gradients of chunk program_id(2) of the rows, from the state entering the chunk (h0, or per
+    chunk) and the adjoint entering its end (dlast_state, or per chunk)."""
+    b, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, A, Dv, dbias = _rows(
+        A_ptr, D_ptr, db_ptr, dim, N, FLAGS, BD, NP, CT)
+    c = tl.program_id(2)
+    chunk_off = ((b * n_chunks + c) * dim) * N + state_off
+    h = _state_in(h0_ptr, HAS_H0, PER_CHUNK, chunk_off, b * dim * N + state_off, dn_mask, BD, NP, CT)
+    Bx = _bc_base(B_ptr, FLAGS.b_kind, B_G, b, dim, L, N, offs_d, offs_n, n_mask, dn_mask, BD, CT)
+    Cx = _bc_base(C_ptr, FLAGS.c_kind, C_G, b, dim, L, N, offs_d, offs_n, n_mask, dn_mask, BD, CT)
+    row = (b * dim + offs_d).to(tl.int64) * L
+    zrow = row + b * z_shift
+    p_start = c * chunk_len
+    p_end = tl.minimum(p_start + chunk_len, L)
+    n_seg = tl.cdiv(p_end - p_start, SEG)
+    # forward walk: the state entering every segment of the chunk
+    ckpt = ckpt_ptr + ((b * n_chunks + c) * tl.cdiv(chunk_len, SEG) * dim) * N
     for s in range(0, n_seg):
         tl.store(ckpt + s * dim * N + state_off, h, mask=dn_mask)
-        for p in range(s * SEG, tl.minimum(s * SEG + SEG, L)):
+        for p in range(p_start + s * SEG, tl.minimum(p_start + s * SEG + SEG, p_end)):
             idx = _addr(p, L, FLAGS.reverse)
             u, _, dt = _step_in(u_ptr, delta_ptr, row, idx, d_mask, dbias, FLAGS, CT)
             Bt = _bc_at(Bx, FLAGS.b_kind, n_mask, idx, CT)
@@ -185,10 +269,10 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr
     tl.debug_barrier()
     # the program's scratch block: slot i holds the state after i steps of the segment
     local = tl.arange(0, BD)[:, None] * NP + offs_n[None, :]
-    scratch = scratch_ptr + (b * tl.num_programs(0) + tl.program_id(0)) * ((SEG + 1) * BD * NP)
-    q = tl.zeros((BD, NP), dtype=CT)  # adjoint of the state after the current step, from later steps
-    if HAS_DLAST:
-        q = tl.load(dlast_ptr + b * dim * N + state_off, mask=dn_mask, other=0.0).to(CT)
+    scratch = scratch_ptr + ((b * n_chunks + c) * tl.num_programs(0) + tl.program_id(0)) * (
+        (SEG + 1) * BD * NP)
+    # adjoint of the state after the current step, from later steps
+    q = _state_in(qin_ptr, HAS_QIN, PER_CHUNK, chunk_off, b * dim * N + state_off, dn_mask, BD, NP, CT)
     dA_acc = tl.zeros((BD, NP), dtype=CT)
     dB_acc = tl.zeros((BD, NP), dtype=CT)
     dC_acc = tl.zeros((BD, NP), dtype=CT)
@@ -197,8 +281,8 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr
     part = ((tl.program_id(0) * batch + b) * N + offs_n).to(tl.int64) * L  # variable dB/dC rows
     for ss in range(0, n_seg):
         s = n_seg - 1 - ss
-        p0 = s * SEG
-        p1 = tl.minimum(p0 + SEG, L)
+        p0 = p_start + s * SEG
+        p1 = tl.minimum(p0 + SEG, p_end)
         h = tl.load(ckpt + s * dim * N + state_off, mask=dn_mask, other=0.0)
         tl.store(scratch + local, h)
         for p in range(p0, p1):
@@ -219,12 +303,11 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr
             a = tl.exp(dt[:, None] * A)
             dy = tl.load(dout_ptr + row + idx, mask=d_mask, other=0.0).to(CT)
             if FLAGS.has_z:
+                silu_z, dsilu = _gate(z_ptr, zrow, idx, d_mask, CT)
                 y = tl.sum(h * Ct, axis=1) + Dv * u
-                z = tl.load(z_ptr + zrow + idx, mask=d_mask, other=0.0).to(CT)
-                sz = 1.0 / (1.0 + tl.exp(-z))
-                tl.store(dz_ptr + row + idx, (dy * y * sz * (1.0 + z * (1.0 - sz))).to(
-                    dz_ptr.dtype.element_ty), mask=d_mask)  # dz is contiguous
-                dy = dy * z * sz
+                tl.store(dz_ptr + row + idx, (dy * y * dsilu).to(dz_ptr.dtype.element_ty),
+                         mask=d_mask)  # dz is contiguous
+                dy = dy * silu_z
             g = q + dy[:, None] * Ct  # adjoint of the state after step p
             gB = tl.sum(g * Bt, axis=1)
             gha = g * a * h_prev
@@ -251,15 +334,16 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr
             q = g * a
             h = h_prev
         tl.debug_barrier()  # the next segment's walk overwrites the scratch block
-    part_dn = b * dim * N + state_off
-    tl.store(dA_ptr + part_dn, dA_acc, mask=dn_mask)
+    tl.store(dA_ptr + chunk_off, dA_acc, mask=dn_mask)
     if FLAGS.b_kind == 0:
-        tl.store(dB_ptr + part_dn, dB_acc, mask=dn_mask)
+        tl.store(dB_ptr + chunk_off, dB_acc, mask=dn_mask)
     if FLAGS.c_kind == 0:
-        tl.store(dC_ptr + part_dn, dC_acc, mask=dn_mask)
-    tl.store(dD_ptr + b * dim + offs_d, dD_acc, mask=d_mask)
-    tl.store(ddb_ptr + b * dim + offs_d, ddb_acc, mask=d_mask)
-    tl.store(dh0_ptr + part_dn, q, mask=dn_mask)
+        tl.store(dC_ptr + chunk_off, dC_acc, mask=dn_mask)
+    vec_off = (b * n_chunks + c) * dim + offs_d
+    tl.store(dD_ptr + vec_off, dD_acc, mask=d_mask)
+    tl.store(ddb_ptr + vec_off, ddb_acc, mask=d_mask)
+    if c == 0:
+        tl.store(dh0_ptr + b * dim * N + state_off, q, mask=dn_mask)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -273,6 +357,9 @@ class _Plan:
     NP: int
     BD: int
     n_db: int
+    seg: int
+    chunk_len: int
+    n_chunks: int
     B_kind: int
     C_kind: int
     B_G: int
@@ -294,6 +381,21 @@ def _largest_pow2_divisor(n: int, cap: int) -> int:
     return bd
 
 
+def _chunk_len(programs: int, L: int, seg: int, sms: int) -> int:
+    """Steps per chunk of L (a multiple of seg): all of L unless the rows leave multiprocessors
+    idle and L is long enough to split (SPLIT)."""
+    if TUNE["chunk_len"] is not None:
+        if TUNE["chunk_len"] % seg:
+            raise ValueError(f"chunk_len={TUNE['chunk_len']} must be a multiple of seg={seg}")
+        return TUNE["chunk_len"]
+    whole = triton.cdiv(L, seg) * seg
+    want = SPLIT["programs_per_sm"] * sms
+    least = triton.cdiv(SPLIT["min_steps"], seg) * seg
+    if programs >= want or L < 2 * least:
+        return whole
+    return max(least, triton.cdiv(triton.cdiv(L, triton.cdiv(want, programs)), seg) * seg)
+
+
 def _plan(u: Tensor, A: Tensor, B: Tensor, C: Tensor, which: str) -> _Plan:
     batch, dim, L = u.shape
     N = A.shape[1]
@@ -303,9 +405,16 @@ def _plan(u: Tensor, A: Tensor, B: Tensor, C: Tensor, which: str) -> _Plan:
     for G in (B_G, C_G):
         if G > 1:  # a block of rows lies inside one group (it reads that group's B_t / C_t)
             BD = _largest_pow2_divisor(dim // G, BD)
+    n_db = triton.cdiv(dim, BD)
+    seg = TUNE["seg"] or CONFIGS["bwd"].seg
+    chunk_len = _chunk_len(batch * n_db, L, seg, device_sms(u))
     ct, tl_ct = compute_dtype(u)
-    return _Plan(batch, dim, L, N, pow2(N, 2), BD, triton.cdiv(dim, BD), B_kind, C_kind, B_G, C_G,
-                 ct, tl_ct)
+    return _Plan(batch, dim, L, N, pow2(N, 2), BD, n_db, seg, chunk_len, triton.cdiv(L, chunk_len),
+                 B_kind, C_kind, B_G, C_G, ct, tl_ct)
+
+
+def _grid(pl: _Plan) -> tuple:
+    return (pl.n_db, pl.batch, pl.n_chunks)
 
 
 def _consts(pl: _Plan, D, z, delta_bias, delta_softplus, reverse, which: str) -> dict:
@@ -326,6 +435,32 @@ def _z_rows(z: Optional[Tensor], u: Tensor) -> tuple[Optional[Tensor], int]:
     return z, zs - u.shape[1] * u.shape[2]
 
 
+def _chunk_starts(pl: _Plan, consts: dict, u, delta, A, B, C, D, z, z_shift, delta_bias,
+                  initial_state, dout=None, dlast_state=None):
+    """Phases 1-2 of a split L: the state entering every chunk and the last state (given dout:
+    the state entering every chunk and the adjoint entering every chunk's end)."""
+    shape = (pl.batch, pl.n_chunks, pl.dim, pl.N)
+    P, S = u.new_empty(shape, dtype=pl.ct), u.new_empty(shape, dtype=pl.ct)
+    Q = u.new_empty(shape, dtype=pl.ct) if dout is not None else None
+    _scan_fwd_kernel[_grid(pl)](
+        u, delta, A, B, C, D, z, delta_bias, None, dout, None, None, P, S, Q,
+        pl.dim, pl.L, pl.N, pl.B_G, pl.C_G, z_shift, pl.chunk_len, pl.n_chunks,
+        HAS_H0=False, H0_PER_CHUNK=False, SUMMARY=True, HAS_DOUT=dout is not None, **consts)
+    DN = pl.dim * pl.N
+    block = min(1024, pow2(DN))
+    grid = (triton.cdiv(DN, block), pl.batch)
+    opts = dict(BLOCK=block, CT=pl.tl_ct, enable_fp_fusion=FP_FUSION)
+    H, last = torch.empty_like(P), u.new_empty((pl.batch, pl.dim, pl.N), dtype=pl.ct)
+    _scan_combine_kernel[grid](P, S, initial_state, H, last, pl.n_chunks, DN,
+                               HAS_INIT=initial_state is not None, BACKWARD=False, **opts)
+    if dout is None:
+        return H, last
+    Qin, dh0 = torch.empty_like(P), u.new_empty((pl.batch, pl.dim, pl.N), dtype=pl.ct)
+    _scan_combine_kernel[grid](P, Q, dlast_state, Qin, dh0, pl.n_chunks, DN,
+                               HAS_INIT=dlast_state is not None, BACKWARD=True, **opts)
+    return H, Qin
+
+
 def forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
             z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
             delta_softplus: bool, reverse: bool) -> tuple[Tensor, Tensor]:
@@ -334,16 +469,21 @@ def forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Option
     z, z_shift = _z_rows(z, u)
     out = torch.empty_like(u)
     last = u.new_empty((pl.batch, pl.dim, pl.N), dtype=pl.ct)
-    _scan_fwd_kernel[(pl.n_db, pl.batch)](
-        u, delta, A, B, C, D, z, delta_bias, initial_state, out, last,
-        pl.dim, pl.L, pl.N, pl.B_G, pl.C_G, z_shift, HAS_H0=initial_state is not None, **consts)
+    h0, per_chunk = initial_state, False
+    if pl.n_chunks > 1:
+        h0, _ = _chunk_starts(pl, consts, u, delta, A, B, C, D, z, z_shift, delta_bias, initial_state)
+        per_chunk = True
+    _scan_fwd_kernel[_grid(pl)](
+        u, delta, A, B, C, D, z, delta_bias, h0, None, out, last, None, None, None,
+        pl.dim, pl.L, pl.N, pl.B_G, pl.C_G, z_shift, pl.chunk_len, pl.n_chunks,
+        HAS_H0=h0 is not None, H0_PER_CHUNK=per_chunk, SUMMARY=False, HAS_DOUT=False, **consts)
     return out, last
 
 
 def _reduce_bc(part: Tensor, X: Tensor, pl: _Plan, kind: int, G: int) -> Tensor:
     """Sum per-program partials of dB/dC in a fixed order, back to X's shape and dtype."""
-    if kind == _CONST:  # (batch, dim, N)
-        return part.sum(dim=0).to(X.dtype)
+    if kind == _CONST:  # (batch, n_chunks, dim, N)
+        return part.sum(dim=(0, 1)).to(X.dtype)
     # (n_db, batch, N, L); the blocks of one group are contiguous
     g = part.view(G, pl.n_db // G, pl.batch, pl.N, pl.L).sum(1).permute(1, 0, 2, 3)
     return g.reshape(X.shape).to(X.dtype)
@@ -353,31 +493,35 @@ def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_sta
              delta_softplus: bool, reverse: bool):
     pl = _plan(u, A, B, C, "bwd")
     consts = _consts(pl, D, z, delta_bias, delta_softplus, reverse, "bwd")
-    seg = TUNE["seg"] or CONFIGS["bwd"].seg
-    n_seg = triton.cdiv(pl.L, seg)
     z, z_shift = _z_rows(z, u)
+    h0, qin, per_chunk = initial_state, dlast_state, False
+    if pl.n_chunks > 1:
+        h0, qin = _chunk_starts(pl, consts, u, delta, A, B, C, D, z, z_shift, delta_bias,
+                                initial_state, dout, dlast_state)
+        per_chunk = True
     ct = pl.ct
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty(z.shape, dtype=z.dtype, device=z.device) if z is not None else None
-    rshape = (pl.batch, pl.dim, pl.N)  # per (batch, row) partials
+    cshape = (pl.batch, pl.n_chunks, pl.dim, pl.N)  # per (batch, chunk, row) partials
     vshape = (pl.n_db, pl.batch, pl.N, pl.L)  # per (block, batch) partials of variable dB / dC
-    dA_p = u.new_empty(rshape, dtype=ct)
-    dB_p = u.new_empty(rshape if pl.B_kind == _CONST else vshape, dtype=ct)
-    dC_p = u.new_empty(rshape if pl.C_kind == _CONST else vshape, dtype=ct)
-    dD_p = u.new_empty((pl.batch, pl.dim), dtype=ct)
+    dA_p = u.new_empty(cshape, dtype=ct)
+    dB_p = u.new_empty(cshape if pl.B_kind == _CONST else vshape, dtype=ct)
+    dC_p = u.new_empty(cshape if pl.C_kind == _CONST else vshape, dtype=ct)
+    dD_p = u.new_empty((pl.batch, pl.n_chunks, pl.dim), dtype=ct)
     ddb_p = torch.empty_like(dD_p)
-    dh0 = u.new_empty(rshape, dtype=ct)
-    ckpt = u.new_empty((pl.batch, n_seg, pl.dim, pl.N), dtype=ct)
-    scratch = u.new_empty((pl.batch, pl.n_db, seg + 1, pl.BD, pl.NP), dtype=ct)
-    _scan_bwd_kernel[(pl.n_db, pl.batch)](
-        u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state, ckpt, scratch,
+    dh0 = u.new_empty((pl.batch, pl.dim, pl.N), dtype=ct)
+    ckpt = u.new_empty((pl.batch, pl.n_chunks, triton.cdiv(pl.chunk_len, pl.seg), pl.dim, pl.N),
+                       dtype=ct)
+    scratch = u.new_empty((pl.batch, pl.n_chunks, pl.n_db, pl.seg + 1, pl.BD, pl.NP), dtype=ct)
+    _scan_bwd_kernel[_grid(pl)](
+        u, delta, A, B, C, D, z, delta_bias, h0, dout, qin, ckpt, scratch,
         du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, ddb_p, dh0,
-        pl.batch, pl.dim, pl.L, pl.N, pl.B_G, pl.C_G, z_shift, n_seg,
-        HAS_H0=initial_state is not None, HAS_DLAST=dlast_state is not None, SEG=seg, **consts)
-    dA = dA_p.sum(dim=0).to(A.dtype)
+        pl.batch, pl.dim, pl.L, pl.N, pl.B_G, pl.C_G, z_shift, pl.chunk_len, pl.n_chunks,
+        HAS_H0=h0 is not None, HAS_QIN=qin is not None, PER_CHUNK=per_chunk, SEG=pl.seg, **consts)
+    dA = dA_p.sum(dim=(0, 1)).to(A.dtype)
     dB = _reduce_bc(dB_p, B, pl, pl.B_kind, pl.B_G)
     dC = _reduce_bc(dC_p, C, pl, pl.C_kind, pl.C_G)
-    dD = dD_p.sum(dim=0).to(D.dtype) if D is not None else None
-    ddb = ddb_p.sum(dim=0).to(delta_bias.dtype) if delta_bias is not None else None
+    dD = dD_p.sum(dim=(0, 1)).to(D.dtype) if D is not None else None
+    ddb = ddb_p.sum(dim=(0, 1)).to(delta_bias.dtype) if delta_bias is not None else None
     dinit = dh0.to(initial_state.dtype) if initial_state is not None else None
     return du, ddelta, dA, dB, dC, dD, dz, ddb, dinit
