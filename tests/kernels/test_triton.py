@@ -311,7 +311,7 @@ def check_mixer(batch, d_model, L, N, bidirectional, device):
 @pytest.mark.interpret
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["mamba_inner", "bimamba_inner"])
 def test_mixers_interpret(bidirectional, tune):
-    tune(scan_triton, seg=4)
+    tune(scan_triton, seg=4, chunk_len=8)
     tune(conv_triton, block_t=4)
     check_mixer(2, 4, 11, 4, bidirectional, _device(torch.cuda.is_available()))
 
@@ -359,7 +359,7 @@ def test_compile_fullgraph_inductor_cuda():
 def test_mixer_op_opcheck_and_compile(tune):
     """The mixer custom op on the Triton backend passes opcheck and compiles with fullgraph=True."""
     from vimd_kernels.mamba_inner.fused import _mixer_fwd
-    tune(scan_triton, seg=4)
+    tune(scan_triton, seg=4, chunk_len=8)
     tune(conv_triton, block_t=4)
     dev = _device(torch.cuda.is_available())
     gen = torch.Generator().manual_seed(0)
