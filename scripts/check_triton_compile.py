@@ -127,7 +127,7 @@ CASES = [
     Scan("constB-N10", 2, 64, 197, N=10, b="const", z=False),
     Scan("L1-N1-constC", 2, 64, 1, N=1, c="const", opts=False, initial_state=True),
     Scan("tiny-f64", 1, 3, 9, N=2, dtype=F64, initial_state=True, reverse=True,
-         tune=dict(block_d=2, block_t=4, chunk_len=4)),
+         tune=dict(block_d=2, seg=2, chunk_len=4)),
     *[Conv(f"w{w}", 16, *shape, w, dtype=dt, reverse=w % 2 == 1)
       for w, shape, dt in zip(range(2, 9), [(384, 197), (768, 730), (120, 65536)] * 3,
                               [F32, F16, BF16] * 3)],

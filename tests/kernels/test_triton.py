@@ -1,6 +1,7 @@
 """The Triton backend against the float32 references: every option, ragged lengths, forced tilings
-(several channel blocks, time tiles and L chunks, so the three-phase scan, the checkpointed backward
-and the partial reductions all run on tiny shapes), dtypes, determinism and torch.compile.
+(several row blocks, ragged row blocks, backward segments and L chunks, so the checkpointed
+recompute, the three-phase scan, the in-program and ordered partial reductions and the conv
+tiles' halos all run on tiny shapes), dtypes, determinism and torch.compile.
 
 ``interpret`` tests run the kernels on CPU tensors under TRITON_INTERPRET=1 (tiny shapes);
 ``cuda`` tests run the same checks at real shapes on a GPU.
@@ -70,27 +71,28 @@ def check_scan(case: ScanCase, device, seed: int = 0) -> None:
         assert_close(g, want, "scan", case.dtype, f"d{name}", scale=scan_grad_scale(case, name, x[name]))
 
 
-# (case, forced tiling); block_t/chunk_len small enough that L spans several tiles and chunks.
+# (case, forced tiling); seg and chunk_len small enough that L spans several backward segments and
+# L chunks (the three-phase scan), the last ones ragged.
 SCAN_CASES = [
-    (ScanCase(batch=2, dim=4, L=13, N=4, initial_state=True), dict(block_d=2, block_t=4, chunk_len=8)),
+    (ScanCase(batch=2, dim=4, L=13, N=4, initial_state=True), dict(block_d=2, seg=4, chunk_len=8)),
     (ScanCase(batch=1, dim=6, L=17, N=10, b_kind="g2", c_kind="g2", initial_state=True, reverse=True),
-     dict(block_d=4, block_t=4, chunk_len=4)),
+     dict(block_d=4, seg=5, chunk_len=10)),
     (ScanCase(batch=2, dim=4, L=11, N=16, b_kind="const", c_kind="var", z=False, reverse=True),
-     dict(block_d=2, block_t=4, chunk_len=8)),
+     dict(block_d=2, seg=3, chunk_len=6)),
     (ScanCase(batch=1, dim=5, L=9, N=1, b_kind="var", c_kind="const", D=False, delta_bias=False,
-              softplus=False, initial_state=True), dict(block_d=2, block_t=2, chunk_len=4)),
+              softplus=False, initial_state=True), dict(block_d=2, seg=2, chunk_len=4)),
     (ScanCase(batch=2, dim=8, L=7, N=3, b_kind="g4", c_kind="var", initial_state=True),
-     dict(block_d=None, block_t=None, chunk_len=None)),
+     dict(block_d=None, seg=None, chunk_len=None)),
     (ScanCase(batch=1, dim=3, L=1, N=4, b_kind="const", c_kind="const", initial_state=True,
-              reverse=True), dict(block_d=None, block_t=None, chunk_len=None)),
+              reverse=True), dict(block_d=None, seg=None, chunk_len=None)),
     (ScanCase(batch=2, dim=4, L=10, N=4, dtype=torch.float16, initial_state=True, reverse=True),
-     dict(block_d=2, block_t=4, chunk_len=4)),
+     dict(block_d=2, seg=4, chunk_len=4)),
     (ScanCase(batch=2, dim=4, L=10, N=4, dtype=torch.bfloat16, b_kind="g2", c_kind="g2"),
-     dict(block_d=2, block_t=4, chunk_len=8)),
+     dict(block_d=2, seg=3, chunk_len=6)),
     (ScanCase(batch=1, dim=4, L=9, N=4, dtype=torch.float16, bc_dtype=torch.float32, b_kind="const"),
-     dict(block_d=None, block_t=4, chunk_len=4)),
+     dict(block_d=None, seg=4, chunk_len=None)),
     (ScanCase(batch=1, dim=3, L=9, N=2, dtype=torch.float64, initial_state=True, reverse=True),
-     dict(block_d=2, block_t=4, chunk_len=4)),
+     dict(block_d=2, seg=2, chunk_len=4)),
 ]
 
 
@@ -103,25 +105,27 @@ def test_scan_interpret(case, tiling, tune):
 
 
 @pytest.mark.interpret
-def test_scan_chunking_does_not_change_results(tune):
-    """One chunk vs many chunks (three-phase path) give the same outputs and gradients."""
-    case = ScanCase(batch=1, dim=4, L=16, N=4, initial_state=True)
+def test_scan_tiling_does_not_change_results(tune):
+    """Rows per program, the backward's checkpoint spacing (one segment, ragged segments, one step
+    each) and L chunks (none, two ragged, four) give the same outputs and gradients."""
+    case = ScanCase(batch=1, dim=4, L=12, N=4, b_kind="g2", initial_state=True)
     dev = _device(torch.cuda.is_available())
     inputs = _to(scan_inputs(case), dev)
     results = []
-    for chunk_len in (16, 4):
-        tune(scan_triton, block_d=2, block_t=4, chunk_len=chunk_len)
+    for block_d, seg, chunk_len in ((4, 12, None), (2, 5, 10), (1, 1, 3)):
+        tune(scan_triton, block_d=block_d, seg=seg, chunk_len=chunk_len)
         x = leaves(inputs)
         out, last = _scan(x, case, "triton")
         (out.square().sum() + last.sum()).backward()
         results.append([out, last] + [x[k].grad for k in SCAN_ARGS if x[k] is not None])
-    for a, b in zip(*results):
-        assert_close(a, b, "scan", case.dtype, "chunked vs single chunk")
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert_close(a, b, "scan", case.dtype, "other tiling")
 
 
 @pytest.mark.interpret
 def test_scan_gradients_bitwise_deterministic(tune):
-    tune(scan_triton, block_d=2, block_t=4, chunk_len=8)
+    tune(scan_triton, block_d=2, seg=2, chunk_len=6)
     case = ScanCase(batch=2, dim=4, L=12, N=4, b_kind="g2", c_kind="var", initial_state=True)
     inputs = _to(scan_inputs(case), _device(torch.cuda.is_available()))
     runs = []
@@ -199,7 +203,7 @@ CONV_CASES = [  # (batch, dim, L, width, bias, silu, reverse, dtype, tiling)
     (2, 4, 13, 2, True, True, False, torch.float32, dict(block_d=2, block_t=4)),
     (1, 3, 9, 3, False, True, True, torch.float32, dict(block_d=2, block_t=4)),
     (2, 4, 11, 4, True, False, True, torch.float32, dict(block_d=None, block_t=4)),
-    (1, 5, 7, 5, True, True, True, torch.float32, dict(block_d=4, block_t=2)),
+    (1, 5, 19, 5, True, True, True, torch.float32, dict(block_d=4, block_t=2)),
     (1, 4, 17, 6, False, False, False, torch.float32, dict(block_d=None, block_t=None)),
     (2, 2, 5, 7, True, True, False, torch.float32, dict(block_d=None, block_t=None)),
     (1, 4, 3, 8, True, True, True, torch.float32, dict(block_d=2, block_t=2)),
@@ -307,7 +311,7 @@ def check_mixer(batch, d_model, L, N, bidirectional, device):
 @pytest.mark.interpret
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["mamba_inner", "bimamba_inner"])
 def test_mixers_interpret(bidirectional, tune):
-    tune(scan_triton, block_t=4, chunk_len=8)
+    tune(scan_triton, seg=4, chunk_len=8)
     tune(conv_triton, block_t=4)
     check_mixer(2, 4, 11, 4, bidirectional, _device(torch.cuda.is_available()))
 
@@ -355,7 +359,7 @@ def test_compile_fullgraph_inductor_cuda():
 def test_mixer_op_opcheck_and_compile(tune):
     """The mixer custom op on the Triton backend passes opcheck and compiles with fullgraph=True."""
     from vimd_kernels.mamba_inner.fused import _mixer_fwd
-    tune(scan_triton, block_t=4, chunk_len=8)
+    tune(scan_triton, seg=4, chunk_len=8)
     tune(conv_triton, block_t=4)
     dev = _device(torch.cuda.is_available())
     gen = torch.Generator().manual_seed(0)

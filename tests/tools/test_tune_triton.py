@@ -9,13 +9,13 @@ from tools.gpu import tune_triton
 
 def test_variants_start_with_the_default_tiling():
     v = tune_triton.variants("selective_scan")
-    assert v[0] == {"block_t": None, "block_d": None, "bwd_warps": None}
+    assert v[0] == {"block_d": None, "seg": None, "bwd_warps": None}
     assert len(v) == 1 + math.prod(len(x) for x in tune_triton.KNOBS["selective_scan"].values())
     assert tune_triton.variants("causal_conv1d", {"warps": (4, 8)}) == [{"warps": None}, {"warps": 4}, {"warps": 8}]
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("op,knobs", [("selective_scan", {"block_t": (4,), "bwd_warps": (4,)}),
+@pytest.mark.parametrize("op,knobs", [("selective_scan", {"seg": (4,), "bwd_warps": (4,)}),
                                       ("causal_conv1d", {"block_t": (8,), "warps": (4,)})])
 def test_sweep_times_variants_and_restores_tune(op, knobs):
     mod = tune_triton.tune_module(op)

@@ -1,9 +1,9 @@
 """Sweep the Triton kernels' tile knobs on a GPU: ``python -m tools.gpu.tune_triton [--op ...]``.
 
 Times fwd+bwd of the triton backend for every variant of the module's ``TUNE`` knobs (scan:
-block_t x block_d x backward warps; conv: block_t x block_d x warps) at one workload, and prints
-them fastest first next to the default tiling, so a GPU session can pick better defaults in one
-run. A variant that fails (too many resources, a compile error) is listed with its error.
+block_d x backward segment x backward warps; conv: block_t x block_d x warps) at one workload,
+and prints them fastest first next to the default tiling, so a GPU session can pick better
+defaults in one run. A variant that fails (too many resources, a compile error) is listed with its error.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 from benchmarks import common, kernels, shapes
 
 KNOBS = {
-    "selective_scan": dict(block_t=(16, 32, 64), block_d=(2, 4, 8), bwd_warps=(4, 8)),
+    "selective_scan": dict(block_d=(8, 16, 32, 64), seg=(16, 32, 64), bwd_warps=(4, 8)),
     "causal_conv1d": dict(block_t=(128, 256, 512), block_d=(4, 8, 16), warps=(4, 8)),
 }
 
