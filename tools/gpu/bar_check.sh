@@ -40,12 +40,12 @@ ARCH=${ARCH:-90}
 
 size() {
   local total=0 n f
-  for f in $(find .carry -type f 2>/dev/null | sort); do
+  for f in $(find "${CARRY:-.carry}" -type f 2>/dev/null | sort); do
     n=$(stat -c %s "$f"); total=$(( total + n ))
     printf '%10d  %s\n' "$n" "$f"
   done
   printf '%10d  total (%s MiB; at most %s MiB)\n' "$total" "$(awk "BEGIN {printf \"%.1f\", $total / 1048576}")" "$CARRY_MAX_MIB"
-  [ "$total" -le $(( CARRY_MAX_MIB * 1048576 )) ] || { echo "bar_check: .carry is over $CARRY_MAX_MIB MiB" >&2; return 2; }
+  [ "$total" -le $(( CARRY_MAX_MIB * 1048576 )) ] || { echo "bar_check: ${CARRY:-.carry} is over $CARRY_MAX_MIB MiB" >&2; return 2; }
 }
 
 case "${1:-run}" in

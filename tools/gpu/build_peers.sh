@@ -162,7 +162,7 @@ if has pack; then
   stage=$CACHE/pack
   rm -rf "$stage" && mkdir -p "$stage" "$DEST"
   for p in $MAMBA $CONV; do
-    so=$(ls "$CACHE/src/$p"/*"$suffix" 2>/dev/null | head -1)
+    so=$(ls "$CACHE/src/$p"/*"$suffix" 2>/dev/null | head -1 || true)
     [ -n "$so" ] || die "pack: no built extension in $CACHE/src/$p (run the build step)"
     echo "build_peers: $(basename "$so"): $(stat -c %s "$so") bytes as built"
     strip --strip-debug -o "$stage/$(basename "$so")" "$so"

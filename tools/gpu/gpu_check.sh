@@ -47,7 +47,7 @@
 # Env: OUT, STAGES (build peers test test-slow sanitize bench versions test-triton profile ncu models plan tune), ARCH (default:
 #      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), TEST_TIMEOUT_S (cap per test set), PACK, PYTEST_ARGS, BENCH_ARGS, PEER_PATH,
 #      BASELINE_CSV (a committed --preset gpu run the bench stage is compared with: compare.txt; the
-#      run's bars: bars.txt, tools/gpu/bars.py; its floors: floors.txt, tools/gpu/floors.py), VERSIONS_DIR (default .carry/versions), VERSIONS_OPS (the ops
+#      run's bars: bars.txt, tools/gpu/bars.py; its floors: floors.txt, tools/gpu/floors.py), CARRY (default .carry), VERSIONS_DIR (default $CARRY/versions), VERSIONS_OPS (the ops
 #      the versions stage times; default "selective_scan causal_conv1d"), VERSIONS_BUDGET_S (each
 #      version's benchmark budget, default 60), DRY_RUN, REQUIRE_GPU.
 set -uo pipefail
@@ -59,6 +59,7 @@ STAGES=${STAGES:-"build peers test bench test-triton"}
 MAX_JOBS=${MAX_JOBS:-16}
 DEADLINE_S=${DEADLINE_S:-570}
 PY=${PY:-python3}
+CARRY=${CARRY:-.carry}   # what the call carried: ours/, peers/, versions/
 summary="$OUT/summary.txt"
 : >"$summary"
 note() { echo "$*" | tee -a "$summary"; }
@@ -79,8 +80,8 @@ enough_time() {
   $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
   $PY -c "import triton; print('triton', triton.__version__)" 2>&1
   $PY -c "import setuptools, sys; print('setuptools', setuptools.__version__)" 2>&1 | tail -1
-  for f in .carry/ours/commit .carry/peers/PEERS; do [ -f "$f" ] && sed "s|^|$f: |" "$f"; done
-  ls "${VERSIONS_DIR:-.carry/versions}" 2>/dev/null | sed 's|^|versions packed: |'
+  for f in "$CARRY"/ours/commit "$CARRY"/peers/PEERS; do [ -f "$f" ] && sed "s|^|$f: |" "$f"; done
+  ls "${VERSIONS_DIR:-$CARRY/versions}" 2>/dev/null | sed 's|^|versions packed: |'
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 preflight_failed=()   # carried pieces that failed their check (the dry run's rc 4)
@@ -94,7 +95,7 @@ no_build=0
 ARCH=${ARCH:-$($PY -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}{c[1]}')" 2>/dev/null || echo 90)}
 ext_suffix=$($PY -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))" 2>/dev/null)
 # carried peers (tools/gpu/build_peers.sh): used when built for this architecture and this Python
-peer_pack=.carry/peers/peers-sm$ARCH${ext_suffix%.so}.tar.xz
+peer_pack=$CARRY/peers/peers-sm$ARCH${ext_suffix%.so}.tar.xz
 if [ -f "$peer_pack" ]; then
   rm -rf .gpu_cache/peers/prebuilt && mkdir -p .gpu_cache/peers/prebuilt \
     && tar xJf "$peer_pack" -C .gpu_cache/peers/prebuilt \
@@ -105,8 +106,8 @@ if [ -f "$peer_pack" ]; then
     note "peers: carried $peer_pack does not import: $(tail -1 "$OUT/peers_import.log")"
     preflight_failed+=(peers)
   fi
-elif ls .carry/peers/peers-*.tar.xz >/dev/null 2>&1; then
-  note "peers: carried $(cd .carry/peers && echo peers-*.tar.xz) left out: not $peer_pack (sm_$ARCH, $ext_suffix)"
+elif ls "$CARRY"/peers/peers-*.tar.xz >/dev/null 2>&1; then
+  note "peers: carried $(cd "$CARRY"/peers && echo peers-*.tar.xz) left out: not $peer_pack (sm_$ARCH, $ext_suffix)"
   preflight_failed+=(peers)
 elif [ $no_build = 1 ] && ! has peers; then
   note "peers: nothing carried (bash tools/gpu/build_peers.sh packs them into .carry/peers)"
@@ -139,7 +140,7 @@ fi
 # build when it was compiled from these very sources, for this GPU and this Python: the lent
 # machine's minutes then go to tests and benchmarks.
 build_rc=skip
-prebuilt=.carry/ours
+prebuilt=$CARRY/ours
 if has build && [ -f "$prebuilt/_C$ext_suffix.xz" ] && [ "$(cat "$prebuilt/arch" 2>/dev/null)" = "$ARCH" ] \
     && [ "$(cat "$prebuilt/source.sha256" 2>/dev/null)" = "$(bash tools/gpu/prebuild_ext.sh --hash)" ]; then
   xz -dc "$prebuilt/_C$ext_suffix.xz" >"vimd_kernels/_C$ext_suffix" && build_rc=0 || build_rc=1
@@ -169,10 +170,10 @@ ver_pids=()
 ver_labels=()  # this call's trees (a warm machine may hold others under .gpu_cache/versions/)
 if has versions; then
   shopt -s nullglob
-  tars=("${VERSIONS_DIR:-.carry/versions}"/*.tar.gz "${VERSIONS_DIR:-.carry/versions}"/*.tar.xz)
+  tars=("${VERSIONS_DIR:-$CARRY/versions}"/*.tar.gz "${VERSIONS_DIR:-$CARRY/versions}"/*.tar.xz)
   shopt -u nullglob
   if [ ${#tars[@]} = 0 ]; then
-    note "versions: nothing in ${VERSIONS_DIR:-.carry/versions} (bash tools/gpu/pack_versions.sh REV ..., then carry .carry)"
+    note "versions: nothing in ${VERSIONS_DIR:-$CARRY/versions} (bash tools/gpu/pack_versions.sh REV ..., then carry .carry)"
     [ $no_build = 1 ] && preflight_failed+=(versions)
   else
     mkdir -p "$OUT/versions"
