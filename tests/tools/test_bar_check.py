@@ -196,3 +196,29 @@ def test_dry_run_stops_at_the_first_gpu_step_and_names_what_is_missing(tmp_path)
     assert "versions: nothing in" in summary and "preflight: failed: peers build versions" in summary
     assert "bench: job list: # 78 jobs on cuda" in summary        # the bar cells without the slow peers
     assert not (out / "pytest_cuda.log").exists() and not (out / "build.log").exists()
+
+
+def test_build_peers_pack_strips_and_packs_both_with_a_manifest(tmp_path):
+    """The pack step: both extension modules stripped of host debug info beside their Python
+    packages in one tar.xz named for the architecture and the Python, with a PEERS manifest."""
+    import sysconfig
+    repo = _repo_with(tmp_path, "build_peers.sh")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    (tmp_path / "m.c").write_text("int peer_answer(void) { return 42; }\n")
+    for peer, module in (("mamba_ssm-2.3.2.post1", "selective_scan_cuda"), ("causal_conv1d-1.7.0", "causal_conv1d_cuda")):
+        src = repo / ".gpu_cache" / "peers" / "src" / peer
+        (src / peer.split("-")[0]).mkdir(parents=True)
+        (src / peer.split("-")[0] / "__init__.py").write_text("")
+        subprocess.run(["gcc", "-g", "-shared", "-fPIC", "-o", str(src / f"{module}{suffix}"), str(tmp_path / "m.c")],
+                       check=True)
+    r = _bash(repo, "build_peers.sh", "pack", PY=sys.executable, ARCH="90")
+    assert r.returncode == 0, r.stdout + r.stderr
+    pack = repo / ".carry" / "peers" / f"peers-sm90{suffix[:-3]}.tar.xz"
+    assert f"packed {pack}" in r.stdout and "bytes stripped of host debug info" in r.stdout
+    with tarfile.open(pack) as t:
+        names = {os.path.normpath(n) for n in t.getnames()}
+        manifest = t.extractfile("./PEERS").read().decode()
+    assert {f"selective_scan_cuda{suffix}", f"causal_conv1d_cuda{suffix}", "mamba_ssm/__init__.py",
+            "causal_conv1d/__init__.py", "PEERS"} <= names
+    assert "mamba_ssm 2.3.2.post1\ncausal_conv1d 1.7.0\narch 90\n" in manifest and f"ext_suffix {suffix}" in manifest
+    assert (repo / ".carry" / "peers" / "PEERS").read_text() == manifest

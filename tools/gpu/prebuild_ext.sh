@@ -30,13 +30,24 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir "$tmp/src"
 git archive "$sha" | tar xf - -C "$tmp/src"
-start=$(date +%s)
-(cd "$tmp/src" && CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" \
-  VIMD_CUDA_ARCHS=$ARCH MAX_JOBS=${MAX_JOBS:-2} nice -n "${NICE:-19}" "$PY" setup.py build_ext --inplace \
-  >"$tmp/build.log" 2>&1) || { tail -30 "$tmp/build.log" >&2; exit 1; }
-echo "prebuild_ext: built ${sha:0:7} for sm_$ARCH in $(( $(date +%s) - start ))s"
+# modules already built here are kept by source hash, architecture and Python (.gpu_cache/prebuilt):
+# the same kernel sources (HEAD and a packed version, or a tree whose change touched no kernel) build once
 suffix=$("$PY" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
-[ -f "$tmp/src/vimd_kernels/_C$suffix" ] || { echo "prebuild_ext: no vimd_kernels/_C$suffix was built" >&2; exit 1; }
+cached=.gpu_cache/prebuilt/$(cd "$tmp/src" && src_hash)-sm$ARCH$suffix
+if [ -f "$cached" ]; then
+  cp "$cached" "$tmp/src/vimd_kernels/_C$suffix"
+  echo "prebuild_ext: ${sha:0:7}: the module of the same sources is in $cached (not rebuilt)"
+  : >"$tmp/build.log"
+else
+  start=$(date +%s)
+  (cd "$tmp/src" && CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" \
+    VIMD_CUDA_ARCHS=$ARCH MAX_JOBS=${MAX_JOBS:-2} nice -n "${NICE:-19}" "$PY" setup.py build_ext --inplace \
+    >"$tmp/build.log" 2>&1) || { tail -30 "$tmp/build.log" >&2; exit 1; }
+  echo "prebuild_ext: built ${sha:0:7} for sm_$ARCH in $(( $(date +%s) - start ))s"
+  [ -f "$tmp/src/vimd_kernels/_C$suffix" ] || { echo "prebuild_ext: no vimd_kernels/_C$suffix was built" >&2; exit 1; }
+  mkdir -p .gpu_cache/prebuilt
+  cp "$tmp/src/vimd_kernels/_C$suffix" "$cached"
+fi
 echo "ptxas spill warnings: $(grep -c "Registers are spilled" "$tmp/build.log" || true)"
 if [ -n "${VERSION_TAR:-}" ]; then
   strip --strip-debug "$tmp/src/vimd_kernels/_C$suffix"
