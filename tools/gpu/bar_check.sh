@@ -19,7 +19,7 @@
 #      mamba_ssm, mamba_ssm_composed, causal_conv1d: no reference, no torch.compile, no mambapy),
 #      within BENCH_BUDGET_S = 120 s; then bars.txt, compare.txt (against the H200 run), floors.txt;
 #   5. versions: the cuda kernels of scan, conv and the bidirectional mixer at the bar cells, timed
-#      for this tree (HEAD) and each packed version one after the other, VERSIONS_BUDGET_S = 40 s
+#      for this tree (HEAD) and each packed version one after the other, VERSIONS_BUDGET_S = 30 s
 #      each; versions/compare_<sha>.txt per version.
 # Stage budgets add up to about 6 minutes; DEADLINE_S = 450 s bounds the whole script (a stage that
 # would start too late is skipped and says so), under the run's 480 s.
@@ -62,7 +62,7 @@ case "${1:-run}" in
   run)
     export STAGES=${STAGES:-"build test bench versions"} DEADLINE_S=${DEADLINE_S:-450} \
       TEST_TIMEOUT_S=${TEST_TIMEOUT_S:-90} BENCH_BUDGET_S=${BENCH_BUDGET_S:-120} \
-      VERSIONS_BUDGET_S=${VERSIONS_BUDGET_S:-40} VERSIONS_OPS=${VERSIONS_OPS:-"selective_scan causal_conv1d bimamba_inner"} \
+      VERSIONS_BUDGET_S=${VERSIONS_BUDGET_S:-30} VERSIONS_OPS=${VERSIONS_OPS:-"selective_scan causal_conv1d bimamba_inner"} \
       BENCH_ARGS=${BENCH_ARGS:-"--providers cuda triton mamba_ssm mamba_ssm_composed causal_conv1d"} \
       PACK=${PACK:-1} REQUIRE_GPU=${REQUIRE_GPU:-1}
     # on a CPU machine the dry run imports the cp312 modules with the GPU image's stack
