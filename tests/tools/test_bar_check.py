@@ -185,14 +185,16 @@ def test_dry_run_stops_at_the_first_gpu_step_and_names_what_is_missing(tmp_path)
     tests with rc 3 (rc 4: a carried piece is missing), naming the steps that need a GPU; it compiles
     nothing and runs no test."""
     out, carry = tmp_path / "out", tmp_path / "carry"
-    carry.mkdir()
+    (carry / "peers").mkdir(parents=True)
+    (carry / "peers" / "peers-sm80.cpython-399-x86_64-linux-gnu.tar.xz").write_bytes(b"")   # another GPU, Python
     env = {**os.environ, "OUT": str(out), "PY": sys.executable, "CARRY": str(carry)}
     r = subprocess.run(["bash", "tools/gpu/bar_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
     summary = (out / "summary.txt").read_text()
     assert r.returncode == 4, r.stdout[-3000:] + r.stderr[-3000:]
     assert "before the steps that need a GPU (test bench versions)" in summary and "sees no CUDA device" in summary
-    assert "build: no prebuilt extension in" in summary and "peers: nothing carried" in summary
+    assert "build: no prebuilt extension in" in summary
+    assert "peers: carried peers-sm80.cpython-399-x86_64-linux-gnu.tar.xz left out: not" in summary
     assert "versions: nothing in" in summary and "preflight: failed: peers build versions" in summary
     assert "bench: job list: # 78 jobs on cuda" in summary        # the bar cells without the slow peers
     assert not (out / "pytest_cuda.log").exists() and not (out / "build.log").exists()
