@@ -41,7 +41,7 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 MAMBA=mamba_ssm-$MAMBA_VERSION
 CONV=causal_conv1d-$CONV_VERSION
 ALL_STEPS="venv download patch build pack"
-MIN_FREE_GB=12   # the venv (torch + its CUDA libraries) takes ~7 GB, the builds ~1 GB
+MIN_FREE_GB=8   # the venv (torch + its CUDA libraries) takes 4.7 GB, the builds ~1 GB
 
 die() { echo "build_peers: $*" >&2; exit 2; }
 stamp() { echo "build_peers: $1 in $(( $(date +%s) - $2 ))s"; }

@@ -59,6 +59,7 @@ STAGES=${STAGES:-"build peers test bench test-triton"}
 MAX_JOBS=${MAX_JOBS:-16}
 DEADLINE_S=${DEADLINE_S:-570}
 PY=${PY:-python3}
+case $PY in */*) PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY") ;; esac   # stages cd elsewhere
 CARRY=${CARRY:-.carry}   # what the call carried: ours/, peers/, versions/
 summary="$OUT/summary.txt"
 : >"$summary"
@@ -85,6 +86,7 @@ enough_time() {
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 preflight_failed=()   # carried pieces that failed their check (the dry run's rc 4)
+failed() { [[ " ${preflight_failed[*]} " == *" $1 "* ]] || preflight_failed+=("$1"); }
 dry=${DRY_RUN:-0}
 has_gpu=0
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && has_gpu=1
@@ -106,14 +108,14 @@ import_peer('mamba_ssm.ops.selective_scan_interface'); import causal_conv1d" >"$
     note "peers: carried $peer_pack unpacked and imported ($(grep -E '^(mamba_ssm|causal_conv1d) ' .gpu_cache/peers/prebuilt/PEERS | tr '\n' ' '))"
   else
     note "peers: carried $peer_pack does not import: $(tail -1 "$OUT/peers_import.log")"
-    preflight_failed+=(peers)
+    failed peers
   fi
 elif ls "$CARRY"/peers/peers-*.tar.xz >/dev/null 2>&1; then
   note "peers: carried $(cd "$CARRY"/peers && echo peers-*.tar.xz) left out: not $peer_pack (sm_$ARCH, $ext_suffix)"
-  preflight_failed+=(peers)
+  failed peers
 elif [ $no_build = 1 ] && ! has peers; then
   note "peers: nothing carried (bash tools/gpu/build_peers.sh packs them into .carry/peers)"
-  preflight_failed+=(peers)
+  failed peers
 fi
 PEER_PATH=${PEER_PATH:-$PWD/.gpu_cache/peers/mamba_ssm-2.3.2.post1:$PWD/.gpu_cache/peers/causal_conv1d-1.7.0}
 export PYTHONPATH="$PEER_PATH${PYTHONPATH:+:$PYTHONPATH}"
@@ -149,10 +151,10 @@ if has build && [ -f "$prebuilt/_C$ext_suffix.xz" ] && [ "$(cat "$prebuilt/arch"
   export PYTHONPATH="$PWD:$PYTHONPATH"
   note "build: prebuilt extension from $prebuilt (sources match, sm_$ARCH): rc=$build_rc"
   $PY -c "import vimd_kernels as v; from vimd_kernels import _C; print('available backends:', v.available_backends()); print('has cuda ops:', hasattr(_C, 'selective_scan_fwd_cuda'))" 2>&1 | tee -a "$summary"
-  $PY -c "from vimd_kernels import _C; assert hasattr(_C, 'selective_scan_fwd_cuda')" 2>/dev/null || preflight_failed+=(build)
+  $PY -c "from vimd_kernels import _C; assert hasattr(_C, 'selective_scan_fwd_cuda')" 2>/dev/null || failed build
 elif has build && [ $no_build = 1 ]; then
   note "build: no prebuilt extension in $prebuilt for these sources (sm_$ARCH, $ext_suffix): the GPU machine would compile it (~82 s with 16 jobs); run tools/gpu/prebuild_ext.sh"
-  preflight_failed+=(build)
+  failed build
 elif has build && enough_time build 120; then
   bstart=$(date +%s)
   TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" VIMD_CUDA_ARCHS=$ARCH MAX_JOBS=$MAX_JOBS \
@@ -176,7 +178,7 @@ if has versions; then
   shopt -u nullglob
   if [ ${#tars[@]} = 0 ]; then
     note "versions: nothing in ${VERSIONS_DIR:-$CARRY/versions} (bash tools/gpu/pack_versions.sh REV ..., then carry .carry)"
-    [ $no_build = 1 ] && preflight_failed+=(versions)
+    [ $no_build = 1 ] && failed versions
   else
     mkdir -p "$OUT/versions"
     for t in "${tars[@]}"; do
@@ -190,14 +192,14 @@ if has versions; then
               >"$OUT/versions/build_$label.log" 2>&1; then
           echo 0 >"$OUT/versions/build_$label.rc"; note "versions: $label prebuilt for sm_$ARCH, imports"
         else
-          echo 5 >"$OUT/versions/build_$label.rc"; preflight_failed+=("versions:$label")
+          echo 5 >"$OUT/versions/build_$label.rc"; failed "versions:$label"
           note "versions: $label prebuilt for '$(cat "$dir/.prebuilt")', not 'sm $ARCH $ext_suffix', or its module does not import (versions/build_$label.log)"
         fi
         continue
       fi
       if [ $no_build = 1 ]; then
         note "versions: $label is source only: the GPU machine would build it (pack it with PY=... to prebuild)"
-        echo 6 >"$OUT/versions/build_$label.rc"; preflight_failed+=("versions:$label")
+        echo 6 >"$OUT/versions/build_$label.rc"; failed "versions:$label"
         continue
       fi
       ( cd "$dir" && TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" VIMD_CUDA_ARCHS=$ARCH \
@@ -222,14 +224,14 @@ if [ "$dry" = 1 ] || [ $no_build = 1 ]; then
     # shellcheck disable=SC2086
     if n=$($PY -m benchmarks.kernels --preset gpu --device cuda --dry-run ${BENCH_ARGS:-} 2>&1 | tail -1); then
       note "bench: job list: $n (${BENCH_ARGS:-the whole gpu preset})"
-    else note "bench: the job list does not parse: $n"; preflight_failed+=(bench); fi
+    else note "bench: the job list does not parse: $n"; failed bench; fi
   fi
   for label in "${ver_labels[@]}"; do
     dir=.gpu_cache/versions/$label
     if n=$(cd "$dir" && $PY -m benchmarks.kernels --preset "$(preset_of .)" --device cuda --dry-run \
         --ops ${VERSIONS_OPS:-selective_scan causal_conv1d} --providers cuda 2>&1 | tail -1); then
       note "versions: $label job list: $n"
-    else note "versions: $label job list does not parse: $n"; preflight_failed+=("versions:$label"); fi
+    else note "versions: $label job list does not parse: $n"; failed "versions:$label"; fi
   done
 fi
 if [ ${#preflight_failed[@]} -gt 0 ]; then note "preflight: failed: ${preflight_failed[*]}"; fi
