@@ -123,6 +123,6 @@ def test_versions_stage_builds_each_packed_tree_and_reports_failures(tmp_path):
         summary = _run(tmp_path, "versions", 120, VERSIONS_DIR=str(packed))
     finally:
         shutil.rmtree(os.path.join(ROOT, ".gpu_cache", "versions", "deadbee"), ignore_errors=True)
-    assert "versions: building 1 in the background (deadbee.tar.gz" in summary, summary
+    assert "versions: 1 packed, 1 building in the background (deadbee.tar.gz" in summary, summary
     assert "versions: this tree timed: rc=" in summary            # no GPU here: benchmarks.kernels refuses
     assert "versions: deadbee build rc=3" in summary, summary

@@ -35,11 +35,21 @@
 # Optional stage `ncu`: Nsight Compute (SpeedOfLight, Occupancy, WarpStateStats, ...) of our kernels
 # and the peers' at NCU_JOBS (profile_kernels' jobs, run once each): ncu_details.txt.
 # Optional stage `test-slow`: the `slow` cuda tests (real shapes against the reference's loop over L).
+# Carried peers: .carry/peers/peers-sm<ARCH><suffix>.tar.xz from tools/gpu/build_peers.sh (mamba_ssm and
+# causal_conv1d built on a CPU machine for this GPU's architecture and Python) is unpacked into
+# .gpu_cache/peers/prebuilt and put on PYTHONPATH; a pack for another architecture or Python is named
+# and left out.
+# Dry run and the GPU gate: everything before the first step that needs a GPU (unpacking and
+# importing the carried extensions, unpacking the versions) runs first; then, with DRY_RUN=1, or
+# with REQUIRE_GPU=1 where no GPU is visible, the script stops there (rc 3 without a GPU, naming
+# the steps that need one; rc 4 when a carried piece failed its check; rc 0 on a GPU with DRY_RUN=1).
+# tools/gpu/bar_check.sh is the one-call check of the performance bars built on this script.
 # Env: OUT, STAGES (build peers test test-slow sanitize bench versions test-triton profile ncu models plan tune), ARCH (default:
 #      this GPU's, e.g. 90), MAX_JOBS, DEADLINE_S, TEST_WORKERS (default 8), TEST_TIMEOUT_S (cap per test set), PACK, PYTEST_ARGS, BENCH_ARGS, PEER_PATH,
 #      BASELINE_CSV (a committed --preset gpu run the bench stage is compared with: compare.txt; the
-#      run's bars: bars.txt, tools/gpu/bars.py; its floors: floors.txt, tools/gpu/floors.py), VERSIONS_DIR (default .carry/versions), VERSIONS_OPS (the ops
-#      the versions stage times; default "selective_scan causal_conv1d").
+#      run's bars: bars.txt, tools/gpu/bars.py; its floors: floors.txt, tools/gpu/floors.py), CARRY (default .carry), VERSIONS_DIR (default $CARRY/versions), VERSIONS_OPS (the ops
+#      the versions stage times; default "selective_scan causal_conv1d"), VERSIONS_BUDGET_S (each
+#      version's benchmark budget, default 60), DRY_RUN, REQUIRE_GPU.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -49,6 +59,8 @@ STAGES=${STAGES:-"build peers test bench test-triton"}
 MAX_JOBS=${MAX_JOBS:-16}
 DEADLINE_S=${DEADLINE_S:-570}
 PY=${PY:-python3}
+case $PY in */*) PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY") ;; esac   # stages cd elsewhere
+CARRY=${CARRY:-.carry}   # what the call carried: ours/, peers/, versions/
 summary="$OUT/summary.txt"
 : >"$summary"
 note() { echo "$*" | tee -a "$summary"; }
@@ -69,10 +81,42 @@ enough_time() {
   $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
   $PY -c "import triton; print('triton', triton.__version__)" 2>&1
   $PY -c "import setuptools, sys; print('setuptools', setuptools.__version__)" 2>&1 | tail -1
+  for f in "$CARRY"/ours/commit "$CARRY"/peers/PEERS; do [ -f "$f" ] && sed "s|^|$f: |" "$f"; done
+  ls "${VERSIONS_DIR:-$CARRY/versions}" 2>/dev/null | sed 's|^|versions packed: |'
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
+preflight_failed=()   # carried pieces that failed their check (the dry run's rc 4)
+failed() { [[ " ${preflight_failed[*]} " == *" $1 "* ]] || preflight_failed+=("$1"); }
+dry=${DRY_RUN:-0}
+has_gpu=0
+$PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && has_gpu=1
+# no compiling where the GPU gate will stop the script: the dry run, or REQUIRE_GPU=1 without a GPU
+no_build=0
+{ [ "$dry" = 1 ] || { [ "${REQUIRE_GPU:-0}" = 1 ] && [ $has_gpu = 0 ]; }; } && no_build=1
 
 ARCH=${ARCH:-$($PY -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}{c[1]}')" 2>/dev/null || echo 90)}
+ext_suffix=$($PY -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))" 2>/dev/null)
+# carried peers (tools/gpu/build_peers.sh): used when built for this architecture and this Python
+peer_pack=$CARRY/peers/peers-sm$ARCH${ext_suffix%.so}.tar.xz
+if [ -f "$peer_pack" ]; then
+  rm -rf .gpu_cache/peers/prebuilt && mkdir -p .gpu_cache/peers/prebuilt \
+    && tar xJf "$peer_pack" -C .gpu_cache/peers/prebuilt \
+    && PEER_PATH=${PEER_PATH:-$PWD/.gpu_cache/peers/prebuilt}
+  # imported as the benchmarks import them (benchmarks.kernels.import_peer skips mamba_ssm's __init__)
+  if PYTHONPATH="$PWD/.gpu_cache/peers/prebuilt" $PY -c "from benchmarks.kernels import import_peer
+import_peer('mamba_ssm.ops.selective_scan_interface'); import causal_conv1d" >"$OUT/peers_import.log" 2>&1; then
+    note "peers: carried $peer_pack unpacked and imported ($(grep -E '^(mamba_ssm|causal_conv1d) ' .gpu_cache/peers/prebuilt/PEERS | tr '\n' ' '))"
+  else
+    note "peers: carried $peer_pack does not import: $(tail -1 "$OUT/peers_import.log")"
+    failed peers
+  fi
+elif ls "$CARRY"/peers/peers-*.tar.xz >/dev/null 2>&1; then
+  note "peers: carried $(cd "$CARRY"/peers && echo peers-*.tar.xz) left out: not $peer_pack (sm_$ARCH, $ext_suffix)"
+  failed peers
+elif [ $no_build = 1 ] && ! has peers; then
+  note "peers: nothing carried (bash tools/gpu/build_peers.sh packs them into .carry/peers)"
+  failed peers
+fi
 PEER_PATH=${PEER_PATH:-$PWD/.gpu_cache/peers/mamba_ssm-2.3.2.post1:$PWD/.gpu_cache/peers/causal_conv1d-1.7.0}
 export PYTHONPATH="$PEER_PATH${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -100,14 +144,17 @@ fi
 # build when it was compiled from these very sources, for this GPU and this Python: the lent
 # machine's minutes then go to tests and benchmarks.
 build_rc=skip
-prebuilt=.carry/ours
-ext_suffix=$($PY -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))" 2>/dev/null)
+prebuilt=$CARRY/ours
 if has build && [ -f "$prebuilt/_C$ext_suffix.xz" ] && [ "$(cat "$prebuilt/arch" 2>/dev/null)" = "$ARCH" ] \
     && [ "$(cat "$prebuilt/source.sha256" 2>/dev/null)" = "$(bash tools/gpu/prebuild_ext.sh --hash)" ]; then
   xz -dc "$prebuilt/_C$ext_suffix.xz" >"vimd_kernels/_C$ext_suffix" && build_rc=0 || build_rc=1
   export PYTHONPATH="$PWD:$PYTHONPATH"
   note "build: prebuilt extension from $prebuilt (sources match, sm_$ARCH): rc=$build_rc"
   $PY -c "import vimd_kernels as v; from vimd_kernels import _C; print('available backends:', v.available_backends()); print('has cuda ops:', hasattr(_C, 'selective_scan_fwd_cuda'))" 2>&1 | tee -a "$summary"
+  $PY -c "from vimd_kernels import _C; assert hasattr(_C, 'selective_scan_fwd_cuda')" 2>/dev/null || failed build
+elif has build && [ $no_build = 1 ]; then
+  note "build: no prebuilt extension in $prebuilt for these sources (sm_$ARCH, $ext_suffix): the GPU machine would compile it (~82 s with 16 jobs); run tools/gpu/prebuild_ext.sh"
+  failed build
 elif has build && enough_time build 120; then
   bstart=$(date +%s)
   TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" VIMD_CUDA_ARCHS=$ARCH MAX_JOBS=$MAX_JOBS \
@@ -126,24 +173,81 @@ fi
 ver_pids=()
 ver_labels=()  # this call's trees (a warm machine may hold others under .gpu_cache/versions/)
 if has versions; then
-  tars=("${VERSIONS_DIR:-.carry/versions}"/*.tar.gz)
-  if [ ! -f "${tars[0]}" ]; then
-    note "versions: nothing in ${VERSIONS_DIR:-.carry/versions} (bash tools/gpu/pack_versions.sh REV ..., then carry .carry)"
+  shopt -s nullglob
+  tars=("${VERSIONS_DIR:-$CARRY/versions}"/*.tar.gz "${VERSIONS_DIR:-$CARRY/versions}"/*.tar.xz)
+  shopt -u nullglob
+  if [ ${#tars[@]} = 0 ]; then
+    note "versions: nothing in ${VERSIONS_DIR:-$CARRY/versions} (bash tools/gpu/pack_versions.sh REV ..., then carry .carry)"
+    [ $no_build = 1 ] && failed versions
   else
     mkdir -p "$OUT/versions"
     for t in "${tars[@]}"; do
-      label=$(basename "$t" .tar.gz)
+      label=$(basename "$t"); label=${label%.tar.*}
       dir=.gpu_cache/versions/$label
-      rm -rf "$dir" && mkdir -p "$dir" && tar xzf "$t" -C "$dir"
+      rm -rf "$dir" && mkdir -p "$dir" && tar xf "$t" -C "$dir"
+      ver_labels+=("$label")
+      if [ -f "$dir/.prebuilt" ]; then   # built by tools/gpu/prebuild_ext.sh: checked, not rebuilt
+        if [ "$(cat "$dir/.prebuilt")" = "$ARCH $ext_suffix" ] \
+            && (cd "$dir" && $PY -c "from vimd_kernels import _C; assert hasattr(_C, 'selective_scan_fwd_cuda')") \
+              >"$OUT/versions/build_$label.log" 2>&1; then
+          echo 0 >"$OUT/versions/build_$label.rc"; note "versions: $label prebuilt for sm_$ARCH, imports"
+        else
+          echo 5 >"$OUT/versions/build_$label.rc"; failed "versions:$label"
+          note "versions: $label prebuilt for '$(cat "$dir/.prebuilt")', not 'sm $ARCH $ext_suffix', or its module does not import (versions/build_$label.log)"
+        fi
+        continue
+      fi
+      if [ $no_build = 1 ]; then
+        note "versions: $label is source only: the GPU machine would build it (pack it with PY=... to prebuild)"
+        echo 6 >"$OUT/versions/build_$label.rc"; failed "versions:$label"
+        continue
+      fi
       ( cd "$dir" && TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" VIMD_CUDA_ARCHS=$ARCH \
           MAX_JOBS=$(( MAX_JOBS / ${#tars[@]} > 0 ? MAX_JOBS / ${#tars[@]} : 1 )) \
           timeout "$(left)" $PY setup.py build_ext --inplace >"$OUT/versions/build_$label.log" 2>&1
         echo $? >"$OUT/versions/build_$label.rc" ) &
       ver_pids+=($!)
-      ver_labels+=("$label")
     done
-    note "versions: building ${#tars[@]} in the background ($(basename -a "${tars[@]}" | tr '\n' ' '); versions/build_*.log)"
+    note "versions: ${#tars[@]} packed, ${#ver_pids[@]} building in the background ($(basename -a "${tars[@]}" | tr '\n' ' '); versions/build_*.log)"
   fi
+fi
+
+# The GPU gate: what follows needs a GPU (the cuda tests would only skip without one, the benchmarks
+# refuse). DRY_RUN=1 stops here; so does REQUIRE_GPU=1 where no GPU is visible.
+gpu_name() { if command -v nvidia-smi >/dev/null; then nvidia-smi -L 2>&1 | head -1; else echo "no nvidia-smi"; fi; }
+gpu_steps=()
+for st in test test-slow sanitize bench versions test-triton profile ncu models plan tune; do has $st && gpu_steps+=("$st"); done
+# the benchmark commands' job lists, from each tree's own code (--dry-run: no GPU needed)
+preset_of() { if grep -q '"gpu-bar"' "$1/benchmarks/kernels.py" 2>/dev/null; then echo gpu-bar; else echo gpu; fi; }
+if [ "$dry" = 1 ] || [ $no_build = 1 ]; then
+  if has bench; then
+    # shellcheck disable=SC2086
+    if n=$($PY -m benchmarks.kernels --preset gpu --device cuda --dry-run ${BENCH_ARGS:-} 2>&1 | tail -1); then
+      note "bench: job list: $n (${BENCH_ARGS:-the whole gpu preset})"
+    else note "bench: the job list does not parse: $n"; failed bench; fi
+  fi
+  for label in "${ver_labels[@]}"; do
+    dir=.gpu_cache/versions/$label
+    if n=$(cd "$dir" && $PY -m benchmarks.kernels --preset "$(preset_of .)" --device cuda --dry-run \
+        --ops ${VERSIONS_OPS:-selective_scan causal_conv1d} --providers cuda 2>&1 | tail -1); then
+      note "versions: $label job list: $n"
+    else note "versions: $label job list does not parse: $n"; failed "versions:$label"; fi
+  done
+fi
+if [ ${#preflight_failed[@]} -gt 0 ]; then note "preflight: failed: ${preflight_failed[*]}"; fi
+if [ "$dry" = 1 ] || [ $no_build = 1 ]; then
+  if [ $has_gpu = 0 ]; then
+    why=$($PY -c "import torch; print('torch', torch.__version__, 'sees no CUDA device')" 2>&1 | tail -1)
+    note "gpu_check: stopped after $(( $(date +%s) - t0 ))s before the steps that need a GPU (${gpu_steps[*]:-none}): $why; $(gpu_name)"
+    gate_rc=3
+  else
+    note "gpu_check: DRY_RUN=1: stopped after $(( $(date +%s) - t0 ))s before the GPU steps (${gpu_steps[*]:-none}) on $(gpu_name)"
+    gate_rc=0
+  fi
+  [ ${#preflight_failed[@]} -gt 0 ] && gate_rc=4
+  for pid in "${ver_pids[@]}"; do kill "$pid" 2>/dev/null; done
+  [ -n "$peer_pid" ] && kill "$peer_pid" 2>/dev/null
+  exit $gate_rc
 fi
 
 # run_tests NAME LOG MARKS PATHS...: the tests under PATHS selected by MARKS (xdist workers when available);
@@ -199,8 +303,10 @@ bench_rc=skip
 if has bench; then
   wait_peers 240
   if enough_time bench 90; then
-    timeout "$(( $(left) - 10 ))" $PY -m benchmarks.kernels --preset gpu --device cuda \
-      --budget-s "$(( $(left) - 40 ))" --out "$OUT/bench" ${BENCH_ARGS:-} >"$OUT/bench_kernels.log" 2>&1
+    budget=$(( $(left) - 40 ))
+    [ -n "${BENCH_BUDGET_S:-}" ] && [ "$BENCH_BUDGET_S" -lt "$budget" ] && budget=$BENCH_BUDGET_S
+    timeout "$(( budget + 30 ))" $PY -m benchmarks.kernels --preset gpu --device cuda \
+      --budget-s "$budget" --out "$OUT/bench" ${BENCH_ARGS:-} >"$OUT/bench_kernels.log" 2>&1
     bench_rc=$?
     note "bench (benchmarks.kernels --preset gpu): rc=$bench_rc (log bench_kernels.log, results bench/)"
     run_csv=$OUT/bench/kernels-gpu.csv
@@ -223,23 +329,22 @@ fi
 
 # versions: the same scan and conv jobs timed from each packed tree and from this one, one after the
 # other; compare_runs then gives each version's time against this tree's, cell by cell.
-if [ ${#ver_pids[@]} -gt 0 ]; then
-  wait "${ver_pids[@]}"
-  # the GPU preset as DIR's own code names it (`gpu-bar` in trees before its rename)
-  preset_of() { if grep -q '"gpu-bar"' "$1/benchmarks/kernels.py" 2>/dev/null; then echo gpu-bar; else echo gpu; fi; }
+if [ ${#ver_labels[@]} -gt 0 ]; then
+  [ ${#ver_pids[@]} -gt 0 ] && wait "${ver_pids[@]}"
+  # the GPU preset as DIR's own code names it (`gpu-bar` in trees before its rename): preset_of above
   vbench() {  # vbench LABEL DIR: cuda scan + conv jobs of the GPU preset, from DIR's own code
     (cd "$2" && PYTHONPATH="$PWD:${PEER_PATH}" timeout "$(( $(left) - 5 ))" $PY -m benchmarks.kernels \
       --preset "$(preset_of .)" --device cuda --ops ${VERSIONS_OPS:-selective_scan causal_conv1d} --providers cuda \
-      --budget-s 60 --no-plot --out "$OUT/versions/$1" >"$OUT/versions/$1.log" 2>&1)
+      --budget-s "${VERSIONS_BUDGET_S:-60}" --no-plot --out "$OUT/versions/$1" >"$OUT/versions/$1.log" 2>&1)
   }
-  if enough_time "versions (this tree)" 60; then
+  if enough_time "versions (this tree)" "$(( ${VERSIONS_BUDGET_S:-60} + 15 ))"; then
     vbench tree "$PWD"
     note "versions: this tree timed: rc=$? (versions/tree.log)"
     for label in "${ver_labels[@]}"; do
       dir=.gpu_cache/versions/$label
       rc=$(cat "$OUT/versions/build_$label.rc" 2>/dev/null || echo '?')
       [ "$rc" = 0 ] || { note "versions: $label build rc=$rc (versions/build_$label.log)"; continue; }
-      enough_time "versions ($label)" 60 || break
+      enough_time "versions ($label)" "$(( ${VERSIONS_BUDGET_S:-60} + 15 ))" || break
       vbench "$label" "$dir"
       note "versions: $label timed: rc=$? (versions/$label.log)"
       old_csv=$OUT/versions/$label/kernels-$(preset_of "$dir").csv

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Builds the extension (CPU + CUDA kernels) for one GPU architecture and one Python on this
-# machine, from a clean clone of HEAD, into .carry/ours/ (git-ignored): the compressed module, the
-# architecture, and a hash of the sources it was built from. tools/gpu/gpu_check.sh uses it instead
-# of building when the hash still matches, saving the lent GPU machine's minutes. Needs nvcc and a
-# Python whose torch matches the GPU machine's (e.g. PY=/tmp/v312/bin/python with torch+cu130).
+# machine, from the committed tree of HEAD, into .carry/ours/ (git-ignored): the compressed module,
+# the architecture, and a hash of the sources it was built from. tools/gpu/gpu_check.sh uses it
+# instead of building when the hash still matches, saving the lent GPU machine's minutes. Needs nvcc
+# and a Python whose torch matches the GPU machine's (tools/gpu/build_peers.sh venv makes one:
+# .gpu_cache/py312, Python 3.12 with torch 2.11.0+cu130).
 #
-#   PY=/tmp/v312/bin/python ARCH=90 bash tools/gpu/prebuild_ext.sh
+#   PY=.gpu_cache/py312/bin/python ARCH=90 bash tools/gpu/prebuild_ext.sh
 #   bash tools/gpu/prebuild_ext.sh --hash     # prints the sources' hash only
+# With VERSION_TAR=FILE and REV=COMMIT (tools/gpu/pack_versions.sh sets them), COMMIT's whole tree
+# is built and written to FILE (tar.xz) with its module in place and a `.prebuilt` marker (the
+# architecture and Python extension suffix): gpu_check.sh's versions stage then skips its build.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 src_hash() {
@@ -15,20 +19,50 @@ src_hash() {
 }
 if [ "${1:-}" = --hash ]; then src_hash; exit 0; fi
 PY=${PY:?set PY to the GPU machine Python (with its torch)}
+case $PY in */*) PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY") ;; esac   # the build runs elsewhere
 ARCH=${ARCH:-90}
-git diff --quiet HEAD -- csrc setup.py || { echo "prebuild_ext: commit csrc/ and setup.py first (a clean clone of HEAD is built)" >&2; exit 2; }
+REV=${REV:-HEAD}
+sha=$(git rev-parse --verify --quiet "$REV^{commit}") || { echo "prebuild_ext: no commit named '$REV'" >&2; exit 2; }
+if [ -z "${VERSION_TAR:-}" ]; then
+  git diff --quiet HEAD -- csrc setup.py || { echo "prebuild_ext: commit csrc/ and setup.py first (HEAD's committed tree is built)" >&2; exit 2; }
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-git clone -q . "$tmp/src"
-(cd "$tmp/src" && CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" \
-  VIMD_CUDA_ARCHS=$ARCH MAX_JOBS=${MAX_JOBS:-2} "$PY" setup.py build_ext --inplace >"$tmp/build.log" 2>&1) \
-  || { tail -30 "$tmp/build.log" >&2; exit 1; }
+mkdir "$tmp/src"
+git archive "$sha" | tar xf - -C "$tmp/src"
+# modules already built here are kept by source hash, architecture and Python (.gpu_cache/prebuilt):
+# the same kernel sources (HEAD and a packed version, or a tree whose change touched no kernel) build once
 suffix=$("$PY" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+cached=.gpu_cache/prebuilt/$(cd "$tmp/src" && src_hash)-sm$ARCH$suffix
+if [ -f "$cached" ]; then
+  cp "$cached" "$tmp/src/vimd_kernels/_C$suffix"
+  echo "prebuild_ext: ${sha:0:7}: the module of the same sources is in $cached (not rebuilt)"
+  : >"$tmp/build.log"
+else
+  start=$(date +%s)
+  (cd "$tmp/src" && CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST="${ARCH%?}.${ARCH: -1}" \
+    VIMD_CUDA_ARCHS=$ARCH MAX_JOBS=${MAX_JOBS:-2} nice -n "${NICE:-19}" "$PY" setup.py build_ext --inplace \
+    >"$tmp/build.log" 2>&1) || { tail -30 "$tmp/build.log" >&2; exit 1; }
+  echo "prebuild_ext: built ${sha:0:7} for sm_$ARCH in $(( $(date +%s) - start ))s"
+  [ -f "$tmp/src/vimd_kernels/_C$suffix" ] || { echo "prebuild_ext: no vimd_kernels/_C$suffix was built" >&2; exit 1; }
+  mkdir -p .gpu_cache/prebuilt
+  cp "$tmp/src/vimd_kernels/_C$suffix" "$cached"
+fi
+echo "ptxas spill warnings: $(grep -c "Registers are spilled" "$tmp/build.log" || true)"
+if [ -n "${VERSION_TAR:-}" ]; then
+  strip --strip-debug "$tmp/src/vimd_kernels/_C$suffix"
+  echo "$ARCH $suffix" >"$tmp/src/.prebuilt"
+  rm -rf "$tmp/src/build"
+  mkdir -p "$(dirname "$VERSION_TAR")"
+  tar cf - -C "$tmp/src" . | xz -T"${MAX_JOBS:-2}" >"$VERSION_TAR"
+  echo "prebuild_ext: $VERSION_TAR: $(stat -c %s "$VERSION_TAR") bytes (module $(stat -c %s "$tmp/src/vimd_kernels/_C$suffix") bytes stripped)"
+  exit 0
+fi
 mkdir -p .carry/ours
 rm -f .carry/ours/_C*.xz
 strip --strip-debug -o "$tmp/_C$suffix" "$tmp/src/vimd_kernels/_C$suffix"
 xz -T0 -c "$tmp/_C$suffix" >".carry/ours/_C$suffix.xz"
 echo "$ARCH" >.carry/ours/arch
 (cd "$tmp/src" && bash tools/gpu/prebuild_ext.sh --hash) >.carry/ours/source.sha256
-echo "ptxas spill warnings: $(grep -c "Registers are spilled" "$tmp/build.log" || true)"
+echo "${sha:0:7}" >.carry/ours/commit
 ls -l .carry/ours
