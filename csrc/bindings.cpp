@@ -5,6 +5,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/ops.h"
+#include "cpu/update_ops.h"
 #include "cuda/layout.h"
 
 #ifdef VIMD_WITH_CUDA
@@ -76,6 +77,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_conv1d_bwd_cpu", &vimd::cpu::causal_conv1d_bwd,
         "depthwise causal conv1d backward -> [dx, dweight, dbias]", py::arg("x"),
         py::arg("weight"), py::arg("bias"), py::arg("dout"), py::arg("silu"), py::arg("reverse"));
+  m.def("selective_state_update_cpu", &vimd::cpu::selective_state_update,
+        "one selective scan step, state updated in place -> out", py::arg("state"), py::arg("x"),
+        py::arg("dt"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"),
+        py::arg("dt_bias"), py::arg("dt_softplus"));
+  m.def("causal_conv1d_update_cpu", &vimd::cpu::causal_conv1d_update,
+        "causal conv1d of the next inputs, conv_state updated in place -> out", py::arg("x"),
+        py::arg("conv_state"), py::arg("weight"), py::arg("bias"), py::arg("silu"),
+        py::arg("cache_seqlens"));
   m.def("build_info", &build_info, "what this build contains and which CPU kernels run");
   m.def("_set_cpu_isa", &vimd::cpu::set_isa, py::arg("isa"),
         "select the CPU kernels ('auto' or a supported ISA); returns the previous one (for tests)");

@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "cpu/kernels.h"
+#include "cpu/update_ops.h"
 
 namespace vimd::cpu {
 namespace {
@@ -436,6 +437,10 @@ std::vector<std::string> supported_isas() {
 }
 
 std::string active_isa() { return active().name; }
+
+const KernelTable& active_kernels() { return active().table(); }
+
+IoType io_type_of(const at::Tensor& t, const char* name) { return io_type(t, name); }
 
 std::string set_isa(const std::string& name) {
   const std::string previous = active().name;
