@@ -95,3 +95,46 @@ def test_compile_fullgraph_matches_eager():
     (compiled * dout).sum().backward()
     for k in p:
         torch.testing.assert_close(q[k].grad, p[k].grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"d{k}: {m}")
+
+
+def _step_inputs(gen, batch=2, dim=4, N=3, width=4, state_len=5):
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    return dict(x=r(batch, dim), z=r(batch, dim), dt=r(batch, dim), A=-torch.rand(dim, N, generator=gen),
+                B=r(batch, 2, N), C=r(batch, N), D=r(dim), dt_bias=r(dim), state=r(batch, dim, N),
+                conv_state=r(batch, dim, state_len), weight=r(dim, width), bias=r(dim),
+                seqlens=torch.tensor([3, 11], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("backend", OPCHECK_BACKENDS)
+@pytest.mark.parametrize("circular", (False, True))
+def test_opcheck_update_ops(backend, circular):
+    """The decoding steps' custom ops (mutating their state) pass opcheck."""
+    p = _step_inputs(torch.Generator().manual_seed(0))
+    torch.library.opcheck(torch.ops.vimd.selective_state_update.default,
+                          (p["state"], p["x"], p["dt"], p["A"], p["B"], p["C"], p["D"], p["z"],
+                           p["dt_bias"], True, backend))
+    torch.library.opcheck(torch.ops.vimd.causal_conv1d_update.default,
+                          (p["x"][..., None], p["conv_state"], p["weight"], p["bias"], True,
+                           p["seqlens"] if circular else None, backend))
+
+
+def _decode_step(p):
+    from vimd_kernels import causal_conv1d_update, selective_state_update
+    x = causal_conv1d_update(p["x"], p["conv_state"], p["weight"], p["bias"], "silu")
+    return selective_state_update(p["state"], x, p["dt"], p["A"], p["B"], p["C"], p["D"], p["z"],
+                                  p["dt_bias"], True)
+
+
+def test_compile_fullgraph_decode_step_matches_eager():
+    """A decoding step (conv update then state update) compiles into one graph; its outputs and the
+    states it updates in place are eager's."""
+    torch._dynamo.reset()
+    base = _step_inputs(torch.Generator().manual_seed(1))
+    eager = {k: v.clone() for k, v in base.items()}
+    compiled = {k: v.clone() for k, v in base.items()}
+    fn = torch.compile(_decode_step, fullgraph=True, backend="inductor")
+    for _ in range(3):
+        want, got = _decode_step(eager), fn(compiled)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for k in ("state", "conv_state"):
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-5, atol=1e-5, msg=lambda m: f"{k}: {m}")
