@@ -149,8 +149,9 @@ class ConvStepCase:
 
     def __str__(self) -> str:
         opts = ("b" if self.bias else "-") + ("s" if self.silu else "-") + ("c" if self.circular else "-")
+        w = f"-w_{str(self.w_dtype).replace('torch.', '')}" if self.w_dtype else ""
         return (f"b{self.batch}d{self.dim}T{self.T}W{self.width}S{self.state_len}-{opts}-"
-                f"{str(self.dtype).replace('torch.', '')}")
+                f"{str(self.dtype).replace('torch.', '')}{w}")
 
 
 CONV_CASES = [
