@@ -7,8 +7,9 @@ csrc/cpu/ops.cpp and csrc/cuda/ops.cpp) and needs no Python: a graph exported wi
 ``vimd_models.export``) runs in a process that only loads the library, with
 ``torch.ops.load_library(library_path())`` or, in C++, ``dlopen``. Importing ``vimd_kernels._C``
 loads it too (the bindings link it). The fakes below let torch.export and torch.compile trace the
-forward ops and the inference steps (which update their state argument in place); the backward ops run only inside the autograd of vimd's Python custom ops
-(``vimd_kernels/ops.py``), never in a traced graph.
+forward ops and the inference steps (which update their state argument in place); the backward
+ops run only inside the autograd of vimd's Python custom ops (``vimd_kernels/ops.py``), never in a
+traced graph.
 """
 from __future__ import annotations
 

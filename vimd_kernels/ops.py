@@ -284,5 +284,6 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
     seqlens = None if cache_seqlens is None else cache_seqlens.to(torch.int32).contiguous()
     args = (x3.contiguous(), weight.contiguous(), _contig(bias))
     step = traced(_causal_conv1d_update, _conv_update_forward)
-    out = _stepped(conv_state, lambda s: step(args[0], s, *args[1:], activation is not None, seqlens, name))
+    silu = activation is not None
+    out = _stepped(conv_state, lambda s: step(args[0], s, *args[1:], silu, seqlens, name))
     return out.squeeze(-1) if squeeze else out

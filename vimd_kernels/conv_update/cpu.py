@@ -18,4 +18,5 @@ CAPS = Capabilities(dtypes=FLOAT_DTYPES, max_width=_C.cpu_conv_max_width)
 
 def forward(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool,
             cache_seqlens: Optional[Tensor]) -> Tensor:
-    return torch.ops.vimd.causal_conv1d_update_cpu(x, conv_state, weight, bias, bool(silu), cache_seqlens)
+    return torch.ops.vimd.causal_conv1d_update_cpu(x, conv_state, weight, bias, bool(silu),
+                                                   cache_seqlens)

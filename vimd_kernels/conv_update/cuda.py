@@ -1,4 +1,5 @@
-"""CUDA backend of the causal conv1d update: csrc/cuda/update.cuh, ``torch.ops.vimd.causal_conv1d_update_cuda``.
+"""CUDA backend of the causal conv1d update: csrc/cuda/update.cuh,
+``torch.ops.vimd.causal_conv1d_update_cuda``.
 
 Weight and bias go to the kernel in float32; conv_state (x's dtype) is updated in place.
 """

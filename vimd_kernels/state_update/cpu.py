@@ -18,4 +18,5 @@ CAPS = Capabilities(dtypes=FLOAT_DTYPES)
 def forward(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
             D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
             dt_softplus: bool) -> Tensor:
-    return torch.ops.vimd.selective_state_update_cpu(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
+    return torch.ops.vimd.selective_state_update_cpu(state, x, dt, A, B, C, D, z, dt_bias,
+                                                     bool(dt_softplus))

@@ -1,4 +1,5 @@
-"""CUDA backend of the selective state update: csrc/cuda/update.cuh, ``torch.ops.vimd.selective_state_update_cuda``.
+"""CUDA backend of the selective state update: csrc/cuda/update.cuh,
+``torch.ops.vimd.selective_state_update_cuda``.
 
 A, B, C, D and dt_bias go to the kernel in float32 (B/C as (batch, G, N)); the state keeps its own
 dtype (float32, float16 or bfloat16) and is updated in place.
