@@ -1,14 +1,18 @@
 """vimd_kernels: selective-scan and causal-conv1d kernels (ref, C++ CPU, Triton, CUDA) behind one API."""
 from .causal_conv1d.reference import causal_conv1d_ref
+from .conv_update.reference import causal_conv1d_update_ref
 from .mamba_inner.reference import bimamba_inner_ref, mamba_inner_ref
-from .ops import bimamba_inner_fn, causal_conv1d_fn, mamba_inner_fn, selective_scan_fn
+from .ops import (bimamba_inner_fn, causal_conv1d_fn, causal_conv1d_update, mamba_inner_fn,
+                  selective_scan_fn, selective_state_update)
 from .registry import BACKENDS, available_backends
 from .selective_scan.reference import selective_scan_ref
+from .state_update.reference import selective_state_update_ref
 
 __version__ = "0.1.0"
 
 __all__ = [
     "selective_scan_fn", "selective_scan_ref", "causal_conv1d_fn", "causal_conv1d_ref",
     "mamba_inner_fn", "mamba_inner_ref", "bimamba_inner_fn", "bimamba_inner_ref",
-    "available_backends", "BACKENDS", "__version__",
+    "selective_state_update", "selective_state_update_ref", "causal_conv1d_update",
+    "causal_conv1d_update_ref", "available_backends", "BACKENDS", "__version__",
 ]

@@ -14,6 +14,15 @@ Required entry points, with exactly the parameters of ``<kernel>/reference.py`` 
   causal_conv1d.forward(x, weight (dim, width), bias, silu, reverse) -> out
   causal_conv1d.backward(x, weight, bias, dout, silu, reverse) -> (dx, dweight, dbias | None)
 
+Inference steps (no backward; the state is updated in place and the output returned):
+
+  state_update.forward(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus) -> out
+      # state (batch, dim, N), its own dtype; x, dt, z, out (batch, dim); A (dim, N);
+      # B, C (batch, N) or grouped (batch, G, N); D, dt_bias (dim,) | None
+  conv_update.forward(x, conv_state, weight, bias, silu, cache_seqlens) -> out
+      # x, out (batch, dim, seqlen); conv_state (batch, dim, state_len >= width - 1), x's dtype;
+      # weight (dim, width); cache_seqlens (batch,) int32 | None (conv_state a circular buffer)
+
 Optional entry points, both or neither: ViM's two directions in one launch, used by the mixer op
 (``mamba_inner/fused.py``). Direction 1 runs reversed; every tensor but x / z has a leading
 direction dimension of 2:
@@ -99,6 +108,12 @@ SPECS = {
         optional={"bi_forward": ("x", "weight", "bias", "silu"),
                   "bi_backward": ("x", "weight", "bias", "dout", "silu")},
         limits=("max_width",)),
+    "state_update": KernelSpec(
+        required={"forward": ("state", "x", "dt", "A", "B", "C", "D", "z", "dt_bias", "dt_softplus")},
+        optional={}, limits=("max_state",)),
+    "conv_update": KernelSpec(
+        required={"forward": ("x", "conv_state", "weight", "bias", "silu", "cache_seqlens")},
+        optional={}, limits=("max_width",)),
 }
 
 
@@ -108,7 +123,7 @@ class Impl:
     module: ModuleType
     caps: Capabilities
     forward: Callable
-    backward: Callable
+    backward: Optional[Callable] = None  # the inference steps have none
     bi_forward: Optional[Callable] = None
     bi_backward: Optional[Callable] = None
 

@@ -201,3 +201,81 @@ def mixer_backend(name: str, xz: Tensor, conv1d_weights: list, As: list) -> None
         sfx = "_b" if s else ""
         backend("causal_conv1d", name, io=("xz", xz), width=("conv1d_weight" + sfx, w), reverse=bool(s))
         backend("selective_scan", name, io=("xz", xz), state=("A" + sfx, A), reverse=bool(s))
+
+
+STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def selective_state_update(state, x, dt, A, B, C, D, z, dt_bias) -> None:
+    """The decoding step of the scan: state (batch, dim, N), x/dt/z (batch, dim), A (dim, N),
+    B/C (batch, N) or grouped (batch, G, N), D/dt_bias (dim,)."""
+    tensor("x", x, (2,), FLOAT_IO)
+    batch, dim = x.shape
+    if dim < 1 or batch < 1:
+        raise ValueError(f"x must be (batch, dim) with every size >= 1, got {tuple(x.shape)}")
+    pd = _param_dtype(x)
+    tensor("state", state, (3,), pd if x.dtype == torch.float64 else STATE_DTYPES)
+    if state.shape[:2] != x.shape or state.shape[2] < 1:
+        raise ValueError(f"state must have shape ({batch}, {dim}, N) with N >= 1 for x of shape "
+                         f"{tuple(x.shape)}, got {tuple(state.shape)}")
+    N = state.shape[2]
+    tensor("dt", dt, (2,), (x.dtype,))
+    shape("dt", dt, x.shape, "same as x")
+    tensor("A", A, (2,), pd)
+    shape("A", A, (dim, N), "(dim, N)")
+    for name, X in (("B", B), ("C", C)):
+        tensor(name, X, (2, 3), _weight_dtypes(x))
+        if X.dim() == 2:
+            shape(name, X, (batch, N), "(batch, N)")
+        else:
+            G = X.shape[1]
+            if G < 1 or dim % G != 0:
+                raise ValueError(f"{name} has {G} groups, which must divide dim={dim} "
+                                 f"(grouped {name} is (batch, G, N)), got {tuple(X.shape)}")
+            shape(name, X, (batch, G, N), "grouped (batch, G, N)")
+    tensor("z", z, (2,), (x.dtype,), optional=True)
+    if z is not None:
+        shape("z", z, x.shape, "same as x")
+    for name, t in (("D", D), ("dt_bias", dt_bias)):
+        tensor(name, t, (1,), pd, optional=True)
+        if t is not None:
+            shape(name, t, (dim,))
+    same_device("x", x, state=state, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias, activation, cache_seqlens) -> Tensor:
+    """The decoding step of the conv: x (batch, dim, seqlen) (the public op unsqueezes (batch,
+    dim)), conv_state (batch, dim, state_len >= width - 1) in x's dtype, weight (dim, width) or
+    (dim, 1, width), bias (dim,), cache_seqlens (batch,) int32/int64. Returns the weight as
+    (dim, width)."""
+    tensor("x", x, (3,), FLOAT_IO)
+    batch, dim, seqlen = x.shape
+    if seqlen < 1 or dim < 1 or batch < 1:
+        raise ValueError(f"x must be (batch, dim) or (batch, dim, seqlen) with every size >= 1, "
+                         f"got {tuple(x.shape)}")
+    wdt = _weight_dtypes(x)
+    tensor("weight", weight, (2, 3), wdt)
+    if weight.dim() == 3:
+        if weight.shape[1] != 1:
+            raise ValueError(f"weight must be (dim, width) or (dim, 1, width), got {tuple(weight.shape)}")
+        weight = weight.squeeze(1)
+    if weight.shape[0] != dim:
+        raise ValueError(f"weight must have shape ({dim}, width) for x with dim={dim}, "
+                         f"got {tuple(weight.shape)}")
+    width = weight.shape[1]
+    if not 2 <= width <= MAX_CONV_WIDTH:
+        raise ValueError(f"weight width must be between 2 and {MAX_CONV_WIDTH}, got {width}")
+    tensor("conv_state", conv_state, (3,), (x.dtype,))
+    if conv_state.shape[:2] != x.shape[:2] or conv_state.shape[2] < width - 1:
+        raise ValueError(f"conv_state must have shape ({batch}, {dim}, state_len) with state_len >= "
+                         f"width - 1 = {width - 1}, got {tuple(conv_state.shape)}")
+    tensor("bias", bias, (1,), wdt, optional=True)
+    if bias is not None:
+        shape("bias", bias, (dim,))
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+    tensor("cache_seqlens", cache_seqlens, (1,), (torch.int32, torch.int64), optional=True)
+    if cache_seqlens is not None:
+        shape("cache_seqlens", cache_seqlens, (batch,))
+    same_device("x", x, conv_state=conv_state, weight=weight, bias=bias, cache_seqlens=cache_seqlens)
+    return weight

@@ -7,8 +7,9 @@ csrc/cpu/ops.cpp and csrc/cuda/ops.cpp) and needs no Python: a graph exported wi
 ``vimd_models.export``) runs in a process that only loads the library, with
 ``torch.ops.load_library(library_path())`` or, in C++, ``dlopen``. Importing ``vimd_kernels._C``
 loads it too (the bindings link it). The fakes below let torch.export and torch.compile trace the
-forward ops; the backward ops run only inside the autograd of vimd's Python custom ops
-(``vimd_kernels/ops.py``), never in a traced graph.
+forward ops and the inference steps (which update their state argument in place); the backward
+ops run only inside the autograd of vimd's Python custom ops (``vimd_kernels/ops.py``), never in a
+traced graph.
 """
 from __future__ import annotations
 
@@ -61,6 +62,14 @@ def _conv_bi_fwd(x, weight, bias, silu):
     return x.new_empty((2, *x.shape))
 
 
+def _state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    return _contiguous_like(x)  # the state is updated in place
+
+
+def _conv_update(x, conv_state, weight, bias, silu, cache_seqlens):
+    return _contiguous_like(x)  # conv_state is updated in place
+
+
 # op name -> fake kernel (registered for the ops this build has)
 FAKES = {
     "selective_scan_fwd_cpu": _scan_fwd_cpu,
@@ -69,6 +78,10 @@ FAKES = {
     "selective_scan_bi_fwd_cuda": _scan_bi_fwd_cuda,
     "causal_conv1d_fwd_cuda": _conv_fwd,
     "causal_conv1d_bi_fwd_cuda": _conv_bi_fwd,
+    "selective_state_update_cpu": _state_update,
+    "causal_conv1d_update_cpu": _conv_update,
+    "selective_state_update_cuda": _state_update,
+    "causal_conv1d_update_cuda": _conv_update,
 }
 
 

@@ -203,3 +203,87 @@ def bimamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_w
                          delta_softplus, True)
     return F.linear(((y + y_b) * 0.5).transpose(1, 2), out_proj_weight, out_proj_bias)
 
+
+# ----------------------------------------------------------------------------- inference steps
+# One decoding step with the state updated in place (no autograd: these are inference ops). A
+# non-contiguous state is stepped in a contiguous copy that is written back. Under torch.export
+# the implementations run inline like the forward ops'.
+
+def _state_update_forward(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                          D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
+                          dt_softplus: bool, backend: str) -> Tensor:
+    return impl("state_update", backend).forward(
+        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus).contiguous()
+
+
+_selective_state_update = torch.library.custom_op(
+    "vimd::selective_state_update", _state_update_forward, mutates_args=("state",))
+
+
+@_selective_state_update.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _stepped(state: Tensor, step) -> Tensor:
+    """step(a contiguous state) -> out, with the result written back into ``state`` if it was copied."""
+    work = state if state.is_contiguous() else state.contiguous()
+    out = step(work)
+    if work is not state:
+        state.copy_(work)
+    return out
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                           *, backend=None):
+    """One step of the selective scan (mamba_ssm's selective_state_update), state updated in place.
+
+    state (batch, dim, N) in float32, float16 or bfloat16 (float64 with float64 x); x, dt, z
+    (batch, dim); A (dim, N); B, C (batch, N) or grouped (batch, G, N); D, dt_bias (dim,).
+    Returns out (batch, dim) in x's dtype. See vimd_kernels/state_update/reference.py.
+    """
+    checks.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias)
+    name = resolve(backend, x.device)
+    checks.backend("state_update", name, io=("x", x), state=("state", state))
+    args = [_contig(t) for t in (x, dt, A, B, C, D, z, dt_bias)]
+    step = traced(_selective_state_update, _state_update_forward)
+    return _stepped(state, lambda s: step(s, *args, bool(dt_softplus), name))
+
+
+def _conv_update_forward(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor],
+                         silu: bool, cache_seqlens: Optional[Tensor], backend: str) -> Tensor:
+    return impl("conv_update", backend).forward(
+        x, conv_state, weight, bias, silu, cache_seqlens).contiguous()
+
+
+_causal_conv1d_update = torch.library.custom_op(
+    "vimd::causal_conv1d_update", _conv_update_forward, mutates_args=("conv_state",))
+
+
+@_causal_conv1d_update.register_fake
+def _(x, conv_state, weight, bias, silu, cache_seqlens, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None, *,
+                         backend=None):
+    """The next input(s) of the causal conv1d (causal_conv1d's causal_conv1d_update), conv_state
+    updated in place.
+
+    x (batch, dim) or (batch, dim, seqlen) -> out of the same shape and dtype; conv_state
+    (batch, dim, state_len >= width - 1) in x's dtype; weight (dim, width) or (dim, 1, width);
+    cache_seqlens (batch,) int32: conv_state is then a circular buffer. See
+    vimd_kernels/conv_update/reference.py.
+    """
+    checks.tensor("x", x, (2, 3), checks.FLOAT_IO)
+    squeeze = x.dim() == 2
+    x3 = x.unsqueeze(-1) if squeeze else x
+    weight = checks.causal_conv1d_update(x3, conv_state, weight, bias, activation, cache_seqlens)
+    name = resolve(backend, x.device)
+    checks.backend("conv_update", name, io=("x", x), width=("weight", weight))
+    seqlens = None if cache_seqlens is None else cache_seqlens.to(torch.int32).contiguous()
+    args = (x3.contiguous(), weight.contiguous(), _contig(bias))
+    step = traced(_causal_conv1d_update, _conv_update_forward)
+    silu = activation is not None
+    out = _stepped(conv_state, lambda s: step(args[0], s, *args[1:], silu, seqlens, name))
+    return out.squeeze(-1) if squeeze else out

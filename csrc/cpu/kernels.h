@@ -73,6 +73,42 @@ struct ConvArgs {
   void* db_part = nullptr;  // or null
 };
 
+// Inference steps (update.h): one decoding step per (batch, channel) row, rows independent.
+// State update: state (batch, dim, N) in `state_io`, x/dt/z/out (batch, dim) in `io`; A (dim, N),
+// B/C (batch, groups, N), D/dt_bias (dim) in the compute type. Channel d reads group
+// d / (dim / groups) of B/C.
+struct StateUpdateArgs {
+  int64_t batch = 0, dim = 0, N = 0, groups_b = 1, groups_c = 1;
+  bool softplus = false, dbl = false;
+  IoType io = IoType::F32, state_io = IoType::F32;
+  void* state = nullptr;
+  const void* x = nullptr;
+  const void* dt = nullptr;
+  const void* z = nullptr;        // or null
+  const void* A = nullptr;
+  const void* B = nullptr;
+  const void* C = nullptr;
+  const void* D = nullptr;        // or null
+  const void* dt_bias = nullptr;  // or null
+  void* out = nullptr;
+};
+
+// Conv update: x/out (batch, dim, seqlen) and conv_state (batch, dim, state_len >= width - 1) in
+// `io`; weight (dim, width), bias (dim) in the compute type. cache_seqlens (batch) or null: null
+// shifts the inputs through conv_state, else conv_state is a circular buffer whose next slot for
+// row b is cache_seqlens[b] mod state_len.
+struct ConvUpdateArgs {
+  int64_t batch = 0, dim = 0, seqlen = 0, width = 0, state_len = 0;
+  bool silu = false, dbl = false;
+  IoType io = IoType::F32;
+  const void* x = nullptr;
+  void* conv_state = nullptr;
+  const void* weight = nullptr;
+  const void* bias = nullptr;              // or null
+  const int32_t* cache_seqlens = nullptr;  // or null
+  void* out = nullptr;
+};
+
 struct KernelTable {
   const char* name;
   int lanes_float;
@@ -81,6 +117,8 @@ struct KernelTable {
   void (*scan_bwd)(const ScanArgs&, int64_t task_begin, int64_t task_end);  // (b, gpart, nblk)
   void (*conv_fwd)(const ConvArgs&, int64_t row_begin, int64_t row_end);
   void (*conv_bwd)(const ConvArgs&, int64_t row_begin, int64_t row_end);
+  void (*state_update)(const StateUpdateArgs&, int64_t row_begin, int64_t row_end);
+  void (*conv_update)(const ConvUpdateArgs&, int64_t row_begin, int64_t row_end);
 };
 
 namespace DEFAULT {

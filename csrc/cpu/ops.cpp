@@ -12,6 +12,7 @@
 #include <numeric>
 
 #include "cpu/kernels.h"
+#include "cpu/update_ops.h"
 
 namespace vimd::cpu {
 namespace {
@@ -438,6 +439,10 @@ std::vector<std::string> supported_isas() {
 
 std::string active_isa() { return active().name; }
 
+const KernelTable& active_kernels() { return active().table(); }
+
+IoType io_type_of(const at::Tensor& t, const char* name) { return io_type(t, name); }
+
 std::string set_isa(const std::string& name) {
   const std::string previous = active().name;
   if (name == "auto") {
@@ -472,6 +477,10 @@ TORCH_LIBRARY(vimd, m) {
         "-> Tensor");
   m.def("causal_conv1d_bwd_cpu(Tensor x, Tensor weight, Tensor? bias, Tensor dout, bool silu, "
         "bool reverse) -> Tensor[]");
+  m.def("selective_state_update_cpu(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, "
+        "Tensor C, Tensor? D, Tensor? z, Tensor? dt_bias, bool dt_softplus) -> Tensor");
+  m.def("causal_conv1d_update_cpu(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias, "
+        "bool silu, Tensor? cache_seqlens) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(vimd, CPU, m) {
@@ -479,4 +488,6 @@ TORCH_LIBRARY_IMPL(vimd, CPU, m) {
   m.impl("selective_scan_bwd_cpu", TORCH_FN(vimd::cpu::selective_scan_bwd));
   m.impl("causal_conv1d_fwd_cpu", TORCH_FN(vimd::cpu::causal_conv1d_fwd));
   m.impl("causal_conv1d_bwd_cpu", TORCH_FN(vimd::cpu::causal_conv1d_bwd));
+  m.impl("selective_state_update_cpu", TORCH_FN(vimd::cpu::selective_state_update));
+  m.impl("causal_conv1d_update_cpu", TORCH_FN(vimd::cpu::causal_conv1d_update));
 }

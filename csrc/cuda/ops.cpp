@@ -546,6 +546,129 @@ std::vector<Tensor> causal_conv1d_bi_bwd_cuda(const Tensor& x, const Tensor& wei
   return {dx, dweight, undefined_if_absent(dbias)};
 }
 
+// ----------------------------------------------------------------------------- inference steps
+// One decoding step, the state updated in place (it must be contiguous). A/B/C/D/dt_bias and the
+// conv weight/bias are float32 (the Python backend converts them).
+
+void check_same_device(const Tensor& t, const Tensor& like, const char* name) {
+  TORCH_CHECK(t.device() == like.device(), name, " must be on ", like.device(), ", got ", t.device());
+}
+
+Tensor selective_state_update_cuda(const Tensor& state, const Tensor& x, const Tensor& dt, const Tensor& A,
+                                   const Tensor& B, const Tensor& C, const OptTensor& D, const OptTensor& z,
+                                   const OptTensor& dt_bias, bool dt_softplus) {
+  check_cuda_tensor(x, "x");
+  TORCH_CHECK(x.dim() == 2 && x.numel() > 0, "x must be a non-empty (batch, dim) tensor, got ", x.sizes());
+  const int64_t batch = x.size(0), dim = x.size(1);
+  check_cuda_tensor(state, "state");
+  check_same_device(state, x, "state");
+  TORCH_CHECK(state.dim() == 3 && state.size(0) == batch && state.size(1) == dim && state.size(2) >= 1,
+              "state must be (", batch, ", ", dim, ", N), got ", state.sizes());
+  const int64_t N = state.size(2);
+  TORCH_CHECK(batch * dim * N < (int64_t(1) << 31) && N <= (int64_t(1) << 20),
+              "state has too many elements for the cuda kernel: ", state.sizes());
+  check_io(dt, x, "dt");
+  if (z) check_io(*z, x, "z");
+  check_float32(A, x, "A");
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim && A.size(1) == N, "A must be (", dim, ", ", N, "), got ",
+              A.sizes());
+  const Tensor* bc[2] = {&B, &C};
+  const char* names[2] = {"B", "C"};
+  for (int k = 0; k < 2; ++k) {
+    const Tensor& X = *bc[k];
+    check_float32(X, x, names[k]);
+    TORCH_CHECK(X.dim() == 3 && X.size(0) == batch && X.size(1) >= 1 && dim % X.size(1) == 0 && X.size(2) == N,
+                names[k], " must be (batch, G, N) with G dividing dim=", dim, ", got ", X.sizes());
+  }
+  const OptTensor* vecs[2] = {&D, &dt_bias};
+  const char* vec_names[2] = {"D", "dt_bias"};
+  for (int k = 0; k < 2; ++k) {
+    if (!*vecs[k]) continue;
+    check_float32(**vecs[k], x, vec_names[k]);
+    TORCH_CHECK((*vecs[k])->numel() == dim, vec_names[k], " must be (", dim, ",)");
+  }
+  vc::StateUpdateParams p;
+  p.batch = static_cast<int>(batch);
+  p.dim = static_cast<int>(dim);
+  p.dstate = static_cast<int>(N);
+  p.b_groups = static_cast<int>(B.size(1));
+  p.c_groups = static_cast<int>(C.size(1));
+  while (p.lanes > 4 && p.lanes / 2 >= N) p.lanes /= 2;  // the smallest power of two >= N, from 4 to 32
+  p.dt_softplus = dt_softplus;
+  p.state = state.data_ptr();
+  p.x = x.data_ptr();
+  p.dt = dt.data_ptr();
+  p.z = vptr(z);
+  p.A = A.data_ptr<float>();
+  p.B = B.data_ptr<float>();
+  p.C = C.data_ptr<float>();
+  p.D = fptr(D);
+  p.dt_bias = fptr(dt_bias);
+  const DeviceGuard guard(x.device());
+  Tensor out = at::empty_like(x);
+  p.out = out.data_ptr();
+  launch_io(x.scalar_type(), "selective_state_update_cuda", [&](auto t, cudaStream_t s) {
+    return dispatch_io(state.scalar_type(), [&](auto st) {
+      return vc::selective_state_update_launch<decltype(t), decltype(st)>(p, s);
+    });
+  });
+  return out;
+}
+
+Tensor causal_conv1d_update_cuda(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
+                                 const OptTensor& bias, bool silu, const OptTensor& cache_seqlens) {
+  check_cuda_tensor(x, "x");
+  TORCH_CHECK(x.dim() == 3 && x.numel() > 0, "x must be a non-empty (batch, dim, seqlen) tensor, got ",
+              x.sizes());
+  const int64_t batch = x.size(0), dim = x.size(1);
+  check_float32(weight, x, "weight");
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == dim && weight.size(1) >= 2 &&
+                  weight.size(1) <= vc::kConvMaxWidth,
+              "weight must be (", dim, ", width) with 2 <= width <= ", vc::kConvMaxWidth, ", got ",
+              weight.sizes());
+  const int64_t width = weight.size(1);
+  check_cuda_tensor(conv_state, "conv_state");
+  check_same_device(conv_state, x, "conv_state");
+  TORCH_CHECK(conv_state.scalar_type() == x.scalar_type(), "conv_state must have x's dtype ",
+              x.scalar_type(), ", got ", conv_state.scalar_type());
+  TORCH_CHECK(conv_state.dim() == 3 && conv_state.size(0) == batch && conv_state.size(1) == dim &&
+                  conv_state.size(2) >= width - 1 && conv_state.size(2) < (int64_t(1) << 30),
+              "conv_state must be (", batch, ", ", dim, ", state_len >= ", width - 1, "), got ",
+              conv_state.sizes());
+  TORCH_CHECK(x.numel() < (int64_t(1) << 31) && conv_state.numel() < (int64_t(1) << 40),
+              "x has too many elements for the cuda kernel: ", x.sizes());
+  if (bias) {
+    check_float32(*bias, x, "bias");
+    TORCH_CHECK(bias->numel() == dim, "bias must be (", dim, ",)");
+  }
+  if (cache_seqlens) {
+    check_cuda_tensor(*cache_seqlens, "cache_seqlens");
+    check_same_device(*cache_seqlens, x, "cache_seqlens");
+    TORCH_CHECK(cache_seqlens->scalar_type() == at::kInt, "cache_seqlens must be int32, got ",
+                cache_seqlens->scalar_type());
+    TORCH_CHECK(cache_seqlens->dim() == 1 && cache_seqlens->numel() == batch, "cache_seqlens must be (",
+                batch, ",)");
+  }
+  vc::ConvUpdateParams p;
+  p.batch = static_cast<int>(batch);
+  p.dim = static_cast<int>(dim);
+  p.seqlen = static_cast<int>(x.size(2));
+  p.width = static_cast<int>(width);
+  p.state_len = static_cast<int>(conv_state.size(2));
+  p.silu = silu;
+  p.x = x.data_ptr();
+  p.conv_state = conv_state.data_ptr();
+  p.weight = weight.data_ptr<float>();
+  p.bias = fptr(bias);
+  p.cache_seqlens = cache_seqlens ? cache_seqlens->data_ptr<int>() : nullptr;
+  const DeviceGuard guard(x.device());
+  Tensor out = at::empty_like(x);
+  p.out = out.data_ptr();
+  launch_io(x.scalar_type(), "causal_conv1d_update_cuda",
+            [&](auto t, cudaStream_t s) { return vc::causal_conv1d_update_launch<decltype(t)>(p, s); });
+  return out;
+}
+
 }  // namespace
 
 // The CUDA ops, one line each: name and the schema's arguments and returns. CUDA builds register
@@ -574,7 +697,13 @@ std::vector<Tensor> causal_conv1d_bi_bwd_cuda(const Tensor& x, const Tensor& wei
     "int slab_channels, bool row_walk) -> Tensor[]")                                              \
   X(causal_conv1d_bi_fwd_cuda, "(Tensor x, Tensor weight, Tensor? bias, bool silu) -> Tensor")    \
   X(causal_conv1d_bi_bwd_cuda,                                                                    \
-    "(Tensor x, Tensor weight, Tensor? bias, Tensor dout_f, Tensor dout_b, bool silu) -> Tensor[]")
+    "(Tensor x, Tensor weight, Tensor? bias, Tensor dout_f, Tensor dout_b, bool silu) -> Tensor[]")  \
+  X(selective_state_update_cuda,                                                                  \
+    "(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? D, "           \
+    "Tensor? z, Tensor? dt_bias, bool dt_softplus) -> Tensor")                                    \
+  X(causal_conv1d_update_cuda,                                                                    \
+    "(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias, bool silu, "                  \
+    "Tensor? cache_seqlens) -> Tensor")
 
 #ifdef VIMD_CUDA_EMULATION
 void register_cuda_ops(pybind11::module_& m) {

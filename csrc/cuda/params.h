@@ -103,6 +103,40 @@ struct BiConvParams {
   ConvParams dir[2];
 };
 
+// Inference steps (update.cuh): one decoding step, the state updated in place.
+// State update: state (batch, dim, N) of element type S; x, dt, z, out (batch, dim) of element
+// type T; A (dim, N), B/C (batch, groups, N), D/dt_bias (dim) float32. Channel d reads group
+// d / (dim / groups) of B/C.
+struct StateUpdateParams {
+  int batch = 0, dim = 0, dstate = 0, b_groups = 1, c_groups = 1;
+  int lanes = 32;  // lanes per row (a power of two <= 32): the N states spread over them
+  bool dt_softplus = false;
+  void* state = nullptr;
+  const void* x = nullptr;
+  const void* dt = nullptr;
+  const void* z = nullptr;            // optional
+  const float* A = nullptr;
+  const float* B = nullptr;
+  const float* C = nullptr;
+  const float* D = nullptr;           // optional
+  const float* dt_bias = nullptr;     // optional
+  void* out = nullptr;
+};
+
+// Conv update: x, out (batch, dim, seqlen) and conv_state (batch, dim, state_len) of element type
+// T; weight (dim, width), bias (dim) float32; cache_seqlens (batch) int32, optional: conv_state is
+// then a circular buffer whose next slot for row b is cache_seqlens[b] mod state_len.
+struct ConvUpdateParams {
+  int batch = 0, dim = 0, seqlen = 0, width = 0, state_len = 0;
+  bool silu = false;
+  const void* x = nullptr;
+  void* conv_state = nullptr;
+  const float* weight = nullptr;
+  const float* bias = nullptr;            // optional
+  const int* cache_seqlens = nullptr;     // optional
+  void* out = nullptr;
+};
+
 // Launchers (defined in the .cuh templates, instantiated in the .cu files). They return the
 // launch error, if any, so the binding layer can report it.
 template <typename T> cudaError_t selective_scan_fwd_launch(const ScanParams& p, cudaStream_t stream);
@@ -113,6 +147,9 @@ template <typename T> cudaError_t selective_scan_bi_fwd_launch(const BiScanParam
 template <typename T> cudaError_t selective_scan_bi_bwd_launch(const BiScanParams& p, cudaStream_t stream);
 template <typename T> cudaError_t causal_conv1d_bi_fwd_launch(const BiConvParams& p, cudaStream_t stream);
 template <typename T> cudaError_t causal_conv1d_bi_bwd_launch(const BiConvParams& p, cudaStream_t stream);
+template <typename T, typename S>
+cudaError_t selective_state_update_launch(const StateUpdateParams& p, cudaStream_t stream);
+template <typename T> cudaError_t causal_conv1d_update_launch(const ConvUpdateParams& p, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace vimd

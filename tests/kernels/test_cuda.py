@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.kernels import test_update
 from tests.kernels.helpers import ScanCase, leaves, reduction_scale, scan_grad_scale, scan_inputs
 from tests.tolerances import assert_close
 from vimd_kernels import ops
@@ -21,6 +22,8 @@ from vimd_kernels.mamba_inner.reference import bimamba_inner_ref, mamba_inner_re
 from vimd_kernels.selective_scan import cuda as scan_cuda
 from vimd_kernels.causal_conv1d import cuda as conv_cuda
 from vimd_kernels.selective_scan.reference import selective_scan_ref
+from vimd_kernels.conv_update import cuda as conv_update_cuda
+from vimd_kernels.state_update import cuda as state_update_cuda
 
 
 
@@ -579,6 +582,86 @@ def test_emulated_mixer_op_on_cuda_backend(emulated, bidirectional):
             want = r[name + suffix].grad.reshape(grads[i][s].shape)
             assert_close(grads[i][s], want, "scan", torch.float32, f"d{name}{suffix}",
                          scale=reduction_scale(10))
+
+
+# ----------------------------------------------------------------------------- CPU: emulated inference steps
+# csrc/cuda/update.cuh behind the real bindings and the cuda backend modules of the update kernels,
+# with the checks of tests/kernels/test_update.py (against the references and token by token).
+
+@pytest.fixture
+def emulated_steps(emu, monkeypatch):
+    for mod in (state_update_cuda, conv_update_cuda):
+        monkeypatch.setattr(mod, "_ext", lambda: emu)
+    return emu
+
+
+EMU_STEP_CASES = [c for c in test_update.STEP_CASES if c.scan.dtype != torch.float64]
+EMU_CONV_STEP_CASES = [c for c in test_update.CONV_CASES if c.dtype != torch.float64]
+
+
+@pytest.mark.parametrize("case", EMU_STEP_CASES, ids=str)
+def test_emulated_state_update(emulated_steps, case):
+    test_update.check_state_update(state_update_cuda.forward, case)
+    test_update.check_state_update_token_by_token(state_update_cuda.forward, case)
+
+
+@pytest.mark.parametrize("case", EMU_CONV_STEP_CASES, ids=str)
+def test_emulated_conv_update(emulated_steps, case):
+    test_update.check_conv_update(conv_update_cuda.forward, case)
+    for chunk in (1, 3):
+        test_update.check_conv_update_token_by_token(conv_update_cuda.forward, case, chunk)
+
+
+def test_emulated_update_bindings_reject_bad_arguments(emu):
+    state, x, A, B = torch.randn(2, 6, 4), torch.randn(2, 6), -torch.rand(6, 4), torch.randn(2, 1, 4)
+    with pytest.raises(RuntimeError, match="state"):
+        emu.selective_state_update_cuda(state[:, :5], x, x, A, B, B, None, None, None, False)
+    with pytest.raises(RuntimeError, match="B"):
+        emu.selective_state_update_cuda(state, x, x, A, torch.randn(2, 4, 4), B, None, None, None, False)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        emu.selective_state_update_cuda(state.transpose(0, 1).contiguous().transpose(0, 1), x, x, A, B, B,
+                                        None, None, None, False)
+    xs, cs, w = torch.randn(2, 6, 1), torch.randn(2, 6, 3), torch.randn(6, 4)
+    with pytest.raises(RuntimeError, match="conv_state"):
+        emu.causal_conv1d_update_cuda(xs, cs[..., :2], w, None, True, None)
+    with pytest.raises(RuntimeError, match="conv_state"):
+        emu.causal_conv1d_update_cuda(xs, cs.half(), w, None, True, None)
+    with pytest.raises(RuntimeError, match="cache_seqlens"):
+        emu.causal_conv1d_update_cuda(xs, cs, w, None, True, torch.zeros(2, dtype=torch.int64))
+
+
+# ----------------------------------------------------------------------------- GPU: inference steps
+
+def _on_gpu(forward):
+    """A backend forward run on copies of its CPU arguments on the GPU; the states (every tensor
+    argument) copied back, the output returned on the CPU."""
+    def step(*args):
+        moved = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+        out = forward(*moved)
+        torch.cuda.synchronize()
+        for a, m in zip(args, moved):
+            if isinstance(a, torch.Tensor):
+                a.copy_(m.cpu())
+        return out.cpu()
+    return step
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", EMU_STEP_CASES + [
+    test_update.StepCase(ScanCase(4, 384, 6, 16, "g1", "g1", initial_state=True), torch.bfloat16),
+    test_update.StepCase(ScanCase(3, 130, 4, 64, dtype=torch.float16, initial_state=True))], ids=str)
+def test_state_update_cuda(case):
+    test_update.check_state_update(_on_gpu(state_update_cuda.forward), case)
+    test_update.check_state_update_token_by_token(_on_gpu(state_update_cuda.forward), case)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", EMU_CONV_STEP_CASES + [test_update.ConvStepCase(8, 384, 5, 4, 60, circular=True)],
+                         ids=str)
+def test_conv_update_cuda(case):
+    test_update.check_conv_update(_on_gpu(conv_update_cuda.forward), case)
+    for chunk in (1, 3):
+        test_update.check_conv_update_token_by_token(_on_gpu(conv_update_cuda.forward), case, chunk)
 
 
 # ----------------------------------------------------------------------------- GPU: selective scan

@@ -26,7 +26,8 @@ T = "tests/kernels/test_cuda.py::"
 # One case per kernel, phase and layout (about 6.5 minutes): forward single pass and chunked (summary,
 # carry combine, main pass), state groups cycled through shared memory, backward tiles in parallel
 # (summary + combine) and the row walk, odd L through the staging buffers, grouped B/C sums, both
-# directions in one launch, conv forward/backward (both directions, channel slices), the mixer op.
+# directions in one launch, conv forward/backward (both directions, channel slices), the mixer op,
+# the inference steps.
 # The slow test below adds the rest (multi-slab blocks and 300-row segments among them).
 RACE_CASES = [
     T + "test_emulated_scan_kernels_match_reference[b2d8L300N4-BvarCvar-Dzdsi--float32]",
@@ -38,6 +39,8 @@ RACE_CASES = [
     T + "test_emulated_conv_channel_slice[8-False-530]",
     T + "test_emulated_bi_conv_matches_reference_per_direction[4-True-dtype0]",
     T + "test_emulated_mixer_op_on_cuda_backend[True]",
+    T + "test_emulated_state_update[b3d5L6N40-BvarCvar-Dzdsi--float32-state_float32]",
+    T + "test_emulated_conv_update[b2d5T7W4S5-bsc-float32]",
 ]
 
 
@@ -55,6 +58,8 @@ GPU_SANITIZE_CASES = [
     T + "test_conv_channel_slice[8-True-730-192]",
     T + "test_bi_conv_matches_reference_per_direction[4-True-dtype0]",
     T + "test_mixer_paths_match_reference[197-True]",
+    T + "test_state_update_cuda[b3d130L4N64-BvarCvar-Dzdsi--float16-state_float32]",
+    T + "test_conv_update_cuda[b8d384T5W4S63-bsc-float32]",
 ]
 
 

@@ -121,3 +121,63 @@ def test_opcheck_cpu_kernel_conv_op(dtype, width, bias, silu, reverse):
     w = torch.randn(4, width).to(dtype)
     b = torch.randn(4).to(dtype) if bias else None
     torch.library.opcheck(torch.ops.vimd.causal_conv1d_fwd_cpu.default, (x, w, b, silu, reverse))
+
+
+def _step_inputs(gen, batch=2, dim=4, N=3, width=4, state_len=5):
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    return dict(x=r(batch, dim), z=r(batch, dim), dt=r(batch, dim), A=-torch.rand(dim, N, generator=gen),
+                B=r(batch, 2, N), C=r(batch, N), D=r(dim), dt_bias=r(dim), state=r(batch, dim, N),
+                conv_state=r(batch, dim, state_len), weight=r(dim, width), bias=r(dim),
+                seqlens=torch.tensor([3, 11], dtype=torch.int32))
+
+
+@NEEDS_CPU_OPS
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64))
+@pytest.mark.parametrize("circular", (False, True))
+def test_opcheck_cpu_kernel_update_ops(dtype, circular):
+    """The C++ decoding steps, which update their state argument in place (Tensor(a!) schemas)."""
+    p = _step_inputs(torch.Generator().manual_seed(2))
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    io = {k: p[k].to(dtype) for k in ("x", "z", "dt", "B", "C", "conv_state", "weight", "bias")}
+    f = {k: p[k].to(ct) for k in ("state", "A", "D", "dt_bias")}
+    torch.library.opcheck(torch.ops.vimd.selective_state_update_cpu.default,
+                          (f["state"], io["x"], io["dt"], f["A"], io["B"], io["C"], f["D"], io["z"],
+                           f["dt_bias"], True))
+    torch.library.opcheck(torch.ops.vimd.causal_conv1d_update_cpu.default,
+                          (io["x"][..., None], io["conv_state"], io["weight"], io["bias"], True,
+                           p["seqlens"] if circular else None))
+
+
+@pytest.mark.parametrize("backend", OPCHECK_BACKENDS)
+@pytest.mark.parametrize("circular", (False, True))
+def test_opcheck_update_ops(backend, circular):
+    """The decoding steps' custom ops (mutating their state) pass opcheck."""
+    p = _step_inputs(torch.Generator().manual_seed(0))
+    torch.library.opcheck(torch.ops.vimd.selective_state_update.default,
+                          (p["state"], p["x"], p["dt"], p["A"], p["B"], p["C"], p["D"], p["z"],
+                           p["dt_bias"], True, backend))
+    torch.library.opcheck(torch.ops.vimd.causal_conv1d_update.default,
+                          (p["x"][..., None], p["conv_state"], p["weight"], p["bias"], True,
+                           p["seqlens"] if circular else None, backend))
+
+
+def _decode_step(p):
+    from vimd_kernels import causal_conv1d_update, selective_state_update
+    x = causal_conv1d_update(p["x"], p["conv_state"], p["weight"], p["bias"], "silu")
+    return selective_state_update(p["state"], x, p["dt"], p["A"], p["B"], p["C"], p["D"], p["z"],
+                                  p["dt_bias"], True)
+
+
+def test_compile_fullgraph_decode_step_matches_eager():
+    """A decoding step (conv update then state update) compiles into one graph; its outputs and the
+    states it updates in place are eager's."""
+    torch._dynamo.reset()
+    base = _step_inputs(torch.Generator().manual_seed(1))
+    eager = {k: v.clone() for k, v in base.items()}
+    compiled = {k: v.clone() for k, v in base.items()}
+    fn = torch.compile(_decode_step, fullgraph=True, backend="inductor")
+    for _ in range(3):
+        want, got = _decode_step(eager), fn(compiled)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for k in ("state", "conv_state"):
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-5, atol=1e-5, msg=lambda m: f"{k}: {m}")

@@ -91,6 +91,44 @@ def test_exported_program_holds_only_aten_and_the_cpu_ops():
             torch.testing.assert_close(ep.module()(x), m(x))
 
 
+class _DecodeStep(torch.nn.Module):
+    """One decoding step of a mixer: the conv update, then the state update, on buffers that the
+    step updates in place."""
+
+    def __init__(self, batch=2, dim=4, N=3, width=4):
+        super().__init__()
+        gen = torch.Generator().manual_seed(3)
+        r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+        self.N = N
+        self.weight, self.bias = torch.nn.Parameter(r(dim, width)), torch.nn.Parameter(r(dim))
+        self.A = torch.nn.Parameter(-torch.rand(dim, N, generator=gen))
+        self.D, self.dt_bias = torch.nn.Parameter(r(dim)), torch.nn.Parameter(r(dim))
+        self.register_buffer("conv_state", r(batch, dim, width - 1))
+        self.register_buffer("state", r(batch, dim, N))
+
+    def forward(self, x):
+        from vimd_kernels import causal_conv1d_update, selective_state_update
+        xc = causal_conv1d_update(x, self.conv_state, self.weight, self.bias, "silu")
+        return selective_state_update(self.state, xc, x, self.A, xc[:, :self.N], x[:, -self.N:], self.D,
+                                      x, self.dt_bias, True)
+
+
+def test_exported_decode_step_holds_the_cpu_update_ops():
+    """A decoding step exports to the C++ update ops; the exported program's outputs and the states
+    it updates match eager's, step after step."""
+    eager, traced = _DecodeStep(), _DecodeStep()
+    x = torch.randn(2, 4)
+    ep = export_model(traced, x)
+    assert set(custom_ops(ep)) == {"vimd::causal_conv1d_update_cpu", "vimd::selective_state_update_cpu"}
+    run = ep.module()
+    for _ in range(3):
+        x = torch.randn(2, 4)
+        with torch.no_grad():
+            torch.testing.assert_close(run(x), eager(x))
+    for k in ("conv_state", "state"):
+        torch.testing.assert_close(run.get_buffer(k), eager.get_buffer(k), msg=lambda m: f"{k}: {m}")
+
+
 def test_cli_export_runs_without_vimd(tmp_path, capsys):
     """The CI case: `vimd export` of a one-block DVMSR (the smallest graph with both C++ ops) for
     8x8 images, with saved weights; the package run without vimd matches the eager model."""

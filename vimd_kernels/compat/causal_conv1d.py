@@ -4,8 +4,9 @@
 the inputs before x (the conv runs on them concatenated in front of x, so gradients reach them) and
 ``return_final_states`` also returns the last width-1 inputs, (batch, dim, width-1), written into
 ``final_states_out`` when given. ``seq_idx`` (packed sequences) raises NotImplementedError.
-``causal_conv1d_update`` is plain PyTorch (float32 math, every device): x holds the next token(s),
-``conv_state`` (batch, dim, state_len >= width-1) is updated in place.
+``causal_conv1d_update`` runs vimd's ``causal_conv1d_update`` op (every backend): x holds the next
+token(s), ``conv_state`` (batch, dim, state_len >= width-1) is updated in place, as a circular
+buffer with ``cache_seqlens``.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 
 from vimd_kernels import causal_conv1d_fn as _conv
 from vimd_kernels import causal_conv1d_ref as _conv_ref
+from vimd_kernels import causal_conv1d_update_ref as _conv_update_ref
+from vimd_kernels.ops import causal_conv1d_update as _conv_update
 
 
 def _activation(activation):
@@ -58,23 +61,20 @@ def causal_conv1d_ref(x, weight, bias=None, initial_states=None, return_final_st
                         final_states_out, activation)
 
 
-def _window(x, conv_state, width: int, cache_seqlens):
-    """(conv_state's inputs the conv needs, x) along L, and conv_state updated in place; with
-    cache_seqlens (batch,) conv_state is a circular buffer written from cache_seqlens % state_len."""
-    state_len, seqlen, dim = conv_state.shape[-1], x.shape[-1], x.shape[1]
-    if cache_seqlens is None:
-        x_new = torch.cat([conv_state.to(x.dtype), x], dim=-1)
-        conv_state.copy_(x_new[..., -state_len:])
-        return x_new
+def _param(t, x):
+    """weight / bias in x's dtype or the op's parameter dtype (upstream takes any float dtype)."""
+    if t is None or t.dtype == x.dtype:
+        return t
+    return t.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
 
-    def cols(offsets):  # per row: (offsets + cache_seqlens) % state_len, expanded over dim
-        idx = torch.remainder(offsets[None] + cache_seqlens[:, None].long(), state_len)
-        return idx[:, None].expand(-1, dim, -1)
 
-    arange = lambda a, b: torch.arange(a, b, device=x.device)  # noqa: E731
-    x_new = torch.cat([conv_state.gather(2, cols(arange(1 - width, 0))).to(x.dtype), x], dim=-1)
-    conv_state.scatter_(2, cols(arange(0, seqlen)), x.to(conv_state.dtype))
-    return x_new
+def _update(op, x, conv_state, weight, bias, activation, cache_seqlens):
+    """The op with conv_state in x's dtype (a state of another dtype is stepped in a copy)."""
+    work = conv_state if conv_state.dtype == x.dtype else conv_state.to(x.dtype)
+    out = op(x, work, _param(weight, x), _param(bias, x), _activation(activation), cache_seqlens)
+    if work is not conv_state:
+        conv_state.copy_(work)
+    return out
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
@@ -83,28 +83,17 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
 
     ``conv_state_indices`` (batch,): row b uses conv_state[conv_state_indices[b]].
     """
-    _activation(activation)
-    weight = weight.squeeze(1) if weight.dim() == 3 else weight
-    dim, width = weight.shape
-    if conv_state.shape[-1] < width - 1:
-        raise ValueError(f"conv_state must keep at least width - 1 = {width - 1} inputs, "
-                         f"got shape {tuple(conv_state.shape)}")
-    unsqueeze = x.dim() == 2
-    if unsqueeze:
-        x = x.unsqueeze(-1)
-    state = conv_state if conv_state_indices is None else conv_state[conv_state_indices.long()]
-    ct = torch.promote_types(x.dtype, torch.float32)
-    x_new = _window(x, state, width, cache_seqlens).to(ct)
-    out = F.conv1d(x_new, weight.to(ct).unsqueeze(1), None if bias is None else bias.to(ct),
-                   groups=dim)[..., -x.shape[-1]:]
-    if conv_state_indices is not None:
-        conv_state[conv_state_indices.long()] = state
-    out = (out if activation is None else F.silu(out)).to(x.dtype)
-    return out.squeeze(-1) if unsqueeze else out
+    if conv_state_indices is None:
+        return _update(_conv_update, x, conv_state, weight, bias, activation, cache_seqlens)
+    idx = conv_state_indices.long()
+    rows = conv_state[idx]
+    out = _update(_conv_update, x, rows, weight, bias, activation, cache_seqlens)
+    conv_state[idx] = rows
+    return out
 
 
 def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None):
-    return causal_conv1d_update(x, conv_state, weight, bias, activation, cache_seqlens)
+    return _update(_conv_update_ref, x, conv_state, weight, bias, activation, cache_seqlens)
 
 
 __all__ = ["causal_conv1d_fn", "causal_conv1d_ref", "causal_conv1d_update",

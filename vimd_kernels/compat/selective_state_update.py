@@ -1,56 +1,71 @@
 """mamba_ssm ``mamba_ssm.ops.triton.selective_state_update``: one decoding step of the selective
-scan, ``state`` updated in place. Plain PyTorch with the kernel's float32 math, on every device.
+scan, ``state`` updated in place, on vimd's ``selective_state_update`` op (every backend).
 
 Shapes (upstream's): state (batch, dim, N) or (batch, nheads, dim, N); x, dt, z (batch, dim) or
-(batch, nheads, dim); A (dim, N) or (nheads, dim, N); B, C (batch, N) or (batch, ngroups, N);
-D, dt_bias (dim,) or (nheads, dim). ``state_batch_indices`` (batch,): row b updates
-state[state_batch_indices[b]].
+(batch, nheads, dim); A (dim, N) or (nheads, dim, N); B, C (batch, N) or (batch, ngroups, N), head h
+reading group h // (nheads / ngroups); D, dt_bias (dim,) or (nheads, dim). The head form runs as
+one op over nheads * dim channels (B/C then grouped over the channels). ``state_batch_indices``
+(batch,): row b updates state[state_batch_indices[b]]. A, D and dt_bias enter the op in float32
+(float64 with float64 x), B and C in x's dtype or float32.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from vimd_kernels import selective_state_update_ref as _ref
+from vimd_kernels.ops import selective_state_update as _op
 
 
-def _heads(t, ndim: int, axis: int):
-    """Upstream's one-head forms leave the nheads axis out: put it back."""
-    return t if t is None or t.dim() == ndim else t.unsqueeze(axis)
+def _param(t, x):
+    """A, D, dt_bias in the op's parameter dtype."""
+    return None if t is None else t.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+
+def _bc(t, x):
+    """B, C in x's dtype or float32 (as upstream, any float dtype is accepted)."""
+    return t if t.dtype in (x.dtype, torch.float32) else t.to(x.dtype)
+
+
+def _flat(state):
+    """(batch, nheads, dim, N) -> a (batch, nheads * dim, N) view, or a copy to write back."""
+    b, h, d, n = state.shape
+    try:
+        return state.view(b, h * d, n), False
+    except RuntimeError:
+        return state.reshape(b, h * d, n), True
+
+
+def _step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, op):
+    """The op on state (batch, [nheads,] dim, N) with upstream's argument forms."""
+    if state.dim() == 3:
+        return op(state, x, dt, _param(A, x), _bc(B, x), _bc(C, x), _param(D, x), z,
+                  _param(dt_bias, x), dt_softplus)
+    batch, nheads, dim, N = state.shape
+    flat = lambda t: None if t is None else t.reshape(batch, nheads * dim)  # noqa: E731
+    vec = lambda t: None if t is None else t.reshape(nheads * dim)  # noqa: E731
+    work, copied = _flat(state)
+    out = op(work, flat(x), flat(dt), _param(A.reshape(nheads * dim, N), x), _bc(B, x), _bc(C, x),
+             _param(vec(D), x), flat(z), _param(vec(dt_bias), x), dt_softplus)
+    if copied:
+        state.copy_(work.view(state.shape))
+    return out.view(batch, nheads, dim)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                            state_batch_indices=None):
     """h = exp(dt A) h + dt B x;  out = (<h, C> + D x) * silu(z), out in x's dtype."""
-    has_heads = state.dim() > 3
-    state, x, dt, z = _heads(state, 4, 1), _heads(x, 3, 1), _heads(dt, 3, 1), _heads(z, 3, 1)
-    A, B, C = _heads(A, 3, 0), _heads(B, 3, 1), _heads(C, 3, 1)
-    D, dt_bias = _heads(D, 2, 0), _heads(dt_bias, 2, 0)
-    nheads, ngroups = x.shape[1], B.shape[1]
-    if nheads % ngroups or tuple(B.shape) != tuple(C.shape):
-        raise ValueError(f"B and C must both be (batch, ngroups, N) with ngroups dividing "
-                         f"nheads={nheads}, got {tuple(B.shape)} and {tuple(C.shape)}")
-    ct = torch.promote_types(x.dtype, torch.float32)
-    dt = dt.to(ct) + (dt_bias.to(ct) if dt_bias is not None else 0)
-    if dt_softplus:
-        dt = F.softplus(dt)
-    B, C = (X.to(ct).repeat_interleave(nheads // ngroups, dim=1)[:, :, None] for X in (B, C))
-    rows = state if state_batch_indices is None else state[state_batch_indices.long()]
-    h = rows.to(ct) * torch.exp(dt[..., None] * A.to(ct)) + (dt * x.to(ct))[..., None] * B
     if state_batch_indices is None:
-        state.copy_(h)
-    else:
-        state[state_batch_indices.long()] = h.to(state.dtype)
-    out = (h * C).sum(-1)
-    if D is not None:
-        out = out + x.to(ct) * D.to(ct)
-    if z is not None:
-        out = out * F.silu(z.to(ct))
-    out = out.to(x.dtype)
-    return out if has_heads else out.squeeze(1)
+        return _step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, _op)
+    idx = state_batch_indices.long()
+    rows = state[idx]
+    out = _step(rows, x, dt, A, B, C, D, z, dt_bias, dt_softplus, _op)
+    state[idx] = rows
+    return out
 
 
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                                dt_softplus=False):
-    return selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return _step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, _ref)
 
 
 __all__ = ["selective_state_update", "selective_state_update_ref"]

@@ -10,8 +10,9 @@ released state dicts load by name.
 
 The forward pass runs through ``vimd_kernels.mamba_inner_fn`` / ``bimamba_inner_fn`` (Vim's "v1":
 ``vimd_kernels.compat``); with ``inference_params`` it fills the decoding states and then steps
-one token at a time (``step``). A, D and dt_bias enter the kernels in float32 whatever the model's
-dtype, so ``model.to(torch.bfloat16)`` runs.
+one token at a time (``step``: ``vimd_kernels.causal_conv1d_update`` and
+``selective_state_update`` on the layer's backend). A, D and dt_bias enter the kernels in float32
+whatever the model's dtype, so ``model.to(torch.bfloat16)`` runs.
 """
 from __future__ import annotations
 
@@ -21,10 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vimd_kernels import bimamba_inner_fn, mamba_inner_fn
-from vimd_kernels.compat.causal_conv1d import causal_conv1d_update
+from vimd_kernels import bimamba_inner_fn, causal_conv1d_update, mamba_inner_fn, selective_state_update
 from vimd_kernels.compat.mixer import bimamba_v1, mixer
-from vimd_kernels.compat.selective_state_update import selective_state_update
 
 
 def no_weight_decay(p: nn.Parameter) -> nn.Parameter:
@@ -197,10 +196,12 @@ class Mamba(nn.Module):
             raise ValueError(f"step decodes one token at a time: hidden_states must be (batch, 1, "
                              f"{self.d_model}), got {tuple(hidden_states.shape)}")
         x, z = self.in_proj(hidden_states.squeeze(1)).chunk(2, dim=-1)  # (B, d_inner) each
-        x = causal_conv1d_update(x, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, self.activation)
+        x = causal_conv1d_update(x, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, self.activation,
+                                 backend=self.backend)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         y = selective_state_update(ssm_state, x, F.linear(dt, self.dt_proj.weight), neg_exp(self.A_log),
-                                   B, C, self.D, z=z, dt_bias=self.dt_proj.bias, dt_softplus=True)
+                                   B, C, param32(self.D), z=z, dt_bias=param32(self.dt_proj.bias),
+                                   dt_softplus=True, backend=self.backend)
         return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
 
     def _new_states(self, batch_size: int, dtype=None) -> tuple[Tensor, Tensor]:

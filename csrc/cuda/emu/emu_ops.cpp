@@ -8,6 +8,7 @@
 #include "../causal_conv1d.cuh"
 #include "../selective_scan_bwd.cuh"
 #include "../selective_scan_fwd.cuh"
+#include "../update.cuh"
 
 #include "../ops.cpp"
 
