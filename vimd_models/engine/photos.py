@@ -43,10 +43,9 @@ def bicubic_up(lr: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def _load_final(cfg: dict, run_dir: str) -> torch.nn.Module:
-    from ..convert import load_checkpoint
-    from ..infer import _read_weights
+    from ..convert import load_checkpoint, our_names, read_checkpoint
     model = create(cfg["model"], cfg, "model")
-    load_checkpoint(model, _read_weights(model, os.path.join(run_dir, FINAL)))
+    load_checkpoint(model, our_names(model, read_checkpoint(os.path.join(run_dir, FINAL))))
     return model.eval()
 
 
