@@ -426,8 +426,9 @@ def test_emulated_bindings_reject_bad_launch_arguments(emu):
     want = emu.selective_scan_fwd_cuda(*[x21[k] for k in SCAN_NAMES], True, True, 256)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     dout21 = torch.randn_like(x21["u"])
-    got = emu.selective_scan_bwd_cuda(*[padded[k] for k in SCAN_NAMES], dout21, None, True, True, 4, scan_cuda.ROWS)
-    want = emu.selective_scan_bwd_cuda(*[x21[k] for k in SCAN_NAMES], dout21, None, True, True, 4, scan_cuda.ROWS)
+    bwd_args = (dout21, None, True, True, 4, scan_cuda.ROWS)
+    got = emu.selective_scan_bwd_cuda(*[padded[k] for k in SCAN_NAMES], *bwd_args)
+    want = emu.selective_scan_bwd_cuda(*[x21[k] for k in SCAN_NAMES], *bwd_args)
     assert all(torch.equal(g, w) for g, w in zip(got, want) if w is not None)
 
 

@@ -208,7 +208,8 @@ def bi_backward(u, delta, A, B, C, D, z, delta_bias, dout, delta_softplus: bool)
     sms = _device_sms(u)
     walk = use_row_walk(2 * batch, dim, L, sms)  # both directions share the grid
     chunk_len = plan_bwd_chunk_len(2 * batch, dim, L, sms, walk)
-    seg, slab = plan_backward(2 * batch, dim, L, groups_of(B[0]), groups_of(C[0]), sms, math.ceil(L / chunk_len))
+    seg, slab = plan_backward(2 * batch, dim, L, groups_of(B[0]), groups_of(C[0]), sms,
+                              math.ceil(L / chunk_len))
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _ext().selective_scan_bi_bwd_cuda(
         u, delta, A, _f32(B), _f32(C), D, z, delta_bias, dout[0].contiguous(),
         dout[1].contiguous(), bool(delta_softplus), seg, slab, chunk_len)
