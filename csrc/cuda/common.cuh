@@ -24,8 +24,6 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 
 // exp(delta * A) is evaluated as exp2(delta * (A log2 e)) with A log2 e hoisted out of the time
 // loop: one multiply and one ex2 per step and state (exp2f is ex2.approx under --use_fast_math).
-// A lane's map over its steps multiplies h by prod_i exp(delta_i A) = exp2(A log2 e * sum_i delta_i):
-// one ex2 per state instead of a product of kScanItems factors.
 constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(-x)); }
@@ -81,32 +79,6 @@ __device__ __forceinline__ void warp_scan_affine_up(float& a, float& b, int lane
   }
 }
 
-// warp_scan_affine_up of (ua, ub) and the same scan lane kWidth - 1 first (for the adjoint
-// recurrence that runs backwards in time) of (da, db) together, with the two independent shuffle
-// chains interleaved level by level. With kSum, also the kWidth-lane sum of *sum (a butterfly, so
-// every lane gets the same value), a third chain.
-template <int kWidth, bool kSum = false>
-__device__ __forceinline__ void warp_scan_affine_up_down(float& ua, float& ub, float& da, float& db, int lane,
-                                                         float* sum = nullptr) {
-#pragma unroll
-  for (int off = 1; off < kWidth; off <<= 1) {
-    if (kSum) *sum += __shfl_xor_sync(kFullMask, *sum, off, kWidth);
-    float pua = __shfl_up_sync(kFullMask, ua, off, kWidth);
-    float pub = __shfl_up_sync(kFullMask, ub, off, kWidth);
-    float pda = __shfl_down_sync(kFullMask, da, off, kWidth);
-    float pdb = __shfl_down_sync(kFullMask, db, off, kWidth);
-    const bool has_up = lane >= off, has_down = lane + off < kWidth;
-    pua = has_up ? pua : 1.f;
-    pub = has_up ? pub : 0.f;
-    pda = has_down ? pda : 1.f;
-    pdb = has_down ? pdb : 0.f;
-    ub = fmaf(ua, pub, ub);
-    ua *= pua;
-    db = fmaf(da, pdb, db);
-    da *= pda;
-  }
-}
-
 inline unsigned ceil_div(long long a, long long b) { return static_cast<unsigned>((a + b - 1) / b); }
 
 // Every launch goes through here (csrc/cuda/emu/ replaces it to run the kernels on the CPU).
@@ -117,7 +89,7 @@ inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 bloc
   kernel<<<grid, block, smem, stream>>>(args...);
   return cudaGetLastError();
 }
-// 16-byte aligned: the backward reads and writes its dynamic buffer as float4.
+// 16-byte aligned: the kernels read and write their dynamic buffers as float4.
 #define VIMD_DYNAMIC_SMEM(type, name) extern __shared__ __align__(16) type name[]
 #endif
 

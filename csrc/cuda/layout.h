@@ -6,21 +6,9 @@
 namespace vimd {
 namespace cuda {
 
-// Selective scan backward: kScanLanes lanes (half a warp) walk one (batch, channel) row; each lane
-// owns kScanItems consecutive time steps, so a row covers one tile of kScanTile = 256 steps per
-// iteration, and a block of kScanWarps warps holds kScanRows rows.
-constexpr int kScanWarps = 4;
-constexpr int kScanLanes = 16;
-constexpr int kScanItems = 16;
-constexpr int kScanTile = kScanLanes * kScanItems;
-constexpr int kScanRows = kScanWarps * (32 / kScanLanes);
-// Backward kernels: blocks per multiprocessor their registers are budgeted for
-// (__launch_bounds__): the main pass holds about 250 registers a thread (2 blocks of 128
-// threads); the summary pass gets 3, which leaves room for the next state's B and C in flight (at
-// 4 it spilled).
-constexpr int kScanMainBlocks = 2;
-constexpr int kScanSummaryBlocks = 3;
-constexpr int kScanMaxState = 64;  // the backward keeps (2, N, kScanTile) floats in shared memory
+// Largest state dimension N of the scan kernels (states in registers 16 at a time, the other
+// groups cycled through shared memory).
+constexpr int kScanMaxState = 64;
 
 // Selective scan forward: one thread walks one (batch, channel) row with its states in registers
 // (kFwdStateGroup at a time); a block's kFwdRows rows share B/C, staged kFwdSteps steps at a time.
@@ -37,6 +25,14 @@ constexpr int kFwdMaxSeqlen = (1 << 25) - 16;
 // registers, so the kernels for them get 2 (at 3 the two-direction one spilled on sm_80).
 constexpr int kFwdBlocks = 3;             // B and C both grouped (the models' case)
 constexpr int kFwdBlocksConstBC = 2;      // B or C constant
+
+// Selective scan backward: one thread walks one (batch, channel) row, like the forward; a block
+// is one warp of kBwdRows rows in one B/C group segment (it walks slab_channels channels, a
+// multiple of kBwdRows, kBwdRows at a time). A row's states are checkpointed every kBwdSegment
+// steps (= kFwdSteps, the staging unit) and each segment is walked in reverse from its checkpoint.
+// Backward chunks are multiples of kBwdSegment.
+constexpr int kBwdRows = 32;
+constexpr int kBwdSegment = kFwdSteps;
 
 // Causal conv1d: one thread computes kConvItems consecutive outputs of one row.
 constexpr int kConvItems = 8;

@@ -190,7 +190,7 @@ vc::ScanParams scan_params(const Tensor& u, const Tensor& delta, const Tensor& A
   return p;
 }
 
-// chunk_len: a positive multiple of `unit` (forward: kFwdSteps; backward: kScanTile).
+// chunk_len: a positive multiple of `unit` (kFwdSteps).
 void set_chunks(vc::ScanParams& p, int64_t chunk_len, int unit) {
   TORCH_CHECK(chunk_len >= unit && chunk_len % unit == 0,
               "chunk_len must be a positive multiple of ", unit, ", got ", chunk_len);
@@ -250,22 +250,25 @@ void setup_scan_bwd(vc::ScanParams& p, ScanBwdOut& o, std::vector<Tensor>& work,
                     const Tensor& A, const Tensor& B, const Tensor& C, const OptTensor& D,
                     const OptTensor& z, const OptTensor& delta_bias, const OptTensor& initial_state,
                     const Tensor& dout, const OptTensor& dlast_state, int64_t seg_channels,
-                    int64_t slab_channels, bool row_walk) {
+                    int64_t slab_channels, int64_t chunk_len) {
   check_io(dout, u, "dout");
   if (dlast_state) {
     check_float32(*dlast_state, u, "dlast_state");
     TORCH_CHECK(dlast_state->numel() == static_cast<int64_t>(p.batch) * p.dim * p.dstate,
                 "dlast_state must be (batch, dim, N)");
   }
-  set_chunks(p, vc::kScanTile, vc::kScanTile);
-  p.row_walk = row_walk && p.n_chunks > 1;
+  TORCH_CHECK(p.seqlen <= vc::kFwdMaxSeqlen, "selective scan backward: L=", p.seqlen,
+              " is above the kernel's limit of ", vc::kFwdMaxSeqlen, " steps");
+  // chunk_len 0: one chunk per row
+  const int64_t seg = vc::kBwdSegment;
+  set_chunks(p, chunk_len == 0 ? (p.seqlen + seg - 1) / seg * seg : chunk_len, vc::kBwdSegment);
   TORCH_CHECK(seg_channels >= 1 && p.dim % seg_channels == 0, "seg_channels must divide dim");
   for (int G : {p.b_groups, p.c_groups}) {
     TORCH_CHECK(G == 0 || (p.dim / G) % seg_channels == 0,
                 "seg_channels must divide the channels of every B/C group");
   }
-  TORCH_CHECK(slab_channels >= 1 && slab_channels % vc::kScanRows == 0,
-              "slab_channels must be a positive multiple of ", vc::kScanRows);
+  TORCH_CHECK(slab_channels >= 1 && slab_channels % vc::kBwdRows == 0,
+              "slab_channels must be a positive multiple of ", vc::kBwdRows);
   p.seg_channels = static_cast<int>(seg_channels);
   p.slab_channels = static_cast<int>(slab_channels);
   p.slabs_per_seg = static_cast<int>((seg_channels + slab_channels - 1) / slab_channels);
@@ -315,10 +318,11 @@ void setup_scan_bwd(vc::ScanParams& p, ScanBwdOut& o, std::vector<Tensor>& work,
   };
   p.part_B = bc_part(p.b_groups);
   p.part_C = bc_part(p.c_groups);
+  p.checkpoints = workspace({p.batch, (p.seqlen + seg - 1) / seg, p.dstate, p.dim});
   if (p.n_chunks > 1) {
     p.chunk_h = workspace({p.batch, p.dim, p.n_chunks, p.dstate});
     p.chunk_q = workspace({p.batch, p.dim, p.n_chunks, p.dstate});
-    if (!p.row_walk) p.chunk_sum_delta = workspace({p.batch, p.dim, p.n_chunks});
+    p.chunk_sum_delta = workspace({p.batch, p.dim, p.n_chunks});
   }
 }
 
@@ -330,14 +334,14 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& u, const Tensor& delta
                                                const OptTensor& initial_state, const Tensor& dout,
                                                const OptTensor& dlast_state, bool delta_softplus,
                                                bool reverse, int64_t seg_channels,
-                                               int64_t slab_channels, bool row_walk) {
+                                               int64_t slab_channels, int64_t chunk_len) {
   vc::ScanParams p = scan_params(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                                  reverse);
   const DeviceGuard guard(u.device());
   ScanBwdOut o;
   std::vector<Tensor> work;
   setup_scan_bwd(p, o, work, u, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
-                 seg_channels, slab_channels, row_walk);
+                 seg_channels, slab_channels, chunk_len);
   launch_io(u.scalar_type(), "selective_scan_bwd_cuda",
             [&](auto t, cudaStream_t s) { return vc::selective_scan_bwd_launch<decltype(t)>(p, s); });
   return {o.du, o.ddelta, o.dA, o.dB, o.dC, undefined_if_absent(o.dD), undefined_if_absent(o.dz),
@@ -404,7 +408,7 @@ std::vector<Tensor> selective_scan_bi_bwd_cuda(const Tensor& u, const Tensor& de
                                                   const OptTensor& z, const OptTensor& delta_bias,
                                                   const Tensor& dout_f, const Tensor& dout_b,
                                                   bool delta_softplus, int64_t seg_channels,
-                                                  int64_t slab_channels, bool row_walk) {
+                                                  int64_t slab_channels, int64_t chunk_len) {
   vc::BiScanParams bp = bi_scan_params(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
   const DeviceGuard guard(u.device());
   Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
@@ -420,12 +424,10 @@ std::vector<Tensor> selective_scan_bi_bwd_cuda(const Tensor& u, const Tensor& de
                  at_dir(dD, s), at_dir(dz, s), at_dir(ddelta_bias, s), std::nullopt};
     setup_scan_bwd(bp.dir[s], o, work, u.select(0, s), A.select(0, s), B.select(0, s), C.select(0, s),
                    at_dir(D, s), z, at_dir(delta_bias, s), std::nullopt, s == 0 ? dout_f : dout_b,
-                   std::nullopt, seg_channels, slab_channels, row_walk);
+                   std::nullopt, seg_channels, slab_channels, chunk_len);
   }
-  TORCH_CHECK(bp.dir[0].row_walk || 2 * static_cast<int64_t>(bp.dir[0].n_chunks) <= 65535, "L=",
-              bp.dir[0].seqlen,
-              " is too long for the two-direction backward (", bp.dir[0].n_chunks, " tiles of ",
-              vc::kScanTile, " per direction; the grid takes at most 65535 in all)");
+  TORCH_CHECK(2 * static_cast<int64_t>(bp.dir[0].n_chunks) <= 65535, "too many chunks (",
+              bp.dir[0].n_chunks, " per direction; the grid takes at most 65535 in all): raise chunk_len");
   launch_io(u.scalar_type(), "selective_scan_bi_bwd_cuda",
             [&](auto t, cudaStream_t s) { return vc::selective_scan_bi_bwd_launch<decltype(t)>(bp, s); });
   return {du, ddelta, dA, dB, dC, undefined_if_absent(dD), undefined_if_absent(dz),
@@ -682,7 +684,7 @@ Tensor causal_conv1d_update_cuda(const Tensor& x, const Tensor& conv_state, cons
   X(selective_scan_bwd_cuda,                                                                      \
     "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "               \
     "Tensor? delta_bias, Tensor? initial_state, Tensor dout, Tensor? dlast_state, "               \
-    "bool delta_softplus, bool reverse, int seg_channels, int slab_channels, bool row_walk) "     \
+    "bool delta_softplus, bool reverse, int seg_channels, int slab_channels, int chunk_len) "    \
     "-> Tensor[]")                                                                                \
   X(causal_conv1d_fwd_cuda,                                                                       \
     "(Tensor x, Tensor weight, Tensor? bias, bool silu, bool reverse) -> Tensor")                 \
@@ -694,7 +696,7 @@ Tensor causal_conv1d_update_cuda(const Tensor& x, const Tensor& conv_state, cons
   X(selective_scan_bi_bwd_cuda,                                                                   \
     "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "               \
     "Tensor? delta_bias, Tensor dout_f, Tensor dout_b, bool delta_softplus, int seg_channels, "   \
-    "int slab_channels, bool row_walk) -> Tensor[]")                                              \
+    "int slab_channels, int chunk_len) -> Tensor[]")                                             \
   X(causal_conv1d_bi_fwd_cuda, "(Tensor x, Tensor weight, Tensor? bias, bool silu) -> Tensor")    \
   X(causal_conv1d_bi_bwd_cuda,                                                                    \
     "(Tensor x, Tensor weight, Tensor? bias, Tensor dout_f, Tensor dout_b, bool silu) -> Tensor[]")  \

@@ -19,11 +19,7 @@ struct ScanParams {
   // pads rows so that the lanes' 16-byte blocks are aligned in the direction scanned.
   long long b_row_stride = 0, c_row_stride = 0;
   bool delta_softplus = false, reverse = false;
-  int chunk_len = kScanTile;       // forward: multiple of kFwdSteps; backward: kScanTile
-  // Backward with several tiles: false = the tiles run in parallel (a summary pass and the
-  // carries' combine give their entry values); true = each block walks its rows' tiles, last
-  // first, after a forward sweep of the states (for when the rows alone fill the GPU).
-  bool row_walk = false;
+  int chunk_len = kFwdSteps;       // a multiple of kFwdSteps (= kBwdSegment)
   int n_chunks = 1;                // ceil(seqlen / chunk_len)
 
   // Inputs: u, delta, z, dout have the element type T; everything else is float32.
@@ -46,6 +42,8 @@ struct ScanParams {
   float* chunk_h = nullptr;            // (batch, dim, n_chunks, N) state entering each chunk
   float* chunk_q = nullptr;            // (batch, dim, n_chunks, N) backward: d h flowing in at chunk end
   float* chunk_sum_delta = nullptr;    // (batch, dim, n_chunks)
+  // Backward: each row's states at the start of every kBwdSegment-step segment, rows innermost.
+  float* checkpoints = nullptr;        // (batch, ceil(seqlen / kBwdSegment), N, dim)
 
   // Backward.
   const void* dout = nullptr;          // (batch, dim, L) T
@@ -68,11 +66,12 @@ struct ScanParams {
   float* dD = nullptr;                 // when D is given
   float* ddelta_bias = nullptr;        // when delta_bias is given
   // Grouped B/C: channels are cut into segments that lie inside one B group and one C group
-  // (seg_channels = gcd of the group sizes of the grouped operands). Backward: each block reduces
-  // the dB/dC contributions of slab_channels channels of one segment (kScanWarps warps, looping).
+  // (seg_channels = gcd of the group sizes of the grouped operands). Backward: each block sums
+  // the dB/dC contributions of slab_channels channels of one segment (kBwdRows rows at a time);
+  // n_parts = (dim / seg_channels) * slabs_per_seg blocks per (batch, chunk).
   // Forward: the launcher sets it; a block's rows lie in one segment.
   int seg_channels = 0;
-  int slab_channels = kScanWarps;
+  int slab_channels = kBwdRows;
   int slabs_per_seg = 1;
 };
 

@@ -1,5 +1,6 @@
-// Pieces shared by the selective-scan forward and backward: per-lane loads along a (possibly
-// reversed) row, the per-row channel context, and the sequential combine of chunk carries.
+// Pieces shared by the selective-scan forward and backward (both one thread per row): a warp's
+// row steps through shared memory, a block's B/C steps staged in shared memory, and the
+// sequential combine of chunk carries.
 //
 // Time is walked in "logical" order t = 0..L-1; the physical index is t, or L-1-t when reverse,
 // so reverse=True costs nothing but an index change (no flip copies).
@@ -15,41 +16,8 @@ namespace vimd {
 namespace cuda {
 namespace {
 
-// A lane's kScanItems elements as whole 16-byte words (64 bytes of float, 32 of half/bfloat16).
-template <typename T>
-union ItemWords {
-  static constexpr int kWords = sizeof(T) * kScanItems / 16;
-  uint4 words[kWords];
-  T items[kScanItems];
-};
-
-// Shared-memory layout of one row's tile of per-step values: step lane * kScanItems + i is stored
-// at lane * kPadItems + i. A row storing or loading its item i (fixed i, kScanLanes lanes) then
-// hits distinct banks (kPadItems is odd), and so do the two rows of a warp (their buffers are
-// kPadTile = 16 banks apart); consecutive steps likewise.
-constexpr int kPadItems = kScanItems + 1;
-
 // exp(delta A) as exp2(delta * A log2 e).
 __device__ __forceinline__ float decay_exp2(float x) { return exp2f(x); }
-
-constexpr int kPadTile = kScanLanes * kPadItems;
-__device__ __forceinline__ int padded(int pos) { return pos + pos / kScanItems; }
-
-// Static shared memory of the scan kernels (through shared_buffer, common.cuh).
-struct ScanStageSmem {  // each row's staging (TileIO)
-  float row[kScanRows][kPadTile];
-};
-
-// The backward's row layout within a block: row slot (0 .. kScanRows - 1), lane within the row,
-// and the row's lanes as a warp mask (for __syncwarp over one row).
-struct RowLane {
-  int slot, lane;
-  unsigned mask;
-  __device__ __forceinline__ RowLane()
-      : slot(threadIdx.x / kScanLanes),
-        lane(threadIdx.x % kScanLanes),
-        mask(((1u << kScanLanes) - 1u) << (threadIdx.x % 32 / kScanLanes * kScanLanes)) {}
-};
 
 // Raises the kernel's dynamic shared-memory limit to `smem` (the default is 48 KB minus the
 // kernel's static shared memory).
@@ -60,181 +28,6 @@ inline cudaError_t allow_dynamic_smem(Kernel kernel, size_t smem) {
                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
 }
 
-// Whether a row's lane blocks start on 16-byte boundaries: a block's physical start is t, or
-// L - t - kScanItems when reversed, with t a multiple of kScanItems.
-template <typename T>
-__device__ __forceinline__ bool block_aligned(const T* row, int L, bool reverse) {
-  const long long first = reverse ? static_cast<long long>(L) - kScanItems : 0;
-  return ((reinterpret_cast<uintptr_t>(row) + first * static_cast<long long>(sizeof(T))) & 15) == 0;
-}
-
-// One row's tile of logical steps [tile, tile + kScanTile), clipped to t_end: lane (of the row's
-// kScanLanes) owns steps tile + lane * kScanItems + i. The direction is a compile-time parameter,
-// so reversed rows cost no per-element selects. Rows are read and written in one of two ways,
-// chosen per row (uniform over its lanes; the two rows of a warp may differ):
-//  - the physical start of the lanes' blocks is 16-byte aligned (the blocks are 32- or 64-byte
-//    multiples apart, so all lanes agree): whole-word vector accesses per lane;
-//  - otherwise (e.g. fp32 rows of odd L): coalesced accesses, one step per lane per round,
-//    transposed through the row's staging buffer in shared memory (synchronised over the row's
-//    half of the warp only).
-template <bool kReverse>
-struct TileIO {
-  static constexpr bool reverse = kReverse;
-  float* stage;  // this row's kPadTile floats of shared memory
-  int tile, t_end, L, lane;
-  unsigned mask;  // the row's lanes in the warp (RowLane::mask)
-
-  __device__ __forceinline__ int t() const { return tile + lane * kScanItems; }
-  __device__ __forceinline__ int phys(int ti) const { return reverse ? L - 1 - ti : ti; }
-  // whether the lane's block lies wholly below t_end
-  __device__ __forceinline__ bool full() const { return t() + kScanItems <= t_end; }
-
-  template <typename T>
-  __device__ __forceinline__ bool aligned(const T* row) const { return block_aligned(row, L, reverse); }
-
-  // The lane's whole block of a row whose blocks are aligned (full() and aligned(row) hold).
-  template <typename T>
-  __device__ __forceinline__ void load_block(const T* __restrict__ row, float (&v)[kScanItems]) const {
-    const int t0 = t();
-    ItemWords<T> w;
-    const uint4* src = vec_at<const uint4>(row + (reverse ? L - t0 - kScanItems : t0));
-#pragma unroll
-    for (int k = 0; k < ItemWords<T>::kWords; ++k) w.words[k] = src[k];
-#pragma unroll
-    for (int i = 0; i < kScanItems; ++i) {  // both indices compile-time: w stays in registers
-      v[i] = reverse ? to_float(w.items[kScanItems - 1 - i]) : to_float(w.items[i]);
-    }
-  }
-
-  // The lane's kScanItems logical steps as float; zero past t_end. Split in two so that a caller
-  // can issue several rows' global loads (fetch) before the first one's latency is paid (put):
-  // fetch keeps the raw elements in w and says which of the two access ways the row takes.
-  template <typename T>
-  __device__ __forceinline__ bool fetch(const T* __restrict__ row, ItemWords<T>& w) const {
-    const int t0 = t();
-    const bool al = aligned(row);
-    if (al && full()) {
-      const uint4* src = vec_at<const uint4>(row + (reverse ? L - t0 - kScanItems : t0));
-#pragma unroll
-      for (int k = 0; k < ItemWords<T>::kWords; ++k) w.words[k] = src[k];
-    } else if (al) {  // the lane's own steps, in the vector way's (physical) order
-#pragma unroll
-      for (int i = 0; i < kScanItems; ++i) {
-        w.items[reverse ? kScanItems - 1 - i : i] = t0 + i < t_end ? row[phys(t0 + i)] : from_float<T>(0.f);
-      }
-    } else {  // round j: the lane's step is tile + kScanLanes j + lane
-      const int rem = t_end - tile;
-      const T* src = row + (reverse ? L - 1 - tile - lane : tile + lane);
-      const int stride = reverse ? -kScanLanes : kScanLanes;
-#pragma unroll
-      for (int j = 0; j < kScanItems; ++j) w.items[j] = j * kScanLanes + lane < rem ? src[j * stride] : from_float<T>(0.f);
-    }
-    return al;
-  }
-
-  // The fetched elements as the lane's logical steps (the unaligned way transposes them through
-  // the row's staging buffer).
-  template <typename T>
-  __device__ __forceinline__ void put(bool al, const ItemWords<T>& w, float (&v)[kScanItems]) const {
-    if (al) {
-#pragma unroll
-      for (int i = 0; i < kScanItems; ++i) v[i] = to_float(w.items[reverse ? kScanItems - 1 - i : i]);
-      return;
-    }
-#pragma unroll
-    for (int j = 0; j < kScanItems; ++j) stage[padded(j * kScanLanes + lane)] = to_float(w.items[j]);
-    __syncwarp(mask);
-#pragma unroll
-    for (int i = 0; i < kScanItems; ++i) v[i] = stage[lane * kPadItems + i];
-    __syncwarp(mask);
-  }
-
-  template <typename T>
-  __device__ __forceinline__ void load(const T* __restrict__ row, float (&v)[kScanItems]) const {
-    ItemWords<T> w;
-    put(fetch(row, w), w, v);
-  }
-
-  // Writes the lane's steps below t_end.
-  template <typename T>
-  __device__ __forceinline__ void store(T* __restrict__ row, const float (&v)[kScanItems]) const {
-    const int t0 = t();
-    if (aligned(row)) {
-      if (full()) {
-        ItemWords<T> w;
-#pragma unroll
-        for (int i = 0; i < kScanItems; ++i) {
-          w.items[i] = from_float<T>(reverse ? v[kScanItems - 1 - i] : v[i]);
-        }
-        uint4* dst = vec_at<uint4>(row + (reverse ? L - t0 - kScanItems : t0));
-#pragma unroll
-        for (int k = 0; k < ItemWords<T>::kWords; ++k) dst[k] = w.words[k];
-      } else {
-#pragma unroll
-        for (int i = 0; i < kScanItems; ++i) {
-          if (t0 + i < t_end) row[phys(t0 + i)] = from_float<T>(v[i]);
-        }
-      }
-      return;
-    }
-#pragma unroll
-    for (int i = 0; i < kScanItems; ++i) stage[lane * kPadItems + i] = v[i];
-    __syncwarp(mask);
-    const int rem = t_end - tile;
-    T* dst = row + (reverse ? L - 1 - tile - lane : tile + lane);
-    const int stride = reverse ? -kScanLanes : kScanLanes;
-#pragma unroll
-    for (int j = 0; j < kScanItems; ++j) {
-      if (j * kScanLanes + lane < rem) dst[j * stride] = from_float<T>(stage[padded(j * kScanLanes + lane)]);
-    }
-    __syncwarp(mask);
-  }
-};
-
-// A cursor over the states of one row's B or C: constant (dim, N) or grouped (batch, G, N, L),
-// rows `stride` apart. next() gives state n's values for the lane's steps and moves to state n + 1,
-// so the state loops walk a pointer instead of recomputing 64-bit row addresses. B and C are read
-// once per state, so the grouped rows' alignment is checked once per row: when every state's row
-// has aligned lane blocks (a 16-byte multiple apart, the Python layer pads them so), a full block
-// is two (fp32) vector loads with no further checks. Copy the cursor to walk the states again.
-struct BCView {
-  const float* row;  // the current state's row (grouped) or value (constant: &X[d * N + n])
-  long long step;    // to the next state: stride (grouped) or 1
-  bool grouped, vec;
-
-  // grouped is groups > 0, passed separately so that a compile-time true folds the constant branch
-  __device__ __forceinline__ BCView(const float* X, bool grouped_, int groups, long long row_stride,
-                                    const ScanParams& p, int b, int d)
-      : grouped(grouped_) {
-    if (grouped) {
-      const int g = d / (p.dim / groups);
-      row = X + (static_cast<long long>(b) * groups + g) * p.dstate * row_stride;
-      step = row_stride;
-      vec = row_stride % 4 == 0 && block_aligned(row, p.seqlen, p.reverse);
-    } else {
-      row = X + static_cast<long long>(d) * p.dstate;
-      step = 1;
-      vec = false;
-    }
-  }
-
-  template <typename IO>
-  __device__ __forceinline__ void next(const IO& io, float (&v)[kScanItems]) {
-    if (grouped) {
-      if (vec && io.full()) {
-        io.load_block(row, v);
-      } else {
-        io.load(row, v);
-      }
-    } else {
-      const float s = *row;
-#pragma unroll
-      for (int i = 0; i < kScanItems; ++i) v[i] = s;
-    }
-    row += step;
-  }
-};
-
 // The scan kernels are compiled per B/C layout: kBCGrouped when B and C are both grouped (the
 // models' case; the per-state code then has no constant-B/C branches), else each one's layout is
 // read at run time. Separate kernels rather than a branch inside one: one kernel holding both
@@ -244,16 +37,6 @@ inline bool bc_grouped(const ScanParams& p) { return p.b_groups > 0 && p.c_group
 template <typename Launch>
 inline cudaError_t with_bc_layout(const ScanParams& p, Launch&& launch) {
   return bc_grouped(p) ? launch(std::true_type{}) : launch(std::false_type{});
-}
-
-// B and C views of row (b, d); kBCGrouped: both are grouped.
-template <bool kBCGrouped>
-__device__ __forceinline__ BCView b_view(const ScanParams& p, int b, int d) {
-  return BCView(p.B, kBCGrouped || p.b_groups > 0, p.b_groups, p.b_row_stride, p, b, d);
-}
-template <bool kBCGrouped>
-__device__ __forceinline__ BCView c_view(const ScanParams& p, int b, int d) {
-  return BCView(p.C, kBCGrouped || p.c_groups > 0, p.c_groups, p.c_row_stride, p, b, d);
 }
 
 // delta after delta_bias and softplus; exactly zero past t_end so padded steps are identities.
@@ -269,6 +52,126 @@ __device__ __forceinline__ void prepare_delta(float (&dv)[kSteps], int t, int t_
 __device__ __forceinline__ long long row_index(const ScanParams& p, int b, int d) {
   return static_cast<long long>(b) * p.dim + d;
 }
+
+constexpr int kFwdPad = kFwdSteps + 1;  // warp staging row stride: lane-strided reads hit distinct banks
+static_assert(32 % kFwdSteps == 0, "a warp transposes whole step blocks of its rows");
+
+// kFwdSteps steps [t0, t0 + kFwdSteps) of a warp's 32 rows, moved between global memory and a
+// warp buffer of 32 * kFwdPad floats in which lane (row) r's step i is slot r * kFwdPad + i. Rows
+// past `rows` read zeros and write nothing, steps past t_end likewise. Each global access of the
+// warp covers whole kFwdSteps-step runs of kRowsPerRound rows (coalesced, any alignment).
+template <bool kReverse>
+struct RowSteps {
+  int t0, t_end, L, lane, rows;
+  static constexpr int kRowsPerRound = 32 / kFwdSteps;
+
+  __device__ __forceinline__ int phys(int t) const { return kReverse ? L - 1 - t : t; }
+  __device__ __forceinline__ int slot(int i) const { return lane * kFwdPad + i; }
+
+  // The lane's share of the warp's global loads of one tensor (row r starts at base + r *
+  // row_stride; 32-bit offsets: kFwdMaxSeqlen bounds them), kept raw until put(): the kernel issues
+  // them a tile ahead, so their latency overlaps the tile being computed instead of being paid
+  // before it.
+  template <typename T>
+  __device__ __forceinline__ void fetch(const T* base, int row_stride, T (&v)[kFwdSteps]) const {
+    const int i = lane % kFwdSteps, t = t0 + i;
+#pragma unroll
+    for (int j = 0; j < kFwdSteps; ++j) {
+      const int r = j * kRowsPerRound + lane / kFwdSteps;
+      v[j] = t < t_end && r < rows ? base[r * row_stride + phys(t)] : from_float<T>(0.f);
+    }
+  }
+
+  // Fetched values into a warp buffer (lane r's step i at slot(i) of row r); no barriers.
+  template <typename T>
+  __device__ __forceinline__ void put(const T (&v)[kFwdSteps], float* buf) const {
+    const int i = lane % kFwdSteps;
+#pragma unroll
+    for (int j = 0; j < kFwdSteps; ++j) buf[(j * kRowsPerRound + lane / kFwdSteps) * kFwdPad + i] = to_float(v[j]);
+  }
+
+  template <typename T>
+  __device__ __forceinline__ void store(T* base, int row_stride, const float (&v)[kFwdSteps],
+                                        float* buf) const {
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < kFwdSteps; ++k) buf[slot(k)] = v[k];
+    __syncwarp();
+    const int i = lane % kFwdSteps, t = t0 + i;
+#pragma unroll
+    for (int j = 0; j < kFwdSteps; ++j) {
+      const int r = j * kRowsPerRound + lane / kFwdSteps;
+      if (t < t_end && r < rows) base[r * row_stride + phys(t)] = from_float<T>(buf[r * kFwdPad + i]);
+    }
+  }
+};
+
+// The block's B or C rows (grouped: all its channels share them) for staging.
+struct BCRows {
+  const float* row0;  // state 0's row (grouped); nullptr when constant
+  int stride;         // 32-bit offsets within the N rows: kFwdMaxSeqlen bounds them
+
+  __device__ __forceinline__ BCRows(const float* X, bool grouped, int groups, long long row_stride,
+                                    const ScanParams& p, int b, int d_first)
+      : row0(nullptr), stride(static_cast<int>(row_stride)) {
+    if (grouped) {
+      const int g = d_first / (p.dim / groups);
+      row0 = X + (static_cast<long long>(b) * groups + g) * p.dstate * row_stride;
+    }
+  }
+};
+
+// kFwdSteps steps [tile, tile + kFwdSteps) of a block's B and C rows (all N states; the block's
+// rows share them), staged in shared memory by kThreads threads: value k of thread tid is state
+// e / kFwdSteps at step tile + e % kFwdSteps, e = tid + k * kThreads (zero past N, past t_end
+// and for an operand not staged), at dst[i * pad + n] (one row of `pad` floats per step and
+// operand). fetch() issues the global loads into registers and put() stores them, so a caller can
+// keep the loads in flight over other work; copy() does both.
+template <int kThreads, bool kReverse>
+struct BCSteps {
+  static constexpr int kPer = kScanMaxState * kFwdSteps / kThreads;  // values per thread and operand
+  static_assert(kPer * kThreads == kScanMaxState * kFwdSteps, "whole step blocks per thread");
+  BCRows Bg, Cg;
+  bool b_on, c_on;  // staged: grouped (and, for C, needed)
+  int N, L, t_end;
+
+  __device__ __forceinline__ void fetch(int tid, int tile, float (&vb)[kPer], float (&vc)[kPer]) const {
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int e = tid + k * kThreads, n = e / kFwdSteps, t = tile + e % kFwdSteps;
+      const bool ok = n < N && t < t_end;
+      const int pt = kReverse ? L - 1 - t : t;
+      vb[k] = (b_on && ok) ? Bg.row0[n * Bg.stride + pt] : 0.f;
+      vc[k] = (c_on && ok) ? Cg.row0[n * Cg.stride + pt] : 0.f;
+    }
+  }
+
+  // Loads and stores in one go, without holding the values over other work.
+  __device__ __forceinline__ void copy(int tid, int tile, int n_pad, int pad, float* b_dst, float* c_dst) const {
+#pragma unroll 4
+    for (int k = 0; k < kPer; ++k) {
+      const int e = tid + k * kThreads, n = e / kFwdSteps, i = e % kFwdSteps, t = tile + i;
+      if (n >= n_pad) break;
+      const bool ok = n < N && t < t_end;
+      const int pt = kReverse ? L - 1 - t : t;
+      b_dst[i * pad + n] = (b_on && ok) ? Bg.row0[n * Bg.stride + pt] : 0.f;
+      c_dst[i * pad + n] = (c_on && ok) ? Cg.row0[n * Cg.stride + pt] : 0.f;
+    }
+  }
+
+  // n_pad: the states staged (a multiple of the readers' float4 groups).
+  __device__ __forceinline__ void put(int tid, int n_pad, int pad, float* b_dst, float* c_dst,
+                                      const float (&vb)[kPer], const float (&vc)[kPer]) const {
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int e = tid + k * kThreads, n = e / kFwdSteps, i = e % kFwdSteps;
+      if (n < n_pad) {
+        b_dst[i * pad + n] = vb[k];
+        c_dst[i * pad + n] = vc[k];
+      }
+    }
+  }
+};
 
 // Chunk carries, one warp per (batch, channel, state). Forward: chunk_h holds chunk-local end
 // states (from h = 0); it is replaced in place by the state entering each chunk, starting from

@@ -1,23 +1,32 @@
-// Selective scan backward: recompute, never store (batch, dim, L, N).
+// Selective scan backward: one thread per (batch, channel) row, like the forward.
 //
-// With g_t = dL/dh_t, the adjoint runs backwards in time: g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1},
-// starting from dlast_state. Per 256-step tile and state n the kScanLanes lanes of a row (half a
-// warp: each lane owns kScanItems = 16 steps, so the lane scans have 4 levels for 16 steps)
-// recompute h (forward lane scan, from the state entering the tile) and g (backward lane scan,
-// from the adjoint entering at the tile's end), keeping h_{t-1} of their steps in registers, and
-// accumulate every gradient. Both rows of a warp always run the same instructions (a row past the
-// block's channels recomputes the block's first row and writes nothing), as the shuffles need.
+// With h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t and y_t = C_t h_t + D u_t, the adjoint
+// g_t = dL/dh_t runs backwards in time: g_t = C_t dy_t + q_t with q_t = exp(delta_{t+1} A) g_{t+1}
+// (q at the row's end: dlast_state). Per step and state the gradients are dB_t += g_t delta_t u_t,
+// dC_t += dy_t h_t, dA += delta_t q_{t-1} h_{t-1} and ddelta_t += A q_{t-1} h_{t-1} + u_t g_t B_t,
+// du_t += delta_t g_t B_t, with q_{t-1} = exp(delta_t A) g_t.
 //
-// The backward chunk is one tile. With several tiles, either (few rows, long L) a summary pass
-// computes each tile's local end state and local adjoint, a sequential combine turns them into
-// entry values (the forward chunks' machinery) and the main pass runs all tiles in parallel; or
-// (p.row_walk: the rows alone fill the GPU) each block first sweeps its rows' states forward
-// through the tiles (h entering each tile into chunk_h), then runs the main pass over its tiles
-// last to first, handing the adjoint at each tile's start to the tile before through chunk_q.
+// A thread holds its row's states, their adjoints q and its dA sums in registers (a group of
+// kFwdStateGroup; larger N cycles the groups through shared memory) and walks time in order, the
+// states as independent chains: no cross-lane scans. Reverse time needs h_{t-1} at every step, so
+// the row's states are checkpointed every kBwdSegment steps: a forward sweep over the chunk writes
+// the state entering each segment (`checkpoints`, global memory), then the segments are taken
+// last to first; each is walked forward from its checkpoint, keeping the state before each step
+// in shared memory, then backward, with one exp2 per step and state in each of the three walks.
+// dA, du, ddelta, dz, dD, ddelta_bias (and constant dB/dC) are summed inside the thread.
 //
-// Determinism: gradients of weights shared across rows (A, D, delta_bias, constant B/C) are
-// written as per-(batch, tile) partials; grouped dB/dC are summed over a block's channels in
-// shared memory in a fixed order and written per block; ordered reductions finish them. No atomics.
+// A block is one warp of kBwdRows rows inside one B/C group segment: grouped B/C are staged in
+// shared memory kFwdSteps steps at a time (read as broadcast float4s), and their per-step dB/dC
+// are summed over the block's rows through a shared-memory transpose (each row writes its
+// 2 x kFwdStateGroup values of a step, each lane then sums one column over the rows in row
+// order) and written as one partial per (block, step); a block walks slab_channels channels,
+// adding each group of rows to its partials. Ordered reductions finish every partial: no
+// atomics, bitwise reproducible.
+//
+// Long L with few rows: L is cut into chunks that run in parallel: a summary pass walks each chunk
+// backwards from zero carries (its local end state, by products of the decays, and its local
+// adjoint at the start), the forward's carry combine turns them into entry values, and the main
+// pass runs every chunk from them.
 #pragma once
 
 #include "reduce.cuh"
@@ -27,544 +36,445 @@ namespace vimd {
 namespace cuda {
 namespace {
 
-// Per-row loads shared by the summary and main passes.
-template <typename T>
-struct RowInputs {
-  float u[kScanItems], delta[kScanItems], dy[kScanItems];
-  float dt_sum;  // sum of the lane's steps' delta (after bias and softplus)
+constexpr int kBwdGroup = kFwdStateGroup;
+constexpr float kLn2 = 0.6931471805599453f;
+// The dB/dC transpose: a row's 2 x kBwdGroup values of a step and a pad word (the rows' stores
+// of one value and a lane's column reads both hit distinct banks).
+constexpr int kRedPad = 2 * kBwdGroup + 1;
+static_assert(kBwdRows == 32, "a backward block is one warp");
+// Blocks per multiprocessor the registers are budgeted for (__launch_bounds__): 255 registers a
+// thread; shared memory holds a multiprocessor to 7 blocks (sm_90) or 5 (sm_80) at N <= 16.
+constexpr int kBwdBlocks = 8;
+static_assert(kBwdSegment == kFwdSteps, "a segment is one staging unit");
 
-  // zgrad (optional): dout * silu'(z), so that dz = zgrad * y once y is known; stored item-major
-  // (step lane * kScanItems + i at i * kScanLanes + lane) in the row's shared-memory slots, so it
-  // holds no registers through the state loop.
-  template <typename IO>
-  __device__ __forceinline__ void load(const ScanParams& p, const IO& io, int b, long long row, int d,
-                                       float* zgrad) {
-    const int L = p.seqlen;
-    // Every tensor's global loads first, so their latencies overlap.
-    const T* zrow = p.z ? static_cast<const T*>(p.z) + (b * p.z_batch_stride + static_cast<long long>(d) * L)
-                        : nullptr;
-    ItemWords<T> wu, wd, wy, wz;
-    const bool al_u = io.fetch(static_cast<const T*>(p.u) + row * L, wu);
-    const bool al_d = io.fetch(static_cast<const T*>(p.delta) + row * L, wd);
-    const bool al_y = io.fetch(static_cast<const T*>(p.dout) + row * L, wy);
-    bool al_z = false;
-    if (zrow) al_z = io.fetch(zrow, wz);
-    io.put(al_u, wu, u);
-    io.put(al_d, wd, delta);
-    prepare_delta(delta, io.t(), io.t_end, p.delta_bias ? p.delta_bias[d] : 0.f, p.delta_softplus);
-    dt_sum = 0.f;
-#pragma unroll
-    for (int i = 0; i < kScanItems; ++i) dt_sum += delta[i];
-    io.put(al_y, wy, dy);
-    if (p.z) {
-      float zv[kScanItems];
-      io.put(al_z, wz, zv);
-#pragma unroll
-      for (int i = 0; i < kScanItems; ++i) {
-        const float s = sigmoidf(zv[i]);
-        if (zgrad) zgrad[i * kScanLanes + io.lane] = dy[i] * s * (1.f + zv[i] * (1.f - s));
-        dy[i] *= zv[i] * s;
-      }
-    } else if (zgrad) {
-#pragma unroll
-      for (int i = 0; i < kScanItems; ++i) zgrad[i * kScanLanes + io.lane] = 0.f;
-    }
-  }
-};
-
-// Phase 1 (several tiles only): tile-local end state (from h = 0), tile-local adjoint leaving
-// the tile's start (from g = 0 at its end), and sum of delta, per (batch, channel, tile, state).
-template <typename T, bool kReverse, bool kBCGrouped>
-__device__ __forceinline__ void scan_bwd_summary_block(const ScanParams& p, int c) {
-  const RowLane rl;
-  const int lane = rl.lane;
-  const int d_first = blockIdx.x * kScanRows;
-  const bool active = d_first + rl.slot < p.dim;  // an idle row recomputes row d_first, writes nothing
-  const int d = active ? d_first + rl.slot : d_first;
-  const int b = blockIdx.y;
-  const int N = p.dstate;
-  const long long row = row_index(p, b, d);
-  float(&stage_smem)[kScanRows][kPadTile] = shared_buffer<ScanStageSmem>().row;
-  const TileIO<kReverse> io{stage_smem[rl.slot], c * kScanTile, min(p.seqlen, (c + 1) * kScanTile), p.seqlen,
-                            lane, rl.mask};
-  RowInputs<T> in;
-  in.load(p, io, b, row, d, nullptr);
-#pragma unroll
-  for (int i = 0; i < kScanItems; ++i) in.u[i] *= in.delta[i];  // delta u, shared by the states
-  BCView Bv = b_view<kBCGrouped>(p, b, d), Cv = c_view<kBCGrouped>(p, b, d);
-  // each state's B and C are loaded during the state before (in flight over its scans)
-  float b_next[kScanItems], c_next[kScanItems];
-  Bv.next(io, b_next);
-  Cv.next(io, c_next);
-  for (int n = 0; n < N; ++n) {
-    const float a2 = p.A[d * N + n] * kLog2e;
-    float bv[kScanItems], cv[kScanItems], dA[kScanItems];
-#pragma unroll
-    for (int i = 0; i < kScanItems; ++i) bv[i] = b_next[i], cv[i] = c_next[i];
-    if (n + 1 < N) {
-      Bv.next(io, b_next);
-      Cv.next(io, c_next);
-    }
-    float ha = decay_exp2(in.dt_sum * a2), hb = 0.f;
-#pragma unroll
-    for (int i = 0; i < kScanItems; ++i) {
-      dA[i] = decay_exp2(in.delta[i] * a2);
-      hb = fmaf(dA[i], hb, in.u[i] * bv[i]);
-    }
-    float qa = ha, qb = 0.f;
-#pragma unroll
-    for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
-    warp_scan_affine_up_down<kScanLanes>(ha, hb, qa, qb, lane);
-    const long long idx = (row * p.n_chunks + c) * N + n;
-    if (active && lane == kScanLanes - 1) p.chunk_h[idx] = hb;
-    if (active && lane == 0) p.chunk_q[idx] = qb;
-  }
-  const float s = warp_sum<kScanLanes>(in.dt_sum);
-  if (active && lane == 0) p.chunk_sum_delta[row * p.n_chunks + c] = s;
-}
+// Per-row values of the segment's steps, one slot of 32 * kFwdPad floats each (RowSteps layout):
+// delta (after bias and softplus), delta * u, dy (after the z gate), u, dout * silu'(z), and the
+// sums over the states of g B, A q h and C h.
+enum BwdSlot { kSlotDt, kSlotDtu, kSlotDy, kSlotU, kSlotZg, kSlotGb, kSlotDda, kSlotY, kBwdSlots };
 
 struct ScanBwdSmem {
-  float zgrad[kScanRows][kScanTile];  // each row's dout * silu'(z), item-major
+  float rows[kBwdSlots][32 * kFwdPad];
+  float red[kBwdRows][kRedPad];
 };
 
-// Grouped B/C in the main pass: every row of a block reads the same (batch, group) rows, so each
-// state's tile of B and C is staged in shared memory once per block, fetched one state ahead:
-// thread k loads one float4's worth of the next state's B or C (4 registers) while the current
-// state is computed and stores it before the state's barrier. A row's lanes then read their steps
-// as shared-memory float4s instead of each row and lane issuing global loads whose latency every
-// state paid in full. Lane l's float4 k (steps l * kScanItems + 4k ...) sits at slot
-// l * kChunks + (k ^ swizzle(l)), so the 8 lanes of a 128-bit access phase hit distinct banks (the
-// two rows of a warp read the same slots: broadcasts). The tiles live in the rows' staging buffer
-// (TileIO), which is idle between a row group's input loads and its output stores.
-struct BCStageSmem {
-  float4 v[2][2][kScanTile / 4];  // [buffer][B, C][slot]
-};
-static_assert(sizeof(BCStageSmem) <= sizeof(ScanStageSmem), "the B/C tiles fit the rows' staging buffer");
+// Dynamic shared memory: the states before each step of a segment (kFwdSteps x kBwdGroup / 4
+// float4 rows of kBwdRows), the staged B/C steps, and with several state groups each thread's
+// carries (4 fields of n_pad states, threads innermost).
+__host__ __device__ inline int bwd_n_pad(int N) { return (N + kBwdGroup - 1) / kBwdGroup * kBwdGroup; }
+__host__ __device__ inline int bwd_bc_pad(int N) { return bwd_n_pad(N) + 4; }  // the staging writes hit distinct banks
+constexpr int kBwdHistFloats = kFwdSteps * kBwdGroup * kBwdRows;
+inline size_t scan_bwd_smem(const ScanParams& p) {
+  const int n_pad = bwd_n_pad(p.dstate);
+  const bool carry = n_pad > kBwdGroup || !bc_grouped(p);
+  return sizeof(float) * (kBwdHistFloats + 2 * kFwdSteps * bwd_bc_pad(p.dstate) + (carry ? 4 * n_pad * kBwdRows : 0));
+}
 
-template <bool kReverse>
-struct BCTileStage {
-  static constexpr int kChunks = kScanItems / 4;  // float4s per lane
-  static_assert(kScanWarps * 32 * 4 == 2 * kScanTile, "one float4 of the B/C tile per thread");
-  const float* row;  // state 0's row of this thread's operand (B for the first half of the block)
-  long long step;    // to the next state's row
-  bool staged;       // the operand is grouped (a constant one is read from registers, not staged)
-  int which, k4;     // the operand and the float4 (logical steps 4 k4 ..) this thread moves
+// One (channel slab, batch, chunk c) of one direction's backward. kSummary: the chunk's local
+// end state, local adjoint at its start and sum of delta (chunk_h, chunk_q, chunk_sum_delta).
+template <typename T, bool kSummary, bool kReverse, bool kBCGrouped>
+__device__ __forceinline__ void scan_bwd_rows(const ScanParams& p, int c) {
+  ScanBwdSmem& smem = shared_buffer<ScanBwdSmem>();
+  VIMD_DYNAMIC_SMEM(float, dyn);
+  const int L = p.seqlen, N = p.dstate, lane = threadIdx.x, b = blockIdx.y;
+  const int n_pad = bwd_n_pad(N), bc_pad = bwd_bc_pad(N);
+  const int n_groups = n_pad / kBwdGroup;
+  const bool spill = n_groups > 1;
+  float4* hist = reinterpret_cast<float4*>(dyn);  // [step][float4 of the group][row]
+  float* bc_b = dyn + kBwdHistFloats;             // [step][state]
+  float* bc_c = bc_b + kFwdSteps * bc_pad;
+  float* carry = bc_c + kFwdSteps * bc_pad;       // [field][state][row]
+  auto carry_at = [&](int field, int n) -> float& { return carry[(field * n_pad + n) * kBwdRows + lane]; };
 
-  __device__ __forceinline__ static int slot(int lane, int k) {
-    return lane * kChunks + (k ^ ((lane / (8 / kChunks)) % kChunks));
-  }
-
-  // The thread's four steps of state n (zero past t_end: padding may hold anything).
-  __device__ __forceinline__ float4 fetch(int n, int tile, int t_end, int L) const {
-    float v[4] = {0.f, 0.f, 0.f, 0.f};
-    if (staged) {
-      const float* r = row + n * step;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int ti = tile + 4 * k4 + j;
-        if (ti < t_end) v[j] = r[kReverse ? L - 1 - ti : ti];
-      }
-    }
-    return make_float4(v[0], v[1], v[2], v[3]);
-  }
-
-  __device__ __forceinline__ void put(BCStageSmem& s, int buf, float4 v) const {
-    if (staged) s.v[buf][which][slot(k4 / kChunks, k4 % kChunks)] = v;
-  }
-
-  // A lane's kScanItems steps of operand w (0: B, 1: C) of the state in buffer buf.
-  __device__ __forceinline__ static void read(const BCStageSmem& s, int buf, int w, int lane,
-                                              float (&v)[kScanItems]) {
-#pragma unroll
-    for (int k = 0; k < kChunks; ++k) {
-      const float4 q = s.v[buf][w][slot(lane, k)];
-      v[4 * k] = q.x, v[4 * k + 1] = q.y, v[4 * k + 2] = q.z, v[4 * k + 3] = q.w;
-    }
-  }
-};
-
-// The per-state dB/dC of every row, summed over the rows after each state, are double-buffered
-// over the states (one barrier per state) when the dynamic shared memory leaves room for it on
-// every target (sm_80 takes 163 KB per block): N <= 32.
-__host__ __device__ inline int bwd_red_buffers(int N) { return N <= 32 ? 2 : 1; }
-
-// Phase 3: all gradients. Block = (channel slab inside one B/C group segment, batch, tile).
-template <typename T, bool kReverse, bool kBCGrouped>
-__device__ __forceinline__ void scan_bwd_block(const ScanParams& p, int c) {
-  const int L = p.seqlen, N = p.dstate;
-  // Dynamic shared memory when B or C is grouped: acc (2, N, kScanTile), the tile's per-step
-  // dB/dC sums over the block's rows; then red (buffers, kScanRows, 2, kScanTile), one state's
-  // per-row values. Both item-major (step lane * kScanItems + i at i * kScanLanes + lane), so a
-  // row storing its item i is conflict-free and the cross-row sums read whole float4s.
-  VIMD_DYNAMIC_SMEM(float, acc);
-  float* red = acc + 2 * N * kScanTile;
-  const int red_buffers = bwd_red_buffers(N);
-  auto red_slot = [&](int buf, int r, int which) { return red + ((buf * kScanRows + r) * 2 + which) * kScanTile; };
-  float(&zgrad_smem)[kScanRows][kScanTile] = shared_buffer<ScanBwdSmem>().zgrad;
-  float(&stage_smem)[kScanRows][kPadTile] = shared_buffer<ScanStageSmem>().row;
-  const RowLane rl;
-  const int lane = rl.lane;
-  const int b = blockIdx.y;
-  const bool b_grouped = kBCGrouped || p.b_groups > 0, c_grouped = kBCGrouped || p.c_groups > 0;
-  const bool grouped = b_grouped || c_grouped;
   const int seg = blockIdx.x / p.slabs_per_seg, slab = blockIdx.x % p.slabs_per_seg;
   const int d_begin = seg * p.seg_channels + slab * p.slab_channels;
   const int d_end = min((seg + 1) * p.seg_channels, d_begin + p.slab_channels);
-  const int tile = c * kScanTile;
-  const int t_end = min(L, tile + kScanTile);
-  const TileIO<kReverse> io{stage_smem[rl.slot], tile, t_end, L, lane, rl.mask};
+  const int t_begin = c * p.chunk_len, t_end = min(L, t_begin + p.chunk_len);
+  const int n_segs = (L + kBwdSegment - 1) / kBwdSegment;
   const int J = p.batch * p.n_chunks;
   const long long j = static_cast<long long>(b) * p.n_chunks + c;
+  const long long n_parts = gridDim.x;
 
-  // grouped B/C: the block's rows share them (one group segment, one batch element): staged
-  BCStageSmem& bc_smem = *reinterpret_cast<BCStageSmem*>(&shared_buffer<ScanStageSmem>());
-  BCTileStage<kReverse> bc_stage;
-  {
-    bc_stage.which = threadIdx.x / (kScanTile / 4);
-    bc_stage.k4 = threadIdx.x % (kScanTile / 4);
-    const BCView v = bc_stage.which == 0 ? b_view<kBCGrouped>(p, b, d_begin) : c_view<kBCGrouped>(p, b, d_begin);
-    bc_stage.row = v.row;
-    bc_stage.step = v.step;
-    bc_stage.staged = bc_stage.which == 0 ? b_grouped : c_grouped;
-  }
+  const bool b_grouped = kBCGrouped || p.b_groups > 0, c_grouped = kBCGrouped || p.c_groups > 0;
+  const bool bc_sums = b_grouped || c_grouped;  // dB or dC summed over the block's rows
+  const bool bc_all_grouped = b_grouped && c_grouped;  // else `carry` holds constant dB/dC sums
+  const BCRows Bg(p.B, b_grouped, p.b_groups, p.b_row_stride, p, b, d_begin);
+  const BCRows Cg(p.C, c_grouped, p.c_groups, p.c_row_stride, p, b, d_begin);
+  const BCSteps<kBwdRows, kReverse> bc_sweep{Bg, Cg, b_grouped, false, N, L, t_end};  // B only
+  const BCSteps<kBwdRows, kReverse> bc_all{Bg, Cg, b_grouped, c_grouped, N, L, t_end};
 
-  int buf = 0;  // red buffer of the current state
-  if (p.row_walk) __syncthreads();  // the previous tile's acc reads and chunk_q writes are done
-  if (grouped) {
-    for (int i = threadIdx.x; i < 2 * N * kScanTile; i += blockDim.x) acc[i] = 0.f;
-    __syncthreads();
-  }
-
-  for (int d0 = d_begin; d0 < d_end; d0 += kScanRows) {
-    // Both rows of a warp run every instruction below (the lane scans shuffle across the whole
-    // warp); a row past d_end recomputes row d_begin and its writes are skipped or zeroed.
-    const bool active = d0 + rl.slot < d_end;
-    const int d = active ? d0 + rl.slot : d_begin;
+  for (int d0 = d_begin; d0 < d_end; d0 += kBwdRows) {
+    const int rows = min(kBwdRows, d_end - d0);
+    // Idle threads (past the slab) walk row d0 with zero inputs and zero carries: they meet the
+    // barriers, add zeros to the block's sums and write nothing.
+    const bool active = lane < rows;
+    const int d = active ? d0 + lane : d0;
     const long long row = row_index(p, b, d);
-    RowInputs<T> in;
-    // Over the states: y; gb = sum_n g B (du = delta gb, and the B part of ddelta is u gb);
-    // dda = sum_n A g exp(delta A) h_{t-1} (the A part of ddelta).
-    float y[kScanItems], gb[kScanItems], dda[kScanItems];
-    float* zgrad = zgrad_smem[rl.slot];
-    in.load(p, io, b, row, d, zgrad);
-#pragma unroll
-    for (int i = 0; i < kScanItems; ++i) {
-      y[i] = gb[i] = dda[i] = 0.f;
-      // an idle row's dout is zero (and so is its adjoint, q_in below): its dB/dC come out zero
-      // with no selects in the state loop
-      if (!active) in.dy[i] = 0.f;
-    }
-    float dA_prev = 0.f;  // the previous state's dA partial of this lane
-    BCView Bv = b_view<kBCGrouped>(p, b, d), Cv = c_view<kBCGrouped>(p, b, d);  // constant ones
-    if (grouped) {  // state 0's B/C tile, once every row is done with its staging buffer
-      const float4 first = bc_stage.fetch(0, tile, t_end, L);
-      __syncthreads();
-      bc_stage.put(bc_smem, 0, first);
-      __syncthreads();
-    }
+    const bool first_rows = d0 == d_begin;  // the slab's first rows write the block's partials
+    const long long src = row_index(p, b, d0) * L;
+    const T* u = static_cast<const T*>(p.u) + src;
+    const T* delta = static_cast<const T*>(p.delta) + src;
+    const T* dout = static_cast<const T*>(p.dout) + src;
+    const T* z = p.z ? static_cast<const T*>(p.z) + (b * p.z_batch_stride + static_cast<long long>(d0) * L)
+                     : nullptr;
+    const float Dd = p.D ? p.D[d] : 0.f;
+    const float bias = p.delta_bias ? p.delta_bias[d] : 0.f;
+    auto slot = smem.rows;  // slot[kind][RowSteps slot]
 
-    for (int n = 0; n < N; ++n) {
-      const int bc_buf = n & 1;
-      float4 bc_next = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (grouped && n + 1 < N) bc_next = bc_stage.fetch(n + 1, tile, t_end, L);  // in flight over the state
-      // This state's per-step dB / dC: grouped ones go straight to the row's slots of red (no
-      // registers held for them), constant ones are summed over the steps.
-      float* red_b = red_slot(buf, rl.slot, 0);
-      float* red_c = red_slot(buf, rl.slot, 1);
-      const float a = p.A[d * N + n], a2 = a * kLog2e;
-      const long long sidx = (row * p.n_chunks + c) * N + n;
-      float h_in = 0.f, q_in = 0.f;
-      if (p.n_chunks > 1) {
-        h_in = p.chunk_h[sidx];
-        q_in = p.chunk_q[sidx];
-      } else {
-        if (p.initial_state) h_in = p.initial_state[row * N + n];
-        if (p.dlast_state) q_in = p.dlast_state[row * N + n];
+    // The segment [t0, t0 + kFwdSteps): B (and C) staged, the rows' steps in their slots.
+    auto stage = [&](int t0, bool backward) {
+      const RowSteps<kReverse> io{t0, t_end, L, lane, rows};
+      T vu[kFwdSteps], vd[kFwdSteps], vo[kFwdSteps], vz[kFwdSteps];
+      io.fetch(u, L, vu);
+      io.fetch(delta, L, vd);
+      if (backward) {
+        io.fetch(dout, L, vo);
+        if (z) io.fetch(z, L, vz);
       }
-      if (!active) q_in = 0.f;
-      float bv[kScanItems], cv[kScanItems], dA[kScanItems], dBu[kScanItems], hp[kScanItems];
+      __syncthreads();  // every row is done with the previous segment's B/C and slots
+      (backward ? bc_all : bc_sweep).copy(lane, t0, n_pad, bc_pad, bc_b, bc_c);
+      io.put(vu, slot[kSlotU]);
+      io.put(vd, slot[kSlotDt]);
+      if (backward) {
+        io.put(vo, slot[kSlotDy]);
+        if (z) io.put(vz, slot[kSlotZg]);
+      }
+      __syncthreads();
+      // per lane, its own slots
+      float dv[kFwdSteps];
+#pragma unroll
+      for (int i = 0; i < kFwdSteps; ++i) dv[i] = slot[kSlotDt][io.slot(i)];
+      prepare_delta(dv, t0, t_end, bias, p.delta_softplus);  // padded steps: zero, an identity
+#pragma unroll
+      for (int i = 0; i < kFwdSteps; ++i) {
+        const int k = io.slot(i);
+        const float uv = slot[kSlotU][k];
+        slot[kSlotDt][k] = dv[i];
+        slot[kSlotDtu][k] = dv[i] * uv;
+        if (!backward) continue;
+        float dy = slot[kSlotDy][k];
+        if (z) {
+          const float zv = slot[kSlotZg][k], s = sigmoidf(zv);
+          slot[kSlotZg][k] = dy * s * (1.f + zv * (1.f - s));
+          dy *= zv * s;
+        }
+        slot[kSlotDy][k] = dy;
+        slot[kSlotGb][k] = 0.f;
+        slot[kSlotDda][k] = 0.f;
+        slot[kSlotY][k] = Dd * uv;
+      }
+      return io;
+    };
+
+    // State group g's decays (A log2 e).
+    float a2[kBwdGroup];
+    auto load_group = [&](int g) {
+#pragma unroll
+      for (int k = 0; k < kBwdGroup; ++k) {
+        const int n = g * kBwdGroup + k;
+        a2[k] = n < N ? p.A[d * N + n] * kLog2e : 0.f;
+      }
+    };
+    // The step's B and C of states 4 q4 .. 4 q4 + 3 of group g: staged (grouped) or the row's
+    // constants, read where used (L1-resident; in registers they made the kernel spill).
+    auto bc_step = [&](int i, int g, int q4, float (&bs)[4], float (&cs)[4]) {
+      const int n0 = g * kBwdGroup + 4 * q4;
       if (b_grouped) {
-        BCTileStage<kReverse>::read(bc_smem, bc_buf, 0, lane, bv);
+        const float4 v = vec_at<const float4>(bc_b + i * bc_pad + n0)[0];
+        bs[0] = v.x, bs[1] = v.y, bs[2] = v.z, bs[3] = v.w;
       } else {
-        Bv.next(io, bv);
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) bs[jj] = n0 + jj < N ? p.B[d * N + n0 + jj] : 0.f;
       }
       if (c_grouped) {
-        BCTileStage<kReverse>::read(bc_smem, bc_buf, 1, lane, cv);
+        const float4 v = vec_at<const float4>(bc_c + i * bc_pad + n0)[0];
+        cs[0] = v.x, cs[1] = v.y, cs[2] = v.z, cs[3] = v.w;
       } else {
-        Cv.next(io, cv);
-      }
-      // The lane's maps over its steps, forward for h and backward for the adjoint g, then both
-      // lane scans at once (independent shuffle chains, so their latencies overlap). The lane's
-      // decay over its steps is one exp2 of their summed delta (for both).
-      const float lane_a = decay_exp2(in.dt_sum * a2);
-      float la = lane_a, lb = 0.f, qa = lane_a, qb = 0.f;
 #pragma unroll
-      for (int i = 0; i < kScanItems; ++i) {
-        dA[i] = decay_exp2(in.delta[i] * a2);
-        dBu[i] = in.delta[i] * in.u[i] * bv[i];
-        lb = fmaf(dA[i], lb, dBu[i]);
+        for (int jj = 0; jj < 4; ++jj) cs[jj] = n0 + jj < N ? p.C[d * N + n0 + jj] : 0.f;
       }
+    };
+    if (!spill) load_group(0);
+
+    // Carries across segments, per state: h (the sweep), then q (the adjoint flowing into the
+    // step), s1 (dA; summary: the local end state) and, in the summary, s2 (the product of the
+    // decays after the step): in registers with one group, else in `carry` (fields 0, 1, 2).
+    // The main pass sums constant dB/dC in `carry` (fields 2, 3) whatever N.
+    float h[kBwdGroup], q[kBwdGroup], s1[kBwdGroup], s2[kBwdGroup];
+    auto load_carry = [&](int g) {
 #pragma unroll
-      for (int i = kScanItems - 1; i >= 0; --i) qb = dA[i] * fmaf(cv[i], in.dy[i], qb);
-      // ... and (kBCGrouped) the previous state's dA partial summed over the row's lanes in the
-      // same rounds: its own round of shuffles at the end of that state would stall it. (The
-      // constant-B/C kernels keep that round.)
-      warp_scan_affine_up_down<kScanLanes, kBCGrouped>(la, lb, qa, qb, lane, &dA_prev);
-      if (kBCGrouped && active && lane == 0 && n > 0) {
-        p.part_A[(static_cast<long long>(d) * N + n - 1) * J + j] = dA_prev;
+      for (int k = 0; k < kBwdGroup; ++k) {
+        const int n = g * kBwdGroup + k;
+        q[k] = carry_at(0, n), s1[k] = carry_at(1, n);
+        if (kSummary) s2[k] = carry_at(2, n);
       }
-      float ea = __shfl_up_sync(kFullMask, la, 1, kScanLanes), eb = __shfl_up_sync(kFullMask, lb, 1, kScanLanes);
-      float fa = __shfl_down_sync(kFullMask, qa, 1, kScanLanes), fb = __shfl_down_sync(kFullMask, qb, 1, kScanLanes);
-      if (lane == 0) ea = 1.f, eb = 0.f;
-      if (lane == kScanLanes - 1) fa = 1.f, fb = 0.f;
-      // Forward: h over the tile; hp[i] = h before step i.
-      // (with kBCGrouped the constant-B/C branches below fold away)
-      float h = fmaf(ea, h_in, eb);
-      float dc_sum = 0.f;
+    };
+    auto store_carry = [&](int g) {
 #pragma unroll
-      for (int i = 0; i < kScanItems; ++i) {
-        hp[i] = h;
-        h = fmaf(dA[i], h, dBu[i]);
-        y[i] = fmaf(h, cv[i], y[i]);
-        const float dc = in.dy[i] * h;
-        if (c_grouped) {
-          red_c[i * kScanLanes + lane] = dc;
-        } else {
-          dc_sum += dc;
-        }
+      for (int k = 0; k < kBwdGroup; ++k) {
+        const int n = g * kBwdGroup + k;
+        carry_at(0, n) = q[k], carry_at(1, n) = s1[k];
+        if (kSummary) carry_at(2, n) = s2[k];
       }
-      // Backward: the adjoint g over the tile, from the lane's incoming q.
-      float q = fmaf(fa, q_in, fb);
-      float dA_sum = 0.f, db_sum = 0.f;
-#pragma unroll
-      for (int i = kScanItems - 1; i >= 0; --i) {
-        const float g = fmaf(cv[i], in.dy[i], q);
-        gb[i] = fmaf(g, bv[i], gb[i]);
-        const float gh = g * (dA[i] * hp[i]);
-        dda[i] = fmaf(a, gh, dda[i]);
-        dA_sum = fmaf(in.delta[i], gh, dA_sum);
-        const float db = g * in.delta[i] * in.u[i];
-        if (b_grouped) {
-          red_b[i * kScanLanes + lane] = db;
-        } else {
-          db_sum += db;
-        }
-        q = dA[i] * g;
-      }
-      const bool writer = active && lane == 0;
-      if (writer && c == 0 && p.dinitial_state) p.dinitial_state[row * N + n] = q;
-      if (writer && p.row_walk && c > 0) p.chunk_q[(row * p.n_chunks + c - 1) * N + n] = q;
-      if (kBCGrouped) {
-        dA_prev = dA_sum;  // summed over the lanes during the next state's scans
+    };
+    const long long chunk_slot = (row * p.n_chunks + c) * N;
+    // the row's states entering segment [t0, t0 + kBwdSegment), state n at [n * dim]
+    auto checkpoint = [&](int t0) {
+      return p.checkpoints + ((static_cast<long long>(b) * n_segs + t0 / kBwdSegment) * N) * p.dim + d;
+    };
+
+    if (!kSummary) {  // the forward sweep: checkpoints at every segment start of the chunk
+      auto entry = [&](int n) -> float {
+        if (!active || n >= N) return 0.f;
+        if (p.n_chunks > 1) return p.chunk_h[chunk_slot + n];
+        return p.initial_state ? p.initial_state[row * N + n] : 0.f;
+      };
+      if (spill) {
+        for (int n = 0; n < n_pad; ++n) carry_at(0, n) = entry(n);
       } else {
-        dA_sum = warp_sum<kScanLanes>(dA_sum);
-        if (writer) p.part_A[(static_cast<long long>(d) * N + n) * J + j] = dA_sum;
-      }
-      if (!b_grouped) {
-        const float s = warp_sum<kScanLanes>(db_sum);
-        if (writer) p.part_B[(static_cast<long long>(d) * N + n) * J + j] = s;
-      }
-      if (!c_grouped) {
-        const float s = warp_sum<kScanLanes>(dc_sum);
-        if (writer) p.part_C[(static_cast<long long>(d) * N + n) * J + j] = s;
-      }
-      if (grouped) {  // sum the rows' contributions to this state, in row order
-        // the next state's B/C tile: its buffer was last read in state n - 1, before that barrier
-        if (n + 1 < N) bc_stage.put(bc_smem, bc_buf ^ 1, bc_next);
-        __syncthreads();
-        // One float4 of the 2 x kScanTile sums per thread (blockDim = 2 * kScanTile / 4), each
-        // owned by that thread across the states, so with two buffers no barrier is needed after
-        // this (red[buf] is written again two states later, after the next state's barrier).
-        static_assert(kScanWarps * 32 * 4 == 2 * kScanTile, "one float4 of sums per thread");
-        {
-          const int which = threadIdx.x / (kScanTile / 4), q4 = threadIdx.x % (kScanTile / 4);
-          float4 sum = vec_at<const float4>(red_slot(buf, 0, which))[q4];
 #pragma unroll
-          for (int r = 1; r < kScanRows; ++r) {
-            const float4 v = vec_at<const float4>(red_slot(buf, r, which))[q4];
-            sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+        for (int k = 0; k < kBwdGroup; ++k) h[k] = entry(k);
+      }
+      for (int t0 = t_begin; t0 < t_end; t0 += kBwdSegment) {
+        const RowSteps<kReverse> io = stage(t0, false);
+        float* ckpt = checkpoint(t0);
+        for (int g = 0; g < n_groups; ++g) {
+          if (spill) {
+            load_group(g);
+#pragma unroll
+            for (int k = 0; k < kBwdGroup; ++k) h[k] = carry_at(0, g * kBwdGroup + k);
           }
-          float4* dst = vec_at<float4>(acc + (which * N + n) * kScanTile) + q4;
-          float4 cur = *dst;
-          cur.x += sum.x, cur.y += sum.y, cur.z += sum.z, cur.w += sum.w;
-          *dst = cur;
-        }
-        if (red_buffers == 1) {
-          __syncthreads();  // one buffer: every thread has read it before the next state's writes
-        } else {
-          buf ^= 1;
+#pragma unroll
+          for (int k = 0; k < kBwdGroup; ++k) {
+            const int n = g * kBwdGroup + k;
+            if (active && n < N) ckpt[static_cast<long long>(n) * p.dim] = h[k];
+          }
+#pragma unroll 1
+          for (int i = 0; i < kFwdSteps; ++i) {
+            const float dt = slot[kSlotDt][io.slot(i)], x = slot[kSlotDtu][io.slot(i)];
+#pragma unroll
+            for (int q4 = 0; q4 < kBwdGroup / 4; ++q4) {
+              float bs[4], cs[4];
+              bc_step(i, g, q4, bs, cs);
+#pragma unroll
+              for (int jj = 0; jj < 4; ++jj) {
+                const int k = 4 * q4 + jj;
+                h[k] = fmaf(decay_exp2(dt * a2[k]), h[k], x * bs[jj]);
+              }
+            }
+          }
+          if (spill) {
+#pragma unroll
+            for (int k = 0; k < kBwdGroup; ++k) carry_at(0, g * kBwdGroup + k) = h[k];
+          }
         }
       }
     }
 
-    if (kBCGrouped) {  // the last state's
-      dA_prev = warp_sum<kScanLanes>(dA_prev);
-      if (active && lane == 0) p.part_A[(static_cast<long long>(d) * N + N - 1) * J + j] = dA_prev;
-    }
-    float dD = 0.f, ddb = 0.f, zg[kScanItems];
-    const float Dd = p.D ? p.D[d] : 0.f;
-    float du[kScanItems], ddelta[kScanItems];
+    {  // the adjoint's entry and zeroed sums
+      auto entry_q = [&](int n) -> float {
+        if (kSummary || !active || n >= N) return 0.f;
+        if (p.n_chunks > 1) return p.chunk_q[chunk_slot + n];
+        return p.dlast_state ? p.dlast_state[row * N + n] : 0.f;
+      };
+      const float s2_init = kSummary ? 1.f : 0.f;
+      if (spill || (!kSummary && !bc_all_grouped)) {
+        for (int n = 0; n < n_pad; ++n) {
+          carry_at(0, n) = entry_q(n), carry_at(1, n) = 0.f, carry_at(2, n) = s2_init, carry_at(3, n) = 0.f;
+        }
+      }
+      if (!spill) {
 #pragma unroll
-    for (int i = 0; i < kScanItems; ++i) {
-      dD = fmaf(in.dy[i], in.u[i], dD);
-      du[i] = fmaf(Dd, in.dy[i], in.delta[i] * gb[i]);
-      ddelta[i] = fmaf(in.u[i], gb[i], dda[i]);
-      y[i] = fmaf(Dd, in.u[i], y[i]);
-      zg[i] = zgrad[i * kScanLanes + lane] * y[i];
-      // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x)); expm1f keeps it accurate when
-      // softplus(x) is tiny (very negative x), where 1 - exp(.) would cancel.
-      if (p.delta_softplus) ddelta[i] *= -expm1f(-in.delta[i]);
-      if (io.t() + i >= t_end) ddelta[i] = 0.f;  // padded steps: keep them out of ddelta_bias
-      ddb += ddelta[i];
+        for (int k = 0; k < kBwdGroup; ++k) q[k] = entry_q(k), s1[k] = 0.f, s2[k] = s2_init;
+      }
     }
-    dD = warp_sum<kScanLanes>(dD);
-    ddb = warp_sum<kScanLanes>(ddb);
+    float dD = 0.f, ddb = 0.f, sum_dt = 0.f;
+    // The segment's outputs, from its slots (the sums over the states complete).
+    auto finish_segment = [&](const RowSteps<kReverse>& io, int t0) {
+      float du[kFwdSteps], ddelta[kFwdSteps], dz[kFwdSteps];
+#pragma unroll
+      for (int i = 0; i < kFwdSteps; ++i) {
+        const int k = io.slot(i);
+        const float dt = slot[kSlotDt][k], uv = slot[kSlotU][k], dy = slot[kSlotDy][k];
+        const float gb = slot[kSlotGb][k];
+        du[i] = fmaf(dt, gb, Dd * dy);
+        float dd = fmaf(uv, gb, slot[kSlotDda][k] * kLn2);
+        // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x)); expm1f keeps it accurate when
+        // softplus(x) is tiny (very negative x), where 1 - exp(.) would cancel.
+        if (p.delta_softplus) dd *= -expm1f(-dt);
+        if (t0 + i >= t_end) dd = 0.f;  // padded steps: keep them out of ddelta_bias
+        ddelta[i] = dd;
+        ddb += dd;
+        dD = fmaf(dy, uv, dD);
+        dz[i] = z ? slot[kSlotZg][k] * slot[kSlotY][k] : 0.f;
+      }
+      io.store(static_cast<T*>(p.du) + src, L, du, slot[kSlotGb]);
+      io.store(static_cast<T*>(p.ddelta) + src, L, ddelta, slot[kSlotGb]);
+      if (z) io.store(static_cast<T*>(p.dz) + src, L, dz, slot[kSlotGb]);
+    };
+    for (int t0 = t_begin + (t_end - 1 - t_begin) / kBwdSegment * kBwdSegment; t0 >= t_begin; t0 -= kBwdSegment) {
+      const RowSteps<kReverse> io = stage(t0, true);
+      const float* ckpt = checkpoint(t0);
+      for (int g = 0; g < n_groups; ++g) {
+        if (spill) {
+          load_group(g);
+          load_carry(g);
+        }
+        if (!kSummary) {  // forward over the segment from its checkpoint: the state before each step
+#pragma unroll
+          for (int k = 0; k < kBwdGroup; ++k) {
+            const int n = g * kBwdGroup + k;
+            h[k] = active && n < N ? ckpt[static_cast<long long>(n) * p.dim] : 0.f;
+          }
+#pragma unroll 1
+          for (int i = 0; i < kFwdSteps; ++i) {
+            const float dt = slot[kSlotDt][io.slot(i)], x = slot[kSlotDtu][io.slot(i)];
+#pragma unroll
+            for (int q4 = 0; q4 < kBwdGroup / 4; ++q4) {
+              hist[(i * (kBwdGroup / 4) + q4) * kBwdRows + lane] =
+                  make_float4(h[4 * q4], h[4 * q4 + 1], h[4 * q4 + 2], h[4 * q4 + 3]);
+              float bs[4], cs[4];
+              bc_step(i, g, q4, bs, cs);
+#pragma unroll
+              for (int jj = 0; jj < 4; ++jj) {
+                const int k = 4 * q4 + jj;
+                h[k] = fmaf(decay_exp2(dt * a2[k]), h[k], x * bs[jj]);
+              }
+            }
+          }
+        }
+        // backward over the segment
+#pragma unroll 1
+        for (int i = kFwdSteps - 1; i >= 0; --i) {
+          const int k_slot = io.slot(i);
+          const float dt = slot[kSlotDt][k_slot], x = slot[kSlotDtu][k_slot], dy = slot[kSlotDy][k_slot];
+          float gbq[4] = {0.f, 0.f, 0.f, 0.f}, ddq[4] = {0.f, 0.f, 0.f, 0.f}, yq[4] = {0.f, 0.f, 0.f, 0.f};
+          float* red = smem.red[lane];  // this row's dB, dC of the step (grouped operands)
+#pragma unroll
+          for (int q4 = 0; q4 < kBwdGroup / 4; ++q4) {
+            float bs[4], cs[4];
+            bc_step(i, g, q4, bs, cs);
+            float hp[4] = {0.f, 0.f, 0.f, 0.f};
+            if (!kSummary) {
+              const float4 v = hist[(i * (kBwdGroup / 4) + q4) * kBwdRows + lane];
+              hp[0] = v.x, hp[1] = v.y, hp[2] = v.z, hp[3] = v.w;
+            }
+#pragma unroll
+            for (int jj = 0; jj < 4; ++jj) {
+              const int k = 4 * q4 + jj;
+              const float e = decay_exp2(dt * a2[k]);
+              if (kSummary) {
+                s1[k] = fmaf(s2[k], x * bs[jj], s1[k]);
+                s2[k] *= e;
+                q[k] = e * fmaf(cs[jj], dy, q[k]);
+                continue;
+              }
+              const float ht = fmaf(e, hp[jj], x * bs[jj]);  // the state after the step
+              const float gv = fmaf(cs[jj], dy, q[k]);
+              gbq[jj] = fmaf(gv, bs[jj], gbq[jj]);
+              yq[jj] = fmaf(cs[jj], ht, yq[jj]);
+              q[k] = e * gv;
+              const float gh = q[k] * hp[jj];
+              s1[k] = fmaf(dt, gh, s1[k]);
+              ddq[jj] = fmaf(a2[k], gh, ddq[jj]);
+              const float db = gv * x, dc = dy * ht;
+              if (bc_sums) {
+                red[k] = b_grouped ? db : 0.f;
+                red[kBwdGroup + k] = c_grouped ? dc : 0.f;
+              }
+              if (!b_grouped) carry_at(2, g * kBwdGroup + k) += db;
+              if (!c_grouped) carry_at(3, g * kBwdGroup + k) += dc;
+            }
+          }
+          if (!kSummary) {
+            slot[kSlotGb][k_slot] += (gbq[0] + gbq[1]) + (gbq[2] + gbq[3]);
+            slot[kSlotDda][k_slot] += (ddq[0] + ddq[1]) + (ddq[2] + ddq[3]);
+            slot[kSlotY][k_slot] += (yq[0] + yq[1]) + (yq[2] + yq[3]);
+            if (bc_sums) {  // the step's dB/dC summed over the block's rows (lane l: value l)
+              __syncwarp();
+              float sum = 0.f;
+#pragma unroll 8
+              for (int r = 0; r < kBwdRows; ++r) sum += smem.red[r][lane];
+              __syncwarp();
+              const int t = t0 + i, n = g * kBwdGroup + lane % kBwdGroup;
+              const bool is_c = lane >= kBwdGroup;
+              float* part = is_c ? (c_grouped ? p.part_C : nullptr) : (b_grouped ? p.part_B : nullptr);
+              if (part != nullptr && n < N && t < t_end) {
+                float* dst = part + ((b * n_parts + blockIdx.x) * N + n) * static_cast<long long>(L) +
+                             (kReverse ? L - 1 - t : t);
+                *dst = first_rows ? sum : *dst + sum;
+              }
+            }
+          }
+        }
+        if (spill) store_carry(g);
+      }
+      if (kSummary) {
+#pragma unroll
+        for (int i = 0; i < kFwdSteps; ++i) sum_dt += slot[kSlotDt][io.slot(i)];
+      } else {
+        finish_segment(io, t0);
+      }
+    }
+
     if (!active) continue;
-    if (lane == 0) {
+    auto finish = [&](int n, float qn, float v1, float v2, float v3) {
+      if (kSummary) {
+        p.chunk_h[chunk_slot + n] = v1;
+        p.chunk_q[chunk_slot + n] = qn;
+        return;
+      }
+      const long long pj = (static_cast<long long>(d) * N + n) * J + j;
+      if (c == 0 && p.dinitial_state) p.dinitial_state[row * N + n] = qn;
+      p.part_A[pj] = v1;
+      if (!b_grouped) p.part_B[pj] = v2;
+      if (!c_grouped) p.part_C[pj] = v3;
+    };
+    if (spill) {
+      for (int n = 0; n < N; ++n) finish(n, carry_at(0, n), carry_at(1, n), carry_at(2, n), carry_at(3, n));
+    } else {
+#pragma unroll
+      for (int k = 0; k < kBwdGroup; ++k) {  // constant indices: the carries stay in registers
+        if (k < N) {
+          finish(k, q[k], s1[k], !kSummary && !b_grouped ? carry_at(2, k) : 0.f,
+                 !kSummary && !c_grouped ? carry_at(3, k) : 0.f);
+        }
+      }
+    }
+    if (kSummary) {
+      p.chunk_sum_delta[row * p.n_chunks + c] = sum_dt;
+    } else {
       if (p.part_D) p.part_D[static_cast<long long>(d) * J + j] = dD;
       if (p.part_delta_bias) p.part_delta_bias[static_cast<long long>(d) * J + j] = ddb;
     }
-    io.store(static_cast<T*>(p.du) + row * L, du);
-    io.store(static_cast<T*>(p.ddelta) + row * L, ddelta);
-    if (p.z) io.store(static_cast<T*>(p.dz) + row * L, zg);
-  }
-
-  if (grouped) {  // the block's partial dB/dC for its tile, in physical time order
-    __syncthreads();  // acc slots were summed by other threads
-    const long long n_parts = gridDim.x;
-    for (int k = threadIdx.x; k < 2 * N * kScanTile; k += blockDim.x) {
-      const int which = k / (N * kScanTile), n = (k / kScanTile) % N, pos = k % kScanTile;
-      const int ti = tile + pos;
-      float* part = which == 0 ? (b_grouped ? p.part_B : nullptr) : (c_grouped ? p.part_C : nullptr);
-      if (part == nullptr || ti >= L) continue;
-      const long long idx = ((b * n_parts + blockIdx.x) * N + n) * static_cast<long long>(L);
-      const int q = (pos % kScanItems) * kScanLanes + pos / kScanItems;  // item-major slot of step pos
-      part[idx + (kReverse ? L - 1 - ti : ti)] = acc[(which * N + n) * kScanTile + q];
-    }
   }
 }
 
-// Row walk, first phase: for every channel of the block's slab, the state entering each tile
-// (chunk_h, from initial_state) by a forward sweep of the tiles, and the adjoint entering the last
-// tile (chunk_q, from dlast_state). A channel is handled by the same row slot as in the main pass.
-template <typename T, bool kReverse, bool kBCGrouped>
-__device__ __forceinline__ void scan_bwd_row_sweep(const ScanParams& p) {
-  // the main pass's staging buffer: a row's last use of it here ends with a __syncwarp
-  float(&sweep_stage)[kScanRows][kPadTile] = shared_buffer<ScanStageSmem>().row;
-  const RowLane rl;
-  const int lane = rl.lane;
-  const int b = blockIdx.y;
-  const int L = p.seqlen, N = p.dstate, tiles = p.n_chunks;
-  const int seg = blockIdx.x / p.slabs_per_seg, slab = blockIdx.x % p.slabs_per_seg;
-  const int d_begin = seg * p.seg_channels + slab * p.slab_channels;
-  const int d_end = min((seg + 1) * p.seg_channels, d_begin + p.slab_channels);
-  for (int d0 = d_begin; d0 < d_end; d0 += kScanRows) {
-    const bool active = d0 + rl.slot < d_end;  // as in the main pass: idle rows write nothing
-    const int d = active ? d0 + rl.slot : d_begin;
-    const long long row = row_index(p, b, d);
-    const BCView Bv = b_view<kBCGrouped>(p, b, d);
-    const float bias = p.delta_bias ? p.delta_bias[d] : 0.f;
-    for (int n = lane; active && n < N; n += kScanLanes) {
-      p.chunk_h[row * tiles * N + n] = p.initial_state ? p.initial_state[row * N + n] : 0.f;
-      p.chunk_q[(row * tiles + tiles - 1) * N + n] = p.dlast_state ? p.dlast_state[row * N + n] : 0.f;
-    }
-    __syncwarp();
-    for (int c = 0; c + 1 < tiles; ++c) {
-      const TileIO<kReverse> io{sweep_stage[rl.slot], c * kScanTile, min(L, (c + 1) * kScanTile), L, lane,
-                                rl.mask};
-      float uv[kScanItems], dv[kScanItems];
-      io.load(static_cast<const T*>(p.u) + row * L, uv);
-      io.load(static_cast<const T*>(p.delta) + row * L, dv);
-      prepare_delta(dv, io.t(), io.t_end, bias, p.delta_softplus);
-      float lane_dt = 0.f;
-#pragma unroll
-      for (int i = 0; i < kScanItems; ++i) {
-        lane_dt += dv[i];
-        uv[i] *= dv[i];  // delta u, shared by the states
-      }
-      // Walk the states from n = 0, each state's B and entry state loaded during the state before
-      // (the sweep does little per state: unhidden, their latency would be most of it).
-      BCView Bn = Bv;
-      float b_next[kScanItems];
-      Bn.next(io, b_next);
-      float h_next = p.chunk_h[(row * tiles + c) * N];
-      for (int n = 0; n < N; ++n) {
-        const float a2 = p.A[d * N + n] * kLog2e;
-        float bv[kScanItems];
-#pragma unroll
-        for (int i = 0; i < kScanItems; ++i) bv[i] = b_next[i];
-        const float h_in = h_next;
-        if (n + 1 < N) {
-          Bn.next(io, b_next);
-          h_next = p.chunk_h[(row * tiles + c) * N + n + 1];
-        }
-        float la = decay_exp2(lane_dt * a2), lb = 0.f;
-#pragma unroll
-        for (int i = 0; i < kScanItems; ++i) lb = fmaf(decay_exp2(dv[i] * a2), lb, uv[i] * bv[i]);
-        warp_scan_affine_up<kScanLanes>(la, lb, lane);
-        const float h_out = fmaf(la, h_in, lb);
-        if (active && lane == kScanLanes - 1) p.chunk_h[(row * tiles + c + 1) * N + n] = h_out;
-        __syncwarp();
-      }
-    }
-  }
+// The chunk (grid z) of a block: the main pass takes the chunks last first (the ones the summary
+// pass read last are the likeliest still in L2).
+template <bool kSummary>
+__device__ __forceinline__ int bwd_chunk_z() {
+  return kSummary ? blockIdx.z : gridDim.z - 1 - blockIdx.z;
 }
 
-// A block's tiles: tile c, or (row walk) after the forward sweep all of them, last first. One
-// call site of the main body per direction.
-template <typename T, bool kReverse, bool kBCGrouped>
-__device__ __forceinline__ void scan_bwd_tiles(const ScanParams& p, int c) {
-  int c_end = c;
-  if (p.row_walk) {
-    scan_bwd_row_sweep<T, kReverse, kBCGrouped>(p);
-    c = p.n_chunks - 1;
-    c_end = 0;
-  }
-  for (; c >= c_end; --c) scan_bwd_block<T, kReverse, kBCGrouped>(p, c);
-}
-
-template <typename T, bool kBCGrouped>
-__global__ __launch_bounds__(kScanWarps * 32, kScanSummaryBlocks) void scan_bwd_summary_kernel(ScanParams p) {
+template <typename T, bool kSummary, bool kBCGrouped>
+__global__ __launch_bounds__(kBwdRows, kBwdBlocks) void scan_bwd_kernel(ScanParams p) {
   if (p.reverse) {
-    scan_bwd_summary_block<T, true, kBCGrouped>(p, blockIdx.z);
+    scan_bwd_rows<T, kSummary, true, kBCGrouped>(p, bwd_chunk_z<kSummary>());
   } else {
-    scan_bwd_summary_block<T, false, kBCGrouped>(p, blockIdx.z);
+    scan_bwd_rows<T, kSummary, false, kBCGrouped>(p, bwd_chunk_z<kSummary>());
   }
 }
 
-// The main pass's tile (grid z) of a block: last first, as the forward's main pass (the tiles
-// the summary pass read last are the likeliest still in L2).
-__device__ __forceinline__ int bwd_tile_z() { return gridDim.z - 1 - blockIdx.z; }
-
-template <typename T, bool kBCGrouped>
-__global__ __launch_bounds__(kScanWarps * 32, kScanMainBlocks) void scan_bwd_kernel(ScanParams p) {
-  if (p.reverse) {
-    scan_bwd_tiles<T, true, kBCGrouped>(p, bwd_tile_z());
-  } else {
-    scan_bwd_tiles<T, false, kBCGrouped>(p, bwd_tile_z());
-  }
-}
-
-// Both directions: grid.z = 2 * n_chunks, direction-major; direction 1 is the reversed one.
-template <typename T, bool kBCGrouped>
-__global__ __launch_bounds__(kScanWarps * 32, kScanSummaryBlocks) void scan_bwd_summary_bi_kernel(BiScanParams bp) {
+// Both directions: grid.z = 2 * n_chunks, direction-major; direction 1 is the reversed one. Two
+// call sites with constant indices (a run-time index into the parameter struct costs registers).
+template <typename T, bool kSummary, bool kBCGrouped>
+__global__ __launch_bounds__(kBwdRows, kBwdBlocks) void scan_bwd_bi_kernel(BiScanParams bp) {
   const int n_chunks = bp.dir[0].n_chunks;
-  if (blockIdx.z < n_chunks) {
-    scan_bwd_summary_block<T, false, kBCGrouped>(bp.dir[0], blockIdx.z);
-  } else {
-    scan_bwd_summary_block<T, true, kBCGrouped>(bp.dir[1], blockIdx.z - n_chunks);
-  }
-}
-
-// Row walk: grid.z = 2, one per direction.
-template <typename T, bool kBCGrouped>
-__global__ __launch_bounds__(kScanWarps * 32, kScanMainBlocks) void scan_bwd_bi_kernel(BiScanParams bp) {
-  const int n_chunks = bp.dir[0].row_walk ? 1 : bp.dir[0].n_chunks;  // row walk: grid.z = 2
-  const int z = bwd_tile_z();
+  const int z = bwd_chunk_z<kSummary>();
   if (z < n_chunks) {
-    scan_bwd_tiles<T, false, kBCGrouped>(bp.dir[0], z);
+    scan_bwd_rows<T, kSummary, false, kBCGrouped>(bp.dir[0], z);
   } else {
-    scan_bwd_tiles<T, true, kBCGrouped>(bp.dir[1], z - n_chunks);
+    scan_bwd_rows<T, kSummary, true, kBCGrouped>(bp.dir[1], z - n_chunks);
   }
 }
 
@@ -595,69 +505,55 @@ inline cudaError_t scan_bwd_reduce(const ScanParams& p, unsigned n_parts, cudaSt
   return cudaSuccess;
 }
 
-inline size_t scan_bwd_smem(const ScanParams& p) {  // acc and red (scan_bwd_block)
-  const bool grouped = p.b_groups > 0 || p.c_groups > 0;
-  const size_t acc = 2 * sizeof(float) * p.dstate * kScanTile;
-  const size_t red = sizeof(float) * bwd_red_buffers(p.dstate) * kScanRows * 2 * kScanTile;
-  return grouped ? acc + red : 0;
-}
-
 inline unsigned scan_bwd_parts(const ScanParams& p) {
   return static_cast<unsigned>((p.dim / p.seg_channels) * p.slabs_per_seg);
+}
+
+// The backward's phases, for one direction (args: ScanParams) or both (BiScanParams): with
+// several chunks the summary kernel and each direction's two carry combines, then the main
+// kernel and each direction's reductions. kernels(summary, grouped) gives the kernel.
+template <typename Args, typename Kernels>
+inline cudaError_t launch_bwd_phases(const Args& args, const ScanParams* dirs, int n_dirs, Kernels kernels,
+                                     cudaStream_t stream) {
+  const ScanParams& p = dirs[0];  // every direction has the same sizes, B/C layout and planning
+  const unsigned n_parts = scan_bwd_parts(p);
+  const dim3 grid(n_parts, p.batch, n_dirs * p.n_chunks), block(kBwdRows);
+  const size_t smem = scan_bwd_smem(p);
+  return with_bc_layout(p, [&](auto grouped) {
+    const auto main = kernels(std::false_type{}, grouped);
+    const auto summary = kernels(std::true_type{}, grouped);
+    cudaError_t err;
+    if (p.n_chunks > 1) {
+      if ((err = allow_dynamic_smem(summary, smem)) != cudaSuccess) return err;
+      if ((err = launch_kernel(summary, grid, block, smem, stream, args)) != cudaSuccess) return err;
+      for (int s = 0; s < n_dirs; ++s) {
+        if ((err = scan_combine(dirs[s], /*adjoint=*/false, stream)) != cudaSuccess) return err;
+        if ((err = scan_combine(dirs[s], /*adjoint=*/true, stream)) != cudaSuccess) return err;
+      }
+    }
+    if ((err = allow_dynamic_smem(main, smem)) != cudaSuccess) return err;
+    if ((err = launch_kernel(main, grid, block, smem, stream, args)) != cudaSuccess) return err;
+    for (int s = 0; s < n_dirs; ++s) {
+      if ((err = scan_bwd_reduce(dirs[s], n_parts, stream)) != cudaSuccess) return err;
+    }
+    return cudaSuccess;
+  });
 }
 
 }  // namespace
 
 template <typename T>
 cudaError_t selective_scan_bwd_launch(const ScanParams& p, cudaStream_t stream) {
-  const dim3 block(kScanWarps * 32);
-  return with_bc_layout(p, [&](auto grouped) {
-    constexpr bool kG = decltype(grouped)::value;
-    cudaError_t err;
-    if (p.n_chunks > 1 && !p.row_walk) {
-      err = launch_kernel(scan_bwd_summary_kernel<T, kG>, dim3(ceil_div(p.dim, kScanRows), p.batch, p.n_chunks),
-                          block, 0, stream, p);
-      if (err != cudaSuccess) return err;
-      if ((err = scan_combine(p, false, stream)) != cudaSuccess) return err;
-      if ((err = scan_combine(p, true, stream)) != cudaSuccess) return err;
-    }
-    const size_t smem = scan_bwd_smem(p);
-    if ((err = allow_dynamic_smem(scan_bwd_kernel<T, kG>, smem)) != cudaSuccess) return err;
-    const unsigned n_parts = scan_bwd_parts(p);
-    err = launch_kernel(scan_bwd_kernel<T, kG>, dim3(n_parts, p.batch, p.row_walk ? 1 : p.n_chunks), block,
-                        smem, stream, p);
-    if (err != cudaSuccess) return err;
-    return scan_bwd_reduce(p, n_parts, stream);
-  });
+  return launch_bwd_phases(p, &p, 1, [](auto summary, auto grouped) {
+    return scan_bwd_kernel<T, decltype(summary)::value, decltype(grouped)::value>;
+  }, stream);
 }
 
 template <typename T>
 cudaError_t selective_scan_bi_bwd_launch(const BiScanParams& bp, cudaStream_t stream) {
-  const ScanParams& p = bp.dir[0];  // sizes, B/C layout and the channel planning are the same in both
-  const dim3 block(kScanWarps * 32);
-  return with_bc_layout(p, [&](auto grouped) {
-    constexpr bool kG = decltype(grouped)::value;
-    cudaError_t err;
-    if (p.n_chunks > 1 && !p.row_walk) {
-      err = launch_kernel(scan_bwd_summary_bi_kernel<T, kG>,
-                          dim3(ceil_div(p.dim, kScanRows), p.batch, 2 * p.n_chunks), block, 0, stream, bp);
-      if (err != cudaSuccess) return err;
-      for (const ScanParams& q : bp.dir) {
-        if ((err = scan_combine(q, false, stream)) != cudaSuccess) return err;
-        if ((err = scan_combine(q, true, stream)) != cudaSuccess) return err;
-      }
-    }
-    const size_t smem = scan_bwd_smem(p);
-    if ((err = allow_dynamic_smem(scan_bwd_bi_kernel<T, kG>, smem)) != cudaSuccess) return err;
-    const unsigned n_parts = scan_bwd_parts(p);
-    err = launch_kernel(scan_bwd_bi_kernel<T, kG>, dim3(n_parts, p.batch, p.row_walk ? 2 : 2 * p.n_chunks),
-                        block, smem, stream, bp);
-    if (err != cudaSuccess) return err;
-    for (const ScanParams& q : bp.dir) {
-      if ((err = scan_bwd_reduce(q, n_parts, stream)) != cudaSuccess) return err;
-    }
-    return cudaSuccess;
-  });
+  return launch_bwd_phases(bp, bp.dir, 2, [](auto summary, auto grouped) {
+    return scan_bwd_bi_kernel<T, decltype(summary)::value, decltype(grouped)::value>;
+  }, stream);
 }
 
 }  // namespace cuda

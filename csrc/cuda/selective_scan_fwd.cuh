@@ -26,80 +26,13 @@ namespace cuda {
 namespace {
 
 constexpr int kFwdWarps = kFwdRows / 32;
-constexpr int kFwdPad = kFwdSteps + 1;           // staging row stride: lane-strided reads hit distinct banks
 constexpr int kFwdBCPad = kScanMaxState + 4;     // B/C step row stride: the staging writes hit distinct banks
-constexpr int kFwdStage = kScanMaxState * kFwdSteps / kFwdRows;  // B/C values a thread stages per step block
-static_assert(kFwdRows % 32 == 0 && 32 % kFwdSteps == 0, "a warp transposes whole step blocks of its rows");
+static_assert(kFwdRows % 32 == 0, "whole warps of rows");
 static_assert(kScanMaxState % kFwdStateGroup == 0 && kFwdStateGroup % 4 == 0, "state groups of float4s");
 
 struct ScanFwdSmem {
   float bc[2][2][kFwdSteps][kFwdBCPad];     // [buffer][B, C][step][state]: the block's staged B/C
   float rows[kFwdWarps][4][32 * kFwdPad];  // each warp's rows' steps: du, dt, y, z (RowSteps slots)
-};
-
-// kFwdSteps steps [t0, t0 + kFwdSteps) of a warp's 32 rows, moved between global memory and a
-// warp buffer of 32 * kFwdPad floats in which lane (row) r's step i is slot r * kFwdPad + i. Rows
-// past `rows` read zeros and write nothing, steps past t_end likewise. Each global access of the
-// warp covers whole kFwdSteps-step runs of kRowsPerRound rows (coalesced, any alignment).
-template <bool kReverse>
-struct RowSteps {
-  int t0, t_end, L, lane, rows;
-  static constexpr int kRowsPerRound = 32 / kFwdSteps;
-
-  __device__ __forceinline__ int phys(int t) const { return kReverse ? L - 1 - t : t; }
-  __device__ __forceinline__ int slot(int i) const { return lane * kFwdPad + i; }
-
-  // The lane's share of the warp's global loads of one tensor (row r starts at base + r *
-  // row_stride; 32-bit offsets: kFwdMaxSeqlen bounds them), kept raw until put(): the kernel issues
-  // them a tile ahead, so their latency overlaps the tile being computed instead of being paid
-  // before it.
-  template <typename T>
-  __device__ __forceinline__ void fetch(const T* base, int row_stride, T (&v)[kFwdSteps]) const {
-    const int i = lane % kFwdSteps, t = t0 + i;
-#pragma unroll
-    for (int j = 0; j < kFwdSteps; ++j) {
-      const int r = j * kRowsPerRound + lane / kFwdSteps;
-      v[j] = t < t_end && r < rows ? base[r * row_stride + phys(t)] : from_float<T>(0.f);
-    }
-  }
-
-  // Fetched values into a warp buffer (lane r's step i at slot(i) of row r); no barriers.
-  template <typename T>
-  __device__ __forceinline__ void put(const T (&v)[kFwdSteps], float* buf) const {
-    const int i = lane % kFwdSteps;
-#pragma unroll
-    for (int j = 0; j < kFwdSteps; ++j) buf[(j * kRowsPerRound + lane / kFwdSteps) * kFwdPad + i] = to_float(v[j]);
-  }
-
-  template <typename T>
-  __device__ __forceinline__ void store(T* base, int row_stride, const float (&v)[kFwdSteps],
-                                        float* buf) const {
-    __syncwarp();
-#pragma unroll
-    for (int k = 0; k < kFwdSteps; ++k) buf[slot(k)] = v[k];
-    __syncwarp();
-    const int i = lane % kFwdSteps, t = t0 + i;
-#pragma unroll
-    for (int j = 0; j < kFwdSteps; ++j) {
-      const int r = j * kRowsPerRound + lane / kFwdSteps;
-      if (t < t_end && r < rows) base[r * row_stride + phys(t)] = from_float<T>(buf[r * kFwdPad + i]);
-    }
-  }
-};
-
-// The block's B or C rows (grouped: all its channels share them) for staging.
-struct BCRows {
-  const float* row0;  // state 0's row (grouped); nullptr when constant
-  int stride;         // 32-bit offsets within the N rows: kFwdMaxSeqlen bounds them
-
-  __device__ __forceinline__ BCRows(const float* X, bool grouped, int groups, long long row_stride,
-                                    const ScanParams& p, int b, int d_first)
-      : row0(nullptr), stride(static_cast<int>(row_stride)) {
-    if (grouped) {
-      const int g = d_first / (p.dim / groups);
-      row0 = X + (static_cast<long long>(b) * groups + g) * p.dstate * row_stride;
-    }
-  }
 };
 
 // One (channel block, batch, chunk c) of one direction's scan; kReverse is p.reverse, kBCGrouped
@@ -128,27 +61,11 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
   const BCRows Cg(p.C, c_grouped, p.c_groups, p.c_row_stride, p, b, d_first);
   const int n_pad = (N + kFwdStateGroup - 1) / kFwdStateGroup * kFwdStateGroup;
 
-  // Stage value k of the thread: state n = e / kFwdSteps at step tile + e % kFwdSteps (zero past
-  // N, past t_end, and for constant B/C).
-  auto fetch = [&](int tile, float (&vb)[kFwdStage], float (&vc)[kFwdStage]) {
-#pragma unroll
-    for (int k = 0; k < kFwdStage; ++k) {
-      const int e = tid + k * kFwdRows, n = e / kFwdSteps, t = tile + e % kFwdSteps;
-      const bool ok = n < N && t < t_end;
-      const int pt = kReverse ? L - 1 - t : t;
-      vb[k] = (b_grouped && ok) ? Bg.row0[n * Bg.stride + pt] : 0.f;
-      vc[k] = (!kSummary && c_grouped && ok) ? Cg.row0[n * Cg.stride + pt] : 0.f;
-    }
-  };
-  auto put = [&](int buf, const float (&vb)[kFwdStage], const float (&vc)[kFwdStage]) {
-#pragma unroll
-    for (int k = 0; k < kFwdStage; ++k) {
-      const int e = tid + k * kFwdRows, n = e / kFwdSteps, i = e % kFwdSteps;
-      if (n < n_pad) {
-        smem.bc[buf][0][i][n] = vb[k];
-        smem.bc[buf][1][i][n] = vc[k];
-      }
-    }
+  const BCSteps<kFwdRows, kReverse> bc{Bg, Cg, b_grouped, !kSummary && c_grouped, N, L, t_end};
+  constexpr int kStage = BCSteps<kFwdRows, kReverse>::kPer;
+  auto fetch = [&](int tile, float (&vb)[kStage], float (&vc)[kStage]) { bc.fetch(tid, tile, vb, vc); };
+  auto put = [&](int buf, const float (&vb)[kStage], const float (&vc)[kStage]) {
+    bc.put(tid, n_pad, kFwdBCPad, &smem.bc[buf][0][0][0], &smem.bc[buf][1][0][0], vb, vc);
   };
 
   // The thread's state group g: decays (A log2 e) and, for constant B/C, the values.
@@ -192,7 +109,7 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
   const bool gate = !kSummary && z != nullptr;
   // Software pipeline: a tile's B/C and its rows' u, delta (and z) are fetched during the tile
   // before, into registers, and moved to shared memory when their tile starts.
-  float vb[kFwdStage], vc[kFwdStage];
+  float vb[kStage], vc[kStage];
   T pu[kFwdSteps], pd[kFwdSteps], pz[kFwdSteps];
   fetch(t_begin, vb, vc);
   {

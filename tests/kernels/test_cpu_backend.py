@@ -382,8 +382,7 @@ def test_build_info_and_isa_selection():
 
 LAYOUT_CONSTANTS = (
     "cpu_scan_chunk", "cpu_scan_whole_row", "cpu_conv_max_width",
-    "cuda_scan_warps", "cuda_scan_lanes", "cuda_scan_items", "cuda_scan_tile", "cuda_scan_rows",
-    "cuda_scan_main_blocks", "cuda_scan_summary_blocks", "cuda_scan_max_state",
+    "cuda_scan_max_state", "cuda_bwd_rows", "cuda_bwd_segment",
     "cuda_fwd_rows", "cuda_fwd_steps", "cuda_fwd_state_group", "cuda_fwd_max_seqlen",
     "cuda_fwd_blocks", "cuda_fwd_blocks_const_bc",
     "cuda_conv_items", "cuda_conv_max_width", "cuda_conv_threads",
@@ -395,8 +394,7 @@ def test_layout_constants_are_exported_by_every_build():
     the CPU-only build exports the CUDA kernels' too (the launch planning runs without a GPU)."""
     values = {name: getattr(_C, name) for name in LAYOUT_CONSTANTS}
     assert all(isinstance(v, int) and v > 0 for v in values.values()), values
-    assert _C.cuda_scan_tile == _C.cuda_scan_lanes * _C.cuda_scan_items
-    assert _C.cuda_scan_rows == _C.cuda_scan_warps * 32 // _C.cuda_scan_lanes
+    assert _C.cuda_bwd_rows == 32 and _C.cuda_bwd_segment == _C.cuda_fwd_steps  # a block is one warp
     assert _C.cuda_fwd_rows % 32 == 0 and 32 % _C.cuda_fwd_steps == 0
 
 

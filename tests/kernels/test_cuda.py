@@ -100,38 +100,6 @@ def test_plan_backward_rejects_bad_groups():
         scan_cuda.plan_backward(1, 10, 5, 3, 0, 132)
 
 
-def _blocks_aligned(view: torch.Tensor, reverse: bool) -> bool:
-    """Every lane block of 8 steps (logical t0 = 0, 8, ...; physical L-8-t0 when reversed) of every
-    row starts on a 16-byte boundary."""
-    L = view.shape[-1]
-    starts = [L - 8 - t0 if reverse else t0 for t0 in range(0, L - 7, 8)]
-    rows = [view[idx] for idx in np.ndindex(*view.shape[:-1])]
-    return all((r.data_ptr() + 4 * s) % 16 == 0 for r in rows for s in starts)
-
-
-@pytest.mark.parametrize("shape", [(2, 3, 197), (2, 4, 3, 197), (1, 5, 730), (2, 3, 64)])
-@pytest.mark.parametrize("reverse", (False, True))
-def test_bc_rows_pads_rows_for_aligned_vector_loads(shape, reverse):
-    X = torch.randn(shape, dtype=torch.bfloat16)
-    view = scan_cuda.bc_rows(X, reverse)
-    assert view.dtype == torch.float32 and torch.equal(view, X.float())
-    assert view.stride(-1) == 1 and view.stride(-2) % scan_cuda.ALIGN == 0
-    assert _blocks_aligned(view, reverse)
-    const = torch.randn(6, 16)
-    assert scan_cuda.bc_rows(const, reverse).is_contiguous()
-
-
-@pytest.mark.parametrize("shape", [(2, 2, 3, 197), (2, 2, 4, 3, 197), (2, 1, 5, 730)])
-def test_bc_rows_bi_aligns_each_direction_its_way(shape):
-    X = torch.randn(shape)
-    view = scan_cuda.bc_rows_bi(X)
-    assert torch.equal(view, X)
-    assert _blocks_aligned(view[0], reverse=False) and _blocks_aligned(view[1], reverse=True)
-    # the two directions' storage does not overlap
-    lo = [v.data_ptr() for v in (view[0], view[1])]
-    assert lo[1] >= lo[0] + 4 * view[0].numel()
-
-
 def test_groups_of():
     assert scan_cuda.groups_of(torch.empty(4, 3)) == 0
     assert scan_cuda.groups_of(torch.empty(2, 3, 5)) == 1
@@ -266,13 +234,13 @@ def test_emulated_backward_with_more_tiles_than_a_combine_group(emulated):
                         scan_cuda.forward, scan_cuda.backward)
 
 
-@pytest.mark.parametrize("slab", (8, 16))
+@pytest.mark.parametrize("slab", (1, 2))
 def test_emulated_backward_with_multi_slab_blocks(emulated, monkeypatch, slab):
-    """Blocks that walk several groups of 8 rows (the dB/dC reduction buffers alternate across
-    the walk), partly idle: slab 8 over 12 channels per group gives a block of 4 idle rows, slab
-    16 one block whose second group of rows is half idle."""
-    monkeypatch.setattr(scan_cuda, "plan_backward", lambda *a: (12, slab))
-    _check_backend_scan(ScanCase(2, 24, 299, 5, "g2", "var", initial_state=True),
+    """Blocks that walk several groups of ROWS rows (each group adds its dB/dC to the block's
+    partials), partly idle: segments of 40 channels in slabs of ROWS (a second block of 8 rows)
+    or 2 ROWS (one block whose second group of rows is 8 rows, 24 idle)."""
+    monkeypatch.setattr(scan_cuda, "plan_backward", lambda *a: (40, slab * scan_cuda.ROWS))
+    _check_backend_scan(ScanCase(2, 80, 299, 5, "g2", "var", initial_state=True),
                         scan_cuda.forward, scan_cuda.backward)
 
 
@@ -368,17 +336,37 @@ def test_emulated_backward_row_walk_matches_reference(emulated, monkeypatch, cas
 
 def test_emulated_backward_row_walk_with_multi_slab_blocks(emulated, monkeypatch):
     monkeypatch.setattr(scan_cuda, "use_row_walk", lambda *a: True)
-    monkeypatch.setattr(scan_cuda, "plan_backward", lambda *a: (12, 8))
-    _check_backend_scan(ScanCase(2, 24, 299, 5, "g2", "var", initial_state=True),
+    monkeypatch.setattr(scan_cuda, "plan_backward", lambda *a: (40, 2 * scan_cuda.ROWS))
+    _check_backend_scan(ScanCase(2, 80, 299, 5, "g2", "var", initial_state=True),
                         scan_cuda.forward, scan_cuda.backward)
 
 
-@pytest.mark.parametrize("batch,dim,L,sms,walk", [(32, 384, 730, 132, True), (32, 768, 730, 132, True),
-                                                  (128, 384, 197, 132, False), (1, 120, 65536, 132, False),
-                                                  (2, 120, 4096, 132, False), (64, 384, 4096, 132, True),
-                                                  (64, 384, 65536, 132, False)])
+@pytest.mark.parametrize("batch,dim,L,sms,walk", [(32, 384, 730, 132, False), (128, 384, 197, 132, True),
+                                                  (128, 768, 730, 132, True), (1, 120, 65536, 132, False),
+                                                  (2, 120, 4096, 132, False), (64, 384, 4096, 132, False),
+                                                  (4, 8, 8, 132, True)])
 def test_use_row_walk(batch, dim, L, sms, walk):
+    """One backward chunk per row where the rows alone give every multiprocessor
+    BWD_BLOCKS_PER_SM blocks of ROWS rows (or L is one segment)."""
     assert scan_cuda.use_row_walk(batch, dim, L, sms) is walk
+
+
+@pytest.mark.parametrize("batch,dim,L,sms", [(32, 384, 730, 132), (1, 120, 65536, 132), (2, 8, 300, 4),
+                                             (1, 1, 1, 1), (1, 8, 10 ** 8, 132), (3, 50, 5001, 16)])
+def test_plan_bwd_chunk_len(batch, dim, L, sms):
+    chunk = scan_cuda.plan_bwd_chunk_len(batch, dim, L, sms, row_walk=False)
+    seg = scan_cuda.SEGMENT
+    assert chunk % seg == 0 and chunk >= seg
+    n = math.ceil(L / chunk)
+    assert n <= 65535
+    # about the chunks that give every multiprocessor BWD_BLOCKS_PER_SM blocks, no more
+    segments = math.ceil(L / seg)
+    target = max(math.ceil(scan_cuda.BWD_BLOCKS_PER_SM * sms / (batch * math.ceil(dim / scan_cuda.ROWS))),
+                 math.ceil(segments / 65535))
+    assert n <= target
+    assert chunk <= math.ceil(segments / min(target, segments)) * seg
+    whole = scan_cuda.plan_bwd_chunk_len(batch, dim, L, sms, row_walk=True)
+    assert whole >= L and whole - L < seg
 
 
 @pytest.mark.parametrize("reverse", (False, True))
@@ -393,6 +381,15 @@ def test_emulated_chunked_forward_equals_single_pass(emu, reverse):
     assert_close(many[1], one[1], "scan", torch.float32, "last_state")
 
 
+def _padded_rows(X: torch.Tensor, stride: int) -> torch.Tensor:
+    """X's values in rows `stride` elements apart (stride >= L; the padding holds NaN)."""
+    L = X.shape[-1]
+    buf = torch.full((X.numel() // L * stride,), float("nan"), dtype=X.dtype)
+    view = buf.view(*X.shape[:-1], stride)[..., :L]
+    view.copy_(X)
+    return view
+
+
 def test_emulated_bindings_reject_bad_launch_arguments(emu):
     """The binding layer's own checks (behind the Python ones): chunking, N, dtypes, slabs."""
     x = scan_inputs(ScanCase(1, 8, 20, 4, "g2", "var"))
@@ -404,9 +401,11 @@ def test_emulated_bindings_reject_bad_launch_arguments(emu):
         emu.selective_scan_fwd_cuda(*[bad[k] for k in SCAN_NAMES], True, False, 256)
     dout = torch.randn_like(x["u"])
     with pytest.raises(RuntimeError, match="seg_channels must divide the channels of every B/C group"):
-        emu.selective_scan_bwd_cuda(*args, dout, None, True, False, 8, 4, False)
-    with pytest.raises(RuntimeError, match="slab_channels must be a positive multiple of 8"):
-        emu.selective_scan_bwd_cuda(*args, dout, None, True, False, 4, 6, False)
+        emu.selective_scan_bwd_cuda(*args, dout, None, True, False, 8, 4, 0)
+    with pytest.raises(RuntimeError, match=f"slab_channels must be a positive multiple of {scan_cuda.ROWS}"):
+        emu.selective_scan_bwd_cuda(*args, dout, None, True, False, 4, 6, 0)
+    with pytest.raises(RuntimeError, match="chunk_len must be a positive multiple of 8"):
+        emu.selective_scan_bwd_cuda(*args, dout, None, True, False, 4, scan_cuda.ROWS, 12)
     wide = dict(x, A=-torch.rand(8, 65), B=torch.randn(8, 65), C=torch.randn(8, 65))
     with pytest.raises(RuntimeError, match="N <= 64"):
         emu.selective_scan_fwd_cuda(*[wide[k] for k in SCAN_NAMES], True, False, 256)
@@ -419,16 +418,21 @@ def test_emulated_bindings_reject_bad_launch_arguments(emu):
     zt = torch.randn(20, 8).t().unsqueeze(0)  # (1, 8, 20) with the steps 8 apart
     with pytest.raises(RuntimeError, match="z must be rows of L contiguous steps with the channels"):
         emu.selective_scan_fwd_cuda(*[dict(x, z=zt)[k] for k in SCAN_NAMES], True, False, 256)
-    # B/C rows may be padded (bc_rows) but must stay rows of contiguous steps, equally spaced
+    # B/C rows may be padded but must stay rows of contiguous steps, equally spaced
     steps_apart = dict(x, C=x["C"].transpose(-1, -2).contiguous().transpose(-1, -2))
     with pytest.raises(RuntimeError, match="C must be laid out as rows of L contiguous steps"):
         emu.selective_scan_fwd_cuda(*[steps_apart[k] for k in SCAN_NAMES], True, False, 256)
-    x21 = scan_inputs(ScanCase(1, 8, 21, 4, "g2", "var"))  # odd L: bc_rows pads the rows
-    padded = dict(x21, B=scan_cuda.bc_rows(x21["B"], True), C=scan_cuda.bc_rows(x21["C"], True))
+    x21 = scan_inputs(ScanCase(1, 8, 21, 4, "g2", "var"))  # rows of 21 steps, 24 apart
+    padded = dict(x21, B=_padded_rows(x21["B"], 24), C=_padded_rows(x21["C"], 24))
     assert padded["B"].stride(-2) == 24 and padded["C"].stride(-2) == 24
     got = emu.selective_scan_fwd_cuda(*[padded[k] for k in SCAN_NAMES], True, True, 256)
     want = emu.selective_scan_fwd_cuda(*[x21[k] for k in SCAN_NAMES], True, True, 256)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    dout21 = torch.randn_like(x21["u"])
+    bwd_args = (dout21, None, True, True, 4, scan_cuda.ROWS, 0)
+    got = emu.selective_scan_bwd_cuda(*[padded[k] for k in SCAN_NAMES], *bwd_args)
+    want = emu.selective_scan_bwd_cuda(*[x21[k] for k in SCAN_NAMES], *bwd_args)
+    assert all(torch.equal(g, w) for g, w in zip(got, want) if w is not None)
 
 
 @pytest.mark.parametrize("width", range(2, 9))

@@ -2,7 +2,7 @@
 
 The cuda backend picks, per call, how many chunks the forward splits L into
 (``plan_chunk_len``, from the cost model ``fwd_cost``) and whether the backward walks each row's
-tiles in one block or runs them in parallel after a summary pass (``use_row_walk``). Both rest on
+whole L in one block or cuts it into chunks run in parallel after a summary pass (``use_row_walk``). Both rest on
 estimates made without a GPU. This times, per shape, the forward at the planned split and at
 forced alternatives (one chunk; a quarter, half, twice and four times the planned count) and the
 fwd+bwd with the row walk forced on and off, and prints the times next to the cost model's
@@ -68,11 +68,11 @@ def plan_rows(shape: str, dtype: str, quick: bool = False) -> list[dict]:
                          estimate=scan_cuda.fwd_cost(col_blocks, tiles, chunk // scan_cuda.FWD_STEPS, sms)))
     walk_planned = scan_cuda.use_row_walk(b, w.d_inner, w.L, sms)
     both = kernels.make_runner(fn, x, "fwd+bwd")
-    if math.ceil(w.L / scan_cuda.TILE) > 1:  # the choice exists only with several backward tiles
+    if w.L > scan_cuda.SEGMENT:  # the choice exists only with several backward segments
         for walk in (True, False):
             with patched(scan_cuda, "use_row_walk", lambda *a, v=walk: v):
                 ms = common.time_fn(both, "cuda", quick) * 1e3
-            rows.append(dict(base, pass_="fwd+bwd", variant="row walk" if walk else "summary + parallel tiles",
+            rows.append(dict(base, pass_="fwd+bwd", variant="row walk" if walk else "summary + parallel chunks",
                              planned=walk == walk_planned, ms=ms, estimate=math.nan))
     best = {p: min(r["ms"] for r in rows if r["pass_"] == p) for p in {r["pass_"] for r in rows}}
     for r in rows:

@@ -21,9 +21,8 @@ from vimd_kernels import _C
 from ..backend import Capabilities
 
 # The kernels' layout (csrc/cuda/layout.h), as every build of the extension exports it.
-TILE = _C.cuda_scan_tile  # backward: time steps per row tile
-ROWS = _C.cuda_scan_rows  # backward: rows per block, half a warp each
-MAIN_BLOCKS_PER_SM = _C.cuda_scan_main_blocks  # backward main kernel: blocks per SM its registers allow
+ROWS = _C.cuda_bwd_rows  # backward: rows per block (one warp, a thread per row)
+SEGMENT = _C.cuda_bwd_segment  # backward: steps between state checkpoints; chunks are multiples of it
 MAX_STATE = _C.cuda_scan_max_state
 FWD_ROWS = _C.cuda_fwd_rows  # forward: rows (one thread each) per block
 FWD_STEPS = _C.cuda_fwd_steps  # forward: steps staged per iteration; chunks are multiples of it
@@ -50,8 +49,9 @@ BLOCK_START_COST = 1.0
 # 128 rows x 8 steps x 16 exp2 at 16 per clock): the carries' combine composes 32 chunks per warp
 # shuffle scan (~10 cycles a chunk), plus the summary pass's chunk state writes.
 CHUNK_COST = 0.02
-BLOCKS_PER_SM = 8   # backward blocks per multiprocessor to keep before merging channel slabs
-ROW_WALK_MAX_TILES = 32  # a row walk sweeps its tiles in sequence: keep that serial part short
+# Backward blocks (one warp each) per multiprocessor to keep busy: L is cut into chunks while the
+# rows give fewer, and channel slabs grow while the grid keeps this many.
+BWD_BLOCKS_PER_SM = 8
 
 
 def _ext():
@@ -112,22 +112,34 @@ def _plan_chunk_tiles(col_blocks: int, tiles: int, sm_count: int) -> int:
 
 
 def use_row_walk(batch: int, dim: int, L: int, sm_count: int) -> bool:
-    """Backward over several tiles: walk each row's tiles in one block (a forward sweep of the
-    states, then the tiles last to first) when the rows alone give two waves of blocks; else run
-    the tiles in parallel after a summary pass and the carries' combine (long L, few rows)."""
-    tiles = math.ceil(L / TILE)
-    return (1 < tiles <= ROW_WALK_MAX_TILES
-            and batch * math.ceil(dim / ROWS) >= 2 * MAIN_BLOCKS_PER_SM * sm_count)
+    """Backward: one chunk per row (each block walks its rows' whole L, no summary pass) when the
+    rows alone give every multiprocessor BWD_BLOCKS_PER_SM blocks; otherwise L is cut into chunks
+    that run in parallel after a summary pass and the carries' combine (``plan_bwd_chunk_len``)."""
+    return L <= SEGMENT or batch * math.ceil(dim / ROWS) >= BWD_BLOCKS_PER_SM * sm_count
+
+
+def plan_bwd_chunk_len(batch: int, dim: int, L: int, sm_count: int, row_walk: bool) -> int:
+    """Backward chunk length (a multiple of SEGMENT): the whole row with ``row_walk``, else the
+    fewest chunks that give every multiprocessor BWD_BLOCKS_PER_SM blocks (at least one segment
+    each, at most 65535 chunks, the grid's limit)."""
+    if min(batch, dim, L, sm_count) < 1:
+        raise ValueError("batch, dim, L and sm_count must be >= 1")
+    segments = math.ceil(L / SEGMENT)
+    if row_walk:
+        return segments * SEGMENT
+    n = math.ceil(BWD_BLOCKS_PER_SM * sm_count / (batch * math.ceil(dim / ROWS)))
+    n = min(max(n, math.ceil(segments / 65535)), segments)
+    return math.ceil(segments / n) * SEGMENT
 
 
 def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
-                  sm_count: int, row_walk: bool = False) -> tuple[int, int]:
+                  sm_count: int, n_chunks: int = 1) -> tuple[int, int]:
     """(seg_channels, slab_channels) for the backward launch.
 
     A segment is a run of channels inside one group of every grouped B/C (the gcd of their
     group sizes), so a block's summed dB/dC belong to one group. A slab is the channels one block
-    walks (a multiple of ROWS, the block's rows): larger slabs mean fewer partials to store and reduce, so slabs
-    grow while the grid still has BLOCKS_PER_SM blocks per multiprocessor.
+    walks (a multiple of ROWS, the block's rows): larger slabs mean fewer dB/dC partials to store
+    and reduce, so slabs grow while the grid still has BWD_BLOCKS_PER_SM blocks per multiprocessor.
     """
     sizes = []
     for G in (b_groups, c_groups):
@@ -138,61 +150,19 @@ def plan_backward(batch: int, dim: int, L: int, b_groups: int, c_groups: int,
     seg = functools.reduce(math.gcd, sizes) if sizes else dim
     if not sizes:
         return seg, ROWS  # no grouped operand: nothing summed across channels in a block
-    tiles = 1 if row_walk else math.ceil(L / TILE)  # blocks per row: one walks all tiles
     cap = math.ceil(seg / ROWS) * ROWS
 
     def blocks(slab: int) -> int:
-        return batch * tiles * (dim // seg) * math.ceil(seg / slab)
+        return batch * n_chunks * (dim // seg) * math.ceil(seg / slab)
 
     slab = ROWS
-    while slab * 2 <= cap and blocks(slab * 2) >= BLOCKS_PER_SM * sm_count:
+    while slab * 2 <= cap and blocks(slab * 2) >= BWD_BLOCKS_PER_SM * sm_count:
         slab *= 2
     return seg, slab
 
 
 def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.to(torch.float32).contiguous()
-
-
-ALIGN = 4  # float32 elements per 16 bytes
-
-
-def _row_strides(shape, Lp: int) -> list[int]:
-    """Strides of a tensor of `shape` (..., L) whose rows are Lp elements apart."""
-    strides, step = [1], Lp
-    for size in reversed(shape[:-1]):
-        strides.insert(0, step)
-        step *= size
-    return strides
-
-
-def bc_rows(X: Tensor, reverse: bool) -> Tensor:
-    """B or C in float32 for the kernels. Variable/grouped B/C are read once per state, so their
-    rows are padded to a multiple of 16 bytes, with the steps placed so that every lane's block of
-    8 steps is one aligned vector load in the direction scanned: data first (pad after) forward,
-    pad first reversed. Constant (dim, N) B/C, and rows already aligned, are only made float32."""
-    L = X.shape[-1]
-    if X.dim() == 2 or L % ALIGN == 0:
-        return _f32(X)
-    Lp = -(-L // ALIGN) * ALIGN
-    buf = torch.empty(X.numel() // L * Lp + ALIGN, dtype=torch.float32, device=X.device)
-    view = buf.as_strided(X.shape, _row_strides(X.shape, Lp), Lp - L if reverse else 0)
-    view.copy_(X)
-    return view
-
-
-def bc_rows_bi(X: Tensor) -> Tensor:
-    """bc_rows for both ViM directions stacked, (2, batch, [G,] N, L): direction 0 forward,
-    direction 1 reversed, each aligned its way (the direction stride carries the shift)."""
-    L = X.shape[-1]
-    if X.dim() == 3 or L % ALIGN == 0:  # constant (2, dim, N), or aligned rows
-        return _f32(X)
-    Lp = -(-L // ALIGN) * ALIGN
-    span = X[0].numel() // L * Lp + ALIGN
-    buf = torch.empty(2 * span, dtype=torch.float32, device=X.device)
-    view = buf.as_strided(X.shape, [span + Lp - L] + _row_strides(X.shape[1:], Lp), 0)
-    view.copy_(X)
-    return view
 
 
 def forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
@@ -211,12 +181,13 @@ def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_sta
              delta_softplus: bool, reverse: bool):
     batch, dim, L = u.shape
     sms = _device_sms(u)
-    walk = use_row_walk(batch, dim, L, sms)
-    seg, slab = plan_backward(batch, dim, L, groups_of(B), groups_of(C), sms, walk)
-    grads = _ext().selective_scan_bwd_cuda(u, delta, A, bc_rows(B, reverse), bc_rows(C, reverse), D, z,
+    chunk_len = plan_bwd_chunk_len(batch, dim, L, sms, use_row_walk(batch, dim, L, sms))
+    seg, slab = plan_backward(batch, dim, L, groups_of(B), groups_of(C), sms, math.ceil(L / chunk_len))
+    # the backward stages B/C rows through shared memory with coalesced loads: no padding needed
+    grads = _ext().selective_scan_bwd_cuda(u, delta, A, _f32(B), _f32(C), D, z,
                                            delta_bias, initial_state, dout.contiguous(),
                                            _f32(dlast_state), bool(delta_softplus), bool(reverse), seg,
-                                           slab, walk)
+                                           slab, chunk_len)
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit = grads
     return (du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddelta_bias, dinit)
 
@@ -237,8 +208,10 @@ def bi_backward(u, delta, A, B, C, D, z, delta_bias, dout, delta_softplus: bool)
     _, batch, dim, L = u.shape
     sms = _device_sms(u)
     walk = use_row_walk(2 * batch, dim, L, sms)  # both directions share the grid
-    seg, slab = plan_backward(2 * batch, dim, L, groups_of(B[0]), groups_of(C[0]), sms, walk)
+    chunk_len = plan_bwd_chunk_len(2 * batch, dim, L, sms, walk)
+    seg, slab = plan_backward(2 * batch, dim, L, groups_of(B[0]), groups_of(C[0]), sms,
+                              math.ceil(L / chunk_len))
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _ext().selective_scan_bi_bwd_cuda(
-        u, delta, A, bc_rows_bi(B), bc_rows_bi(C), D, z, delta_bias, dout[0].contiguous(),
-        dout[1].contiguous(), bool(delta_softplus), seg, slab, walk)
+        u, delta, A, _f32(B), _f32(C), D, z, delta_bias, dout[0].contiguous(),
+        dout[1].contiguous(), bool(delta_softplus), seg, slab, chunk_len)
     return du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddelta_bias
