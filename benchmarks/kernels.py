@@ -203,7 +203,7 @@ KERNELS_OF = {"selective_scan": ("selective_scan",), "causal_conv1d": ("causal_c
 def _ref_fn(op: str):
     import vimd_kernels as vk
     return {"selective_scan": vk.selective_scan_ref, "causal_conv1d": vk.causal_conv1d_ref,
-            "mamba_inner": vk.mamba_inner_ref, "bimamba_inner": vk.bimamba_inner_ref}[op]
+            "mamba_inner": vk.mamba_inner_ref, "bimamba_inner": vk.bimamba_v2_inner_ref}[op]
 
 
 def peer_kernels(selective_scan_fn, causal_conv1d_fn) -> tuple[Callable, Callable]:
@@ -328,7 +328,7 @@ def provider_fn(provider: str, op: str, w: Workload, batch: int, device: str) ->
             raise Unsupported(f"unavailable ({', '.join(missing)}): {b.install_hint}")
         import vimd_kernels as vk
         fn = {"selective_scan": vk.selective_scan_fn, "causal_conv1d": vk.causal_conv1d_fn,
-              "mamba_inner": vk.mamba_inner_fn, "bimamba_inner": vk.bimamba_inner_fn}[op]
+              "mamba_inner": vk.mamba_inner_fn, "bimamba_inner": vk.bimamba_v2_inner_fn}[op]
         return lambda x: CALL[op](fn, x, backend=provider)
     if provider == "mambapy":
         if op != "selective_scan":

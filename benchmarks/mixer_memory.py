@@ -1,5 +1,5 @@
 """Peak memory and saved activations of a ViM mixer forward+backward on the CPU backend: the
-recompute mixer op (vimd::mixer_fwd, what mamba_inner_fn/bimamba_inner_fn run) against the same
+recompute mixer op (vimd::mixer_fwd, what mamba_inner_fn/bimamba_v2_inner_fn run) against the same
 mixer composed from the scan and conv ops (each saving its own activations).
 
     PYTHONPATH=. python -m benchmarks.mixer_memory [--batch 8] [--L 197] [--d-model 192]
@@ -56,7 +56,7 @@ def main() -> None:
 
     def fused(bi: bool):
         if bi:
-            return ops.bimamba_inner_fn(xz, *(f[k] for k in keys), f["D"], f["delta_bias"],
+            return ops.bimamba_v2_inner_fn(xz, *(f[k] for k in keys), f["D"], f["delta_bias"],
                                         *(b[k] for k in keys), b["D"], b["delta_bias"], out_w,
                                         backend=a.backend)
         return ops.mamba_inner_fn(xz, *(f[k] for k in keys[:4]), out_w, None, f["A"], D=f["D"],

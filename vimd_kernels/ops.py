@@ -178,7 +178,7 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
 
 
-def bimamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, D,
+def bimamba_v2_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, D,
                      delta_bias, conv1d_weight_b, conv1d_bias_b, x_proj_weight_b,
                      delta_proj_weight_b, A_b, D_b, delta_bias_b, out_proj_weight,
                      out_proj_bias=None, delta_softplus=True, *, backend=None):

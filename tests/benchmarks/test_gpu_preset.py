@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import common, kernels
 from benchmarks.shapes import WORKLOADS
-from vimd_kernels import bimamba_inner_ref, causal_conv1d_ref, mamba_inner_ref, selective_scan_ref
+from vimd_kernels import bimamba_v2_inner_ref, causal_conv1d_ref, mamba_inner_ref, selective_scan_ref
 
 
 # ----------------------------------------------------------------------------- composed mixer peer
@@ -34,7 +34,7 @@ def _stand_in_peers(calls: list):
 
 
 @pytest.mark.parametrize("op,ref,call", [("mamba_inner", mamba_inner_ref, kernels._call_mamba),
-                                         ("bimamba_inner", bimamba_inner_ref, kernels._call_bimamba)])
+                                         ("bimamba_inner", bimamba_v2_inner_ref, kernels._call_bimamba)])
 def test_composed_mixer_with_ref_kernels_is_the_reference(op, ref, call):
     """mamba_ssm_composed, with our reference kernels injected in place of the peers', computes the
     reference mixer: same output and same gradient for every input."""

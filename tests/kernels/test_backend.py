@@ -11,7 +11,7 @@ import torch
 
 from tests.kernels.helpers import ScanCase, scan_inputs
 from tests.kernels.test_mamba_inner import branch_weights
-from vimd_kernels import bimamba_inner_fn, causal_conv1d_fn, checks, mamba_inner_fn, registry, selective_scan_fn
+from vimd_kernels import bimamba_v2_inner_fn, causal_conv1d_fn, checks, mamba_inner_fn, registry, selective_scan_fn
 from vimd_kernels.backend import SPECS, Capabilities, ContractError, load
 from vimd_kernels.causal_conv1d import reference as conv_ref
 from vimd_kernels.selective_scan import reference as scan_ref
@@ -153,7 +153,7 @@ def _mixer(xz, width=3, N=2, bidirectional=False):
     out_w = torch.randn(3, d_inner, generator=gen).to(xz.dtype)
     f, b = w
     if bidirectional:
-        return bimamba_inner_fn(xz, f["conv1d_weight"], f["conv1d_bias"], f["x_proj_weight"],
+        return bimamba_v2_inner_fn(xz, f["conv1d_weight"], f["conv1d_bias"], f["x_proj_weight"],
                                 f["delta_proj_weight"], f["A"], f["D"], f["delta_bias"], b["conv1d_weight"],
                                 b["conv1d_bias"], b["x_proj_weight"], b["delta_proj_weight"], b["A"], b["D"],
                                 b["delta_bias"], out_w, backend="ref")

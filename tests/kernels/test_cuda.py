@@ -18,7 +18,7 @@ from tests.kernels.helpers import ScanCase, leaves, reduction_scale, scan_grad_s
 from tests.tolerances import assert_close
 from vimd_kernels import ops
 from vimd_kernels.causal_conv1d.reference import causal_conv1d_ref
-from vimd_kernels.mamba_inner.reference import bimamba_inner_ref, mamba_inner_ref
+from vimd_kernels.mamba_inner.reference import bimamba_v2_inner_ref, mamba_inner_ref
 from vimd_kernels.selective_scan import cuda as scan_cuda
 from vimd_kernels.causal_conv1d import cuda as conv_cuda
 from vimd_kernels.selective_scan.reference import selective_scan_ref
@@ -557,7 +557,7 @@ def test_emulated_bi_bindings_reject_single_direction_inputs(emu):
 @pytest.mark.parametrize("bidirectional", (False, True))
 def test_emulated_mixer_op_on_cuda_backend(emulated, bidirectional):
     """The mixer op (vimd::mixer_fwd/bwd) with backend "cuda" on the emulated kernels, both
-    directions through bi_forward/bi_backward, against bimamba_inner_ref / mamba_inner_ref. Batch 3:
+    directions through bi_forward/bi_backward, against bimamba_v2_inner_ref / mamba_inner_ref. Batch 3:
     the kernels read x and z as channel slices of xz (batch stride 2 * d_inner * L)."""
     from tests.kernels.test_mamba_inner import BI_ORDER, _bi_inputs as mixer_inputs, _stacked_op_args
     from vimd_kernels.mamba_inner import fused
@@ -568,7 +568,7 @@ def test_emulated_mixer_op_on_cuda_backend(emulated, bidirectional):
     r["out_proj_weight"] = torch.eye(4)
     r["out_proj_bias"] = None
     if bidirectional:
-        y_r = bimamba_inner_ref(*(r[k] for k in BI_ORDER), True)
+        y_r = bimamba_v2_inner_ref(*(r[k] for k in BI_ORDER), True)
     else:
         y_r = mamba_inner_ref(r["xz"], r["conv1d_weight"], r["conv1d_bias"], r["x_proj_weight"],
                               r["delta_proj_weight"], r["out_proj_weight"], None, r["A"], None, None,
@@ -925,8 +925,8 @@ def test_mixer_paths_match_reference(bidirectional, L):
                  "delta_bias")
         args = lambda d, x: (x, *[d[n] for n in names], *[d[n + "_b"] for n in names],  # noqa: E731
                              d["out_proj_weight"])
-        y = ops.bimamba_inner_fn(*args(got, xg), backend="cuda")
-        y_r = bimamba_inner_ref(*args(ref, xr))
+        y = ops.bimamba_v2_inner_fn(*args(got, xg), backend="cuda")
+        y_r = bimamba_v2_inner_ref(*args(ref, xr))
     else:
         kw = lambda d: dict(D=d["D"], delta_bias=d["delta_bias"])  # noqa: E731
         pos = lambda d, x: (x, d["conv1d_weight"], d["conv1d_bias"], d["x_proj_weight"],  # noqa: E731

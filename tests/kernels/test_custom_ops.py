@@ -7,7 +7,7 @@ import torch
 import vimd_kernels.ops  # noqa: F401  (registers vimd::)
 from tests.kernels.helpers import SCAN_ARGS, ScanCase, scan_inputs
 from tests.kernels.test_mamba_inner import branch_weights
-from vimd_kernels import bimamba_inner_fn, mamba_inner_fn
+from vimd_kernels import bimamba_v2_inner_fn, mamba_inner_fn
 from vimd_kernels.registry import kernel_available
 
 OPCHECK_BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(
@@ -71,7 +71,7 @@ def _both(p):
     y1 = mamba_inner_fn(p["xz"], p["conv1d_weight"], p["conv1d_bias"], p["x_proj_weight"],
                         p["delta_proj_weight"], p["out_proj_weight"], None, p["A"], None, None,
                         p["D"], p["delta_bias"], True)
-    y2 = bimamba_inner_fn(p["xz"], p["conv1d_weight"], p["conv1d_bias"], p["x_proj_weight"],
+    y2 = bimamba_v2_inner_fn(p["xz"], p["conv1d_weight"], p["conv1d_bias"], p["x_proj_weight"],
                           p["delta_proj_weight"], p["A"], p["D"], p["delta_bias"],
                           p["conv1d_weight_b"], p["conv1d_bias_b"], p["x_proj_weight_b"],
                           p["delta_proj_weight_b"], p["A_b"], p["D_b"], p["delta_bias_b"],
@@ -80,7 +80,7 @@ def _both(p):
 
 
 def test_compile_fullgraph_matches_eager():
-    """One compiled graph (no breaks) with mamba_inner_fn and bimamba_inner_fn, forward and backward,
+    """One compiled graph (no breaks) with mamba_inner_fn and bimamba_v2_inner_fn, forward and backward,
     on the default backend for CPU tensors."""
     torch._dynamo.reset()
     gen = torch.Generator().manual_seed(0)

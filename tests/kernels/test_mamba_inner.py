@@ -1,4 +1,4 @@
-"""mamba_inner_fn / bimamba_inner_fn on every backend vs the references and a float64 composition
+"""mamba_inner_fn / bimamba_v2_inner_fn on every backend vs the references and a float64 composition
 of the oracles (with real flips), gradients on every weight."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from benchmarks.mixer_memory import saved_bytes
 from tests.kernels.helpers import backend_params, reduction_scale
 from tests.kernels.oracle import conv64, scan64
 from tests.tolerances import assert_close
-from vimd_kernels import bimamba_inner_fn, bimamba_inner_ref, mamba_inner_fn, mamba_inner_ref
+from vimd_kernels import bimamba_v2_inner_fn, bimamba_v2_inner_ref, mamba_inner_fn, mamba_inner_ref
 
 KERNEL = "selective_scan"  # the mixers need both kernels; the scan is the one that lands last
 
@@ -124,19 +124,19 @@ def test_bimamba_inner(backend, case):
              "delta_bias", "conv1d_weight_b", "conv1d_bias_b", "x_proj_weight_b",
              "delta_proj_weight_b", "A_b", "D_b", "delta_bias_b", "out_proj_weight", "out_proj_bias"]
     p, r, o = _req(flat), _req(flat), _req(flat, torch.float64)
-    out = bimamba_inner_fn(*(p[k] for k in order), True, backend=backend)
-    ref = bimamba_inner_ref(*(r[k] for k in order), True)
+    out = bimamba_v2_inner_fn(*(p[k] for k in order), True, backend=backend)
+    ref = bimamba_v2_inner_ref(*(r[k] for k in order), True)
     ob = {k[:-2]: v for k, v in o.items() if k.endswith("_b")}
     y64 = (_core64(o["xz"], o) + _core64(o["xz"], ob, reverse=True)) / 2
     o_out = F.linear(y64.transpose(1, 2), o["out_proj_weight"], o["out_proj_bias"])
     assert out.shape == (b, L, d_model)
-    assert_close(out, ref, "scan", torch.float32, "out vs bimamba_inner_ref")
+    assert_close(out, ref, "scan", torch.float32, "out vs bimamba_v2_inner_ref")
     assert_close(out, o_out, "scan", torch.float32, "out vs float64 oracle")
     _check_grads(out, ref, o_out, p, r, o, gen, reduction_scale(b * L * d_inner))
 
 
 # ----------------------------------------------------------------------------- the mixer op
-# mamba_inner_fn / bimamba_inner_fn run every backend but "ref" through vimd::mixer_fwd/bwd
+# mamba_inner_fn / bimamba_v2_inner_fn run every backend but "ref" through vimd::mixer_fwd/bwd
 # (vimd_kernels/mamba_inner/fused.py): recompute in backward, both ViM directions in one op.
 
 from vimd_kernels import ops  # noqa: E402
@@ -187,9 +187,9 @@ def test_bimamba_mixer_op_with_missing_optional_weights(drop):
     """A weight absent in one direction only (zeros stand in for it inside the op)."""
     flat = _bi_inputs(drop=drop)
     p, r = _req(flat), _req(flat)
-    out = bimamba_inner_fn(*(p[k] for k in BI_ORDER), True, backend="cpu")
-    ref = bimamba_inner_ref(*(r[k] for k in BI_ORDER), True)
-    assert_close(out, ref, "scan", torch.float32, "out vs bimamba_inner_ref")
+    out = bimamba_v2_inner_fn(*(p[k] for k in BI_ORDER), True, backend="cpu")
+    ref = bimamba_v2_inner_ref(*(r[k] for k in BI_ORDER), True)
+    assert_close(out, ref, "scan", torch.float32, "out vs bimamba_v2_inner_ref")
     dout = torch.randn(out.shape)
     (out * dout).sum().backward()
     (ref * dout).sum().backward()
@@ -209,7 +209,7 @@ def test_mixer_op_saves_only_xz_and_weights(bidirectional):
 
     def run(backend):
         if bidirectional:
-            return bimamba_inner_fn(*(p[k] for k in BI_ORDER), True, backend=backend)
+            return bimamba_v2_inner_fn(*(p[k] for k in BI_ORDER), True, backend=backend)
         return mamba_inner_fn(*(p[k] for k in fwd_names), None, None, p["D"], p["delta_bias"], True,
                               backend=backend)
 
@@ -292,7 +292,7 @@ def test_mixer_op_autocast_bf16_matches_composed(bidirectional):
     def run(q, backend):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             if bidirectional:
-                return bimamba_inner_fn(*(q[k] for k in BI_ORDER), True, backend=backend)
+                return bimamba_v2_inner_fn(*(q[k] for k in BI_ORDER), True, backend=backend)
             return mamba_inner_fn(*(q[k] for k in fwd_names), None, None, q["D"], q["delta_bias"],
                                   True, backend=backend)
 
@@ -343,11 +343,11 @@ def test_mixer_op_is_one_node_under_compile():
         seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
         return gm.forward
 
-    f = torch.compile(lambda *a: bimamba_inner_fn(*a, True, backend="cpu"), fullgraph=True,
+    f = torch.compile(lambda *a: bimamba_v2_inner_fn(*a, True, backend="cpu"), fullgraph=True,
                       backend=capture)
     out = f(*(flat[k] for k in BI_ORDER))
     assert any("vimd.mixer_fwd" in s for s in seen), seen
-    ref = bimamba_inner_ref(*(flat[k] for k in BI_ORDER), True)
+    ref = bimamba_v2_inner_ref(*(flat[k] for k in BI_ORDER), True)
     assert_close(out, ref, "scan", torch.float32, "compiled out")
 
 
@@ -361,7 +361,7 @@ def test_bimamba_bf16_activations_with_fp32_weights_match_reference():
     outs = {}
     for backend in ("ref", "cpu"):
         x = {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in flat.items()}
-        y = bimamba_inner_fn(*(x[k] for k in BI_ORDER), backend=backend)
+        y = bimamba_v2_inner_fn(*(x[k] for k in BI_ORDER), backend=backend)
         y.float().sum().backward()
         outs[backend] = (y.float(), x["xz"].grad.float())
     assert_close(outs["cpu"][0], outs["ref"][0], "scan", torch.bfloat16, "y")

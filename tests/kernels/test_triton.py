@@ -15,7 +15,7 @@ import torch
 
 from tests.kernels.helpers import SCAN_ARGS, ScanCase, leaves, reduction_scale, scan_grad_scale, scan_inputs
 from tests.tolerances import assert_close
-from vimd_kernels import (bimamba_inner_fn, bimamba_inner_ref, causal_conv1d_fn, causal_conv1d_ref,
+from vimd_kernels import (bimamba_v2_inner_fn, bimamba_v2_inner_ref, causal_conv1d_fn, causal_conv1d_ref,
                           mamba_inner_fn, mamba_inner_ref, selective_scan_fn, selective_scan_ref)
 
 triton = pytest.importorskip("triton")
@@ -290,8 +290,8 @@ def check_mixer(batch, d_model, L, N, bidirectional, device):
     xz0 = torch.randn(batch, 2 * d_inner, L, generator=gen).to(device)
     xz, w = xz0.clone().requires_grad_(True), _leafify(w0)
     xz_r, w_r = xz0.clone().requires_grad_(True), _leafify(w0)
-    ref_fn = bimamba_inner_ref if bidirectional else mamba_inner_ref
-    fn = bimamba_inner_fn if bidirectional else mamba_inner_fn
+    ref_fn = bimamba_v2_inner_ref if bidirectional else mamba_inner_ref
+    fn = bimamba_v2_inner_fn if bidirectional else mamba_inner_fn
     out = _run_mixer(fn, xz, w, bidirectional, "triton")
     want = _run_mixer(ref_fn, xz_r, w_r, bidirectional, None)
     assert_close(out, want, "scan", torch.float32, "mixer out")

@@ -8,7 +8,7 @@ import torch
 
 from tests.kernels.helpers import ScanCase, scan_inputs
 from tests.kernels.test_mamba_inner import branch_weights
-from vimd_kernels import (bimamba_inner_fn, causal_conv1d_fn, mamba_inner_fn, selective_scan_fn)
+from vimd_kernels import (bimamba_v2_inner_fn, causal_conv1d_fn, mamba_inner_fn, selective_scan_fn)
 from vimd_kernels.registry import BACKENDS, resolve
 
 CASE = ScanCase(batch=2, dim=4, L=5, N=3, initial_state=True)
@@ -167,7 +167,7 @@ def test_bimamba_inner_rejects_mismatched_backward_branch(name, kw):
     bw = {k + "_b": v.clone() for k, v in branch_weights(8, 4, 2, 4, torch.Generator().manual_seed(1)).items()}
     bw.update(kw)
     with pytest.raises(ValueError) as info:
-        bimamba_inner_fn(a["xz"], a["conv1d_weight"], a["conv1d_bias"], a["x_proj_weight"],
+        bimamba_v2_inner_fn(a["xz"], a["conv1d_weight"], a["conv1d_bias"], a["x_proj_weight"],
                          a["delta_proj_weight"], a["A"], a["D"], a["delta_bias"],
                          bw["conv1d_weight_b"], bw["conv1d_bias_b"], bw["x_proj_weight_b"],
                          bw["delta_proj_weight_b"], bw["A_b"], bw["D_b"], bw["delta_bias_b"],
@@ -186,3 +186,12 @@ def test_explicit_backend_that_is_missing_says_how_to_install(monkeypatch):
     with pytest.raises(RuntimeError, match="pip install") as info:
         causal_conv1d_fn(x, w, backend="cpu")
     assert "'cpu'" in str(info.value)
+
+
+def test_renamed_bimamba_names_warn_and_resolve():
+    import vimd_kernels
+    for old, new in (("bimamba_inner_fn", "bimamba_v2_inner_fn"), ("bimamba_inner_ref", "bimamba_v2_inner_ref")):
+        with pytest.warns(DeprecationWarning, match=new):
+            assert getattr(vimd_kernels, old) is getattr(vimd_kernels, new)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        vimd_kernels.no_such_name

@@ -8,7 +8,7 @@ keyword-only ``bidirectional`` (Vim's "v2" with the averaged directions, ``if_di
 ``dt_proj_b``, ``A_b_log``, ``D_b``, "v1" only ``A_b_log``; ``gamma`` with init_layer_scale), so
 released state dicts load by name.
 
-The forward pass runs through ``vimd_kernels.mamba_inner_fn`` / ``bimamba_inner_fn`` (Vim's "v1":
+The forward pass runs through ``vimd_kernels.mamba_inner_fn`` / ``bimamba_v2_inner_fn`` (Vim's "v1":
 ``vimd_kernels.compat``); with ``inference_params`` it fills the decoding states and then steps
 one token at a time (``step``: ``vimd_kernels.causal_conv1d_update`` and
 ``selective_state_update`` on the layer's backend). A, D and dt_bias enter the kernels in float32
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vimd_kernels import bimamba_inner_fn, causal_conv1d_update, mamba_inner_fn, selective_state_update
+from vimd_kernels import bimamba_v2_inner_fn, causal_conv1d_update, mamba_inner_fn, selective_state_update
 from vimd_kernels.compat.mixer import bimamba_v1, mixer
 
 
@@ -56,7 +56,7 @@ def neg_exp(a_log: Tensor) -> Tensor:
 
 # bimamba_type -> the fused mixer op; the directions it needs ("_b": the reverse branch's weights)
 MIXERS = {"none": (mamba_inner_fn, ("",)), "v1": (bimamba_v1, ("",)),
-          "v2": (bimamba_inner_fn, ("", "_b"))}
+          "v2": (bimamba_v2_inner_fn, ("", "_b"))}
 DT_INIT = {"random": lambda w, std: nn.init.uniform_(w, -std, std),
            "constant": lambda w, std: nn.init.constant_(w, std)}
 
