@@ -66,3 +66,16 @@ def test_sr_photos_end_to_end_on_a_reduced_split(tmp_path, monkeypatch):
     assert "coins.png (384x300)" in text
     assert (out / "results.png").stat().st_size > 0 and (out / "crops.png").stat().st_size > 0
     assert main(["sr-photos", "--out", str(out), "--iterations", "0"]) == 2
+
+
+def test_readme_table_is_the_committed_run():
+    """The README's sr-photos table rows are those of the committed run's results.md (bold mean row
+    aside, whose label the README extends), and the run measured every method on every test photo."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "docs", "sr_photos", "results.md")) as f:
+        rows = [line for line in f.read().splitlines() if line.startswith("| ") and ".png (" in line]
+    with open(os.path.join(root, "README.md")) as f:
+        readme = f.read()
+    assert len(rows) == len(PHOTOS["test"])
+    for row in rows:
+        assert row in readme
