@@ -46,7 +46,7 @@ def _load_final(cfg: dict, run_dir: str) -> torch.nn.Module:
     from ..convert import load_checkpoint, our_names, read_checkpoint
     model = create(cfg["model"], cfg, "model")
     load_checkpoint(model, our_names(model, read_checkpoint(os.path.join(run_dir, FINAL))))
-    return model.eval()
+    return model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.no_grad()
@@ -60,7 +60,11 @@ def measure(methods: dict[str, object], scale: int) -> tuple[list[dict], dict[st
         hr = to_float(hr_u8)[None]
         row = {"photo": name, "size": f"{hr.shape[-1]}x{hr.shape[-2]}"}
         for label, model in methods.items():
-            sr = bicubic_up(lr_u8, scale)[None] if model is None else model(to_float(lr_u8)[None]).float().clamp(0, 1)
+            if model is None:
+                sr = bicubic_up(lr_u8, scale)[None]
+            else:
+                device = next(model.parameters()).device
+                sr = model(to_float(lr_u8)[None].to(device)).float().clamp(0, 1).cpu()
             row[f"{label} PSNR"] = psnr_y(sr, hr, scale).item()
             row[f"{label} SSIM"] = ssim_y(sr, hr, scale).item()
             outs[label].append(sr[0])
