@@ -48,7 +48,8 @@ for mod in (vimd_kernels, vimd_models):
 print("imported from", os.path.dirname(vimd_models.__file__))
 EOF
 vimd demo --help > /dev/null
-vimd models | grep -qx vim_tiny_patch16_224
+vimd models > models.txt
+grep -qx vim_tiny_patch16_224 models.txt
 vimd train demo_teacher backend=cpu output_dir=runs name=smoke train.epochs=1 data.train_size=32 \
   data.val_size=16 data.batch_size=16 data.eval_batch_size=16
 test -f runs/smoke/model.safetensors

@@ -251,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vimd: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output left (`vimd models | head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 141  # as a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

@@ -74,3 +74,16 @@ def test_exact_param_counts(name, kwargs, expected):
 def test_srvm_param_count_is_sr_plus_vim():
     m = vm.create_model("srvm_net", num_classes=200)
     assert _count(m.sr) == 1_547_350 and _count(m.classifier) == 6_993_608
+
+
+def test_cli_stops_quietly_when_its_reader_leaves():
+    """`vimd models | grep -q NAME`: the reader exits first; no traceback, the SIGPIPE status."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "vimd_models.cli", "models"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command has imported and written anything
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert p.wait(timeout=120) in (0, 141)
+    assert "Traceback" not in err and "Error" not in err, err
