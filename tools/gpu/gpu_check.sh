@@ -145,13 +145,13 @@ fi
 # machine's minutes then go to tests and benchmarks.
 build_rc=skip
 prebuilt=$CARRY/ours
-if has build && [ -f "$prebuilt/_C$ext_suffix.xz" ] && [ "$(cat "$prebuilt/arch" 2>/dev/null)" = "$ARCH" ] \
+if has build && [ -f "$prebuilt/module$ext_suffix.tar.xz" ] && [ "$(cat "$prebuilt/arch" 2>/dev/null)" = "$ARCH" ] \
     && [ "$(cat "$prebuilt/source.sha256" 2>/dev/null)" = "$(bash tools/gpu/prebuild_ext.sh --hash)" ]; then
-  xz -dc "$prebuilt/_C$ext_suffix.xz" >"vimd_kernels/_C$ext_suffix" && build_rc=0 || build_rc=1
+  xz -dc "$prebuilt/module$ext_suffix.tar.xz" | tar xf - && build_rc=0 || build_rc=1
   export PYTHONPATH="$PWD:$PYTHONPATH"
   note "build: prebuilt extension from $prebuilt (sources match, sm_$ARCH): rc=$build_rc"
-  $PY -c "import vimd_kernels as v; from vimd_kernels import _C; print('available backends:', v.available_backends()); print('has cuda ops:', hasattr(_C, 'selective_scan_fwd_cuda'))" 2>&1 | tee -a "$summary"
-  $PY -c "from vimd_kernels import _C; assert hasattr(_C, 'selective_scan_fwd_cuda')" 2>/dev/null || failed build
+  $PY -c "import vimd_kernels as v; from vimd_kernels import _C; print('available backends:', v.available_backends()); print('has cuda ops:', (hasattr(_C, 'selective_scan_fwd_cuda') or hasattr(__import__('torch').ops.vimd, 'selective_scan_fwd_cuda')))" 2>&1 | tee -a "$summary"
+  $PY -c "from vimd_kernels import _C; assert (hasattr(_C, 'selective_scan_fwd_cuda') or hasattr(__import__('torch').ops.vimd, 'selective_scan_fwd_cuda'))" 2>/dev/null || failed build
 elif has build && [ $no_build = 1 ]; then
   note "build: no prebuilt extension in $prebuilt for these sources (sm_$ARCH, $ext_suffix): the GPU machine would compile it (~82 s with 16 jobs); run tools/gpu/prebuild_ext.sh"
   failed build
@@ -165,7 +165,7 @@ elif has build && enough_time build 120; then
   spills=$(grep -c "Registers are spilled" "$OUT/build.log")
   note "build: $spills ptxas spill warning(s)"
   grep "Registers are spilled" "$OUT/build.log" | head -5 | tee -a "$summary"
-  $PY -c "import vimd_kernels as v; from vimd_kernels import _C; print('available backends:', v.available_backends()); print('has cuda ops:', hasattr(_C, 'selective_scan_fwd_cuda'))" 2>&1 | tee -a "$summary"
+  $PY -c "import vimd_kernels as v; from vimd_kernels import _C; print('available backends:', v.available_backends()); print('has cuda ops:', (hasattr(_C, 'selective_scan_fwd_cuda') or hasattr(__import__('torch').ops.vimd, 'selective_scan_fwd_cuda')))" 2>&1 | tee -a "$summary"
 fi
 
 # versions: the trees tools/gpu/pack_versions.sh left in .carry/versions/, each built in place under
@@ -188,7 +188,7 @@ if has versions; then
       ver_labels+=("$label")
       if [ -f "$dir/.prebuilt" ]; then   # built by tools/gpu/prebuild_ext.sh: checked, not rebuilt
         if [ "$(cat "$dir/.prebuilt")" = "$ARCH $ext_suffix" ] \
-            && (cd "$dir" && $PY -c "from vimd_kernels import _C; assert hasattr(_C, 'selective_scan_fwd_cuda')") \
+            && (cd "$dir" && $PY -c "from vimd_kernels import _C; assert (hasattr(_C, 'selective_scan_fwd_cuda') or hasattr(__import__('torch').ops.vimd, 'selective_scan_fwd_cuda'))") \
               >"$OUT/versions/build_$label.log" 2>&1; then
           echo 0 >"$OUT/versions/build_$label.rc"; note "versions: $label prebuilt for sm_$ARCH, imports"
         else

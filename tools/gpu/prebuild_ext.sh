@@ -34,8 +34,11 @@ git archive "$sha" | tar xf - -C "$tmp/src"
 # the same kernel sources (HEAD and a packed version, or a tree whose change touched no kernel) build once
 suffix=$("$PY" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 cached=.gpu_cache/prebuilt/$(cd "$tmp/src" && src_hash)-sm$ARCH$suffix
-if [ -f "$cached" ]; then
-  cp "$cached" "$tmp/src/vimd_kernels/_C$suffix"
+# the built module: vimd_kernels/_C (and, from the commit that moved the ops out of it, the ops
+# library vimd_kernels/libvimd_ops.so); cached as one file (older trees) or a folder of both
+module_files() { for f in "vimd_kernels/_C$suffix" vimd_kernels/libvimd_ops.so; do [ -f "$1/$f" ] && echo "$f"; done; }
+if [ -d "$cached.d" ] || [ -f "$cached" ]; then
+  if [ -d "$cached.d" ]; then cp "$cached.d"/* "$tmp/src/vimd_kernels/"; else cp "$cached" "$tmp/src/vimd_kernels/_C$suffix"; fi
   echo "prebuild_ext: ${sha:0:7}: the module of the same sources is in $cached (not rebuilt)"
   : >"$tmp/build.log"
 else
@@ -45,12 +48,12 @@ else
     >"$tmp/build.log" 2>&1) || { tail -30 "$tmp/build.log" >&2; exit 1; }
   echo "prebuild_ext: built ${sha:0:7} for sm_$ARCH in $(( $(date +%s) - start ))s"
   [ -f "$tmp/src/vimd_kernels/_C$suffix" ] || { echo "prebuild_ext: no vimd_kernels/_C$suffix was built" >&2; exit 1; }
-  mkdir -p .gpu_cache/prebuilt
-  cp "$tmp/src/vimd_kernels/_C$suffix" "$cached"
+  mkdir -p "$cached.d"
+  for f in $(module_files "$tmp/src"); do cp "$tmp/src/$f" "$cached.d/"; done
 fi
 echo "ptxas spill warnings: $(grep -c "Registers are spilled" "$tmp/build.log" || true)"
 if [ -n "${VERSION_TAR:-}" ]; then
-  strip --strip-debug "$tmp/src/vimd_kernels/_C$suffix"
+  for f in $(module_files "$tmp/src"); do strip --strip-debug "$tmp/src/$f"; done
   echo "$ARCH $suffix" >"$tmp/src/.prebuilt"
   rm -rf "$tmp/src/build"
   mkdir -p "$(dirname "$VERSION_TAR")"
@@ -59,9 +62,9 @@ if [ -n "${VERSION_TAR:-}" ]; then
   exit 0
 fi
 mkdir -p .carry/ours
-rm -f .carry/ours/_C*.xz
-strip --strip-debug -o "$tmp/_C$suffix" "$tmp/src/vimd_kernels/_C$suffix"
-xz -T0 -c "$tmp/_C$suffix" >".carry/ours/_C$suffix.xz"
+rm -f .carry/ours/_C*.xz .carry/ours/module*.tar.xz
+for f in $(module_files "$tmp/src"); do strip --strip-debug "$tmp/src/$f"; done
+tar cf - -C "$tmp/src" $(module_files "$tmp/src") | xz -T0 >".carry/ours/module$suffix.tar.xz"
 echo "$ARCH" >.carry/ours/arch
 (cd "$tmp/src" && bash tools/gpu/prebuild_ext.sh --hash) >.carry/ours/source.sha256
 echo "${sha:0:7}" >.carry/ours/commit
