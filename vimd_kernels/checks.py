@@ -59,6 +59,23 @@ def _weight_dtypes(x: Tensor) -> tuple:
     return tuple(dict.fromkeys((x.dtype,) + _param_dtype(x)))
 
 
+def _conv_weight(weight, dim: int, wdt) -> tuple:
+    """A depthwise conv weight (dim, width) or (dim, 1, width) with 2 <= width <= MAX_CONV_WIDTH:
+    (the (dim, width) view, width)."""
+    tensor("weight", weight, (2, 3), wdt)
+    if weight.dim() == 3:
+        if weight.shape[1] != 1:
+            raise ValueError(f"weight must be (dim, width) or (dim, 1, width), got {tuple(weight.shape)}")
+        weight = weight.squeeze(1)
+    if weight.shape[0] != dim:
+        raise ValueError(f"weight must have shape ({dim}, width) for x with dim={dim}, "
+                         f"got {tuple(weight.shape)}")
+    width = weight.shape[1]
+    if not 2 <= width <= MAX_CONV_WIDTH:
+        raise ValueError(f"weight width must be between 2 and {MAX_CONV_WIDTH}, got {width}")
+    return weight, width
+
+
 def selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
     tensor("u", u, (3,), FLOAT_IO)
     batch, dim, L = u.shape
@@ -107,17 +124,7 @@ def causal_conv1d(x, weight, bias, activation) -> Tensor:
     if L < 1 or dim < 1 or batch < 1:
         raise ValueError(f"x must be (batch, dim, L) with every size >= 1, got {tuple(x.shape)}")
     wdt = _weight_dtypes(x)
-    tensor("weight", weight, (2, 3), wdt)
-    if weight.dim() == 3:
-        if weight.shape[1] != 1:
-            raise ValueError(f"weight must be (dim, width) or (dim, 1, width), got {tuple(weight.shape)}")
-        weight = weight.squeeze(1)
-    if weight.shape[0] != dim:
-        raise ValueError(f"weight must have shape ({dim}, width) for x with dim={dim}, "
-                         f"got {tuple(weight.shape)}")
-    width = weight.shape[1]
-    if not 2 <= width <= MAX_CONV_WIDTH:
-        raise ValueError(f"weight width must be between 2 and {MAX_CONV_WIDTH}, got {width}")
+    weight, _ = _conv_weight(weight, dim, wdt)
     tensor("bias", bias, (1,), wdt, optional=True)
     if bias is not None:
         shape("bias", bias, (dim,))
@@ -254,17 +261,7 @@ def causal_conv1d_update(x, conv_state, weight, bias, activation, cache_seqlens)
         raise ValueError(f"x must be (batch, dim) or (batch, dim, seqlen) with every size >= 1, "
                          f"got {tuple(x.shape)}")
     wdt = _weight_dtypes(x)
-    tensor("weight", weight, (2, 3), wdt)
-    if weight.dim() == 3:
-        if weight.shape[1] != 1:
-            raise ValueError(f"weight must be (dim, width) or (dim, 1, width), got {tuple(weight.shape)}")
-        weight = weight.squeeze(1)
-    if weight.shape[0] != dim:
-        raise ValueError(f"weight must have shape ({dim}, width) for x with dim={dim}, "
-                         f"got {tuple(weight.shape)}")
-    width = weight.shape[1]
-    if not 2 <= width <= MAX_CONV_WIDTH:
-        raise ValueError(f"weight width must be between 2 and {MAX_CONV_WIDTH}, got {width}")
+    weight, width = _conv_weight(weight, dim, wdt)
     tensor("conv_state", conv_state, (3,), (x.dtype,))
     if conv_state.shape[:2] != x.shape[:2] or conv_state.shape[2] < width - 1:
         raise ValueError(f"conv_state must have shape ({batch}, {dim}, state_len) with state_len >= "

@@ -228,14 +228,8 @@ def _notes(rows: list[dict]) -> list[str]:
     return notes
 
 
-def _report(rows: list[dict], out: str, total: float, seed: int, machine: str) -> None:
-    lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(r) for _, cell in COLUMNS) + " |" for r in rows]
-    notes = [f"seed {seed}; total {total:.0f} s on {machine}; metrics are the best evaluation "
-             "on the synthetic validation split.", *_notes(rows),
-             "One seed, tiny models and data: differences of this size may be noise; "
-             "run with other --seed values before drawing conclusions."]
-    text = "\n".join(lines + [""] + notes)
+def write_results(out: str, text: str, rows: list[dict]) -> None:
+    """Print ``text`` and write it to ``out``/results.md, and ``rows`` to ``out``/results.csv."""
     print("\n" + text)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.md"), "w") as f:
@@ -244,6 +238,16 @@ def _report(rows: list[dict], out: str, total: float, seed: int, machine: str) -
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+
+
+def _report(rows: list[dict], out: str, total: float, seed: int, machine: str) -> None:
+    lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(r) for _, cell in COLUMNS) + " |" for r in rows]
+    notes = [f"seed {seed}; total {total:.0f} s on {machine}; metrics are the best evaluation "
+             "on the synthetic validation split.", *_notes(rows),
+             "One seed, tiny models and data: differences of this size may be noise; "
+             "run with other --seed values before drawing conclusions."]
+    write_results(out, "\n".join(lines + [""] + notes), rows)
     chance = next((r["chance"] for r in rows if r["chance"] is not None), None)
     write_results_plot(rows, os.path.join(out, "results.png"), f"vimd demo (seed {seed}, {total:.0f} s)",
                        chance=chance, baseline=next((r["run"] for r in rows if r["name"] == "dvmsr_small"), None))

@@ -9,7 +9,6 @@ and crops.png (one crop of every test photo per method).
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -21,7 +20,7 @@ from ..data.photos import PHOTOS, PhotoSR
 from ..data.sr import imresize, to_float, to_uint8
 from ..distill.tasks import create
 from .config import load_config
-from .demo import DVMSR_BIG, FINAL, Run, _machine, _PhaseBar
+from .demo import DVMSR_BIG, FINAL, Run, _machine, _PhaseBar, write_results
 from .metrics import psnr_y, ssim_y
 from .plots import write_image_grid, write_results_plot
 from .trainer import train
@@ -134,15 +133,7 @@ def _report(rows, outs, summary, out: str, seed: int, total: float, machine: str
               f"mean PSNR, better on {sum(v > 0 for v in d)} of {len(d)} photos; "
               f"small DVMSR vs bicubic: {_mean(rows, f'{small} PSNR') - _mean(rows, f'{BICUBIC} PSNR'):+.3f} dB.",
               "Training photos: " + ", ".join(PHOTOS["train"]) + "."]
-    text = "\n".join(lines)
-    print("\n" + text)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_results(out, "\n".join(lines), rows)
     means = [{"run": m, "psnr": _mean(rows, f"{m} PSNR"), "ssim": _mean(rows, f"{m} SSIM")} for m in labels]
     write_results_plot(means, os.path.join(out, "results.png"),
                        f"x4 SR on {len(rows)} test photos (mean; seed {seed})", baseline=BICUBIC)
