@@ -147,7 +147,9 @@ build_rc=skip
 prebuilt=$CARRY/ours
 if has build && [ -f "$prebuilt/module$ext_suffix.tar.xz" ] && [ "$(cat "$prebuilt/arch" 2>/dev/null)" = "$ARCH" ] \
     && [ "$(cat "$prebuilt/source.sha256" 2>/dev/null)" = "$(bash tools/gpu/prebuild_ext.sh --hash)" ]; then
-  xz -dc "$prebuilt/module$ext_suffix.tar.xz" | tar xf - && build_rc=0 || build_rc=1
+  # never over a module built here (libvimd_ops.so has no Python suffix: a development tree's own
+  # build would be replaced by the GPU image's); the lent machine's copy of the tree has none
+  xz -dc "$prebuilt/module$ext_suffix.tar.xz" | tar xf - --skip-old-files && build_rc=0 || build_rc=1
   export PYTHONPATH="$PWD:$PYTHONPATH"
   note "build: prebuilt extension from $prebuilt (sources match, sm_$ARCH): rc=$build_rc"
   $PY -c "import vimd_kernels as v; from vimd_kernels import _C; print('available backends:', v.available_backends()); print('has cuda ops:', (hasattr(_C, 'selective_scan_fwd_cuda') or hasattr(__import__('torch').ops.vimd, 'selective_scan_fwd_cuda')))" 2>&1 | tee -a "$summary"
