@@ -9,10 +9,10 @@ setup: $(VENV)/.installed
 
 # The venv sees system site-packages so a torch already on the machine (e.g. a CUDA build) is
 # reused; torch==2.13.0 (the local CPU build here) is installed only when none imports.
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
+$(VENV)/.installed: pyproject.toml setup.py scripts/build_requires.py $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
 	test -x $(PY) || python3 -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q setuptools wheel ninja pybind11
+	$(PIP) install -q $$($(PY) scripts/build_requires.py)
 	$(PIP) install -q --no-build-isolation -e ".[dev]"
 	touch $@
 

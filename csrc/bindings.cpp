@@ -41,6 +41,7 @@ pybind11::dict build_info() {
   info["cpu_isas_supported"] = vimd::cpu::supported_isas();
   info["cpu_isa"] = vimd::cpu::active_isa();
   info["torch_cpu_capability"] = at::get_cpu_capability();
+  info["cplusplus"] = static_cast<long>(__cplusplus);  // the C++ standard it was compiled as
 #ifdef VIMD_WITH_CUDA
   info["cuda"] = true;
 #else
