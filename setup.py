@@ -205,15 +205,15 @@ BINDINGS_EXT = "vimd_kernels._C"
 BUILD_RECORD = "_build.json"  # beside the extension: what it was built against
 
 
-def extensions():
+def extensions(toolkit: dict | None):
     import torch  # noqa: F401  (build requirement)
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     cxx = ["-O3", "-fopenmp", "-g0"]  # -g0: no debug info (build time, .so size)
     include_dirs = [os.path.join(ROOT, "csrc")]
     macros = [(f"VIMD_ISA_{isa.upper()}", "1") for isa in _cpu_isas() if isa != "default"]
-    if TOOLKIT is not None:
-        kw = cuda_extension_kwargs(TOOLKIT["archs"])
+    if toolkit is not None:
+        kw = cuda_extension_kwargs(toolkit["archs"])
         cuda_macros = [("VIMD_WITH_CUDA", "1")]
         ops = CUDAExtension(OPS_EXT, _cpu_sources() + kw["sources"], include_dirs=include_dirs,
                             define_macros=macros + cuda_macros,
@@ -228,7 +228,7 @@ def extensions():
     return [ops, bindings]  # in this order: the bindings link the ops library
 
 
-def cmdclass():
+def cmdclass(toolkit: dict | None):
     from torch.utils.cpp_extension import BuildExtension
 
     class BuildExt(BuildExtension):
@@ -236,7 +236,8 @@ def cmdclass():
         ISA's flags; no libtorch_python, so no Python at load time) and links the bindings to it.
 
         Each ISA's build gets its own output folder (its own ninja file), so they compile in
-        parallel (MAX_JOBS at a time); the remaining sources then build and link as usual.
+        parallel (MAX_JOBS at a time); the remaining sources then build and link as usual. What the
+        build was made against is written beside the modules (BUILD_RECORD).
         """
 
         def get_ext_filename(self, fullname):
@@ -253,8 +254,12 @@ def cmdclass():
                 ext.library_dirs = list(ext.library_dirs) + [ops_dir]
                 ext.extra_link_args = list(ext.extra_link_args) + [f"-l:{OPS_FILE}", "-Wl,-rpath,$ORIGIN"]
                 super().build_extension(ext)
-                with open(os.path.join(ops_dir, BUILD_RECORD), "w") as f:
-                    json.dump(build_record(TOOLKIT), f, indent=1)
+
+        def run(self):
+            super().run()  # builds into build/, then copies into the source tree for editable installs
+            out_dir = os.path.dirname(self.get_ext_fullpath(OPS_EXT))  # where the modules now are
+            with open(os.path.join(out_dir, BUILD_RECORD), "w") as f:
+                json.dump(build_record(toolkit), f, indent=1)
 
         def _build_ops(self, ext):
             base = ext.extra_compile_args
@@ -280,5 +285,6 @@ def cmdclass():
     return {"build_ext": BuildExt.with_options(use_ninja=True)}
 
 
-TOOLKIT = cuda_toolkit()
-setup(ext_modules=extensions(), cmdclass=cmdclass())
+if __name__ == "__main__":  # run by pip / setuptools' build backend (tests import the functions)
+    toolkit = cuda_toolkit()
+    setup(ext_modules=extensions(toolkit), cmdclass=cmdclass(toolkit))

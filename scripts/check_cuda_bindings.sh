@@ -21,10 +21,13 @@ fi
 [ -f "$CUDA_HOME/include/cuda_runtime_api.h" ] || {
   echo "check_cuda_bindings: no CUDA headers under $CUDA_HOME/include" >&2; exit 2; }
 
-read -r TORCH_INC PY_INC PYBIND_INC < <("$PY" - <<'EOF'
-import os, sysconfig, torch, pybind11
+# STD: the C++ standard torch.utils.cpp_extension compiles extensions as, for this torch.
+read -r TORCH_INC PY_INC PYBIND_INC STD < <("$PY" - <<'EOF'
+import inspect, os, re, sysconfig, torch, pybind11
+import torch.utils.cpp_extension as ce
+std = re.search(r"'-std=(c\+\+\d+)'", inspect.getsource(ce))
 print(os.path.join(os.path.dirname(torch.__file__), "include"), sysconfig.get_paths()["include"],
-      pybind11.get_include())
+      pybind11.get_include(), std.group(1) if std else "c++17")
 EOF
 )
 
@@ -37,7 +40,7 @@ fi
 
 status=0
 for f in csrc/cuda/ops.cpp csrc/bindings.cpp; do
-  if "$CXX" -std=c++17 -fsyntax-only -Wall -Werror -Wno-c++20-extensions -DVIMD_WITH_CUDA \
+  if "$CXX" -std="$STD" -fsyntax-only -Wall -Werror -Wno-c++20-extensions -DVIMD_WITH_CUDA \
       -DTORCH_EXTENSION_NAME=_C -I"$tmp" -isystem "$TORCH_INC" -isystem "$TORCH_INC/torch/csrc/api/include" \
       -isystem "$CUDA_HOME/include" -isystem "$PY_INC" -isystem "$PYBIND_INC" -Icsrc "$f"; then
     echo "ok   $f"

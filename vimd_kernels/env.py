@@ -45,9 +45,17 @@ def report() -> list[tuple[str, str]]:
                                       f"{p.total_memory / 2**30:.1f} GiB"))
     else:
         rows.append(("cuda device", "none"))
+    rec = registry.build_record()
+    if rec is not None:
+        cuda = (f"CUDA {rec['cuda_toolkit']} ({rec['cuda_home']}), sm_{', sm_'.join(map(str, rec['cuda_archs']))}"
+                if rec.get("cuda_toolkit") else "no CUDA kernels")
+        rows.append(("built with", f"torch {rec['torch']}; {cuda}; {rec['cxx']}; Python {rec['python']}"))
+        mismatch = registry.torch_mismatch()
+        if mismatch:
+            rows.append(("  WARNING", mismatch))
     ext = registry.extension()
     if ext is None:
-        rows.append(("vimd_kernels._C", "not built"))
+        rows.append(("vimd_kernels._C", registry.extension_problem() or "not built"))
     else:
         info = _try(ext.build_info) if hasattr(ext, "build_info") else "built (no build_info())"
         rows.append(("vimd_kernels._C", f"{getattr(ext, '__file__', '?')}"))

@@ -8,9 +8,12 @@ so a backend that cannot load here (no triton, no built extension) never breaks
 """
 from __future__ import annotations
 
+import glob
 import importlib
 import importlib.util
+import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,16 +24,45 @@ from .backend import SPECS, Capabilities, Impl, load
 KERNELS = tuple(SPECS)
 
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD_RECORD = os.path.join(_HERE, "_build.json")  # written by setup.py beside the extension
+
+
+def build_record() -> dict | None:
+    """What the extension was built against (torch, CUDA toolkit and architectures, compiler), as
+    setup.py recorded it, or None where no build has recorded it."""
+    try:
+        with open(BUILD_RECORD) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def torch_mismatch() -> str | None:
+    """A sentence saying that the running torch is not the one the extension was built for, else None."""
+    rec = build_record()
+    if rec is None or rec.get("torch") == torch.__version__:
+        return None
+    return (f"the extension was built for torch {rec.get('torch')} and this is torch {torch.__version__}: "
+            "rebuild it (pip install --no-build-isolation -e . in a checkout, or reinstall vimd)")
+
+
 def _probe_extension():
-    """The bindings ``vimd_kernels._C`` (importing them loads the ops library, which registers the
-    C++ ops torch.ops.vimd.*_cpu / *_cuda), or None where the extension is not built."""
+    """(bindings, problem): the bindings ``vimd_kernels._C`` (importing them loads the ops library,
+    which registers the C++ ops torch.ops.vimd.*_cpu / *_cuda), or None where the extension is not
+    built or fails to load; problem says why a built extension did not load (None otherwise)."""
     try:
         from vimd_kernels import _C
-    except ImportError:
-        return None
+    except ImportError as e:
+        if not glob.glob(os.path.join(_HERE, "_C*.so")):
+            return None, None  # not built
+        problem = torch_mismatch() or f"vimd_kernels._C is built but does not load ({e})"
+        warnings.warn(f"vimd_kernels: the compiled kernels are unavailable: {problem}", RuntimeWarning,
+                      stacklevel=2)
+        return None, problem
     from vimd_kernels.native import register_fakes
     register_fakes()
-    return _C
+    return _C, None
 
 
 def _probe_interpreter() -> str | None:
@@ -45,7 +77,7 @@ def _probe_interpreter() -> str | None:
 
 
 # Probed once at import, so dispatch stays a pure lookup that torch.compile can trace.
-_EXT = _probe_extension()
+_EXT, _EXT_PROBLEM = _probe_extension()
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 _INTERP_PROBLEM = _probe_interpreter()
 
@@ -82,6 +114,8 @@ class Backend:
 
 
 def _cuda_hint() -> str:
+    if _EXT_PROBLEM:
+        return _EXT_PROBLEM
     if _ext_cuda():
         return "the extension has the CUDA kernels, but torch sees no CUDA device"
     return ("build with a CUDA toolkit and a CUDA build of torch: "
@@ -97,7 +131,7 @@ def _triton_hint() -> str:
 BACKENDS = {
     "ref": Backend("ref", ("cpu", "cuda"), lambda: True, "always available"),
     "cpu": Backend("cpu", ("cpu",), _cpu_ok,
-                   "build the C++ extension: pip install --no-build-isolation -e ."),
+                   lambda: _EXT_PROBLEM or "build the C++ extension: pip install --no-build-isolation -e ."),
     "triton": Backend("triton", ("cuda", "cpu"), _triton_ok, _triton_hint),
     "cuda": Backend("cuda", ("cuda",), _cuda_ok, _cuda_hint),
 }
@@ -136,6 +170,11 @@ def extension():
     """The bindings of the built C++/CUDA extension, ``vimd_kernels._C`` (layout constants, build
     information; the ops are torch.ops.vimd.*), or None where it is not built."""
     return _EXT
+
+
+def extension_problem() -> str | None:
+    """Why a built extension did not load (e.g. built for another torch), or None."""
+    return _EXT_PROBLEM
 
 
 def _module_name(kernel: str, backend: str) -> str:

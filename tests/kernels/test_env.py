@@ -1,7 +1,11 @@
 """`python -m vimd_kernels.env` runs and reports versions and every backend."""
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 import torch
@@ -22,6 +26,40 @@ def test_env_report_runs():
         assert f"backend {name}" in out
         if not b.available():
             assert b.install_hint in out  # missing backends say how to install them
+    rec = registry.build_record()
+    if rec is not None:  # what the extension was built against, and no warning when it matches
+        assert re.search(rf"^built with +torch {re.escape(rec['torch'])};", out, re.M)
+        assert ("WARNING" in out) == (rec["torch"] != torch.__version__)
+
+
+def test_an_extension_built_for_another_torch_is_named_not_silently_dropped(tmp_path):
+    """A built extension that fails to load (here: not a shared object, recorded as built for another
+    torch) warns once at import, and the cpu backend's hint and the env report say to rebuild."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    pkg = tmp_path / "vimd_kernels"
+    shutil.copytree(os.path.join(root, "vimd_kernels"), pkg,
+                    ignore=shutil.ignore_patterns("*.so", "_build.json", "__pycache__"))
+    (pkg / ("_C" + sysconfig.get_config_var("EXT_SUFFIX"))).write_bytes(b"not a shared object")
+    (pkg / "_build.json").write_text(json.dumps({"torch": "2.0.0+old", "torch_cuda": None, "cuda_toolkit": None,
+                                                "cuda_home": None, "cuda_archs": None, "cxx": "g++",
+                                                "python": "3.11"}))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    code = ("import torch, vimd_kernels\n"
+            "from vimd_kernels import registry\n"
+            "print(registry.resolve(None, torch.device('cpu')))\n"
+            "print(registry.BACKENDS['cpu'].install_hint)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    said = f"the extension was built for torch 2.0.0+old and this is torch {torch.__version__}: rebuild it"
+    assert "RuntimeWarning: vimd_kernels: the compiled kernels are unavailable: " + said in res.stderr
+    assert res.stdout.splitlines()[0] == "ref"  # the pure-PyTorch fallback, no longer silent
+    assert said in res.stdout.splitlines()[1]
+    res = subprocess.run([sys.executable, "-m", "vimd_kernels.env"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"^built with +torch 2\.0\.0\+old; no CUDA kernels;", res.stdout, re.M)
+    assert "  WARNING" in res.stdout and said in res.stdout
 
 
 def test_cuda_hint_tells_unbuilt_from_no_device(monkeypatch):
