@@ -112,7 +112,6 @@ def cuda_toolkit() -> dict | None:
     CPU-only build: VIMD_SKIP_CUDA_BUILD, a CPU build of torch, or a CUDA torch with no toolkit on
     this machine (said in one line). Points torch's cpp_extension at the toolkit found."""
     import torch
-    from torch.utils import cpp_extension
 
     if _truthy("VIMD_SKIP_CUDA_BUILD") or torch.version.cuda is None:
         return None
@@ -137,6 +136,7 @@ def cuda_toolkit() -> dict | None:
               f"{torch.version.cuda}: the major versions must match; set CUDA_HOME to a "
               f"{torch.version.cuda.split('.')[0]}.x toolkit, or {SKIP_HINT}")
     os.environ["CUDA_HOME"] = home
+    from torch.utils import cpp_extension  # (its import guesses CUDA_HOME from the environment)
     cpp_extension.CUDA_HOME = home  # read by CUDAExtension and BuildExtension at call time
     return {"home": home, "nvcc": nvcc, "version": version, "archs": cuda_archs(nvcc)}
 
