@@ -70,7 +70,7 @@ def test_sdist_has_every_source_the_build_needs(sdist_files):
 def test_sdist_leaves_out_repository_only_files(sdist_files):
     for f in sdist_files:
         assert not f.startswith(("benchmarks/", "tools/", "tests/", "scripts/", ".ci/", "configs/")), f
-        assert not f.endswith((".so", ".o", ".pyc")), f
+        assert not f.endswith((".so", ".o", ".pyc", "_build.json")), f  # a local build's outputs
 
 
 def test_wheel_holds_the_two_packages_with_configs(wheel_files):
@@ -83,3 +83,9 @@ def test_wheel_holds_the_two_packages_with_configs(wheel_files):
         assert any(f.endswith(".dist-info/licenses/LICENSE") for f in wheel_files)
         assert any(f.startswith("vimd_kernels/_C") and f.endswith(".so") for f in wheel_files)
         assert "vimd_kernels/libvimd_ops.so" in wheel_files  # the ops library the bindings link
+
+
+def test_a_built_wheel_records_what_its_extension_was_built_against(wheel_files):
+    if not os.environ.get("VIMD_WHEEL"):
+        pytest.skip("the wheel's Python part only (scripts/check_package.sh passes a built wheel)")
+    assert {"vimd_kernels/_build.json", "vimd_kernels/libvimd_ops.so"} <= wheel_files
