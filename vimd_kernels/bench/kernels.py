@@ -1,8 +1,10 @@
-"""Kernel benchmarks: ``python -m benchmarks.kernels [--ops ...] [--shapes ...] [--providers ...] [--quick]``.
+"""Kernel benchmarks: ``vimd bench kernels [--ops ...] [--shapes ...] [--providers ...] [--quick]``
+(or ``python -m vimd_kernels.bench.kernels ...``).
 
 Times selective_scan, causal_conv1d, mamba_inner and bimamba_inner (fwd and fwd+bwd) on the
-workloads of benchmarks/shapes.py for every provider that is importable here, and writes a table
-to stdout plus CSV/JSON/PNG under benchmarks/results/<device>/.  Presets:
+workloads of vimd_kernels/bench/shapes.py for every provider that is importable here (the upstream
+peers mamba_ssm, causal_conv1d and mambapy where installed), and writes a table to stdout plus
+CSV/JSON/PNG to ``--out`` (default ./vimd-bench/<device>/).  Presets:
 
 - ``--preset cpu``: the scan on the CPU at ViM-Ti's stride-16 shape, u = (8, 384, 197), N = 16,
   float32, fwd+bwd: cpu vs mambapy vs the reference, with a line of speed-ups and peak memory.
@@ -31,8 +33,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks import common, shapes
-from benchmarks.shapes import Workload
+from vimd_kernels.bench import common, shapes
+from vimd_kernels.bench.shapes import Workload
 
 OPS = ("selective_scan", "causal_conv1d", "mamba_inner", "bimamba_inner")
 MODES = ("fwd", "fwd+bwd")
@@ -548,10 +550,10 @@ def _split(values) -> list[str]:
     return [v for item in values or [] for v in item.split(",") if v]
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__.splitlines()[0])
+def parse_args(argv=None, prog="python -m vimd_kernels.bench.kernels"):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--ops", nargs="+", help=f"subset of {', '.join(OPS)}")
-    p.add_argument("--shapes", nargs="+", help="workload names (benchmarks/shapes.py); default per device")
+    p.add_argument("--shapes", nargs="+", help="workload names (see --list); default per device")
     p.add_argument("--providers", nargs="+", help=f"subset of {', '.join(PROVIDERS)}")
     p.add_argument("--modes", nargs="+", help="fwd and/or fwd+bwd")
     p.add_argument("--dtype", nargs="+", help=f"one or more of {', '.join(DTYPES)} (default float32)")
@@ -565,7 +567,7 @@ def parse_args(argv=None):
                    help="limit of any one job, torch.compile's first call included (0: none)")
     p.add_argument("--quick", action="store_true", help="tiny shape, few repetitions (smoke test)")
     p.add_argument("--dry-run", action="store_true", help="print the job list and exit")
-    p.add_argument("--out", help="results folder (default benchmarks/results/<device>)")
+    p.add_argument("--out", default=common.DEFAULT_OUT, help=common.OUT_HELP)
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--list", action="store_true", help="list workloads and exit")
     return p.parse_args(argv)
@@ -593,8 +595,8 @@ def plan(a, device: str) -> list[Job]:
     return jobs
 
 
-def main(argv=None) -> list[dict]:
-    a = parse_args(argv)
+def main(argv=None, prog="python -m vimd_kernels.bench.kernels") -> list[dict]:
+    a = parse_args(argv, prog)
     if a.list:
         for w in shapes.WORKLOADS.values():
             print(f"{w.name:16} dim={w.d_inner:5} L={w.L:6} N={w.N:3} groups={w.groups} "
@@ -628,8 +630,7 @@ def main(argv=None) -> list[dict]:
     cols += [("speedup", "speed-up"), ("note", "note")]
     print(common.format_table(rows, cols))
 
-    out_dir = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                    common.slug(meta["device"]))
+    out_dir = common.results_dir(a.out, meta["device"])
     stem = "kernels" + (f"-{a.preset}" if a.preset else "") + ("-quick" if a.quick else "")
     paths = common.write_results(out_dir, stem, meta, rows)
     if not a.no_plot:

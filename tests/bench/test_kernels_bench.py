@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from benchmarks import kernels
-from benchmarks.shapes import WORKLOADS
+from vimd_kernels.bench import kernels
+from vimd_kernels.bench.shapes import WORKLOADS
 from vimd_kernels import selective_scan_ref
 
 

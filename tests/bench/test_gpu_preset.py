@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from benchmarks import common, kernels
-from benchmarks.shapes import WORKLOADS
+from vimd_kernels.bench import common, kernels
+from vimd_kernels.bench.shapes import WORKLOADS
 from vimd_kernels import bimamba_v2_inner_ref, causal_conv1d_ref, mamba_inner_ref, selective_scan_ref
 
 
