@@ -4,7 +4,8 @@
 Times selective_scan, causal_conv1d, mamba_inner and bimamba_inner (fwd and fwd+bwd) on the
 workloads of vimd_kernels/bench/shapes.py for every provider that is importable here (the upstream
 peers mamba_ssm, causal_conv1d and mambapy where installed), and writes a table to stdout plus
-CSV/JSON/PNG to ``--out`` (default ./vimd-bench/<device>/).  Presets:
+CSV/JSON/PNG to ``--out`` (default ./vimd-bench/<device>/).  The run ends with one line per provider
+that was not timed everywhere, saying why.  Presets:
 
 - ``--preset cpu``: the scan on the CPU at ViM-Ti's stride-16 shape, u = (8, 384, 197), N = 16,
   float32, fwd+bwd: cpu vs mambapy vs the reference, with a line of speed-ups and peak memory.
@@ -272,16 +273,29 @@ def import_peer(name: str):
         raise
 
 
-# What each peer package provides (anything else: Unsupported, with the reason).
-PEER_OPS = {"mamba_ssm": ("selective_scan", "mamba_inner"), "causal_conv1d": ("causal_conv1d",),
-            "mamba_ssm_composed": ("mamba_inner", "bimamba_inner")}
+# The pip name of each peer package.
+PIP_NAMES = {"mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d", "mambapy": "mambapy"}
+
+
+def not_installed(e: ImportError) -> str:
+    """Why a peer does not import: the package to install, or the module that is missing (a
+    dependency, or the compiled extension of a package that is there)."""
+    if e.name in PIP_NAMES:
+        return f"not installed: pip install {PIP_NAMES[e.name]}"
+    return f"not importable ({e.name or e})"
+
+
+# The ops each peer provides (the reference and our backends provide every op).
+PEER_OPS = {"mambapy": ("selective_scan",), "mamba_ssm": ("selective_scan", "mamba_inner"),
+            "causal_conv1d": ("causal_conv1d",), "mamba_ssm_composed": ("mamba_inner", "bimamba_inner")}
+
+
+def provides(provider: str, op: str) -> bool:
+    """Whether ``provider`` has ``op`` at all (whether it can run it here is another matter)."""
+    return op in PEER_OPS.get(provider, OPS)
 
 
 def _peer_fn(provider: str, op: str, device: str) -> Callable:
-    if op not in PEER_OPS[provider]:
-        hint = (" (upstream has no ViM mixer: see mamba_ssm_composed)"
-                if provider == "mamba_ssm" and op == "bimamba_inner" else "")
-        raise Unsupported(f"{provider} has no {op}{hint}")
     if device != "cuda":
         raise Unsupported("GPU only")
     try:
@@ -295,7 +309,7 @@ def _peer_fn(provider: str, op: str, device: str) -> Callable:
         from causal_conv1d import causal_conv1d_fn
         return composed_mixer(op, *peer_kernels(msi.selective_scan_fn, causal_conv1d_fn))
     except ImportError as e:
-        raise Unsupported(f"not installed ({e.name or e})") from None
+        raise Unsupported(not_installed(e)) from None
 
 
 _COMPILED: dict = {}
@@ -304,10 +318,13 @@ _COMPILED: dict = {}
 def provider_fn(provider: str, op: str, w: Workload, batch: int, device: str) -> Callable:
     """A callable f(inputs) -> output(s) for ``provider``, or Unsupported with the reason."""
     from vimd_kernels import registry
+    if not provides(provider, op):
+        hint = (" (upstream has no ViM mixer: see mamba_ssm_composed)"
+                if provider == "mamba_ssm" and op == "bimamba_inner" else "")
+        raise Unsupported(f"{provider} has no {op}{hint}")
     elems = batch * w.d_inner * w.L * w.N
     if provider in ("ref", "compiled_ref", "mambapy") and elems > REF_BUDGET[device]:
-        raise Unsupported(f"skipped: over the size budget ({elems / 1e6:.0f}M > "
-                          f"{REF_BUDGET[device] / 1e6:.0f}M batch*dim*L*N)")
+        raise Unsupported(f"skipped: over the size budget (batch*dim*L*N > {REF_BUDGET[device] / 1e6:.0f}M)")
     if provider == "ref":
         fn = _ref_fn(op)
         return lambda x: CALL[op](fn, x)
@@ -333,14 +350,12 @@ def provider_fn(provider: str, op: str, w: Workload, batch: int, device: str) ->
               "mamba_inner": vk.mamba_inner_fn, "bimamba_inner": vk.bimamba_v2_inner_fn}[op]
         return lambda x: CALL[op](fn, x, backend=provider)
     if provider == "mambapy":
-        if op != "selective_scan":
-            raise Unsupported("mambapy provides the scan only")
         try:
             import mambapy.pscan  # noqa: F401
-        except ImportError:
-            raise Unsupported("not installed: pip install mambapy") from None
+        except ImportError as e:
+            raise Unsupported(not_installed(e)) from None
         return lambda x: CALL[op](_mambapy_scan, x)
-    if provider in PEER_OPS:
+    if provider in ("mamba_ssm", "causal_conv1d", "mamba_ssm_composed"):
         return _peer_fn(provider, op, device)
     raise ValueError(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}")
 
@@ -642,7 +657,31 @@ def main(argv=None, prog="python -m vimd_kernels.bench.kernels") -> list[dict]:
           f"--job-timeout-s {a.job_timeout_s:g})")
     if a.preset == "cpu":
         _print_cpu_summary(rows)
+    print("\n".join(skipped_providers(rows)))
     return rows
+
+
+def skipped_providers(rows: list[dict]) -> list[str]:
+    """The run's closing lines: each provider with jobs that were not timed, how many of its jobs,
+    and why (the rows' notes, each with its count), in order of first appearance.  Jobs of ops a
+    provider does not have (mambapy's conv) are not counted: their rows say so."""
+    notes: dict[str, dict[str, int]] = {}
+    jobs: dict[str, int] = {}
+    for r in rows:
+        if not provides(r["provider"], r["op"]):
+            continue
+        jobs[r["provider"]] = jobs.get(r["provider"], 0) + 1
+        if math.isnan(r["ms"]):
+            why = notes.setdefault(r["provider"], {})
+            note = r["note"].removeprefix("skipped: ") or "not timed"
+            why[note] = why.get(note, 0) + 1
+    if not notes:
+        return ["# skipped providers: none"]
+    lines = ["# skipped providers:"]
+    for provider, why in notes.items():
+        reasons = "; ".join(note if len(why) == 1 else f"{note} ({n})" for note, n in why.items())
+        lines.append(f"#   {provider}: {sum(why.values())} of {jobs[provider]} jobs not timed: {reasons}")
+    return lines
 
 
 def _print_cpu_summary(rows: list[dict]) -> None:
