@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_cmd_flops, trailing="kwargs")
     b = sub.add_parser("bench", help="benchmark the kernels (against the upstream ones where installed) "
                                      "or the models; results in ./vimd-bench/<device> unless --out")
-    b.add_argument("which", choices=["kernels", "models"])
+    b.add_argument("which", choices=list(BENCHMARKS))
     b.add_argument("args", nargs=argparse.REMAINDER)
     b.set_defaults(func=_cmd_bench)
     sub.add_parser("models", help="list registered models").set_defaults(func=_cmd_models)
