@@ -35,7 +35,7 @@ demo: setup
 	$(VENV)/bin/vimd demo
 
 bench: setup
-	$(PY) -m benchmarks.kernels
+	$(PY) -m vimd_kernels.bench.kernels --out 'benchmarks/results/{device}'
 
 # Compile-only checks of the GPU code, no GPU needed: every CUDA kernel with nvcc (spills fail),
 # the CUDA binding layer against torch's headers, every Triton kernel ahead of time.

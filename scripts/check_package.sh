@@ -2,7 +2,8 @@
 # Packaging check: build the sdist, build the wheel FROM the sdist (so a file missing from the
 # sdist fails the build), install the wheel into a fresh venv outside the repository and use it
 # from a folder outside the repository: the CLI, a short training run with a packaged config
-# named without a path, and the compiled CPU kernel against the reference.
+# named without a path, the compiled CPU kernel against the reference, and short kernel
+# benchmarks (their CSV, and their PNG where matplotlib imports).
 #
 # CPU-only and offline: VIMD_SKIP_CUDA_BUILD=TRUE, and --no-isolation so the build uses the
 # project venv's torch (an isolated build would fetch a torch of its own). The fresh venv gets no
@@ -66,4 +67,11 @@ ref = selective_scan_ref(*args, delta_softplus=True)
 torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 print("cpu kernel == reference: max abs diff", (out - ref).abs().max().item())
 EOF
+plot=$("$VPY" -c "import matplotlib" 2>/dev/null && echo png || true)
+vimd bench kernels --preset cpu --quick --batch 1 --out "$WORK/bench" > bench.log
+sed -n '/^# cpu backend/,$p' bench.log
+for ext in csv json $plot; do test -s "$WORK/bench/kernels-cpu-quick.$ext"; done
+grep -q "^# skipped providers" bench.log
+vimd bench kernels --quick --ops causal_conv1d --modes fwd --providers cpu > /dev/null   # no --out: ./vimd-bench/<device>
+for ext in csv json $plot; do test -s vimd-bench/*/kernels-quick.$ext; done
 echo "package check passed"

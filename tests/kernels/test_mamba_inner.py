@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.mixer_memory import saved_bytes
+from vimd_kernels.bench.mixer_memory import saved_bytes
 from tests.kernels.helpers import backend_params, reduction_scale
 from tests.kernels.oracle import conv64, scan64
 from tests.tolerances import assert_close

@@ -1,8 +1,8 @@
 """What the sdist and the wheel hold.
 
 The sdist must carry everything the extension builds from (csrc: C++ sources and headers, every
-CUDA source) and the packaged configs; the wheel only the two packages, their configs and
-py.typed markers. By default the sdist is built here (`python -m build --sdist`, seconds) and the
+CUDA source) and the packaged configs; the wheel only the two packages (their benchmark modules
+included), their configs and py.typed markers. By default the sdist is built here (`python -m build --sdist`, seconds) and the
 wheel's Python part is laid out by `setup.py build_py` (no compile); scripts/check_package.sh
 passes the real files it built through VIMD_SDIST / VIMD_WHEEL.
 """
@@ -50,6 +50,11 @@ def wheel_files(tmp_path_factory) -> set[str]:
             for d, _, files in os.walk(lib) for f in files}
 
 
+# The benchmarks ship with the packages (`vimd bench kernels|models`).
+BENCH_MODULES = {f"vimd_kernels/bench/{m}.py" for m in ("__init__", "common", "shapes", "kernels", "mixer_memory")} \
+    | {"vimd_models/bench.py"}
+
+
 def _repo_files(folder: str, suffixes: tuple[str, ...]) -> set[str]:
     return {os.path.relpath(os.path.join(d, f), ROOT).replace(os.sep, "/")
             for d, _, files in os.walk(os.path.join(ROOT, folder)) for f in files if f.endswith(suffixes)}
@@ -65,6 +70,7 @@ def test_sdist_has_every_source_the_build_needs(sdist_files):
     for f in ("README.md", "LICENSE", "CHANGELOG.md", "pyproject.toml", "setup.py", "MANIFEST.in",
               "vimd_models/py.typed", "vimd_kernels/py.typed", "vimd_models/configs/__init__.py"):
         assert f in sdist_files, f
+    assert BENCH_MODULES <= sdist_files, sorted(BENCH_MODULES - sdist_files)
 
 
 def test_sdist_leaves_out_repository_only_files(sdist_files):
@@ -79,6 +85,7 @@ def test_wheel_holds_the_two_packages_with_configs(wheel_files):
     configs = {f"vimd_models/configs/{os.path.basename(f)}" for f in _repo_files("vimd_models/configs", (".yaml",))}
     assert configs <= wheel_files, sorted(configs - wheel_files)
     assert {"vimd_models/py.typed", "vimd_kernels/py.typed", "vimd_models/configs/__init__.py"} <= wheel_files
+    assert BENCH_MODULES <= wheel_files, sorted(BENCH_MODULES - wheel_files)
     if any(f.endswith(".dist-info/METADATA") for f in wheel_files):  # a real wheel
         assert any(f.endswith(".dist-info/licenses/LICENSE") for f in wheel_files)
         assert any(f.startswith("vimd_kernels/_C") and f.endswith(".so") for f in wheel_files)

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from benchmarks import kernels
-from tests.benchmarks.test_gpu_preset import gpu_jobs, job_key
+from vimd_kernels.bench import kernels
+from tests.bench.test_gpu_preset import gpu_jobs, job_key
 from tools.gpu import bars
 from tools.gpu.runs import H200_RUN
 

@@ -1,7 +1,7 @@
 """tools.gpu.floors: the two ceilings' times, checked by hand on the bar shapes and the committed run."""
 import pytest
 
-from benchmarks import shapes
+from vimd_kernels.bench import shapes
 from tools.gpu import floors
 from tools.gpu.runs import H200_RUN
 

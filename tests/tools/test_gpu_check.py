@@ -124,5 +124,5 @@ def test_versions_stage_builds_each_packed_tree_and_reports_failures(tmp_path):
     finally:
         shutil.rmtree(os.path.join(ROOT, ".gpu_cache", "versions", "deadbee"), ignore_errors=True)
     assert "versions: 1 packed, 1 building in the background (deadbee.tar.gz" in summary, summary
-    assert "versions: this tree timed: rc=" in summary            # no GPU here: benchmarks.kernels refuses
+    assert "versions: this tree timed: rc=" in summary            # no GPU here: the kernel benchmark refuses
     assert "versions: deadbee build rc=3" in summary, summary

@@ -15,7 +15,7 @@
 #   1. build: our prebuilt extension, if its sources' hash matches HEAD's (else compiled: ~82 s);
 #   2. the carried peers unpacked and imported; the versions unpacked and imported;
 #   3. test: pytest -m "cuda and not slow" (the cuda backend), capped at TEST_TIMEOUT_S = 90 s;
-#   4. bench: benchmarks.kernels --preset gpu narrowed to the bar cells' providers (cuda, triton,
+#   4. bench: vimd_kernels.bench.kernels --preset gpu narrowed to the bar cells' providers (cuda, triton,
 #      mamba_ssm, mamba_ssm_composed, causal_conv1d: no reference, no torch.compile, no mambapy),
 #      within BENCH_BUDGET_S = 120 s; then bars.txt, compare.txt (against the H200 run), floors.txt;
 #   5. versions: the cuda kernels of scan, conv and the bidirectional mixer at the bar cells, timed

@@ -1,4 +1,4 @@
-"""The GPU kernels' performance bars, judged from one ``benchmarks.kernels --preset gpu`` run.
+"""The GPU kernels' performance bars, judged from one ``vimd_kernels.bench.kernels --preset gpu`` run.
 
     python -m tools.gpu.bars [RUN.csv]        # default: the committed H200 run
 
@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from benchmarks.kernels import VIM_SHAPES
+from vimd_kernels.bench.kernels import VIM_SHAPES
 from tools.gpu.runs import H200_RUN, read_csv
 
 
@@ -120,7 +120,7 @@ def _verdict(bar: Bar, values: dict, missing: dict) -> dict:
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(prog="python -m tools.gpu.bars", description=__doc__.split("\n\n")[0])
-    p.add_argument("run", nargs="?", default=H200_RUN, help="a benchmarks.kernels CSV (--preset gpu)")
+    p.add_argument("run", nargs="?", default=H200_RUN, help="a vimd_kernels.bench.kernels CSV (--preset gpu)")
     a = p.parse_args(argv)
     if not os.path.exists(a.run):
         raise SystemExit(f"run: no file {a.run!r}")

@@ -2,7 +2,7 @@
 
     python -m tools.gpu.compare_runs OLD.csv NEW.csv [--provider cuda] [--peers mamba_ssm,triton]
 
-Both files are ``benchmarks.kernels`` CSVs (e.g. benchmarks/results/nvidia-h200/kernels-gpu.csv
+Both files are ``vimd_kernels.bench.kernels`` CSVs (e.g. benchmarks/results/nvidia-h200/kernels-gpu.csv
 and a new run's bench/kernels-gpu.csv). For every (op, shape, mode, dtype) timed by
 ``--provider`` in both, prints its old and new median time, new/old (below 1: faster), and its
 speed-up against each peer of ``--peers`` (default: the bars' peers, tools/gpu/bars.py) in each

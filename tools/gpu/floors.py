@@ -4,7 +4,7 @@
 
 A floor is the larger of two times:
 
-- bytes: what the minimal algorithm moves (``benchmarks.kernels.min_bytes``: each input read once, each
+- bytes: what the minimal algorithm moves (``vimd_kernels.bench.kernels.min_bytes``: each input read once, each
   output written once) over the device-to-device copy bandwidth measured in the run;
 - exp2: the decays exp(delta * A) every exact selective scan evaluates, one per (row, step,
   state) in the forward and again in the backward (storing them would move (batch, dim, L, N)
@@ -27,9 +27,9 @@ import math
 import os
 from dataclasses import dataclass
 
-from benchmarks import shapes
-from benchmarks.common import format_table
-from benchmarks.kernels import DTYPES, min_bytes
+from vimd_kernels.bench import shapes
+from vimd_kernels.bench.common import format_table
+from vimd_kernels.bench.kernels import DTYPES, min_bytes
 from tools.gpu.runs import H200_RUN, read_csv
 
 EX2_PER_CLOCK_PER_SM = 16
@@ -82,7 +82,7 @@ def rates_of(meta: dict, sm_clock_mhz: float | None = None) -> Rates:
         copy_bw = float(meta["copy_gbps"]) * 1e9
         sms = int(meta["sm_count"])
     except (KeyError, TypeError, ValueError):
-        raise ValueError("the run records no copy bandwidth or SM count (a GPU run of benchmarks.kernels "
+        raise ValueError("the run records no copy bandwidth or SM count (a GPU run of vimd_kernels.bench.kernels "
                          "does)") from None
     mhz = sm_clock_mhz or (float(meta["sm_clock_mhz"]) if meta.get("sm_clock_mhz") not in (None, "", "None")
                            else None) or published_sm_clock_mhz(meta.get("device", ""))
@@ -114,7 +114,7 @@ def table(meta: dict, rows: list[dict], rates: Rates, providers=("cuda",)) -> li
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(prog="python -m tools.gpu.floors", description=__doc__.split("\n\n")[0])
-    p.add_argument("run", nargs="?", default=H200_RUN, help="a benchmarks.kernels CSV from a GPU run")
+    p.add_argument("run", nargs="?", default=H200_RUN, help="a vimd_kernels.bench.kernels CSV from a GPU run")
     p.add_argument("--sm-clock-mhz", type=float, help="SM clock to assume (default: recorded or published)")
     p.add_argument("--all", action="store_true", help="every provider, not only cuda")
     a = p.parse_args(argv)

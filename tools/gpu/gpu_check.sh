@@ -102,8 +102,8 @@ if [ -f "$peer_pack" ]; then
   rm -rf .gpu_cache/peers/prebuilt && mkdir -p .gpu_cache/peers/prebuilt \
     && tar xJf "$peer_pack" -C .gpu_cache/peers/prebuilt \
     && PEER_PATH=${PEER_PATH:-$PWD/.gpu_cache/peers/prebuilt}
-  # imported as the benchmarks import them (benchmarks.kernels.import_peer skips mamba_ssm's __init__)
-  if PYTHONPATH="$PWD/.gpu_cache/peers/prebuilt" $PY -c "from benchmarks.kernels import import_peer
+  # imported as the benchmarks import them (vimd_kernels.bench.kernels.import_peer skips mamba_ssm's __init__)
+  if PYTHONPATH="$PWD/.gpu_cache/peers/prebuilt" $PY -c "from vimd_kernels.bench.kernels import import_peer
 import_peer('mamba_ssm.ops.selective_scan_interface'); import causal_conv1d" >"$OUT/peers_import.log" 2>&1; then
     note "peers: carried $peer_pack unpacked and imported ($(grep -E '^(mamba_ssm|causal_conv1d) ' .gpu_cache/peers/prebuilt/PEERS | tr '\n' ' '))"
   else
@@ -220,17 +220,19 @@ gpu_name() { if command -v nvidia-smi >/dev/null; then nvidia-smi -L 2>&1 | head
 gpu_steps=()
 for st in test test-slow sanitize bench versions test-triton profile ncu models plan tune; do has $st && gpu_steps+=("$st"); done
 # the benchmark commands' job lists, from each tree's own code (--dry-run: no GPU needed)
-preset_of() { if grep -q '"gpu-bar"' "$1/benchmarks/kernels.py" 2>/dev/null; then echo gpu-bar; else echo gpu; fi; }
+# the kernel benchmark module of tree DIR (top-level `benchmarks` in trees from before its move into the package)
+bench_module() { if [ -f "$1/benchmarks/kernels.py" ]; then echo benchmarks.kernels; else echo vimd_kernels.bench.kernels; fi; }
+preset_of() { if grep -q '"gpu-bar"' "$1/$(bench_module "$1" | tr . /).py" 2>/dev/null; then echo gpu-bar; else echo gpu; fi; }
 if [ "$dry" = 1 ] || [ $no_build = 1 ]; then
   if has bench; then
     # shellcheck disable=SC2086
-    if n=$($PY -m benchmarks.kernels --preset gpu --device cuda --dry-run ${BENCH_ARGS:-} 2>&1 | tail -1); then
+    if n=$($PY -m vimd_kernels.bench.kernels --preset gpu --device cuda --dry-run ${BENCH_ARGS:-} 2>&1 | tail -1); then
       note "bench: job list: $n (${BENCH_ARGS:-the whole gpu preset})"
     else note "bench: the job list does not parse: $n"; failed bench; fi
   fi
   for label in "${ver_labels[@]}"; do
     dir=.gpu_cache/versions/$label
-    if n=$(cd "$dir" && $PY -m benchmarks.kernels --preset "$(preset_of .)" --device cuda --dry-run \
+    if n=$(cd "$dir" && $PY -m "$(bench_module .)" --preset "$(preset_of .)" --device cuda --dry-run \
         --ops ${VERSIONS_OPS:-selective_scan causal_conv1d} --providers cuda 2>&1 | tail -1); then
       note "versions: $label job list: $n"
     else note "versions: $label job list does not parse: $n"; failed "versions:$label"; fi
@@ -307,10 +309,10 @@ if has bench; then
   if enough_time bench 90; then
     budget=$(( $(left) - 40 ))
     [ -n "${BENCH_BUDGET_S:-}" ] && [ "$BENCH_BUDGET_S" -lt "$budget" ] && budget=$BENCH_BUDGET_S
-    timeout "$(( budget + 30 ))" $PY -m benchmarks.kernels --preset gpu --device cuda \
+    timeout "$(( budget + 30 ))" $PY -m vimd_kernels.bench.kernels --preset gpu --device cuda \
       --budget-s "$budget" --out "$OUT/bench" ${BENCH_ARGS:-} >"$OUT/bench_kernels.log" 2>&1
     bench_rc=$?
-    note "bench (benchmarks.kernels --preset gpu): rc=$bench_rc (log bench_kernels.log, results bench/)"
+    note "bench (vimd_kernels.bench.kernels --preset gpu): rc=$bench_rc (log bench_kernels.log, results bench/)"
     run_csv=$OUT/bench/kernels-gpu.csv
     if [ -f "$run_csv" ]; then
       # the bars' verdicts (PASS / FAIL / NOT MEASURED)
@@ -335,7 +337,7 @@ if [ ${#ver_labels[@]} -gt 0 ]; then
   [ ${#ver_pids[@]} -gt 0 ] && wait "${ver_pids[@]}"
   # the GPU preset as DIR's own code names it (`gpu-bar` in trees before its rename): preset_of above
   vbench() {  # vbench LABEL DIR: cuda scan + conv jobs of the GPU preset, from DIR's own code
-    (cd "$2" && PYTHONPATH="$PWD:${PEER_PATH}" timeout "$(( $(left) - 5 ))" $PY -m benchmarks.kernels \
+    (cd "$2" && PYTHONPATH="$PWD:${PEER_PATH}" timeout "$(( $(left) - 5 ))" $PY -m "$(bench_module .)" \
       --preset "$(preset_of .)" --device cuda --ops ${VERSIONS_OPS:-selective_scan causal_conv1d} --providers cuda \
       --budget-s "${VERSIONS_BUDGET_S:-60}" --no-plot --out "$OUT/versions/$1" >"$OUT/versions/$1.log" 2>&1)
   }
@@ -407,9 +409,9 @@ fi
 if has models; then
   wait_peers 120
   if enough_time models 60; then
-    timeout "$(( $(left) - 5 ))" $PY -m benchmarks.models --device cuda --backends cuda,triton,ref \
+    timeout "$(( $(left) - 5 ))" $PY -m vimd_models.bench --device cuda --backends cuda,triton,ref \
       --models vim_tiny_patch16_224,hrvm_net,srvm_net,dvmsr --ref-models vim_tiny_patch16_224 --out "$OUT/bench" >"$OUT/bench_models.log" 2>&1
-    note "bench (benchmarks.models): rc=$? (log bench_models.log)"
+    note "bench (vimd_models.bench): rc=$? (log bench_models.log)"
   fi
 fi
 wait_peers 0

@@ -1,6 +1,6 @@
 """Where the time goes: ``python -m tools.gpu.profile_kernels [--jobs ...] [--out DIR]``.
 
-Runs a few (op, shape, dtype, provider) jobs of benchmarks/kernels.py fwd+bwd under
+Runs a few (op, shape, dtype, provider) jobs of vimd_kernels/bench/kernels.py fwd+bwd under
 ``torch.profiler`` and prints, per job, the GPU kernels by total time per iteration (name, calls,
 microseconds, share) — e.g. our scan's summary / main / combine / reduction passes next to
 mamba_ssm's kernels and the copies around them. On the CPU it lists the ops by self time instead
@@ -23,7 +23,7 @@ from collections import defaultdict
 
 import torch
 
-from benchmarks import common, kernels, shapes
+from vimd_kernels.bench import common, kernels, shapes
 
 DEFAULT_JOBS = [
     f"{op}:{shape}:float32:{prov}"

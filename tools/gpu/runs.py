@@ -1,4 +1,4 @@
-"""A ``benchmarks.kernels`` run read back from its CSV: the metadata and the rows, numbers parsed."""
+"""A ``vimd_kernels.bench.kernels`` run read back from its CSV: the metadata and the rows, numbers parsed."""
 from __future__ import annotations
 
 import csv
@@ -6,7 +6,7 @@ import math
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The committed H200 run of ``python -m benchmarks.kernels --preset gpu``.
+# The committed H200 run of ``python -m vimd_kernels.bench.kernels --preset gpu``.
 H200_RUN = os.path.join(ROOT, "benchmarks", "results", "nvidia-h200", "kernels-gpu.csv")
 FLOATS = ("ms", "peak_mb", "gbps", "pct_copy")
 
@@ -19,7 +19,7 @@ def _float(value) -> float:
 
 
 def read_csv(path: str) -> tuple[dict, list[dict]]:
-    """(meta, rows) of a ``benchmarks.kernels`` CSV: meta from its leading ``# key: value`` lines
+    """(meta, rows) of a ``vimd_kernels.bench.kernels`` CSV: meta from its leading ``# key: value`` lines
     (as strings; earlier runs' ``# verdict:`` lines are skipped), rows with ``FLOATS`` as floats
     (NaN where not timed) and ``batch`` as an int."""
     meta, lines = {}, []

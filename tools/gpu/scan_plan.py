@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from benchmarks import common, kernels, shapes
+from vimd_kernels.bench import common, kernels, shapes
 
 DEFAULT_SHAPES = ["vim-ti-s16", "vim-ti-s8", "vim-s-s8", "dvmsr-64", "dvmsr-256"]
 

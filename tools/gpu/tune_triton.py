@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from benchmarks import common, kernels, shapes
+from vimd_kernels.bench import common, kernels, shapes
 
 KNOBS = {
     "selective_scan": dict(block_d=(8, 16, 32, 64), seg=(16, 32, 64), bwd_warps=(4, 8)),

@@ -1,8 +1,11 @@
-"""Kernel benchmarks: ``python -m benchmarks.kernels [--ops ...] [--shapes ...] [--providers ...] [--quick]``.
+"""Kernel benchmarks: ``vimd bench kernels [--ops ...] [--shapes ...] [--providers ...] [--quick]``
+(or ``python -m vimd_kernels.bench.kernels ...``).
 
 Times selective_scan, causal_conv1d, mamba_inner and bimamba_inner (fwd and fwd+bwd) on the
-workloads of benchmarks/shapes.py for every provider that is importable here, and writes a table
-to stdout plus CSV/JSON/PNG under benchmarks/results/<device>/.  Presets:
+workloads of vimd_kernels/bench/shapes.py for every provider that is importable here (the upstream
+peers mamba_ssm, causal_conv1d and mambapy where installed), and writes a table to stdout plus
+CSV/JSON/PNG to ``--out`` (default ./vimd-bench/<device>/).  The run ends with one line per provider
+that was not timed everywhere, saying why.  Presets:
 
 - ``--preset cpu``: the scan on the CPU at ViM-Ti's stride-16 shape, u = (8, 384, 197), N = 16,
   float32, fwd+bwd: cpu vs mambapy vs the reference, with a line of speed-ups and peak memory.
@@ -31,8 +34,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks import common, shapes
-from benchmarks.shapes import Workload
+from vimd_kernels.bench import common, shapes
+from vimd_kernels.bench.shapes import Workload
 
 OPS = ("selective_scan", "causal_conv1d", "mamba_inner", "bimamba_inner")
 MODES = ("fwd", "fwd+bwd")
@@ -270,16 +273,29 @@ def import_peer(name: str):
         raise
 
 
-# What each peer package provides (anything else: Unsupported, with the reason).
-PEER_OPS = {"mamba_ssm": ("selective_scan", "mamba_inner"), "causal_conv1d": ("causal_conv1d",),
-            "mamba_ssm_composed": ("mamba_inner", "bimamba_inner")}
+# The pip name of each peer package.
+PIP_NAMES = {"mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d", "mambapy": "mambapy"}
+
+
+def not_installed(e: ImportError) -> str:
+    """Why a peer does not import: the package to install, or the module that is missing (a
+    dependency, or the compiled extension of a package that is there)."""
+    if e.name in PIP_NAMES:
+        return f"not installed: pip install {PIP_NAMES[e.name]}"
+    return f"not importable ({e.name or e})"
+
+
+# The ops each peer provides (the reference and our backends provide every op).
+PEER_OPS = {"mambapy": ("selective_scan",), "mamba_ssm": ("selective_scan", "mamba_inner"),
+            "causal_conv1d": ("causal_conv1d",), "mamba_ssm_composed": ("mamba_inner", "bimamba_inner")}
+
+
+def provides(provider: str, op: str) -> bool:
+    """Whether ``provider`` has ``op`` at all (whether it can run it here is another matter)."""
+    return op in PEER_OPS.get(provider, OPS)
 
 
 def _peer_fn(provider: str, op: str, device: str) -> Callable:
-    if op not in PEER_OPS[provider]:
-        hint = (" (upstream has no ViM mixer: see mamba_ssm_composed)"
-                if provider == "mamba_ssm" and op == "bimamba_inner" else "")
-        raise Unsupported(f"{provider} has no {op}{hint}")
     if device != "cuda":
         raise Unsupported("GPU only")
     try:
@@ -293,7 +309,7 @@ def _peer_fn(provider: str, op: str, device: str) -> Callable:
         from causal_conv1d import causal_conv1d_fn
         return composed_mixer(op, *peer_kernels(msi.selective_scan_fn, causal_conv1d_fn))
     except ImportError as e:
-        raise Unsupported(f"not installed ({e.name or e})") from None
+        raise Unsupported(not_installed(e)) from None
 
 
 _COMPILED: dict = {}
@@ -302,10 +318,13 @@ _COMPILED: dict = {}
 def provider_fn(provider: str, op: str, w: Workload, batch: int, device: str) -> Callable:
     """A callable f(inputs) -> output(s) for ``provider``, or Unsupported with the reason."""
     from vimd_kernels import registry
+    if not provides(provider, op):
+        hint = (" (upstream has no ViM mixer: see mamba_ssm_composed)"
+                if provider == "mamba_ssm" and op == "bimamba_inner" else "")
+        raise Unsupported(f"{provider} has no {op}{hint}")
     elems = batch * w.d_inner * w.L * w.N
     if provider in ("ref", "compiled_ref", "mambapy") and elems > REF_BUDGET[device]:
-        raise Unsupported(f"skipped: over the size budget ({elems / 1e6:.0f}M > "
-                          f"{REF_BUDGET[device] / 1e6:.0f}M batch*dim*L*N)")
+        raise Unsupported(f"skipped: over the size budget (batch*dim*L*N > {REF_BUDGET[device] / 1e6:.0f}M)")
     if provider == "ref":
         fn = _ref_fn(op)
         return lambda x: CALL[op](fn, x)
@@ -331,14 +350,12 @@ def provider_fn(provider: str, op: str, w: Workload, batch: int, device: str) ->
               "mamba_inner": vk.mamba_inner_fn, "bimamba_inner": vk.bimamba_v2_inner_fn}[op]
         return lambda x: CALL[op](fn, x, backend=provider)
     if provider == "mambapy":
-        if op != "selective_scan":
-            raise Unsupported("mambapy provides the scan only")
         try:
             import mambapy.pscan  # noqa: F401
-        except ImportError:
-            raise Unsupported("not installed: pip install mambapy") from None
+        except ImportError as e:
+            raise Unsupported(not_installed(e)) from None
         return lambda x: CALL[op](_mambapy_scan, x)
-    if provider in PEER_OPS:
+    if provider in ("mamba_ssm", "causal_conv1d", "mamba_ssm_composed"):
         return _peer_fn(provider, op, device)
     raise ValueError(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}")
 
@@ -548,10 +565,10 @@ def _split(values) -> list[str]:
     return [v for item in values or [] for v in item.split(",") if v]
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__.splitlines()[0])
+def parse_args(argv=None, prog="python -m vimd_kernels.bench.kernels"):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--ops", nargs="+", help=f"subset of {', '.join(OPS)}")
-    p.add_argument("--shapes", nargs="+", help="workload names (benchmarks/shapes.py); default per device")
+    p.add_argument("--shapes", nargs="+", help="workload names (see --list); default per device")
     p.add_argument("--providers", nargs="+", help=f"subset of {', '.join(PROVIDERS)}")
     p.add_argument("--modes", nargs="+", help="fwd and/or fwd+bwd")
     p.add_argument("--dtype", nargs="+", help=f"one or more of {', '.join(DTYPES)} (default float32)")
@@ -565,7 +582,7 @@ def parse_args(argv=None):
                    help="limit of any one job, torch.compile's first call included (0: none)")
     p.add_argument("--quick", action="store_true", help="tiny shape, few repetitions (smoke test)")
     p.add_argument("--dry-run", action="store_true", help="print the job list and exit")
-    p.add_argument("--out", help="results folder (default benchmarks/results/<device>)")
+    p.add_argument("--out", default=common.DEFAULT_OUT, help=common.OUT_HELP)
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--list", action="store_true", help="list workloads and exit")
     return p.parse_args(argv)
@@ -593,8 +610,8 @@ def plan(a, device: str) -> list[Job]:
     return jobs
 
 
-def main(argv=None) -> list[dict]:
-    a = parse_args(argv)
+def main(argv=None, prog="python -m vimd_kernels.bench.kernels") -> list[dict]:
+    a = parse_args(argv, prog)
     if a.list:
         for w in shapes.WORKLOADS.values():
             print(f"{w.name:16} dim={w.d_inner:5} L={w.L:6} N={w.N:3} groups={w.groups} "
@@ -628,8 +645,7 @@ def main(argv=None) -> list[dict]:
     cols += [("speedup", "speed-up"), ("note", "note")]
     print(common.format_table(rows, cols))
 
-    out_dir = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                    common.slug(meta["device"]))
+    out_dir = common.results_dir(a.out, meta["device"])
     stem = "kernels" + (f"-{a.preset}" if a.preset else "") + ("-quick" if a.quick else "")
     paths = common.write_results(out_dir, stem, meta, rows)
     if not a.no_plot:
@@ -641,7 +657,31 @@ def main(argv=None) -> list[dict]:
           f"--job-timeout-s {a.job_timeout_s:g})")
     if a.preset == "cpu":
         _print_cpu_summary(rows)
+    print("\n".join(skipped_providers(rows)))
     return rows
+
+
+def skipped_providers(rows: list[dict]) -> list[str]:
+    """The run's closing lines: each provider with jobs that were not timed, how many of its jobs,
+    and why (the rows' notes, each with its count), in order of first appearance.  Jobs of ops a
+    provider does not have (mambapy's conv) are not counted: their rows say so."""
+    notes: dict[str, dict[str, int]] = {}
+    jobs: dict[str, int] = {}
+    for r in rows:
+        if not provides(r["provider"], r["op"]):
+            continue
+        jobs[r["provider"]] = jobs.get(r["provider"], 0) + 1
+        if math.isnan(r["ms"]):
+            why = notes.setdefault(r["provider"], {})
+            note = r["note"].removeprefix("skipped: ") or "not timed"
+            why[note] = why.get(note, 0) + 1
+    if not notes:
+        return ["# skipped providers: none"]
+    lines = ["# skipped providers:"]
+    for provider, why in notes.items():
+        reasons = "; ".join(note if len(why) == 1 else f"{note} ({n})" for note, n in why.items())
+        lines.append(f"#   {provider}: {sum(why.values())} of {jobs[provider]} jobs not timed: {reasons}")
+    return lines
 
 
 def _print_cpu_summary(rows: list[dict]) -> None:

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from benchmarks import kernels
-from benchmarks.shapes import WORKLOADS
+from vimd_kernels.bench import kernels
+from vimd_kernels.bench.shapes import WORKLOADS
 from vimd_kernels import selective_scan_ref
 
 
@@ -47,6 +47,13 @@ def test_quick_run_writes_table_csv_json_png(tmp_path, capsys):
         scan_ref = next(r for r in timed if r["op"] == "selective_scan" and r["provider"] == "ref"
                         and r["mode"] == "fwd")
         assert "speedup_vs_mambapy" in scan_ref
+    # the run ends with the providers that were not timed everywhere, one line each
+    closing = printed[printed.index("# skipped providers:"):].splitlines()
+    assert closing == kernels.skipped_providers(rows)
+    assert next(r for r in rows if r["op"] == "causal_conv1d" and r["provider"] == "mambapy")["note"] == \
+        "mambapy has no causal_conv1d"
+    mambapy = [line for line in closing if line.startswith("#   mambapy: ")]  # its conv jobs are not counted
+    assert mambapy in ([], ["#   mambapy: 2 of 2 jobs not timed: not installed: pip install mambapy"]), mambapy
 
 
 def test_cpu_preset_plumbing(tmp_path, capsys):
@@ -60,3 +67,37 @@ def test_cpu_preset_plumbing(tmp_path, capsys):
 def test_size_budget_skips_reference_with_a_note():
     with pytest.raises(kernels.Unsupported, match="budget"):
         kernels.provider_fn("ref", "selective_scan", WORKLOADS["dvmsr-256"], 8, "cpu")
+
+
+def _row(provider: str, ms: float = math.nan, note: str = "", op: str = "selective_scan") -> dict:
+    return dict(op=op, shape="tiny", mode="fwd", dtype="float32", provider=provider, ms=ms, note=note)
+
+
+def test_skipped_providers_one_line_each_with_counts_and_reasons():
+    rows = [_row("cpu", 1.0), _row("mamba_ssm", note="not installed: pip install mamba-ssm"),
+            _row("causal_conv1d", note="causal_conv1d has no selective_scan"), _row("ref", 2.0),
+            _row("mamba_ssm", note="not installed: pip install mamba-ssm"),
+            _row("ref", note="skipped: over the size budget (batch*dim*L*N > 34M)"),
+            _row("mambapy", note="mambapy has no causal_conv1d", op="causal_conv1d"),
+            _row("mambapy", note="not installed: pip install mambapy"),
+            _row("causal_conv1d", note="GPU only", op="causal_conv1d"),
+            _row("triton", note="")]
+    assert kernels.skipped_providers(rows) == [
+        "# skipped providers:",
+        "#   mamba_ssm: 2 of 2 jobs not timed: not installed: pip install mamba-ssm",
+        "#   ref: 1 of 2 jobs not timed: over the size budget (batch*dim*L*N > 34M)",
+        "#   mambapy: 1 of 1 jobs not timed: not installed: pip install mambapy",
+        "#   causal_conv1d: 1 of 1 jobs not timed: GPU only",
+        "#   triton: 1 of 1 jobs not timed: not timed",
+    ]
+    assert kernels.skipped_providers(rows[:1]) == ["# skipped providers: none"]
+
+
+def test_a_missing_peer_names_its_pip_package():
+    assert kernels.not_installed(ImportError("No module named 'mamba_ssm'", name="mamba_ssm")) == \
+        "not installed: pip install mamba-ssm"
+    assert kernels.not_installed(ImportError("No module named 'causal_conv1d'", name="causal_conv1d")) == \
+        "not installed: pip install causal-conv1d"
+    # the package is there but a module it needs is not (its compiled extension, a dependency)
+    assert kernels.not_installed(ImportError("No module named 'selective_scan_cuda'", name="selective_scan_cuda")) \
+        == "not importable (selective_scan_cuda)"

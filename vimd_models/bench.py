@@ -1,9 +1,10 @@
 """Model benchmark: images/s (forward), ms per training step, peak memory, params, FLOPs (counter
-and full), per family and backend. ``python -m benchmarks.models [--quick] [--backends ref,cpu]``.
+and full), per family and backend. ``vimd bench models [--quick] [--backends ref,cpu]`` (or
+``python -m vimd_models.bench ...``).
 
 Each (model, backend) runs in its own subprocess so its peak memory (CUDA: max allocated; CPU:
-the subprocess's peak RSS) is its own. Results: a table on stdout and CSV/JSON under
-benchmarks/results/<device>/models{_quick}.{csv,json} with device, versions and git sha.
+the subprocess's peak RSS) is its own. Results: a table on stdout and CSV/JSON in ``--out``
+(default ./vimd-bench/<device>/), models{_quick}.{csv,json}, with device, versions and git sha.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from vimd_kernels.bench.common import DEFAULT_OUT, OUT_HELP, metadata, results_dir
 
 # (label, registry name, kwargs, input shape without batch, default batch)
 FULL = [
@@ -89,12 +92,11 @@ def run_one(name: str, kwargs: dict, shape: tuple, batch: int, backend: str, dev
 
 
 def _env(device: str) -> dict:
-    from benchmarks.common import metadata
     return dict(metadata(device), cpu_count=os.cpu_count())
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None, prog="python -m vimd_models.bench") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="micro variants (seconds on a laptop CPU)")
     ap.add_argument("--backends", default=None, help="comma list (default: every available one but triton)")
     ap.add_argument("--models", default=None, help="comma list of registry names to keep")
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ref-models", default="vim_tiny_patch16_224,vim_micro",
                     help="models also timed on the slow reference backend (comma list, 'all')")
-    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>)")
+    ap.add_argument("--out", default=DEFAULT_OUT, help=OUT_HELP)
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
         for b in (mine if uses_kernels else mine[:1]):
             job = dict(name=name, kwargs=kw, shape=shape, batch=batch, backend=b, device=device,
                        warmup=args.warmup, repeats=args.repeats)
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.models", "--_child", json.dumps(job)],
+            proc = subprocess.run([sys.executable, "-m", "vimd_models.bench", "--_child", json.dumps(job)],
                                   capture_output=True, text=True)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
@@ -148,8 +150,7 @@ def main(argv=None) -> int:
     if "ref" in vim and "cpu" in vim:
         env["vim_cpu_speedup_vs_ref"] = vim["ref"] / vim["cpu"]
         print(f"ViM forward, cpu backend vs ref: {env['vim_cpu_speedup_vs_ref']:.1f}x faster (same run)")
-    from benchmarks.common import slug
-    out = args.out or os.path.join("benchmarks", "results", slug(env["device"]))
+    out = results_dir(args.out, env["device"])
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, "models_quick" if args.quick else "models")
     with open(stem + ".json", "w") as f:

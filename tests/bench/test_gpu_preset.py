@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from benchmarks import common, kernels
-from benchmarks.shapes import WORKLOADS
+from vimd_kernels.bench import common, kernels
+from vimd_kernels.bench.shapes import WORKLOADS
 from vimd_kernels import bimamba_v2_inner_ref, causal_conv1d_ref, mamba_inner_ref, selective_scan_ref
 
 
@@ -226,7 +226,13 @@ def test_gpu_preset_on_cpu_records_every_job_with_its_reason(tmp_path, capsys):
                          "mamba_ssm_composed", "causal_conv1d", "--out", str(tmp_path), "--no-plot"])
     assert len(rows) == 52 and all(r["note"] and math.isnan(r["ms"]) for r in rows)
     assert all(r["note"] == "runs on cuda only" for r in rows if r["provider"] == "cuda")
-    assert "provider" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "provider" in out
+    assert out.splitlines()[-5:] == [
+        "# skipped providers:", "#   cuda: 26 of 26 jobs not timed: runs on cuda only",
+        "#   mamba_ssm: 14 of 14 jobs not timed: GPU only",
+        "#   mamba_ssm_composed: 4 of 4 jobs not timed: GPU only",
+        "#   causal_conv1d: 8 of 8 jobs not timed: GPU only"], out.splitlines()[-5:]
     data = json.loads((tmp_path / "kernels-gpu.json").read_text())
     assert sorted(data) == ["meta", "rows"] and len(data["rows"]) == 52
     assert data["meta"]["summary"] and "peers" in data["meta"]

@@ -2,7 +2,7 @@
 recompute mixer op (vimd::mixer_fwd, what mamba_inner_fn/bimamba_v2_inner_fn run) against the same
 mixer composed from the scan and conv ops (each saving its own activations).
 
-    PYTHONPATH=. python -m benchmarks.mixer_memory [--batch 8] [--L 197] [--d-model 192]
+    python -m vimd_kernels.bench.mixer_memory [--batch 8] [--L 197] [--d-model 192]
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import peak_bytes
 from vimd_kernels import ops
+from vimd_kernels.bench.common import peak_bytes
 
 
 def _weights(d_model: int, d_inner: int, N: int, rank: int, width: int, gen) -> dict:

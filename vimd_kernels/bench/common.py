@@ -207,15 +207,31 @@ def slug(name: str) -> str:
 
 
 def git_sha() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The commit of the source checkout this file belongs to (``-dirty`` with uncommitted changes);
+    "unknown" for an installed package (a file git does not track, even inside some checkout)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        if git("ls-files", "--error-unmatch", os.path.basename(__file__)).returncode != 0:
+            return "unknown"
+        sha = git("rev-parse", "HEAD").stdout.strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
         return (sha or "unknown") + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+# The results folder: ``--out`` with ``{device}`` standing for the device's slug.
+DEFAULT_OUT = os.path.join("vimd-bench", "{device}")
+OUT_HELP = "results folder; {device} stands for the device's name (default: ./vimd-bench/{device})"
+
+
+def results_dir(out: str, device: str) -> str:
+    """``out`` with ``{device}`` replaced by the slug of the device name ``device``."""
+    return out.replace("{device}", slug(device))
 
 
 PEER_PACKAGES = ("mamba_ssm", "causal_conv1d", "mambapy")
@@ -239,7 +255,7 @@ def package_version(name: str) -> str | None:
 
 
 def metadata(device: str, packages=PEER_PACKAGES) -> dict:
-    """Device, versions (torch, CUDA, triton, Python, the peers), threads, git sha, UTC date, and
+    """Device, versions (torch, CUDA, triton, Python, vimd, the peers), threads, git sha, UTC date, and
     ``summary``: all of it on one line."""
     try:
         import triton
@@ -248,7 +264,7 @@ def metadata(device: str, packages=PEER_PACKAGES) -> dict:
         triton_version = None
     meta = {"device": device_name(device), "device_type": device, "torch": torch.__version__,
             "cuda": torch.version.cuda, "triton": triton_version, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "git_sha": git_sha(),
+            "threads": torch.get_num_threads(), "vimd": package_version("vimd"), "git_sha": git_sha(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "peers": {p: package_version(p) for p in packages}}
     if device == "cuda":
@@ -264,7 +280,7 @@ def summary_line(meta: dict) -> str:
     dev = meta["device"] + (f" (sm_{meta['cuda_capability'].replace('.', '')}, {meta['sm_count']} SMs, "
                             f"{meta['gpu_memory_gib']} GiB)" if meta.get("cuda_capability") else "")
     parts = [dev, f"torch {meta['torch']}" + (f" CUDA {meta['cuda']}" if meta.get("cuda") else ""),
-             f"triton {meta['triton']}", f"git {meta['git_sha']}", meta["date"],
+             f"triton {meta['triton']}", f"vimd {meta.get('vimd')}", f"git {meta['git_sha']}", meta["date"],
              f"threads {meta['threads']}"]
     peers = meta.get("peers") or {}
     if peers:

@@ -1,1 +1,0 @@
-"""Kernel and model benchmarks (scripts: python -m benchmarks.kernels)."""

@@ -1,0 +1,3 @@
+"""Kernel benchmarks: ``python -m vimd_kernels.bench.kernels`` (or ``vimd bench kernels``) times the
+kernels against the reference and the upstream packages; ``python -m vimd_kernels.bench.mixer_memory``
+measures the mixers' peak memory."""
