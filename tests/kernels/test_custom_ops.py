@@ -79,6 +79,7 @@ def _both(p):
     return y1 + y2
 
 
+@pytest.mark.graph_capture
 def test_compile_fullgraph_matches_eager():
     """One compiled graph (no breaks) with mamba_inner_fn and bimamba_v2_inner_fn, forward and backward,
     on the default backend for CPU tensors."""
@@ -168,6 +169,7 @@ def _decode_step(p):
                                   p["dt_bias"], True)
 
 
+@pytest.mark.graph_capture
 def test_compile_fullgraph_decode_step_matches_eager():
     """A decoding step (conv update then state update) compiles into one graph; its outputs and the
     states it updates in place are eager's."""

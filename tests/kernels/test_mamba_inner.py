@@ -332,6 +332,7 @@ def test_mixer_op_autocast_bf16_matches_composed(bidirectional):
     assert_close(g, g_want, "scan", torch.float32, "dxz vs composed body, autocast")
 
 
+@pytest.mark.graph_capture
 @needs_cpu
 def test_mixer_op_is_one_node_under_compile():
     """torch.compile(fullgraph=True) sees vimd::mixer_fwd as one opaque node (no graph break)."""

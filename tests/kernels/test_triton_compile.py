@@ -20,6 +20,7 @@ def _load_checker():
         pytest.skip("TRITON_INTERPRET=1 replaces the compiler")
     try:
         from triton.backends.nvidia.compiler import get_ptxas
+        from triton import knobs  # noqa: F401  (triton >= 3.4)
         from triton.compiler import ASTSource  # noqa: F401
         from triton.runtime.jit import create_function_from_signature  # noqa: F401
         get_ptxas(90)  # RuntimeError when the wheel has no usable ptxas

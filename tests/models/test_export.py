@@ -81,6 +81,7 @@ def _check_deployed(model: torch.nn.Module, x: torch.Tensor, tmp_path, package: 
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.graph_capture
 def test_exported_program_holds_only_aten_and_the_cpu_ops():
     """torch.export inlines vimd's Python ops into the C++ ones; the exported program matches eager."""
     for name, x in (("vim_micro", torch.randn(2, 3, 32, 32)), ("dvmsr_micro", torch.rand(1, 3, 8, 8))):
@@ -113,6 +114,7 @@ class _DecodeStep(torch.nn.Module):
                                       x, self.dt_bias, True)
 
 
+@pytest.mark.graph_capture
 def test_exported_decode_step_holds_the_cpu_update_ops():
     """A decoding step exports to the C++ update ops; the exported program's outputs and the states
     it updates match eager's, step after step."""
@@ -129,6 +131,7 @@ def test_exported_decode_step_holds_the_cpu_update_ops():
         torch.testing.assert_close(run.get_buffer(k), eager.get_buffer(k), msg=lambda m: f"{k}: {m}")
 
 
+@pytest.mark.graph_capture
 def test_cli_export_runs_without_vimd(tmp_path, capsys):
     """The CI case: `vimd export` of a one-block DVMSR (the smallest graph with both C++ ops) for
     8x8 images, with saved weights; the package run without vimd matches the eager model."""

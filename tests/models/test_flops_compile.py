@@ -99,6 +99,7 @@ def test_backends_agree(name, shape):
             assert_close(m(x), ref, "scan", torch.float32, f"{name} backend={b}")
 
 
+@pytest.mark.graph_capture
 @pytest.mark.parametrize("name,shape", [("vim_micro", (1, 3, 32, 32)), ("dvmsr_micro", (1, 3, 6, 6))])
 def test_compile_fullgraph_no_graph_break(name, shape):
     """Dynamo traces the whole model as one graph (eager backend: checks graph breaks, not codegen)."""
