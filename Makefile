@@ -7,8 +7,9 @@ PIP := $(PY) -m pip --disable-pip-version-check
 
 setup: $(VENV)/.installed
 
-# The venv sees system site-packages so a torch already on the machine (e.g. a CUDA build) is
-# reused; torch==2.13.0 (the local CPU build here) is installed only when none imports.
+# The venv sees the system site-packages, so a torch already on the machine (e.g. a CUDA build) is
+# reused and the kernels are built against it; torch==2.13.0 is installed only when none imports.
+# The build requirements are pyproject.toml's own list, installed over whatever the venv bundles.
 $(VENV)/.installed: pyproject.toml setup.py scripts/build_requires.py $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
 	test -x $(PY) || python3 -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
