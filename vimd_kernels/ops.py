@@ -86,7 +86,10 @@ def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                       return_last_state=False, *, initial_state=None, reverse=False, backend=None):
-    """Selective scan (mamba_ssm-compatible). See DESIGN.md "The ops contract"."""
+    """Selective scan with mamba_ssm's ``selective_scan_fn`` signature, plus ``initial_state`` (with
+    gradient), ``reverse`` and ``backend`` (None: ``VIMD_BACKEND``, else the fastest built backend for
+    the tensors' device: cuda, else triton on a GPU; cpu, else ref on the CPU). Returns ``out`` or
+    ``(out, last_state)``."""
     checks.selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
     name = resolve(backend, u.device)
     checks.backend("selective_scan", name, io=("u", u), state=("A", A), reverse=reverse)

@@ -17,7 +17,8 @@ A pretrained config is a dict; the keys used here:
 - anything else (``input_size``, ``mean``, ``std``, ``license``, ``paper``) is information.
 
 ``param_groups(model, weight_decay)`` lives here too: it splits the trainable parameters into a
-decayed group and a no-decay group (SPECS.md: A_log, D, biases, norms, pos_embed, cls_token).
+decayed group and a no-decay group (A_log, D, biases, norms, pos_embed, cls_token, as hustvl/Vim
+groups them).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """DFKD-FGVC building blocks: attention generator (SAM), mixed high-order attention (MHAD),
 adapters, SFCL projectors, and the statistics hooks behind the data-free priors.
 
-Choices (not given by the paper, see SPECS.md): nz 256; SAM reduction r = 8; the SAM softmax runs
+Choices not given by the paper: nz 256; SAM reduction r = 8; the SAM softmax runs
 over H*W and is rescaled by H*W so the attention map averages 1; the generator's Tanh output is mapped
 to [0, 1] ((t + 1) / 2), the pixel range every model here takes; MHAD features are L2-normalised per
 sample before the MSE (so the trainable attention cannot shrink the loss by scaling features down).

@@ -1,4 +1,4 @@
-"""The Mamba mixer (SPECS.md "Mamba mixer"), unidirectional or ViM's bidirectional "v2".
+"""The Mamba mixer (Gu & Dao 2023, mamba_ssm's ``Mamba``), unidirectional or ViM's bidirectional "v2".
 
 The constructor takes mamba_ssm's ``Mamba`` arguments in upstream's order, with hustvl/Vim's
 ``bimamba_type`` ("none", "v1", "v2"), ``if_divide_out`` and ``init_layer_scale``, then vimd's own

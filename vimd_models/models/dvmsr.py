@@ -1,4 +1,4 @@
-"""DVMSR (NTIRE 2024 efficient SR; SPECS.md "DVMSR"), its larger teacher, and the RSSB-2D variant.
+"""DVMSR (Lei et al., NTIRE 2024 efficient SR), its larger teacher, and the RSSB-2D variant.
 
 DVMSR: LR - mean -> conv3x3 -> tokens (row-major) + LayerNorm -> RSSBs -> LayerNorm -> conv3x3 +
 global skip -> conv3x3 -> PixelShuffle -> + mean. RSSB(x) = x + conv3x3(block_k(...block_1(x))).
@@ -84,7 +84,7 @@ class DVMSR(ModelApi, nn.Module):
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
         self.upsample = nn.Sequential(nn.Conv2d(embed_dim, in_chans * upscale ** 2, 3, 1, 1),
                                       nn.PixelShuffle(upscale))
-        # Mixers keep SPECS.md's Mamba init (the release re-inits every Linear, zeroing dt biases).
+        # Mixers keep mamba_ssm's init (the release re-inits every Linear, zeroing dt biases).
         self.feature_info = [dict(num_chs=embed_dim, reduction=1, module=f"layers.{i}")
                              for i in range(len(depths))]
 

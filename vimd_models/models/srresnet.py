@@ -1,4 +1,4 @@
-"""SRResNet x4 (SPECS.md "SRResNet x4"), the SR sub-network of SRVM-Net in the ViMD code.
+"""SRResNet x4 (Ledig et al. 2017), the SR sub-network of SRVM-Net in the ViMD code.
 
 Module names follow the SRResNet x4 release the ViMD code loads (``conv1``, ``trunk.{i}.rcb``,
 ``conv2``, ``upsampling.{i}.upsample_block``, ``conv3``), so its state dict loads by name.

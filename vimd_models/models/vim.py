@@ -1,4 +1,4 @@
-"""Vision Mamba (ViM) with a middle class token and the bidirectional "v2" mixer (SPECS.md "ViM").
+"""Vision Mamba (ViM) with a middle class token and the bidirectional "v2" mixer (Zhu et al. 2024).
 
 Parameter names follow hustvl/Vim (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
 ``layers.{i}.norm``, ``layers.{i}.mixer.*``, ``norm_f``, ``head``), so its checkpoints load by name.

@@ -1,4 +1,4 @@
-"""ViMD's networks (SPECS.md "ViMD"): SRVM-Net (frozen SR sub-network -> ViM) and HRVM-Net (ViM)."""
+"""ViMD's networks: SRVM-Net (frozen SR sub-network -> ViM) and HRVM-Net (ViM)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -89,7 +89,7 @@ def hrvm_net(num_classes: int = 1000, **vim_kwargs) -> VisionMamba:
     return VisionMamba(**{**defaults, "num_classes": num_classes, **vim_kwargs})
 
 
-# ViMD fine-tunes from hustvl's stride-8 ImageNet Vim-Ti (SPECS.md "Initialisation") on [0, 1]
+# ViMD fine-tunes from hustvl's stride-8 ImageNet Vim-Ti (the ViMD paper's initialisation) on [0, 1]
 # pixels without mean/std, so the release's normalize=True is not applied here.
 _HRVM_CFG = {k: v for k, v in VARIANTS["vim_tiny_patch16_stride8_224"][1].items() if k != "model_kwargs"}
 register_model(hrvm_net, pretrained_cfg=_HRVM_CFG)
