@@ -20,6 +20,8 @@ def setup_py(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "13.0")  # a CUDA build of torch, whatever is installed
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(mod.os.path, "isfile", _no_usr_local_cuda(os.path.isfile))
+    from torch.utils import cpp_extension
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", cpp_extension.CUDA_HOME)  # restored afterwards
     return mod
 
 
