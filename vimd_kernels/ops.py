@@ -26,9 +26,6 @@ from .registry import impl, resolve
 
 # ----------------------------------------------------------------------------- selective scan
 
-_SS_INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-
-
 def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                   z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
                   delta_softplus: bool, reverse: bool, backend: str) -> tuple[Tensor, Tensor]:
