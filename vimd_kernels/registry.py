@@ -65,9 +65,14 @@ def _probe_extension():
     return _C, None
 
 
+def interpreting() -> bool:
+    """Triton runs under its interpreter (TRITON_INTERPRET=1), on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _probe_interpreter() -> str | None:
     """Under TRITON_INTERPRET=1: why the interpreter cannot run the Triton kernels, else None."""
-    if not _HAS_TRITON or os.environ.get("TRITON_INTERPRET") != "1":
+    if not _HAS_TRITON or not interpreting():
         return None
     try:
         from vimd_kernels.triton_utils import interpreter_problem
@@ -96,7 +101,7 @@ def _cuda_ok() -> bool:
 
 
 def _triton_ok() -> bool:
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreting():
         return _HAS_TRITON and _INTERP_PROBLEM is None
     return _HAS_TRITON and torch.cuda.is_available()
 
@@ -123,7 +128,7 @@ def _cuda_hint() -> str:
 
 
 def _triton_hint() -> str:
-    if os.environ.get("TRITON_INTERPRET") == "1" and _INTERP_PROBLEM is not None:
+    if interpreting() and _INTERP_PROBLEM is not None:
         return _INTERP_PROBLEM
     return "needs triton (pip install triton) and a CUDA GPU, or TRITON_INTERPRET=1 to run on CPU tensors"
 
@@ -157,7 +162,7 @@ def resolve(backend: str | None, device: torch.device) -> str:
                          f"(it runs on {', '.join(b.devices)})")
     if not b.available():
         raise RuntimeError(f"backend {backend!r} is not available here: {b.install_hint}")
-    if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    if backend == "triton" and device.type == "cpu" and not interpreting():
         raise RuntimeError("backend 'triton' runs on CPU tensors only under the interpreter: "
                            "set TRITON_INTERPRET=1 (or move the tensors to a GPU)")
     return backend

@@ -99,6 +99,18 @@ def _kwargs(items) -> dict:
     return out
 
 
+def _shape(text: str, names: str) -> tuple[int, ...]:
+    """``--input``'s sizes, one positive integer per name of ``names`` (e.g. "C,H,W")."""
+    n = len(names.split(","))
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != n or min(shape) < 1:
+        raise UserError(f"--input must be {names} ({n} positive integers), got {text!r}")
+    return shape
+
+
 def _cmd_train(a) -> int:
     from .engine.config import load_config
     from .engine.trainer import train
@@ -170,10 +182,7 @@ def _cmd_flops(a) -> int:
         model = vimd_models.create_model(a.model, **_kwargs(a.kwargs))
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
-    try:
-        shape = tuple(int(s) for s in a.input.split(","))
-    except ValueError:
-        raise UserError(f"--input must be C,H,W integers, got {a.input!r}") from None
+    shape = _shape(a.input, "C,H,W")
     res = count_flops(model, (1, *shape))
     for k in ("counter", "full", "custom"):
         if k in res:
@@ -190,12 +199,7 @@ def _cmd_export(a) -> int:
     import vimd_models
     from vimd_kernels.native import library_path
     from .export import compile_package, custom_ops, export_model
-    try:
-        shape = tuple(int(s) for s in a.input.split(","))
-    except ValueError:
-        raise UserError(f"--input must be B,C,H,W integers, got {a.input!r}") from None
-    if len(shape) != 4:
-        raise UserError(f"--input must be B,C,H,W (4 integers), got {a.input!r}")
+    shape = _shape(a.input, "B,C,H,W")
     if not a.out.endswith(".pt2"):
         raise UserError(f"--out must end in .pt2, got {a.out!r}")
     if a.device not in ("cpu", "cuda"):

@@ -89,15 +89,8 @@ def super_resolve(model: nn.Module, lr: torch.Tensor, tile: int | None = DEFAULT
 # ----------------------------------------------------------------------------- shared helpers
 
 def _device(spec: str) -> torch.device:
-    import torch
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {spec}, but no CUDA GPU is available")
-    try:
-        return torch.device(spec)
-    except RuntimeError:
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:<index>, got {spec!r}") from None
+    from .engine.distributed import parse_device
+    return parse_device(spec, "--device")
 
 
 def _read_weights(model: nn.Module, path: str) -> dict:

@@ -255,8 +255,9 @@ def test_cli_models_and_flops():
     assert r.returncode == 0, r.stderr
     vals = dict(line.split(": ") for line in r.stdout.strip().splitlines())
     assert float(vals["full"].split()[0]) > float(vals["counter"].split()[0]) > 0
-    bad = _cli("flops", "vim_micro", "--input", "3,x,32", cwd=ROOT)
-    assert bad.returncode == 2 and "--input" in bad.stderr
+    for shape in ("3,x,32", "32,32", "3,0,32"):  # not integers, 2 of 3, a zero size
+        bad = _cli("flops", "vim_micro", "--input", shape, cwd=ROOT)
+        assert bad.returncode == 2 and f"--input must be C,H,W (3 positive integers), got '{shape}'" in bad.stderr
 
 
 def test_weights_from_a_training_state(tmp_path):

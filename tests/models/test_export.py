@@ -147,7 +147,8 @@ def test_cli_export_runs_without_vimd(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--input", "1,3,8", "--out", "m.pt2"], "--input must be B,C,H,W"),
-    (["--input", "1,3,8,x", "--out", "m.pt2"], "--input must be B,C,H,W integers"),
+    (["--input", "1,3,8,x", "--out", "m.pt2"], "--input must be B,C,H,W (4 positive integers)"),
+    (["--input", "1,0,8,8", "--out", "m.pt2"], "--input must be B,C,H,W (4 positive integers), got '1,0,8,8'"),
     (["--input", "1,3,8,8", "--out", "m.zip"], "--out must end in .pt2"),
     (["--input", "1,3,8,8", "--out", "m.pt2", "--device", "tpu"], "--device must be cpu or cuda"),
 ])

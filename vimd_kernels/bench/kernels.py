@@ -340,7 +340,7 @@ def provider_fn(provider: str, op: str, w: Workload, batch: int, device: str) ->
         b = registry.BACKENDS[provider]
         if device not in b.devices:
             raise Unsupported(f"runs on {'/'.join(b.devices)} only")
-        if provider == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        if provider == "triton" and device == "cpu" and not registry.interpreting():
             raise Unsupported("CPU tensors need TRITON_INTERPRET=1 (the interpreter; not a benchmark)")
         missing = [k for k in KERNELS_OF[op] if not registry.kernel_available(k, provider)]
         if missing:

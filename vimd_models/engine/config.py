@@ -16,6 +16,7 @@ from ..data.sr import CACHES
 from ..distill.dfkd import PRIORS
 from ..distill.tasks import task_class
 from ..errors import UserError
+from .distributed import DEVICES, device_spec_ok
 from .optim import OPTIMIZERS, SCHEDULES
 
 DEFAULTS: dict[str, Any] = {
@@ -229,9 +230,7 @@ def validate(cfg: dict) -> None:
     _one_of(s["name"], SCHEDULES, "sched.name")
     _check(isinstance(t["epochs"], int) and t["epochs"] > 0, f"config 'train.epochs' must be a positive integer, got {t['epochs']!r}")
     _one_of(t["amp"], ("none", "bf16"), "train.amp")
-    dev = t["device"]
-    _check(isinstance(dev, str) and (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())),
-           f"config 'train.device' must be auto, cpu, cuda or cuda:<index>, got {dev!r}")
+    _check(device_spec_ok(t["device"]), f"config 'train.device' must be {DEVICES}, got {t['device']!r}")
     ft = cfg["model"]["finetune"]
     _check(ft is None or isinstance(ft, str), f"config 'model.finetune' must be a file path or none, got {ft!r}")
     _check(isinstance(d["check"], bool), f"config 'data.check' must be true or false, got {d['check']!r}")

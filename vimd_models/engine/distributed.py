@@ -16,21 +16,38 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+DEVICES = "auto, cpu, cuda or cuda:<index>"
+
+
+def device_spec_ok(spec) -> bool:
+    """``spec`` has one of the forms of DEVICES."""
+    return isinstance(spec, str) and (spec in ("auto", "cpu", "cuda")
+                                      or (spec.startswith("cuda:") and spec[5:].isdigit()))
+
+
+def parse_device(spec, what: str) -> torch.device:
+    """The device ``spec`` (one of DEVICES; auto is cuda when a GPU is available) names, or a
+    UserError naming ``what`` (the option or config key it came from)."""
+    if not device_spec_ok(spec):
+        raise UserError(f"{what} must be {DEVICES}, got {spec!r}")
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"{what} = {spec}, but no CUDA GPU is available")
+    return torch.device(spec)
+
+
 def device_type(spec: str) -> str:
-    """``train.device`` (auto | cpu | cuda | cuda:i) -> "cpu" or "cuda"; auto is cuda when a GPU
-    is available."""
-    kind = ("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec.split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"config 'train.device' = {spec} but no CUDA GPU is available")
-    return kind
+    """``train.device`` -> "cpu" or "cuda"."""
+    return parse_device(spec, "config 'train.device'").type
 
 
 def resolve_device(spec: str) -> torch.device:
     """This process's device for ``train.device``: under torchrun each rank takes cuda:LOCAL_RANK."""
-    kind = device_type(spec)
-    if kind == "cuda" and dist.is_initialized():
+    device = parse_device(spec, "config 'train.device'")
+    if device.type == "cuda" and dist.is_initialized():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(kind if spec == "auto" else spec)
+    return device
 
 
 def init_distributed(spec: str) -> bool:
