@@ -4,8 +4,6 @@ Imported only by the Triton backend modules, so ``import vimd_kernels`` never ne
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -37,18 +35,6 @@ def compute_dtype(t: torch.Tensor) -> tuple[torch.dtype, "tl.dtype"]:
     if t.dtype == torch.float64:
         return torch.float64, tl.float64
     return torch.float32, tl.float32
-
-
-@functools.lru_cache(maxsize=None)
-def sm_count(device_index: int) -> int:
-    """Number of streaming multiprocessors; a small stand-in under the interpreter (CPU tensors)."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(device_index).multi_processor_count
-    return 4
-
-
-def device_sms(t: torch.Tensor) -> int:
-    return sm_count(t.device.index or 0) if t.is_cuda else sm_count(-1)
 
 
 @triton.jit

@@ -19,6 +19,7 @@ from torch import Tensor
 from vimd_kernels import _C
 
 from ..backend import Capabilities
+from ..devices import device_sms as _device_sms  # (a module global: the emulator tests replace it)
 
 # The kernels' layout (csrc/cuda/layout.h), as every build of the extension exports it.
 ROWS = _C.cuda_bwd_rows  # backward: rows per block (one warp, a thread per row)
@@ -59,13 +60,6 @@ def _ext():
     return torch.ops.vimd
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _device_sms(t: Tensor) -> int:
-    return _sm_count(t.device.index if t.device.index is not None else torch.cuda.current_device())
 
 
 def groups_of(X: Tensor) -> int:

@@ -32,7 +32,8 @@ import triton.language as tl
 from torch import Tensor
 
 from ..backend import FLOAT_DTYPES, Capabilities
-from ..triton_utils import FP_FUSION, compute_dtype, device_sms, pow2, rows, softplus
+from ..devices import device_sms
+from ..triton_utils import FP_FUSION, compute_dtype, pow2, rows, softplus
 
 # z may be a channel slice of a bigger tensor (any batch stride): the mixer passes xz[:, d:] as is.
 CAPS = Capabilities(dtypes=FLOAT_DTYPES, deterministic=True, row_views=True)
