@@ -464,30 +464,37 @@ std::string set_isa(const std::string& name) {
 
 // The CPU ops in torch's dispatcher, torch.ops.vimd.<name>: loading the library (from Python with
 // torch.ops.load_library, or from C++) registers them, so an exported or AOT-compiled graph that
-// calls them runs without vimd's Python package. One line per op in each table: its schema, then
-// its CPU kernel. Fake (meta) kernels: vimd_kernels/native.py.
+// calls them runs without vimd's Python package. One entry per op, as in csrc/cuda/ops.cpp: its
+// name, its CPU kernel and its schema's arguments and returns. Fake (meta) kernels:
+// vimd_kernels/native.py.
+#define VIMD_CPU_OPS(X)                                                                           \
+  X(selective_scan_fwd_cpu, vimd::cpu::selective_scan_fwd,                                        \
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "               \
+    "Tensor? delta_bias, Tensor? initial_state, bool delta_softplus, bool reverse) "              \
+    "-> (Tensor, Tensor)")                                                                        \
+  X(selective_scan_bwd_cpu, vimd::cpu::selective_scan_bwd,                                        \
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "               \
+    "Tensor? delta_bias, Tensor? initial_state, Tensor dout, Tensor? dlast_state, "               \
+    "bool delta_softplus, bool reverse) -> Tensor[]")                                             \
+  X(causal_conv1d_fwd_cpu, vimd::cpu::causal_conv1d_fwd,                                          \
+    "(Tensor x, Tensor weight, Tensor? bias, bool silu, bool reverse) -> Tensor")                 \
+  X(causal_conv1d_bwd_cpu, vimd::cpu::causal_conv1d_bwd,                                          \
+    "(Tensor x, Tensor weight, Tensor? bias, Tensor dout, bool silu, bool reverse) -> Tensor[]")  \
+  X(selective_state_update_cpu, vimd::cpu::selective_state_update,                                \
+    "(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? D, "           \
+    "Tensor? z, Tensor? dt_bias, bool dt_softplus) -> Tensor")                                    \
+  X(causal_conv1d_update_cpu, vimd::cpu::causal_conv1d_update,                                    \
+    "(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias, bool silu, "                  \
+    "Tensor? cache_seqlens) -> Tensor")
+
 TORCH_LIBRARY(vimd, m) {
-  m.def("selective_scan_fwd_cpu(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
-        "Tensor? z, Tensor? delta_bias, Tensor? initial_state, bool delta_softplus, bool reverse) "
-        "-> (Tensor, Tensor)");
-  m.def("selective_scan_bwd_cpu(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
-        "Tensor? z, Tensor? delta_bias, Tensor? initial_state, Tensor dout, Tensor? dlast_state, "
-        "bool delta_softplus, bool reverse) -> Tensor[]");
-  m.def("causal_conv1d_fwd_cpu(Tensor x, Tensor weight, Tensor? bias, bool silu, bool reverse) "
-        "-> Tensor");
-  m.def("causal_conv1d_bwd_cpu(Tensor x, Tensor weight, Tensor? bias, Tensor dout, bool silu, "
-        "bool reverse) -> Tensor[]");
-  m.def("selective_state_update_cpu(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, "
-        "Tensor C, Tensor? D, Tensor? z, Tensor? dt_bias, bool dt_softplus) -> Tensor");
-  m.def("causal_conv1d_update_cpu(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias, "
-        "bool silu, Tensor? cache_seqlens) -> Tensor");
+#define VIMD_DEF(name, fn, schema) m.def(#name schema);
+  VIMD_CPU_OPS(VIMD_DEF)
+#undef VIMD_DEF
 }
 
 TORCH_LIBRARY_IMPL(vimd, CPU, m) {
-  m.impl("selective_scan_fwd_cpu", TORCH_FN(vimd::cpu::selective_scan_fwd));
-  m.impl("selective_scan_bwd_cpu", TORCH_FN(vimd::cpu::selective_scan_bwd));
-  m.impl("causal_conv1d_fwd_cpu", TORCH_FN(vimd::cpu::causal_conv1d_fwd));
-  m.impl("causal_conv1d_bwd_cpu", TORCH_FN(vimd::cpu::causal_conv1d_bwd));
-  m.impl("selective_state_update_cpu", TORCH_FN(vimd::cpu::selective_state_update));
-  m.impl("causal_conv1d_update_cpu", TORCH_FN(vimd::cpu::causal_conv1d_update));
+#define VIMD_IMPL(name, fn, schema) m.impl(#name, TORCH_FN(fn));
+  VIMD_CPU_OPS(VIMD_IMPL)
+#undef VIMD_IMPL
 }

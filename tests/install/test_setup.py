@@ -16,7 +16,8 @@ def setup_py(monkeypatch):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # defines the functions; setup() runs only as __main__
     for var in ("CUDA_HOME", "CUDA_PATH", "VIMD_SKIP_CUDA_BUILD", "VIMD_CUDA_ARCHS"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")  # recorded, so what setup.py sets is undone after the test
+        monkeypatch.delenv(var)
     monkeypatch.setattr(torch.version, "cuda", "13.0")  # a CUDA build of torch, whatever is installed
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(mod.os.path, "isfile", _no_usr_local_cuda(os.path.isfile))
