@@ -43,7 +43,6 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.compiler import make_backend  # noqa: E402
 from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: E402
 
-from vimd_kernels import triton_utils  # noqa: E402
 from vimd_kernels.causal_conv1d import triton as conv  # noqa: E402
 from vimd_kernels.selective_scan import triton as scan  # noqa: E402
 
@@ -153,7 +152,7 @@ def record_launches(case, sms: int) -> list:
 
     mod = scan if isinstance(case, Scan) else conv
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(triton_utils, "sm_count", lambda _: sms))
+        stack.enter_context(mock.patch.object(scan, "device_sms", lambda _: sms))  # the scan's planner
         stack.enter_context(mock.patch.dict(mod.TUNE, case.tune))
         for _, _, fn in all_kernels():  # kernel[grid](...) calls kernel.run(...)
             stack.enter_context(mock.patch.object(fn, "run", recorder(fn)))
