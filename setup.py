@@ -108,7 +108,7 @@ def cuda_archs(nvcc: str) -> list[str]:
 
 
 def cuda_toolkit() -> dict | None:
-    """The toolkit the CUDA kernels are built with ({home, nvcc, version, archs}), or None for a
+    """The toolkit the CUDA kernels are built with ({home, version, archs}), or None for a
     CPU-only build: VIMD_SKIP_CUDA_BUILD, a CPU build of torch, or a CUDA torch with no toolkit on
     this machine (said in one line). Points torch's cpp_extension at the toolkit found."""
     import torch
@@ -138,7 +138,7 @@ def cuda_toolkit() -> dict | None:
     os.environ["CUDA_HOME"] = home
     from torch.utils import cpp_extension  # (its import guesses CUDA_HOME from the environment)
     cpp_extension.CUDA_HOME = home  # read by CUDAExtension and BuildExtension at call time
-    return {"home": home, "nvcc": nvcc, "version": version, "archs": cuda_archs(nvcc)}
+    return {"home": home, "version": version, "archs": cuda_archs(nvcc)}
 
 
 def cuda_extension_kwargs(archs: list[str]) -> dict:

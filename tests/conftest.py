@@ -1,5 +1,3 @@
-import os
-
 import pytest
 import torch
 
@@ -17,8 +15,8 @@ def _torch_version() -> tuple[int, int]:
 def pytest_collection_modifyitems(config, items):
     old_capture = _torch_version() < GRAPH_CAPTURE_MIN_TORCH
     has_cuda = torch.cuda.is_available()
-    interp = os.environ.get("TRITON_INTERPRET") == "1"
     from vimd_kernels import registry
+    interp = registry.interpreting()
     if interp and registry._INTERP_PROBLEM is not None:
         # the Triton tests would all be skipped as "unavailable": say why instead of passing empty
         raise pytest.UsageError(f"TRITON_INTERPRET=1, but {registry._INTERP_PROBLEM}")
