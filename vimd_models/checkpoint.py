@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from .errors import UserError
 
@@ -130,41 +130,6 @@ def save_weights(path: str, state_dict: dict, meta: dict | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     md = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (meta or {}).items()}
     atomic_write(path, save(tensors, metadata=md))
-
-
-def load_weights(path: str) -> dict[str, torch.Tensor]:
-    """A model state dict from release weights, or the trained model inside a training state."""
-    if not os.path.isfile(path):
-        raise UserError(f"weights file not found: {path}")
-    try:
-        from safetensors import safe_open
-        with safe_open(path, "pt") as f:
-            header = f.metadata() or {}
-        if header.get("format") == FORMAT:
-            state, _ = load_state(path)
-            return {k[len("model."):]: v for k, v in state["task"].items() if k.startswith("model.")}
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"weights file {path} is corrupt or not safetensors ({str(e).splitlines()[0]})") from None
-
-
-def load_into(module: torch.nn.Module, state_dict: dict, where: str, strict: bool = True) -> None:
-    """load_state_dict with a one-line UserError listing missing / unexpected / mis-shaped keys."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
-    problems = []
-    if shapes:
-        problems.append(f"shape mismatch: {', '.join(shapes[:3])}{' ...' if len(shapes) > 3 else ''}")
-    if strict and missing:
-        problems.append(f"missing keys: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} ({len(missing)})")
-    if strict and unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)})")
-    if problems:
-        raise UserError(f"checkpoint {where} does not match the model: {'; '.join(problems)}")
-    module.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=strict)
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, state: dict, where: str) -> None:

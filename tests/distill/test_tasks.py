@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vimd_models
-from vimd_models.distill.tasks import build_task
+from vimd_models.tasks import build_task
 from vimd_models.checkpoint import save_weights
 from vimd_models.engine.config import load_config
 from vimd_models.errors import UserError
@@ -121,7 +121,7 @@ def test_sr_run_writes_outputs(tmp_path):
 
 
 def test_task_table_declares_what_the_engine_reads():
-    from vimd_models.distill.tasks import TASKS, register_task, task_class
+    from vimd_models.tasks import TASKS, register_task, task_class
     from vimd_models.engine.kinds import KINDS
     assert set(TASKS) == {"classify", "sr", "dvmsr_kd", "vimd", "dfkd"}
     cfg = load_config(None, ["data.views=lr"])

@@ -51,7 +51,7 @@ def test_ablation_generator_has_no_attention(tmp_path):
     import vimd_models
     from vimd_models.checkpoint import save_weights
     from vimd_models.distill.dfkd import SAM
-    from vimd_models.distill.tasks import build_task
+    from vimd_models.tasks import build_task
 
     teacher = str(tmp_path / "t.safetensors")
     save_weights(teacher, vimd_models.create_model("resnet_micro").state_dict())

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from vimd_models.checkpoint import load_into, load_state, load_weights, save_state, save_weights
+from vimd_models.checkpoint import load_state, save_state, save_weights
+from vimd_models.weights import load, load_into, read_checkpoint
 from vimd_models.engine.config import load_config, parse_override
 from vimd_models.errors import UserError
 from vimd_models.engine.metrics import psnr_y, rgb_to_y, ssim_y, topk_correct
@@ -65,11 +66,11 @@ def test_invalid_yaml_names_file_line_and_column(tmp_path):
 
 
 def test_dotted_override_sets_one_model_argument():
-    from vimd_models.distill.tasks import create
+    from vimd_models.tasks import model_from_config
 
     def params(overrides):
         cfg = load_config(os.path.join(ROOT, "configs", "demo_teacher.yaml"), overrides)
-        m = create(cfg["model"], cfg, "model", num_classes=cfg["data"]["num_classes"])
+        m = model_from_config(cfg, num_classes=cfg["data"]["num_classes"])
         return cfg["model"]["kwargs"], sum(p.numel() for p in m.parameters())
 
     kwargs, n = params([])
@@ -147,12 +148,16 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path):
     w = str(tmp_path / "w.safetensors")
     save_weights(w, torch.nn.Linear(3, 2).state_dict())
     with pytest.raises(UserError, match=r"shape mismatch: weight \(2, 3\) vs \(4, 3\)"):
-        load_into(torch.nn.Linear(3, 4), load_weights(w), w)
+        load_into(torch.nn.Linear(3, 4), read_checkpoint(w), w)
     with pytest.raises(UserError, match="missing keys: 1.weight"):
-        load_into(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)), {"0." + k: v for k, v in load_weights(w).items()}, w)
+        load_into(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)), {"0." + k: v for k, v in read_checkpoint(w).items()}, w)
+    with pytest.raises(UserError, match=r"^--weights: .*weight: checkpoint \(2, 3\) vs model \(4, 3\)"):
+        load(torch.nn.Linear(3, 4), w, what="--weights")
     (tmp_path / "w.safetensors").write_bytes(b"\x00" * 32)
-    with pytest.raises(UserError, match="corrupt"):
-        load_weights(w)
+    with pytest.raises(UserError, match="^--weights: .*corrupt"):
+        load(torch.nn.Linear(3, 2), w, what="--weights")
+    with pytest.raises(UserError, match=f"^--weights: weights file {tmp_path}/nope.pth not found$"):
+        load(torch.nn.Linear(3, 2), str(tmp_path / "nope.pth"), what="--weights")
     pickled = str(tmp_path / "p.safetensors")
     torch.save({"a": 1}, pickled)  # a pickle under a safetensors name is refused, never unpickled
     with pytest.raises(UserError):
@@ -190,7 +195,7 @@ def _cli(*args, cwd=None):
     (["train", "configs/demo_teacher.yaml", "model.name=vim_nano"], "unknown model 'vim_nano'; did you mean vim_micro"),
     (["train", "configs/hrvm_cub.yaml", "data.root=/nonexistent/CUB"], "CUB-200-2011 folder not found: /nonexistent/CUB"),
     (["train", "configs/demo_teacher.yaml", "data.batch_size=0"], "data.batch_size"),
-    (["eval", "configs/demo_teacher.yaml", "--weights", "/nonexistent.safetensors"], "weights file not found"),
+    (["eval", "configs/demo_teacher.yaml", "--weights", "/nonexistent.safetensors"], "weights file /nonexistent.safetensors not found"),
 ])
 def test_cli_user_errors_are_one_line(args, msg, tmp_path):
     r = _cli(*args, f"output_dir={tmp_path}" if args[0] == "train" else "output_dir=x", cwd=ROOT)
@@ -264,7 +269,7 @@ def test_weights_from_a_training_state(tmp_path):
     m = torch.nn.Linear(3, 2)
     path = str(tmp_path / "checkpoint.safetensors")
     save_state(path, {"task": {f"model.{k}": v for k, v in m.state_dict().items()} | {"teacher.w": torch.ones(1)}})
-    w = load_weights(path)
+    w = read_checkpoint(path)
     assert set(w) == {"weight", "bias"} and torch.equal(w["weight"], m.weight.detach())
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import vimd_models as vm
-from vimd_models import hub
+from vimd_models import weights as hub
 from vimd_models.checkpoint import save_weights
-from vimd_models.convert import resample_pos_embed
+from vimd_models.weights import resample_pos_embed
 from vimd_models.models import vim as vim_family
 from vimd_models.registry import get_pretrained_cfg
 

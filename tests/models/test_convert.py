@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vimd_models as vm
-from vimd_models.convert import load_official
+from vimd_models.weights import load_official
 
 
 def _mamba_keys(prefix, d, n, conv=4, expand=2, bidir=False):
@@ -117,9 +117,15 @@ def test_full_size_key_sets_match():
     for name, keys in (("vim_tiny_patch16_224", hustvl_vim_keys(192, 24, 16, 16, 224, 1000)),
                        ("dvmsr", ntire_dvmsr_keys(60, (2, 2, 2, 2), 16)),
                        ("srresnet_x4", srresnet_release_keys(64, 16))):
-        from vimd_models.convert import convert_state_dict
+        from vimd_models.weights import convert_state_dict
         model = vm.create_model(name)
         conv = convert_state_dict(model, {k: torch.empty(0) for k in keys})
         ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         assert set(conv) == set(ours), name
         assert all(ours[k] == tuple(keys[o]) for o, k in zip(keys, conv)), name
+
+
+def test_the_earlier_import_path_still_works():
+    import vimd_models.convert as convert
+    import vimd_models.weights as weights
+    assert convert.load_official is weights.load_official and convert.load_pretrained is weights.load_pretrained

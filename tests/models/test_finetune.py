@@ -9,9 +9,9 @@ import torch
 
 import vimd_models as vm
 from vimd_models.checkpoint import save_weights
-from vimd_models.convert import load_pretrained, resample_pos_embed
+from vimd_models.weights import load_pretrained, resample_pos_embed
 from vimd_models.errors import UserError
-from vimd_models.finetune import load_release
+from vimd_models.weights import load
 
 from .test_convert import _bn, _synthetic, ntire_dvmsr_keys, srresnet_release_keys
 
@@ -154,7 +154,7 @@ def test_srvm_net_takes_each_release_into_its_part(tmp_path):
 
 def test_sr_checkpoint_reads_the_releases(tmp_path):
     """ViMD's model.sr_checkpoint: the SRResNet x4 .pth.tar and the DVMSR .pth (all keys required)."""
-    from vimd_models.distill.tasks import ViMDTask
+    from vimd_models.tasks.vimd import ViMDTask
     from vimd_models.engine.config import load_config
     for arch, keys, wrapper in (("srresnet_micro", srresnet_release_keys(), "state_dict"),
                                 ("dvmsr_micro", ntire_dvmsr_keys(), "params")):
@@ -176,16 +176,16 @@ def test_missing_file_is_one_line_naming_the_release_and_the_opt_out(tmp_path):
     model = vm.create_model("vim_micro", **TINY_KW)
     path = os.path.join("weights", "vim_t_midclstok_ft_78p3acc.pth")
     with pytest.raises(UserError) as e:
-        load_release(model, path, "model.finetune", "train from scratch with model.finetune=none")
+        load(model, path, finetune=True, what="config 'model.finetune'", opt_out="train from scratch with model.finetune=none")
     msg = str(e.value)
     assert "\n" not in msg
-    assert msg.startswith(f"config 'model.finetune': {path} not found; get vim_t_midclstok_ft_78p3acc.pth")
+    assert msg.startswith(f"config 'model.finetune': weights file {path} not found; get vim_t_midclstok_ft_78p3acc.pth")
     assert "https://huggingface.co/hustvl/Vim-tiny-midclstok/resolve/main/vim_t_midclstok_ft_78p3acc.pth" in msg
     assert "into weights/" in msg and msg.endswith("model.finetune=none")
     with pytest.raises(UserError, match="resnet34-b627a593.pth.*https://download.pytorch.org/models/"):
-        load_release(model, "weights/resnet34-b627a593.pth", "model.finetune", "x")
-    assert load_release(model, "none", "model.finetune", "x") is None
-    assert load_release(model, None, "model.finetune", "x") is None
+        load(model, "weights/resnet34-b627a593.pth", finetune=True, what="config 'model.finetune'", opt_out="x")
+    assert load(model, "none", finetune=True, what="config 'model.finetune'") is None
+    assert load(model, None, finetune=True, what="config 'model.finetune'") is None
 
 
 def test_trainer_stops_with_the_missing_file_line(tmp_path):
@@ -206,7 +206,8 @@ def test_namespace_allowed_other_pickled_classes_refused(tmp_path):
     with pytest.raises(ValueError, match="not unpickled"):
         load_pretrained(vm.create_model("vim_micro", **TINY_KW), tmp_path / "bad.pth")
     with pytest.raises(UserError, match="model.finetune.*not unpickled"):
-        load_release(vm.create_model("vim_micro", **TINY_KW), str(tmp_path / "bad.pth"), "model.finetune", "x")
+        load(vm.create_model("vim_micro", **TINY_KW), str(tmp_path / "bad.pth"), finetune=True,
+             what="config 'model.finetune'")
     assert FLAG == []
 
 

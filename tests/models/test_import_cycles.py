@@ -1,6 +1,7 @@
 """No import cycles among the vimd_models modules, and the subpackages depend on each other one way
-(engine -> distill, data; distill and data never import the engine), read from the import
-statements of the source (function-level imports included)."""
+along the layers of docs/architecture.md (models -> tasks -> engine -> commands: a layer never
+imports one above it), read from the import statements of the source (function-level imports
+included)."""
 import ast
 import os
 
@@ -87,5 +88,10 @@ def test_subpackages_import_one_way():
     for m, deps in _graph().items():
         graph.setdefault(group(m), set()).update(group(d) for d in deps if group(d) != group(m))
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
-    for low in ("vimd_models.data", "vimd_models.distill"):
-        assert "vimd_models.engine" not in graph[low], f"{low} imports the engine"
+    layers = [{"vimd_models.layers", "vimd_models.models", "vimd_models.registry", "vimd_models.factory",
+               "vimd_models.weights", "vimd_models.data", "vimd_models.distill"},
+              {"vimd_models.tasks"}, {"vimd_models.engine"}, {"vimd_models.commands", "vimd_models.cli"}]
+    for i, low in enumerate(layers):
+        above = set().union(*layers[i + 1:])
+        for m in low:
+            assert not graph[m] & above, f"{m} imports {sorted(graph[m] & above)}, a layer above it"

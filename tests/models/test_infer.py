@@ -97,8 +97,8 @@ def test_cli_sr_with_a_config_and_an_official_checkpoint(tmp_path):
 @pytest.mark.parametrize("case,msg", [
     ("bad_image", "cannot read image {tmp}/broken.png"),
     ("missing_image", "image not found: {tmp}/nope.png"),
-    ("missing_weights", "weights file not found: {tmp}/nope.safetensors"),
-    ("wrong_weights", "do not fit the model"),
+    ("missing_weights", "--weights: weights file {tmp}/nope.safetensors not found"),
+    ("wrong_weights", "--weights: checkpoint does not fit DVMSR"),
     ("classifier", "is not a super-resolution model"),
 ])
 def test_cli_sr_errors_are_one_line(case, msg, tmp_path, capsys):
@@ -153,7 +153,7 @@ def test_cli_predict_errors(tmp_path, capsys):
     cfg = _classify_config(tmp_path)
     img = _png(tmp_path / "p.png", 32, 32)
     assert main(["predict", img, "--weights", str(tmp_path / "none.safetensors"), "--config", cfg]) == 2
-    assert "weights file not found" in capsys.readouterr().err
+    assert f"--weights: weights file {tmp_path}/none.safetensors not found" in capsys.readouterr().err
     w, _ = _weights(tmp_path / "w.safetensors", "srresnet_micro")
     assert main(["predict", img, "--weights", w, "--config", "demo_sr"]) == 2
     assert "use vimd sr" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..errors import UserError
-from .folders import READERS, ImageList
+from .folders import READERS, ImageList, register_reader
 from .photos import PhotoSR
 from .sr import SRPairs, SyntheticSR, resolve_sr_folder, to_float
 from .synthetic import SyntheticFineGrained
@@ -114,8 +114,10 @@ def _on_disk_classification(cfg: dict, split: str) -> ImageList:
     return ImageList(samples, classes, where=f"{name} at {d['root']} ({split})")
 
 
-# data.dataset -> (cfg, split) -> base dataset with .get(i) -> (image, label) and .num_classes
-CLASSIFICATION = {"synthetic": _synthetic_classification, **dict.fromkeys(READERS, _on_disk_classification)}
+def classification_datasets() -> dict:
+    """data.dataset -> (cfg, split) -> base dataset with .get(i) -> (image, label) and .num_classes:
+    the synthetic set and every registered reader (folders.register_reader)."""
+    return {"synthetic": _synthetic_classification, **dict.fromkeys(READERS, _on_disk_classification)}
 
 
 def _synthetic_sr(cfg: dict, split: str) -> SyntheticSR:
@@ -152,10 +154,11 @@ def build_classification(cfg: dict, split: str, views: str | None = None) -> Cla
     d = cfg["data"]
     proto = LowResProtocol(d["img_size"], d["lr_size"], train=split == "train", scale_min=d["scale_min"],
                            hflip=d["hflip"])
-    build = CLASSIFICATION.get(d["dataset"])
+    known = classification_datasets()
+    build = known.get(d["dataset"])
     if build is None:
         raise UserError(f"config 'data.dataset': unknown classification dataset {d['dataset']!r}; "
-                        f"choose one of {', '.join(CLASSIFICATION)}")
+                        f"choose one of {', '.join(known)}")
     return ClassificationData(build(cfg, split), proto, views or d["views"])
 
 
@@ -178,4 +181,4 @@ def build_sr(cfg: dict, split: str) -> list[SRData]:
 
 __all__ = ["SyntheticFineGrained", "LowResProtocol", "ClassificationData", "SRData", "EpochSampler",
            "make_loader", "build_classification", "build_sr", "ImageList", "SRPairs", "resolve_sr_folder", "READERS",
-           "CLASSIFICATION", "SR"]
+           "classification_datasets", "register_reader", "SR"]

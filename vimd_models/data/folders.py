@@ -249,8 +249,25 @@ def dogs(root: str, split: str):
     return samples, [names.get(i, str(i)) for i in range(max(names) + 1)]
 
 
-READERS = {"cub": cub, "cars": cars, "aircraft": aircraft, "dogs": dogs, "pets": pets, "flowers": flowers,
-           "indoor67": indoor67, "stanford40": stanford40, "folder": class_folder}
+READERS: dict = {}  # data.dataset -> reader(root, split) -> ([(path, label)], class names)
+
+
+def register_reader(name: str, reader=None):
+    """Register an on-disk classification dataset under ``data.dataset: <name>``: ``reader(root,
+    split)`` ("train" / "val") returns the split's [(image path, label)] and the class names.
+    A decorator (``@register_reader("inat")``) or a call."""
+    def add(fn):
+        if name in READERS:
+            raise ValueError(f"dataset {name!r} is already registered")
+        READERS[name] = fn
+        return fn
+    return add(reader) if reader is not None else add
+
+
+for _name, _reader in {"cub": cub, "cars": cars, "aircraft": aircraft, "dogs": dogs, "pets": pets,
+                       "flowers": flowers, "indoor67": indoor67, "stanford40": stanford40,
+                       "folder": class_folder}.items():
+    register_reader(_name, _reader)
 
 
 class ImageList:

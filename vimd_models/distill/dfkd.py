@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ..checkpoint import load_weights
 from ..errors import UserError
+from ..weights import read_checkpoint
 
 
 class SAM(nn.Module):
@@ -177,7 +177,10 @@ def _bn_prior(teacher: nn.Module, f: dict):
 def _norm_stats_prior(teacher: nn.Module, f: dict):
     if not f["norm_stats"]:
         raise UserError("config 'distill.dfkd.norm_stats' must point to the teacher's norm_stats.safetensors")
-    ref = load_weights(f["norm_stats"])
+    try:
+        ref = read_checkpoint(f["norm_stats"])
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(f"config 'distill.dfkd.norm_stats': {e}") from None
     hooks = StatHooks(teacher, "norm")
     missing = [n for n in hooks.names if f"{n}.mean" not in ref]
     if missing:

@@ -1,7 +1,9 @@
-"""Experiment configs: YAML files merged over DEFAULTS, plus ``key.sub=value`` overrides.
+"""Experiment configs: YAML files merged over the defaults, plus ``key.sub=value`` overrides.
 
-Every key must exist in DEFAULTS (a typo is a UserError naming the key and the file), except under
-the free-form sections listed in FREE_FORM (model keyword arguments).
+The defaults are BASE (what the engine, the data and the models read) plus the keys every
+registered training method declares (``Task.config``, vimd_models.tasks). Every key must exist
+in them (a typo is a UserError naming the key and the file), except under the free-form sections
+listed in FREE_FORM (model keyword arguments).
 """
 from __future__ import annotations
 
@@ -13,20 +15,22 @@ import yaml
 
 from ..configs import resolve_config_path
 from ..data.sr import CACHES
-from ..distill.dfkd import PRIORS
-from ..distill.tasks import task_class
 from ..errors import UserError
+from ..tasks import TASKS, task_class
+from ..tasks.base import check as _check
+from ..tasks.base import one_of as _one_of
 from .distributed import DEVICES, device_spec_ok
 from .optim import OPTIMIZERS, SCHEDULES
 
-DEFAULTS: dict[str, Any] = {
-    "task": "classify",           # a name in vimd_models.distill.tasks.TASKS
+BASE: dict[str, Any] = {
+    "task": "classify",           # a name in vimd_models.tasks.TASKS
     "name": None,                 # run name; default: config file stem
     "output_dir": "runs",         # the run writes to <output_dir>/<name>/
     "seed": 0,
     "backend": None,              # kernel backend passed to every model (None = auto)
     "deterministic": False,       # torch.use_deterministic_algorithms(True)
-    "model": {"name": "vim_micro", "kwargs": {}, "pretrained": None, "sr_checkpoint": None,
+    "model": {"name": "vim_micro", "kwargs": {},
+              "pretrained": None,   # weights loaded exactly (ours, or an official release)
               "finetune": None},    # release to fine-tune from (head dropped, pos_embed resampled); none: scratch
     "teacher": {"name": None, "kwargs": {}, "checkpoint": None},
     "data": {
@@ -53,19 +57,7 @@ DEFAULTS: dict[str, Any] = {
         "hflip": True,
         "check": True,            # open every image file's header before training (cached)
     },
-    "distill": {
-        "alpha": 1.0, "beta": 20.0, "temperature": 4.0, "label_smoothing": 0.1,
-        "hsd_layers": "all",      # all | last | list of layer indices
-        "use_ld": True,
-        "lam": 1.0,               # DVMSR KD weight
-        "dfkd": {
-            "nz": 256, "ngf": 64, "gen_steps": 20, "student_steps": 15,
-            "gen_lr": 1e-3, "w_bn": 0.3, "w_mhad": 10.0, "w_sfcl": 8.0, "tau": 0.07,
-            "prior": "auto",      # auto | bn | norm_stats | none
-            "norm_stats": None,   # path to recorded RMSNorm-input statistics (BN-free teachers)
-            "sam_reduction": 8, "sam_lambda": 0.05, "proj_dim": 128,
-        },
-    },
+    "distill": {},                # the methods' keys (Task.config)
     "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9,
               "betas": [0.9, 0.999], "clip_grad": 5.0},
     "sched": {"name": "cosine", "warmup_epochs": 1.0, "warmup_lr": 1e-6, "min_lr": 1e-6,
@@ -83,11 +75,31 @@ DEFAULTS: dict[str, Any] = {
         "ckpt_every": 0,          # also checkpoint every N steps (0 = only at epoch ends)
         "eval_every": 1,          # evaluate (one summary row) every N epochs, or N iterations
         "progress": True,
-        "record_norm_stats": False,  # classify: save the teacher's norm-input statistics
     },
 }
 
 FREE_FORM = {("model", "kwargs"), ("teacher", "kwargs")}
+
+
+def _declare(into: dict, keys: dict, owner: str, path: tuple = ()) -> None:
+    """Add a method's declared keys; a key two methods declare must have one default."""
+    for k, v in keys.items():
+        key = path + (k,)
+        if isinstance(v, dict) and key not in FREE_FORM:
+            _declare(into.setdefault(k, {}), v, owner, key)
+        elif k in into and into[k] != v:
+            raise ValueError(f"task {owner!r} declares config key '{'.'.join(key)}' with default {v!r}, "
+                             f"another declares {into[k]!r}")
+        else:
+            into[k] = copy.deepcopy(v)
+
+
+def defaults() -> dict[str, Any]:
+    """BASE with every registered method's config keys."""
+    out = copy.deepcopy(BASE)
+    for name, cls in TASKS.items():
+        _declare(out, cls.config, name)
+    return out
 
 
 def _merge(base: dict, new: dict, where: str, path: tuple = ()) -> dict:
@@ -185,7 +197,7 @@ def _yaml_error(path: str, text: str, e: yaml.YAMLError) -> UserError:
 
 def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> dict:
     """Defaults <- YAML file (if any) <- overrides; validated; returns a plain nested dict."""
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = defaults()
     if path is not None:
         path = resolve_config_path(path)  # a file, or the name of a packaged config
         with open(path) as f:
@@ -207,17 +219,8 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> d
     return cfg
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise UserError(msg)
-
-
-def _one_of(value, choices, key: str) -> None:
-    _check(value in choices, f"config '{key}' must be one of {', '.join(choices)}, got {value!r}")
-
-
 def validate(cfg: dict) -> None:
-    """Value checks that do not need the models or data."""
+    """Value checks that do not need the models or data; each method checks its own keys."""
     task_class(cfg["task"])
     d, o, s, t = cfg["data"], cfg["optim"], cfg["sched"], cfg["train"]
     for k in ("batch_size", "eval_batch_size", "img_size", "lr_size", "scale", "num_classes"):
@@ -249,10 +252,8 @@ def validate(cfg: dict) -> None:
            f"config 'sched.milestones' count {unit} and must not pass {key} ({length}), got {ms!r}")
     spe = t["steps_per_epoch"]
     _check(spe is None or (isinstance(spe, int) and spe > 0), "config 'train.steps_per_epoch' must be a positive integer or null")
-    hl = cfg["distill"]["hsd_layers"]
-    _check(hl in ("all", "last") or (isinstance(hl, list) and all(isinstance(i, int) for i in hl)),
-           "config 'distill.hsd_layers' must be all, last or a list of layer indices")
-    _one_of(cfg["distill"]["dfkd"]["prior"], ("auto", *PRIORS), "distill.dfkd.prior")
+    for cls in TASKS.values():
+        cls.check_config(cfg)
 
 
 def dump_config(cfg: dict, path: str) -> None:

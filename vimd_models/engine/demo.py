@@ -26,9 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checkpoint import load_into, load_state
+from ..checkpoint import load_state
 from ..configs import CONFIG_DIR
-from ..distill.tasks import build_task, create, task_class
+from ..tasks import build_task, model_from_config, task_class
+from ..weights import load_into
 from .config import load_config
 from .plots import write_image_grid, write_results_plot
 from .trainer import STATE_FILE, train
@@ -104,7 +105,7 @@ def _sized(cfg_name: str, scale: float, extra: list[str]) -> dict:
 def _flops(cfg: dict, shape: tuple) -> tuple[float, float]:
     from ..flops import count_flops
     extra = {"num_classes": cfg["data"]["num_classes"]} if task_class(cfg["task"]).kind == "classify" else {}
-    m = create(cfg["model"], cfg, "model", **extra)
+    m = model_from_config(cfg, **extra)
     r = count_flops(m, (1, *shape))
     return r["counter"] / 1e6, r["full"] / 1e6
 

@@ -1,6 +1,6 @@
 """Task kinds: the data a task of each kind trains and evaluates on, and its evaluation.
 
-Every task class (vimd_models.distill.tasks) names its ``kind``; ``KINDS`` maps the name to a
+Every task class (vimd_models.tasks) names its ``kind``; ``KINDS`` maps the name to a
 ``Kind``. Evaluation sums two per-sample metrics over each dataset (sharded over the ranks, then
 all-reduced) and reports their means.
 """
@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data import build_classification, build_sr, make_loader
-from ..distill.tasks import Task, task_class
+from ..tasks import Task, task_class
 from .distributed import dist_info, to_device
 from .metrics import psnr_y, ssim_y, topk_correct
 

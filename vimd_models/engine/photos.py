@@ -18,7 +18,8 @@ import torch
 from ..configs import CONFIG_DIR
 from ..data.photos import PHOTOS, PhotoSR
 from ..data.sr import imresize, to_float, to_uint8
-from ..distill.tasks import create
+from ..tasks import model_from_config
+from ..weights import load
 from .config import load_config
 from .demo import DVMSR_BIG, FINAL, Run, _machine, _PhaseBar, write_results
 from .metrics import psnr_y, ssim_y
@@ -42,9 +43,8 @@ def bicubic_up(lr: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def _load_final(cfg: dict, run_dir: str) -> torch.nn.Module:
-    from ..convert import load_checkpoint, our_names, read_checkpoint
-    model = create(cfg["model"], cfg, "model")
-    load_checkpoint(model, our_names(model, read_checkpoint(os.path.join(run_dir, FINAL))))
+    model = model_from_config(cfg)
+    load(model, os.path.join(run_dir, FINAL), what=run_dir)
     return model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -25,14 +25,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..checkpoint import (atomic_write, load_into, load_optimizer_state, load_state, load_weights, save_state,
-                          save_weights)
+from ..checkpoint import atomic_write, load_optimizer_state, load_state, save_state, save_weights
 from ..data import make_loader
 from ..data.check import check_data
-from ..distill.dfkd import record_norm_stats
-from ..distill.tasks import task_class
 from ..errors import UserError
-from ..finetune import load_release
+from ..tasks import RUN_END_HOOKS, average_gradients, task_class
+from ..weights import load, load_into
 from .config import dump_config
 from .distributed import dist_info, init_distributed, resolve_device, to_device
 from .kinds import KINDS, evaluate
@@ -123,10 +121,9 @@ class Trainer:
             check_data(self.train_ds, self.eval_ds, progress=lead and t["progress"], out=print if lead else None,
                        write_cache=lead)
         self.task = self.task_cls(cfg, num_classes).to(self.device)
-        load_release(self.task.model, cfg["model"]["finetune"], "model.finetune", "train from scratch with "
-                     "model.finetune=none", log=print if self.rank == 0 else None)
-        if cfg["model"]["pretrained"]:
-            load_into(self.task.model, load_weights(cfg["model"]["pretrained"]), cfg["model"]["pretrained"])
+        load(self.task.model, cfg["model"]["finetune"], finetune=True, what="config 'model.finetune'",
+             opt_out="train from scratch with model.finetune=none", log=print if self.rank == 0 else None)
+        load(self.task.model, cfg["model"]["pretrained"], what="config 'model.pretrained'")
         self.opt = build_optimizer(self.task, cfg)
         self.ema = EMA(self.task.model, t["ema"]) if t["ema"] else None
         # identical weights on every rank above; from here each rank draws its own noise (dropout,
@@ -267,11 +264,8 @@ class Trainer:
             terms = [f"'{k}' is {float(v)}" for k, v in comps.items() if not torch.isfinite(torch.as_tensor(v))]
             raise self._diverged(f"loss term {', '.join(terms) or f'sum is {loss.item()}'} at step {pos['global_step'] + 1}")
         loss.backward()
-        if self.world > 1 and not task.ddp_ok:
-            for p in self.params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad.div_(self.world)
+        if not task.ddp_ok:
+            average_gradients(p.grad for p in self.params)
         if self.cfg["optim"]["clip_grad"]:
             nn.utils.clip_grad_norm_(self.params, self.cfg["optim"]["clip_grad"])
         opt.step()
@@ -378,26 +372,20 @@ class Trainer:
                 "history": self.history}
 
     def finish(self) -> None:
-        """model.safetensors, and norm_stats.safetensors when asked for (a data-free teacher's prior)."""
+        """model.safetensors, then the tasks' run-end hooks (first process only)."""
         cfg = self.cfg
         final = self.eval_model()
         if self.rank != 0:
             return
         save_weights(os.path.join(self.run_dir, "model.safetensors"), final.state_dict(),
                      {"model": cfg["model"]["name"], "task": cfg["task"]})
-        if self.task_cls.records_norm_stats and cfg["train"]["record_norm_stats"]:
-            self._record_stats(final, os.path.join(self.run_dir, "norm_stats.safetensors"))
+        for hook in RUN_END_HOOKS:
+            hook(self.task, final, self.run_dir, self._inputs)
 
-    def _record_stats(self, model: nn.Module, path: str, max_batches: int = 8) -> None:
-        cfg = self.cfg
-        loader = make_loader(self.train_ds, cfg["data"]["batch_size"], cfg["seed"], 0, train=False)
-        model.eval()
-        xs = (b[0].to(self.device) for b, _ in zip(loader, range(max_batches)))
-        try:
-            stats = record_norm_stats(model, xs)
-        except ValueError:
-            return
-        save_weights(path, stats, {"model": cfg["model"]["name"]})
+    def _inputs(self):
+        """The training inputs in a fixed order, on the device (for the run-end hooks)."""
+        loader = make_loader(self.train_ds, self.cfg["data"]["batch_size"], self.cfg["seed"], 0, train=False)
+        return (b[0].to(self.device) for b in loader)
 
 
 def train(cfg: dict, resume: str | None = None, on_step_end: Sequence[StepCallback] = ()) -> dict:

@@ -3,7 +3,7 @@
 ``ModelApi`` gives a family ``set_grad_checkpointing`` (blocks run under torch.utils.checkpoint,
 recomputed in backward), ``no_weight_decay`` (the parameter names the optimizer should not decay)
 and, for classifiers that name their head in ``classifier_name``, ``get_classifier`` and
-``reset_classifier``.
+``reset_classifier``; ``release_renames`` maps the family's official checkpoint names to ours.
 """
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ class ModelApi:
     grad_checkpointing = False
     classifier_name: str | None = None  # submodule holding the final nn.Linear, if the model has one
     head_init_std: float | None = None  # trunc-normal std of a new head (None: nn.Linear's default)
+    # Official release names -> ours: (regex, replacement) rules applied in order by
+    # vimd_models.weights; () when the release names already match; None: no release format.
+    release_renames: tuple[tuple[str, str], ...] | None = None
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in backward instead of keeping them (less memory,

@@ -5,7 +5,7 @@ global skip -> conv3x3 -> PixelShuffle -> + mean. RSSB(x) = x + conv3x3(block_k(
 Blocks: ``"vimm"`` (DVMSR: Mamba(LayerNorm(x)), no residual inside by default, as released) or
 ``"ss2d"`` (MambaIR's VSSBlock with the 4-route 2-D scan in one grouped scan call).
 Names follow the release except ``norm_in`` (release: ``patch_embed.norm``) and
-``layers.{i}.blocks`` (release: ``layers.{i}.residual_group.blocks``); see vimd_models/convert.py.
+``layers.{i}.blocks`` (release: ``layers.{i}.residual_group.blocks``); ``DVMSR.release_renames`` maps them.
 """
 from __future__ import annotations
 
@@ -61,6 +61,8 @@ class RSSB(nn.Module):
 
 class DVMSR(ModelApi, nn.Module):
     """lr (B, 3, h, w) in [0, 1] -> sr (B, 3, h*upscale, w*upscale) (not clamped, as released)."""
+    release_renames = ((r"^patch_embed\.norm\.", "norm_in."),
+                       (r"^layers\.(\d+)\.residual_group\.blocks\.", r"layers.\1.blocks."))
 
     def __init__(self, upscale: int = 4, embed_dim: int = 60, depths: Sequence[int] = (2, 2, 2, 2),
                  d_state: int = 16, expand: int = 2, block: str = "vimm", vimm_residual: bool = False,

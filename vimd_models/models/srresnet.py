@@ -36,6 +36,7 @@ class UpsampleBlock(nn.Module):
 
 class SRResNet(ModelApi, nn.Module):
     """lr (B, 3, h, w) in [0, 1] -> sr (B, 3, h*upscale, w*upscale) clamped to [0, 1]."""
+    release_renames = ()  # the x4 release ({"state_dict": sd}) uses these names
 
     def __init__(self, upscale: int = 4, channels: int = 64, num_blocks: int = 16, in_chans: int = 3,
                  backend: str | None = None):

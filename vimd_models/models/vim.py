@@ -43,6 +43,7 @@ class VisionMamba(ModelApi, nn.Module):
     """
     classifier_name = "head"
     head_init_std = 0.02
+    release_renames = ()  # hustvl/Vim checkpoints ({"model": sd, "args": ...}) use these names
 
     def __init__(self, num_classes: int = 1000, img_size: int = 224, patch_size: int = 16,
                  stride: int | None = None, embed_dim: int = 192, depth: int = 24, d_state: int = 16,

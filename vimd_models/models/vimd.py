@@ -5,7 +5,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from ..registry import create_model, register_model
+from ..factory import create_model
+from ..registry import register_model
 from .common import ModelApi
 from .vim import VARIANTS, VisionMamba
 
