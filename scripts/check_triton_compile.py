@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Ahead-of-time compile of every Triton kernel of vimd_kernels for CUDA targets, with no GPU.
 
-The backends' own host code plans the launches: ``forward``/``backward`` run on meta tensors with
+The backends' own host code plans the launches: ``launch_forward``/``launch_backward`` run on meta
+tensors with each case's launch configurations (the modules' ``CONFIGS``, or a tiling of them),
 each kernel's ``run`` replaced by a recorder, and the SM count set to the target GPU's.  Every
 recorded launch is then specialised exactly as Triton's launcher does it (signature, constexprs,
 16-byte divisibility, num_warps/num_stages) and compiled down to a cubin with the wheel's ptxas.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -53,6 +55,11 @@ F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float6
 
 # ----------------------------------------------------------------------------- cases
 
+def tiled(module, tiling: dict) -> dict:
+    """The module's CONFIGS with the fields of ``tiling`` set in every kernel's config."""
+    return {k: dataclasses.replace(c, **tiling) for k, c in module.CONFIGS.items()}
+
+
 @dataclass(frozen=True)
 class Scan:
     """selective_scan forward + backward.  b, c: 'var', 'g<G>' (grouped) or 'const'."""
@@ -68,7 +75,7 @@ class Scan:
     opts: bool = True  # D, delta_bias and softplus, as the mixers pass them
     initial_state: bool = False
     reverse: bool = False
-    tune: dict = field(default_factory=dict)
+    tiling: dict = field(default_factory=dict)  # LaunchConfig fields (both kernels)
 
     def launch(self):
         m = dict(device="meta")
@@ -88,8 +95,9 @@ class Scan:
         z = torch.empty(b, d, L, **act) if self.z else None
         h0 = torch.empty(b, d, N, **w) if self.initial_state else None
         args = (u, delta, A, bc(self.b), bc(self.c), D, z, db, h0)
-        scan.forward(*args, self.opts, self.reverse)
-        scan.backward(*args, dout, h0, self.opts, self.reverse)
+        cfg = tiled(scan, self.tiling)
+        scan.launch_forward(*args, self.opts, self.reverse, config=cfg["fwd"])
+        scan.launch_backward(*args, dout, h0, self.opts, self.reverse, config=cfg["bwd"])
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,7 @@ class Conv:
     bias: bool = True
     silu: bool = True
     reverse: bool = False
-    tune: dict = field(default_factory=dict)
+    tiling: dict = field(default_factory=dict)  # LaunchConfig fields (both kernels)
 
     def launch(self):
         m = dict(device="meta")
@@ -112,8 +120,10 @@ class Conv:
         x = torch.empty(self.batch, self.dim, self.L, dtype=self.dtype, **m)
         weight = torch.empty(self.dim, self.width, **w)
         bias = torch.empty(self.dim, **w) if self.bias else None
-        conv.forward(x, weight, bias, self.silu, self.reverse)
-        conv.backward(x, weight, bias, torch.empty_like(x), self.silu, self.reverse)
+        cfg = tiled(conv, self.tiling)
+        conv.launch_forward(x, weight, bias, self.silu, self.reverse, config=cfg["fwd"])
+        conv.launch_backward(x, weight, bias, torch.empty_like(x), self.silu, self.reverse,
+                             config=cfg["bwd"])
 
 
 # ViM-Ti/S: dim 384/768, L 197 (stride 16) / 730 (stride 8); SR (DVMSR, 256x256 LR): dim 120, L 65536;
@@ -126,12 +136,12 @@ CASES = [
     Scan("constB-N10", 2, 64, 197, N=10, b="const", z=False),
     Scan("L1-N1-constC", 2, 64, 1, N=1, c="const", opts=False, initial_state=True),
     Scan("tiny-f64", 1, 3, 9, N=2, dtype=F64, initial_state=True, reverse=True,
-         tune=dict(block_d=2, seg=2, chunk_len=4)),
+         tiling=dict(block_d=2, seg=2, chunk_len=4)),
     *[Conv(f"w{w}", 16, *shape, w, dtype=dt, reverse=w % 2 == 1)
       for w, shape, dt in zip(range(2, 9), [(384, 197), (768, 730), (120, 65536)] * 3,
                               [F32, F16, BF16] * 3)],
     Conv("plain", 2, 384, 197, 4, bias=False, silu=False),
-    Conv("tiny-f64", 1, 3, 9, 4, dtype=F64, reverse=True, tune=dict(block_d=2, block_t=4)),
+    Conv("tiny-f64", 1, 3, 9, 4, dtype=F64, reverse=True, tiling=dict(block_d=2, block_t=4)),
 ]
 QUICK = ["vim-s-bwd-dir", "sr", "w4"]  # every kernel, real tilings, fp16/fp32/bf16: ~10 s
 
@@ -150,10 +160,8 @@ def record_launches(case, sms: int) -> list:
     def recorder(fn):
         return lambda *args, grid, warmup, **kwargs: launches.append((fn, args, kwargs))
 
-    mod = scan if isinstance(case, Scan) else conv
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(scan, "device_sms", lambda _: sms))  # the scan's planner
-        stack.enter_context(mock.patch.dict(mod.TUNE, case.tune))
         for _, _, fn in all_kernels():  # kernel[grid](...) calls kernel.run(...)
             stack.enter_context(mock.patch.object(fn, "run", recorder(fn)))
         case.launch()

@@ -1,6 +1,7 @@
 """The C++ ops of vimd_kernels/libvimd_ops.so, ``torch.ops.vimd.*_cpu`` (every build) and
-``torch.ops.vimd.*_cuda`` (CUDA builds): where the library is, the ops' fake (meta) kernels, and
-``traced``, which puts them into exported graphs.
+``torch.ops.vimd.*_cuda`` (CUDA builds): the one import of the extension's bindings
+(``bindings``) and the ops' namespace (``ops``), where the library is, the ops' fake (meta)
+kernels, and ``traced``, which puts them into exported graphs.
 
 The library registers each op's schema and its CPU or CUDA kernel itself (the tables at the end of
 csrc/cpu/ops.cpp and csrc/cuda/ops.cpp) and needs no Python: a graph exported with these ops (see
@@ -13,11 +14,28 @@ traced graph.
 """
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
 import torch
 
 LIBRARY_FILE = "libvimd_ops.so"
+BINDINGS = f"{__package__}._C"  # the extension's Python module, vimd_kernels._C
+
+
+def bindings() -> ModuleType:
+    """The extension's bindings, ``vimd_kernels._C``: its layout constants and build information.
+    Importing them loads the ops library (the bindings link it), which registers the C++ ops.
+    Raises ImportError where the extension is not built or does not load. The registry's probe
+    and every backend module of the built kernels get the bindings from here."""
+    return importlib.import_module(BINDINGS)
+
+
+def ops():
+    """The C++ ops' namespace, ``torch.ops.vimd`` (``*_cpu``, and ``*_cuda`` in CUDA builds), once
+    ``bindings()`` has loaded the library (the registry does at import)."""
+    return torch.ops.vimd
 
 
 def library_path() -> str:

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from .backend import SPECS, Capabilities, Impl, load
+from .native import bindings, register_fakes
 
 KERNELS = tuple(SPECS)
 
@@ -52,7 +53,7 @@ def _probe_extension():
     which registers the C++ ops torch.ops.vimd.*_cpu / *_cuda), or None where the extension is not
     built or fails to load; problem says why a built extension did not load (None otherwise)."""
     try:
-        from vimd_kernels import _C
+        ext = bindings()
     except ImportError as e:
         if not glob.glob(os.path.join(_HERE, "_C*.so")):
             return None, None  # not built
@@ -60,9 +61,8 @@ def _probe_extension():
         warnings.warn(f"vimd_kernels: the compiled kernels are unavailable: {problem}", RuntimeWarning,
                       stacklevel=2)
         return None, problem
-    from vimd_kernels.native import register_fakes
     register_fakes()
-    return _C, None
+    return ext, None
 
 
 def interpreting() -> bool:

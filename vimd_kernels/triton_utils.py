@@ -65,6 +65,16 @@ def interpreter_problem() -> str | None:
 
 
 @triton.jit
+def step_addr(p, L, REVERSE: tl.constexpr):
+    """Address of step p of a length-L walk: L-1-p when REVERSE (the anti-causal direction, read
+    mirrored instead of flipped), else p."""
+    if REVERSE:
+        return L - 1 - p
+    else:
+        return p
+
+
+@triton.jit
 def softplus(x):
     """torch.nn.functional.softplus with its default threshold of 20."""
     return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x))))

@@ -74,8 +74,8 @@ def test_plan_chunk_len_splits_only_where_multiprocessors_idle():
     assert scan_cuda.plan_chunk_len(128, 384, 197, 132) >= 197
     # ViM stride 8 (batch 32): 96 blocks of rows for 132 multiprocessors, one each at most. A
     # split runs every step's exp2 twice (summary and main pass) but gives every multiprocessor
-    # about three blocks, where a lone block was measured at half the rate (LONE_BLOCK_EFF): a few
-    # chunks, not many short ones.
+    # about three blocks, where the cost model puts a lone block at about half the rate
+    # (LONE_BLOCK_EFF): a few chunks, not many short ones.
     assert 2 <= math.ceil(730 / scan_cuda.plan_chunk_len(32, 384, 730, 132)) <= 8
     # DVMSR (120 rows: one block of them) is split over every multiprocessor, two blocks on most.
     chunk = scan_cuda.plan_chunk_len(1, 120, 65536, 132)

@@ -9,11 +9,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vimd_kernels import _C
-
 from ..backend import FLOAT_DTYPES, Capabilities
+from ..native import bindings
 
-CAPS = Capabilities(dtypes=FLOAT_DTYPES, max_width=_C.cpu_conv_max_width, deterministic=True)
+CAPS = Capabilities(dtypes=FLOAT_DTYPES, max_width=bindings().cpu_conv_max_width, deterministic=True)
 
 
 def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool) -> Tensor:

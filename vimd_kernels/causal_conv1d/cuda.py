@@ -10,20 +10,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vimd_kernels import _C
-
 from ..backend import Capabilities
+from ..native import bindings
+from ..native import ops as _ext  # the CUDA ops (a module global: the emulator tests replace it)
 
 # x in float32, float16 or bfloat16 (float64: backend 'ref' or 'cpu'); x may be a channel slice of
 # a bigger tensor (rows of L contiguous steps, any batch stride): the mixer passes xz[:, :d]
 # without a copy (vimd_kernels/mamba_inner/fused.py).
 CAPS = Capabilities(dtypes=(torch.float32, torch.float16, torch.bfloat16),
-                    max_width=_C.cuda_conv_max_width, deterministic=True, row_views=True)
-
-
-def _ext():
-    """The CUDA ops (torch.ops.vimd.*_cuda, registered by the library the bindings link)."""
-    return torch.ops.vimd
+                    max_width=bindings().cuda_conv_max_width, deterministic=True, row_views=True)
 
 
 def _f32(t: Optional[Tensor]) -> Optional[Tensor]:

@@ -10,6 +10,10 @@ Backward, one kernel: the tile also carries width-1 steps after the ones it owns
 pre-activation (for SiLU), d(pre) = dout * silu'(pre) and dx[p] = sum_k w[k] d(pre)[p + W-1-k] all
 come from the one tile.  dweight / dbias are summed over the owned steps per program and the
 per-program partials summed over (tile, batch) in a fixed order afterwards (bitwise reproducible).
+
+Launch configuration: ``launch_forward`` / ``launch_backward`` take a ``LaunchConfig`` (channels
+per program, steps per tile, warps); the backend's entry points ``forward`` / ``backward`` launch
+with ``CONFIGS``.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..backend import FLOAT_DTYPES, Capabilities
-from ..triton_utils import FP_FUSION, compute_dtype, pow2, rows
+from ..triton_utils import FP_FUSION, compute_dtype, pow2, rows, step_addr
 
 # x may be a channel slice of a bigger tensor (any batch stride): the mixer passes xz[:, :d] as is.
 CAPS = Capabilities(dtypes=FLOAT_DTYPES, deterministic=True, row_views=True)
@@ -30,25 +34,27 @@ CAPS = Capabilities(dtypes=FLOAT_DTYPES, deterministic=True, row_views=True)
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    block_d: int  # channels per program, a power of two
-    block_t: int  # steps per tile, halos included, a power of two (shrinks to fit L)
+    """How one forward or backward call launches its kernel (``launch_forward`` /
+    ``launch_backward`` take one; ``CONFIGS`` holds the defaults, ``dataclasses.replace`` of one
+    gives a variant)."""
+    block_d: int  # channels per program, a power of two (shrinks to fit dim)
+    block_t: int  # steps per tile, halos included, a power of two (shrinks to fit L, grows to
+    # hold the halos and one step)
     warps: int
 
+    def __post_init__(self):
+        for name in ("block_d", "block_t", "warps"):
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"LaunchConfig.{name} must be a power of two, got {v}")
 
-# The launch configuration of each kernel; TUNE overrides single fields (tests, tools/gpu/tune_triton).
+
+# The launch configuration of each kernel: "fwd" for launch_forward (the backend's forward),
+# "bwd" for launch_backward (the backend's backward).
 CONFIGS = {
     "fwd": LaunchConfig(block_d=8, block_t=256, warps=8),
     "bwd": LaunchConfig(block_d=8, block_t=256, warps=8),
 }
-TUNE: dict = {"block_d": None, "block_t": None, "warps": None}
-
-
-@triton.jit
-def _addr(q, L, REVERSE: tl.constexpr):
-    if REVERSE:
-        return L - 1 - q
-    else:
-        return q
 
 
 @triton.jit
@@ -61,7 +67,7 @@ def _tile(q0, dim, L, xs, REVERSE: tl.constexpr, BD: tl.constexpr, BT: tl.conste
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     d_mask = offs_d < dim
     b = tl.program_id(2).to(tl.int64)
-    a = _addr(q, L, REVERSE)[None, :]
+    a = step_addr(q, L, REVERSE)[None, :]
     row = (b * dim + offs_d).to(tl.int64)[:, None] * L + a
     xrow = b * xs + offs_d.to(tl.int64)[:, None] * L + a
     m = d_mask[:, None] & ((q >= 0) & (q < L))[None, :]
@@ -124,22 +130,24 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, dx_ptr, dw_ptr, db_ptr, batc
     tl.store(dx_ptr + row, dx.to(dx_ptr.dtype.element_ty), mask=owned)
 
 
-def _launch(x: Tensor, W: int, which: str) -> tuple[dict, tuple]:
-    """Constexprs and launch options, and the grid, of ``which`` kernel."""
+def _launch(x: Tensor, W: int, halos: int, cfg: LaunchConfig) -> tuple[dict, tuple]:
+    """Constexprs and launch options, and the grid, of a kernel whose tiles carry ``halos`` halos
+    of W-1 steps (the forward one, the backward two), launched as ``cfg`` says."""
     batch, dim, L = x.shape
-    cfg = CONFIGS[which]
-    halo = (W - 1) * (2 if which == "bwd" else 1)
-    BT = min(TUNE["block_t"] or cfg.block_t, pow2(L + halo))
+    halo = (W - 1) * halos
+    BT = min(cfg.block_t, pow2(L + halo))
     BT = max(BT, pow2(halo + 1))  # a tile owns at least one step
-    BD = min(TUNE["block_d"] or cfg.block_d, pow2(dim))
-    meta = dict(W=W, BD=BD, BT=BT, CT=compute_dtype(x)[1], num_warps=TUNE["warps"] or cfg.warps,
+    BD = min(cfg.block_d, pow2(dim))
+    meta = dict(W=W, BD=BD, BT=BT, CT=compute_dtype(x)[1], num_warps=cfg.warps,
                 enable_fp_fusion=FP_FUSION)
     return meta, (triton.cdiv(L, BT - halo), triton.cdiv(dim, BD), batch)
 
 
-def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool) -> Tensor:
+def launch_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool,
+                   config: Optional[LaunchConfig] = None) -> Tensor:
+    """The backend's forward with its kernel launched as ``config`` says (None: CONFIGS["fwd"])."""
     _, dim, L = x.shape
-    meta, grid = _launch(x, weight.shape[1], "fwd")
+    meta, grid = _launch(x, weight.shape[1], 1, CONFIGS["fwd"] if config is None else config)
     x, xs = rows(x)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _conv_fwd_kernel[grid](x, weight, bias, out, dim, L, xs, HAS_BIAS=bias is not None,
@@ -147,11 +155,12 @@ def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, rever
     return out
 
 
-def backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], dout: Tensor, silu: bool,
-             reverse: bool):
+def launch_backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], dout: Tensor, silu: bool,
+                    reverse: bool, config: Optional[LaunchConfig] = None):
+    """The backend's backward with its kernel launched as ``config`` says (None: CONFIGS["bwd"])."""
     batch, dim, L = x.shape
     W = weight.shape[1]
-    meta, grid = _launch(x, W, "bwd")
+    meta, grid = _launch(x, W, 2, CONFIGS["bwd"] if config is None else config)
     ct = compute_dtype(x)[0]
     x, xs = rows(x)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -162,3 +171,14 @@ def backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], dout: Tensor, si
     dw = dw_part.sum(dim=(0, 1)).to(weight.dtype)
     db = db_part.sum(dim=(0, 1)).to(bias.dtype) if bias is not None else None
     return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- backend entry points
+
+def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, reverse: bool) -> Tensor:
+    return launch_forward(x, weight, bias, silu, reverse)
+
+
+def backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], dout: Tensor, silu: bool,
+             reverse: bool):
+    return launch_backward(x, weight, bias, dout, silu, reverse)

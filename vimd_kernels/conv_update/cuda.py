@@ -10,17 +10,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vimd_kernels import _C
-
 from ..backend import Capabilities
+from ..native import bindings
+from ..native import ops as _ext  # the CUDA ops (a module global: the emulator tests replace it)
 
 CAPS = Capabilities(dtypes=(torch.float32, torch.float16, torch.bfloat16),
-                    max_width=_C.cuda_conv_max_width)
-
-
-def _ext():
-    """The CUDA ops (torch.ops.vimd.*_cuda, registered by the library the bindings link)."""
-    return torch.ops.vimd
+                    max_width=bindings().cuda_conv_max_width)
 
 
 def _f32(t: Optional[Tensor]) -> Optional[Tensor]:

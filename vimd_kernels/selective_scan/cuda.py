@@ -16,10 +16,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vimd_kernels import _C
-
 from ..backend import Capabilities
 from ..devices import device_sms as _device_sms  # (a module global: the emulator tests replace it)
+from ..native import bindings
+from ..native import ops as _ext  # the CUDA ops (a module global: the emulator tests replace it)
+
+_C = bindings()
 
 # The kernels' layout (csrc/cuda/layout.h), as every build of the extension exports it.
 ROWS = _C.cuda_bwd_rows  # backward: rows per block (one warp, a thread per row)
@@ -35,12 +37,13 @@ FWD_BLOCKS_PER_SM = _C.cuda_fwd_blocks  # forward main kernel's register budget 
 CAPS = Capabilities(dtypes=(torch.float32, torch.float16, torch.bfloat16), max_state=MAX_STATE,
                     deterministic=True, row_views=True)
 
-SUMMARY_COST = 0.9     # the forward's summary pass (no C, no outputs; the same exp2 count) vs its main pass
-# The forward's time per multiprocessor grows with its resident blocks (they share its ex2
-# throughput and memory pipes); one block alone (a warp per SM sub-partition) leaves most of it
-# idle on latency. Measured on the H200 (benchmarks/results/nvidia-h200, before the forward's loads
-# were pipelined): ViM s8 (96 blocks, one per SM) took 0.495 ms for 92 step blocks, s16 (384
-# blocks, three per SM) 0.193 ms for 3 x 25: a lone block at 0.48 of the rate of three.
+# The forward planner's cost model (plan_chunk_len, fwd_cost). Its constants are estimates, not
+# timings of these kernels; tools/gpu/scan_plan.py times the planned split against forced ones.
+# The forward's summary pass relative to its main pass: the same exp2 per step, no C, no outputs.
+SUMMARY_COST = 0.9
+# A lone block's rate relative to a multiprocessor's full rate: the resident blocks share its ex2
+# throughput and memory pipes, and one block alone (a warp per SM sub-partition) leaves most of
+# them idle on latency.
 LONE_BLOCK_EFF = 0.48
 # A block's start (its first tile's loads, the chunk's entry and end states), in units of one of
 # its FWD_STEPS-step tiles: keeps the planner from cutting L into many short chunks for a
@@ -53,13 +56,6 @@ CHUNK_COST = 0.02
 # Backward blocks (one warp each) per multiprocessor to keep busy: L is cut into chunks while the
 # rows give fewer, and channel slabs grow while the grid keeps this many.
 BWD_BLOCKS_PER_SM = 8
-
-
-def _ext():
-    """The CUDA ops (torch.ops.vimd.*_cuda, registered by the library the bindings link)."""
-    return torch.ops.vimd
-
-
 
 
 def groups_of(X: Tensor) -> int:

@@ -20,6 +20,10 @@ batch, chunk), in three phases: every chunk summarises itself (decay product P, 
 zero start, and for the backward Q = sum_t P_t C_t dy_t), a sequential walk over the chunks turns
 the summaries into the state entering every chunk (and the adjoint entering every chunk's end),
 then every chunk runs from its true start.
+
+Launch configuration: ``launch_forward`` / ``launch_backward`` take a ``LaunchConfig`` (rows per
+program, warps, the backward's segment, the L chunks); the backend's entry points ``forward`` /
+``backward`` launch with ``CONFIGS``.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from torch import Tensor
 
 from ..backend import FLOAT_DTYPES, Capabilities
 from ..devices import device_sms
-from ..triton_utils import FP_FUSION, compute_dtype, pow2, rows, softplus
+from ..triton_utils import FP_FUSION, compute_dtype, pow2, rows, softplus, step_addr
 
 # z may be a channel slice of a bigger tensor (any batch stride): the mixer passes xz[:, d:] as is.
 CAPS = Capabilities(dtypes=FLOAT_DTYPES, deterministic=True, row_views=True)
@@ -41,24 +45,40 @@ CAPS = Capabilities(dtypes=FLOAT_DTYPES, deterministic=True, row_views=True)
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    block_d: int  # rows (channels) per program, a power of two
+    """How one forward or backward call launches its kernels (``launch_forward`` /
+    ``launch_backward`` take one; ``CONFIGS`` holds the defaults, ``dataclasses.replace`` of one
+    gives a variant)."""
+    block_d: int  # rows (channels) per program, a power of two (shrinks to fit dim, and to divide
+    # dim / G with grouped B/C)
     warps: int
-    seg: int = 0  # backward: steps between state checkpoints (the recompute segment)
+    seg: int = 32  # steps between the backward's state checkpoints (its recompute segment); L
+    # chunks are a multiple of it, in the forward too
+    chunk_len: Optional[int] = None  # steps per L chunk, a multiple of seg (None: planned, SPLIT)
     max_regs: Optional[int] = None  # registers a thread may use (None: ptxas's choice, which may
     # spill to raise occupancy: ptxas 13 spills the backward at 80 / 96 / 128 registers)
 
+    def __post_init__(self):
+        for name in ("block_d", "warps"):
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"LaunchConfig.{name} must be a power of two, got {v}")
+        if self.seg < 1:
+            raise ValueError(f"LaunchConfig.seg must be >= 1, got {self.seg}")
+        if self.chunk_len is not None and (self.chunk_len < 1 or self.chunk_len % self.seg):
+            raise ValueError(f"LaunchConfig.chunk_len={self.chunk_len} must be a positive multiple "
+                             f"of seg={self.seg}")
 
-# The launch configuration of each kernel.  BLOCK_D shrinks to fit dim (and to divide dim / G
-# with grouped B/C); TUNE overrides single fields (tests, tools/gpu/tune_triton).
+
+# The launch configuration of each kernel's calls: "fwd" for launch_forward (the backend's
+# forward), "bwd" for launch_backward (the backend's backward, its summary pass included).
 CONFIGS = {
     "fwd": LaunchConfig(block_d=32, warps=4),
-    "bwd": LaunchConfig(block_d=32, warps=4, seg=32, max_regs=255),
+    "bwd": LaunchConfig(block_d=32, warps=4, max_regs=255),
 }
 # Long L with few rows (batch-1 super-resolution): L is split into chunks that run in parallel
 # (three phases) until the grid has programs_per_sm programs per multiprocessor, the chunks no
 # shorter than min_steps.
 SPLIT = {"programs_per_sm": 4, "min_steps": 256}
-TUNE: dict = {"block_d": None, "seg": None, "chunk_len": None, "fwd_warps": None, "bwd_warps": None}
 
 _CONST, _VAR = 0, 1  # B/C kinds: constant (dim, N) or variable/grouped (batch, G, N, L)
 
@@ -76,28 +96,6 @@ class _ScanFlags(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- kernels
-
-@triton.jit
-def _rows(A_ptr, D_ptr, db_ptr, dim, N, FLAGS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
-          CT: tl.constexpr):
-    """The program's block: BD rows from program_id(0) * BD of batch element program_id(1), the
-    rows' A (BD, NP), D and delta_bias (BD,) (zeros when absent)."""
-    b = tl.program_id(1).to(tl.int64)
-    offs_d = tl.program_id(0) * BD + tl.arange(0, BD)
-    d_mask = offs_d < dim
-    offs_n = tl.arange(0, NP)
-    n_mask = offs_n < N
-    dn_mask = d_mask[:, None] & n_mask[None, :]
-    state_off = offs_d[:, None] * N + offs_n[None, :]
-    A = tl.load(A_ptr + state_off, mask=dn_mask, other=0.0).to(CT)
-    Dv = tl.zeros((BD,), dtype=CT)
-    if FLAGS.has_d:
-        Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(CT)
-    dbias = tl.zeros((BD,), dtype=CT)
-    if FLAGS.has_db:
-        dbias = tl.load(db_ptr + offs_d, mask=d_mask, other=0.0).to(CT)
-    return b, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, A, Dv, dbias
-
 
 @triton.jit
 def _bc_base(X_ptr, KIND: tl.constexpr, G, b, dim, L, N, offs_d, offs_n, n_mask, dn_mask,
@@ -133,15 +131,6 @@ def _step_in(u_ptr, delta_ptr, row, idx, d_mask, dbias, FLAGS: tl.constexpr, CT:
 
 
 @triton.jit
-def _addr(p, L, REVERSE: tl.constexpr):
-    """Address of scan step p."""
-    if REVERSE:
-        return L - 1 - p
-    else:
-        return p
-
-
-@triton.jit
 def _gate(z_ptr, zrow, idx, d_mask, CT: tl.constexpr):
     """silu(z) and its derivative at idx, one per row."""
     z = tl.load(z_ptr + zrow + idx, mask=d_mask, other=0.0).to(CT)
@@ -164,6 +153,42 @@ def _state_in(ptr, HAS: tl.constexpr, PER_CHUNK: tl.constexpr, chunk_off, batch_
 
 
 @triton.jit
+def _program(A_ptr, B_ptr, C_ptr, D_ptr, db_ptr, h0_ptr, dim, L, N, B_G, C_G, z_shift, n_chunks,
+             FLAGS: tl.constexpr, HAS_H0: tl.constexpr, H0_PER_CHUNK: tl.constexpr,
+             BD: tl.constexpr, NP: tl.constexpr, CT: tl.constexpr):
+    """The program's work: BD rows from program_id(0) * BD of batch element b = program_id(1), in
+    chunk c = program_id(2) of L.  Returns b, c, the rows (offs_d, d_mask), the states (offs_n,
+    n_mask), the (BD, NP) block's mask and its offsets in a (dim, N), a (batch, dim, N) and a
+    (batch, n_chunks, dim, N) tensor, the rows' A (BD, NP), D and delta_bias (BD,) (zeros when
+    absent), the state h entering the chunk (from h0, zeros without), the B/C bases (_bc_base)
+    and the rows' offsets in the (batch, dim, L) tensors and in z."""
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2)
+    offs_d = tl.program_id(0) * BD + tl.arange(0, BD)
+    d_mask = offs_d < dim
+    offs_n = tl.arange(0, NP)
+    n_mask = offs_n < N
+    dn_mask = d_mask[:, None] & n_mask[None, :]
+    state_off = offs_d[:, None] * N + offs_n[None, :]
+    batch_off = b * dim * N + state_off
+    chunk_off = ((b * n_chunks + c) * dim) * N + state_off
+    A = tl.load(A_ptr + state_off, mask=dn_mask, other=0.0).to(CT)
+    Dv = tl.zeros((BD,), dtype=CT)
+    if FLAGS.has_d:
+        Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(CT)
+    dbias = tl.zeros((BD,), dtype=CT)
+    if FLAGS.has_db:
+        dbias = tl.load(db_ptr + offs_d, mask=d_mask, other=0.0).to(CT)
+    h = _state_in(h0_ptr, HAS_H0, H0_PER_CHUNK, chunk_off, batch_off, dn_mask, BD, NP, CT)
+    Bx = _bc_base(B_ptr, FLAGS.b_kind, B_G, b, dim, L, N, offs_d, offs_n, n_mask, dn_mask, BD, CT)
+    Cx = _bc_base(C_ptr, FLAGS.c_kind, C_G, b, dim, L, N, offs_d, offs_n, n_mask, dn_mask, BD, CT)
+    row = (b * dim + offs_d).to(tl.int64) * L
+    zrow = row + b * z_shift
+    return (b, c, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, batch_off, chunk_off, A, Dv,
+            dbias, h, Bx, Cx, row, zrow)
+
+
+@triton.jit
 def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr, dout_ptr,
                      out_ptr, last_ptr, P_ptr, S_ptr, Q_ptr,
                      dim, L, N, B_G, C_G, z_shift, chunk_len, n_chunks,
@@ -173,19 +198,13 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr
     """Walks chunk program_id(2) of the rows.  SUMMARY: writes the chunk's decay product P, its end
     state S from a zero start and (HAS_DOUT) Q = sum_t P_t C_t dy_t with P_t the product up to
     step t; else the outputs (and the last state, from the last chunk)."""
-    b, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, A, Dv, dbias = _rows(
-        A_ptr, D_ptr, db_ptr, dim, N, FLAGS, BD, NP, CT)
-    c = tl.program_id(2)
-    chunk_off = ((b * n_chunks + c) * dim) * N + state_off
-    h = _state_in(h0_ptr, HAS_H0, H0_PER_CHUNK, chunk_off, b * dim * N + state_off, dn_mask, BD, NP, CT)
-    Bx = _bc_base(B_ptr, FLAGS.b_kind, B_G, b, dim, L, N, offs_d, offs_n, n_mask, dn_mask, BD, CT)
-    Cx = _bc_base(C_ptr, FLAGS.c_kind, C_G, b, dim, L, N, offs_d, offs_n, n_mask, dn_mask, BD, CT)
-    row = (b * dim + offs_d).to(tl.int64) * L
-    zrow = row + b * z_shift
+    (b, c, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, batch_off, chunk_off, A, Dv, dbias, h,
+     Bx, Cx, row, zrow) = _program(A_ptr, B_ptr, C_ptr, D_ptr, db_ptr, h0_ptr, dim, L, N, B_G, C_G,
+                                   z_shift, n_chunks, FLAGS, HAS_H0, H0_PER_CHUNK, BD, NP, CT)
     P = tl.full((BD, NP), 1.0, dtype=CT)
     Q = tl.zeros((BD, NP), dtype=CT)
     for p in range(c * chunk_len, tl.minimum(c * chunk_len + chunk_len, L)):
-        idx = _addr(p, L, FLAGS.reverse)
+        idx = step_addr(p, L, FLAGS.reverse)
         u, _, dt = _step_in(u_ptr, delta_ptr, row, idx, d_mask, dbias, FLAGS, CT)
         Bt = _bc_at(Bx, FLAGS.b_kind, n_mask, idx, CT)
         a = tl.exp(dt[:, None] * A)
@@ -210,7 +229,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr
         if HAS_DOUT:
             tl.store(Q_ptr + chunk_off, Q, mask=dn_mask)
     elif c == n_chunks - 1:
-        tl.store(last_ptr + b * dim * N + state_off, h, mask=dn_mask)
+        tl.store(last_ptr + batch_off, h, mask=dn_mask)
 
 
 @triton.jit
@@ -246,15 +265,9 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr
                      NP: tl.constexpr, CT: tl.constexpr):
     """Gradients of chunk program_id(2) of the rows, from the state entering the chunk (h0, or per
     chunk) and the adjoint entering its end (dlast_state, or per chunk)."""
-    b, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, A, Dv, dbias = _rows(
-        A_ptr, D_ptr, db_ptr, dim, N, FLAGS, BD, NP, CT)
-    c = tl.program_id(2)
-    chunk_off = ((b * n_chunks + c) * dim) * N + state_off
-    h = _state_in(h0_ptr, HAS_H0, PER_CHUNK, chunk_off, b * dim * N + state_off, dn_mask, BD, NP, CT)
-    Bx = _bc_base(B_ptr, FLAGS.b_kind, B_G, b, dim, L, N, offs_d, offs_n, n_mask, dn_mask, BD, CT)
-    Cx = _bc_base(C_ptr, FLAGS.c_kind, C_G, b, dim, L, N, offs_d, offs_n, n_mask, dn_mask, BD, CT)
-    row = (b * dim + offs_d).to(tl.int64) * L
-    zrow = row + b * z_shift
+    (b, c, offs_d, d_mask, offs_n, n_mask, dn_mask, state_off, batch_off, chunk_off, A, Dv, dbias, h,
+     Bx, Cx, row, zrow) = _program(A_ptr, B_ptr, C_ptr, D_ptr, db_ptr, h0_ptr, dim, L, N, B_G, C_G,
+                                   z_shift, n_chunks, FLAGS, HAS_H0, PER_CHUNK, BD, NP, CT)
     p_start = c * chunk_len
     p_end = tl.minimum(p_start + chunk_len, L)
     n_seg = tl.cdiv(p_end - p_start, SEG)
@@ -263,7 +276,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr
     for s in range(0, n_seg):
         tl.store(ckpt + s * dim * N + state_off, h, mask=dn_mask)
         for p in range(p_start + s * SEG, tl.minimum(p_start + s * SEG + SEG, p_end)):
-            idx = _addr(p, L, FLAGS.reverse)
+            idx = step_addr(p, L, FLAGS.reverse)
             u, _, dt = _step_in(u_ptr, delta_ptr, row, idx, d_mask, dbias, FLAGS, CT)
             Bt = _bc_at(Bx, FLAGS.b_kind, n_mask, idx, CT)
             h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt
@@ -273,7 +286,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr
     scratch = scratch_ptr + ((b * n_chunks + c) * tl.num_programs(0) + tl.program_id(0)) * (
         (SEG + 1) * BD * NP)
     # adjoint of the state after the current step, from later steps
-    q = _state_in(qin_ptr, HAS_QIN, PER_CHUNK, chunk_off, b * dim * N + state_off, dn_mask, BD, NP, CT)
+    q = _state_in(qin_ptr, HAS_QIN, PER_CHUNK, chunk_off, batch_off, dn_mask, BD, NP, CT)
     dA_acc = tl.zeros((BD, NP), dtype=CT)
     dB_acc = tl.zeros((BD, NP), dtype=CT)
     dC_acc = tl.zeros((BD, NP), dtype=CT)
@@ -287,7 +300,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr
         h = tl.load(ckpt + s * dim * N + state_off, mask=dn_mask, other=0.0)
         tl.store(scratch + local, h)
         for p in range(p0, p1):
-            idx = _addr(p, L, FLAGS.reverse)
+            idx = step_addr(p, L, FLAGS.reverse)
             u, _, dt = _step_in(u_ptr, delta_ptr, row, idx, d_mask, dbias, FLAGS, CT)
             Bt = _bc_at(Bx, FLAGS.b_kind, n_mask, idx, CT)
             h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt
@@ -296,7 +309,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr
         # walk back: h holds the state after step p, the slot before it the state entering it
         for pp in range(p0, p1):
             p = p1 - 1 - (pp - p0)
-            idx = _addr(p, L, FLAGS.reverse)
+            idx = step_addr(p, L, FLAGS.reverse)
             h_prev = tl.load(scratch + (p - p0) * BD * NP + local)
             u, pre, dt = _step_in(u_ptr, delta_ptr, row, idx, d_mask, dbias, FLAGS, CT)
             Bt = _bc_at(Bx, FLAGS.b_kind, n_mask, idx, CT)
@@ -344,7 +357,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr
     tl.store(dD_ptr + vec_off, dD_acc, mask=d_mask)
     tl.store(ddb_ptr + vec_off, ddb_acc, mask=d_mask)
     if c == 0:
-        tl.store(dh0_ptr + b * dim * N + state_off, q, mask=dn_mask)
+        tl.store(dh0_ptr + batch_off, q, mask=dn_mask)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -382,13 +395,12 @@ def _largest_pow2_divisor(n: int, cap: int) -> int:
     return bd
 
 
-def _chunk_len(programs: int, L: int, seg: int, sms: int) -> int:
-    """Steps per chunk of L (a multiple of seg): all of L unless the rows leave multiprocessors
-    idle and L is long enough to split (SPLIT)."""
-    if TUNE["chunk_len"] is not None:
-        if TUNE["chunk_len"] % seg:
-            raise ValueError(f"chunk_len={TUNE['chunk_len']} must be a multiple of seg={seg}")
-        return TUNE["chunk_len"]
+def _chunk_len(programs: int, L: int, cfg: LaunchConfig, sms: int) -> int:
+    """Steps per chunk of L (a multiple of cfg.seg): cfg.chunk_len when set, else all of L unless
+    the rows leave multiprocessors idle and L is long enough to split (SPLIT)."""
+    if cfg.chunk_len is not None:
+        return cfg.chunk_len
+    seg = cfg.seg
     whole = triton.cdiv(L, seg) * seg
     want = SPLIT["programs_per_sm"] * sms
     least = triton.cdiv(SPLIT["min_steps"], seg) * seg
@@ -397,20 +409,19 @@ def _chunk_len(programs: int, L: int, seg: int, sms: int) -> int:
     return max(least, triton.cdiv(triton.cdiv(L, triton.cdiv(want, programs)), seg) * seg)
 
 
-def _plan(u: Tensor, A: Tensor, B: Tensor, C: Tensor, which: str) -> _Plan:
+def _plan(u: Tensor, A: Tensor, B: Tensor, C: Tensor, cfg: LaunchConfig) -> _Plan:
     batch, dim, L = u.shape
     N = A.shape[1]
     B_kind, B_G = _bc_kind(B)
     C_kind, C_G = _bc_kind(C)
-    BD = min(TUNE["block_d"] or CONFIGS[which].block_d, pow2(dim))
+    BD = min(cfg.block_d, pow2(dim))
     for G in (B_G, C_G):
         if G > 1:  # a block of rows lies inside one group (it reads that group's B_t / C_t)
             BD = _largest_pow2_divisor(dim // G, BD)
     n_db = triton.cdiv(dim, BD)
-    seg = TUNE["seg"] or CONFIGS["bwd"].seg
-    chunk_len = _chunk_len(batch * n_db, L, seg, device_sms(u))
+    chunk_len = _chunk_len(batch * n_db, L, cfg, device_sms(u))
     ct, tl_ct = compute_dtype(u)
-    return _Plan(batch, dim, L, N, pow2(N, 2), BD, n_db, seg, chunk_len, triton.cdiv(L, chunk_len),
+    return _Plan(batch, dim, L, N, pow2(N, 2), BD, n_db, cfg.seg, chunk_len, triton.cdiv(L, chunk_len),
                  B_kind, C_kind, B_G, C_G, ct, tl_ct)
 
 
@@ -418,13 +429,12 @@ def _grid(pl: _Plan) -> tuple:
     return (pl.n_db, pl.batch, pl.n_chunks)
 
 
-def _consts(pl: _Plan, D, z, delta_bias, delta_softplus, reverse, which: str) -> dict:
-    cfg = CONFIGS[which]
+def _consts(pl: _Plan, D, z, delta_bias, delta_softplus, reverse, cfg: LaunchConfig) -> dict:
     flags = _ScanFlags(reverse=bool(reverse), b_kind=pl.B_kind, c_kind=pl.C_kind,
                        softplus=bool(delta_softplus), has_d=D is not None, has_z=z is not None,
                        has_db=delta_bias is not None)
     return dict(FLAGS=flags, BD=pl.BD, NP=pl.NP, CT=pl.tl_ct,
-                num_warps=TUNE[f"{which}_warps"] or cfg.warps, maxnreg=cfg.max_regs,
+                num_warps=cfg.warps, maxnreg=cfg.max_regs,
                 enable_fp_fusion=FP_FUSION)
 
 
@@ -462,11 +472,14 @@ def _chunk_starts(pl: _Plan, consts: dict, u, delta, A, B, C, D, z, z_shift, del
     return H, Qin
 
 
-def forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-            z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
-            delta_softplus: bool, reverse: bool) -> tuple[Tensor, Tensor]:
-    pl = _plan(u, A, B, C, "fwd")
-    consts = _consts(pl, D, z, delta_bias, delta_softplus, reverse, "fwd")
+def launch_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                   z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
+                   delta_softplus: bool, reverse: bool,
+                   config: Optional[LaunchConfig] = None) -> tuple[Tensor, Tensor]:
+    """The backend's forward with its kernels launched as ``config`` says (None: CONFIGS["fwd"])."""
+    cfg = CONFIGS["fwd"] if config is None else config
+    pl = _plan(u, A, B, C, cfg)
+    consts = _consts(pl, D, z, delta_bias, delta_softplus, reverse, cfg)
     z, z_shift = _z_rows(z, u)
     out = torch.empty_like(u)
     last = u.new_empty((pl.batch, pl.dim, pl.N), dtype=pl.ct)
@@ -490,10 +503,12 @@ def _reduce_bc(part: Tensor, X: Tensor, pl: _Plan, kind: int, G: int) -> Tensor:
     return g.reshape(X.shape).to(X.dtype)
 
 
-def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
-             delta_softplus: bool, reverse: bool):
-    pl = _plan(u, A, B, C, "bwd")
-    consts = _consts(pl, D, z, delta_bias, delta_softplus, reverse, "bwd")
+def launch_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
+                    delta_softplus: bool, reverse: bool, config: Optional[LaunchConfig] = None):
+    """The backend's backward with its kernels launched as ``config`` says (None: CONFIGS["bwd"])."""
+    cfg = CONFIGS["bwd"] if config is None else config
+    pl = _plan(u, A, B, C, cfg)
+    consts = _consts(pl, D, z, delta_bias, delta_softplus, reverse, cfg)
     z, z_shift = _z_rows(z, u)
     h0, qin, per_chunk = initial_state, dlast_state, False
     if pl.n_chunks > 1:
@@ -526,3 +541,17 @@ def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_sta
     ddb = ddb_p.sum(dim=(0, 1)).to(delta_bias.dtype) if delta_bias is not None else None
     dinit = dh0.to(initial_state.dtype) if initial_state is not None else None
     return du, ddelta, dA, dB, dC, dD, dz, ddb, dinit
+
+
+# ----------------------------------------------------------------------------- backend entry points
+
+def forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+            z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
+            delta_softplus: bool, reverse: bool) -> tuple[Tensor, Tensor]:
+    return launch_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse)
+
+
+def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
+             delta_softplus: bool, reverse: bool):
+    return launch_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
+                           delta_softplus, reverse)

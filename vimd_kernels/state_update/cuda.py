@@ -12,13 +12,9 @@ import torch
 from torch import Tensor
 
 from ..backend import Capabilities
+from ..native import ops as _ext  # the CUDA ops (a module global: the emulator tests replace it)
 
 CAPS = Capabilities(dtypes=(torch.float32, torch.float16, torch.bfloat16))
-
-
-def _ext():
-    """The CUDA ops (torch.ops.vimd.*_cuda, registered by the library the bindings link)."""
-    return torch.ops.vimd
 
 
 def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
