@@ -23,7 +23,7 @@ import argparse
 import os
 import sys
 
-from .errors import UserError
+from .errors import Preempted, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"vimd: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(f"vimd: {e}", file=sys.stderr)
+        return Preempted.EXIT_CODE
     except KeyboardInterrupt:
         print("vimd: interrupted", file=sys.stderr)
         return 130

@@ -2,6 +2,8 @@
 (seed, epoch, sample index): a resumed run sees exactly the batches an uninterrupted one would."""
 from __future__ import annotations
 
+import signal
+
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -96,7 +98,15 @@ def make_loader(ds, batch_size: int, seed: int, epoch: int, train: bool, num_wor
     sampler = EpochSampler(len(ds), seed, epoch, shuffle=train, rank=rank, world=world,
                            start=start_batch * batch_size, drop_last=train, batch_size=batch_size, pad=train)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=train, persistent_workers=False, generator=_gen(seed + epoch))
+                      drop_last=train, persistent_workers=False, generator=_gen(seed + epoch),
+                      worker_init_fn=_ignore_stop_signals if num_workers else None)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave a scheduler's SIGUSR1 (sent to every process of the job ahead of a
+    preemption) to the training process, which finishes its step and checkpoints. (SIGTERM keeps
+    its default action: the loader's own shutdown terminates workers with it.)"""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def _synthetic_classification(cfg: dict, split: str) -> SyntheticFineGrained:

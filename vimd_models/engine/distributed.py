@@ -56,7 +56,12 @@ def init_distributed(spec: str) -> bool:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         cuda = device_type(spec) == "cuda"
-        dist.init_process_group("nccl" if cuda else "gloo")
+        # torchrun keeps one store across the restarts of a worker group: the group's keys get the
+        # attempt as a prefix, so a restarted group never reads the addresses of the dead one
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if cuda else "gloo", store=dist.PrefixStore(f"vimd/attempt{attempt}", store),
+                                rank=rank, world_size=world)
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         return True

@@ -8,8 +8,15 @@ model.safetensors (final release weights; EMA weights when EMA is on) and best.s
 evaluation). Resuming restores model, optimiser, EMA, schedule position, RNG state and the position
 inside the epoch, so it continues exactly (also mid-schedule in iteration-counted runs); config values given on resume (optim.lr, ...) apply.
 
-A loss that turns NaN / Inf stops the run with one error naming the step and the loss term; the
-last checkpoint (written before that step) is kept, and the error says how to resume from it.
+A loss that turns NaN / Inf on any process stops every process at that step with the same
+one-line error naming the step, the process and the loss term; the last checkpoint (written before
+that step) is kept, and the error says how to resume from it. The processes agree on this, and on
+a stop request, through one all-reduce of two numbers per step.
+
+SIGTERM or SIGUSR1 (what schedulers send before they preempt a job) lets every process finish its
+step; the checkpoint is written and the run ends with ``Preempted`` (``vimd`` exits with 75), to be
+continued with ``--resume``. A run restarted by torchrun (``--max-restarts``) or requeued by SLURM
+resumes from its checkpoint by itself.
 """
 from __future__ import annotations
 
@@ -18,6 +25,8 @@ import copy
 import json
 import os
 import random
+import signal
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -28,7 +37,7 @@ from torch import nn
 from ..checkpoint import atomic_write, load_optimizer_state, load_state, save_state, save_weights
 from ..data import make_loader
 from ..data.check import check_data
-from ..errors import UserError
+from ..errors import Preempted, UserError
 from ..tasks import RUN_END_HOOKS, average_gradients, task_class
 from ..weights import load, load_into
 from .config import dump_config
@@ -39,6 +48,9 @@ from .optim import EMA, build_optimizer, lr_at, set_lr
 from .plots import write_curves
 
 STATE_FILE = "checkpoint.safetensors"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# set by torchrun in a restarted worker group, and by SLURM in a requeued job
+RESTART_COUNTS = ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")
 DTYPES = {"none": "float32", "bf16": "bfloat16 autocast"}  # train.amp -> what the step computes in
 
 StepCallback = Callable[["Trainer", int], None]
@@ -137,6 +149,8 @@ class Trainer:
         self.best: dict | None = None
         self.last: dict = {}
         self.saved_step: int | None = None  # global step of the checkpoint on disk from this run
+        self.stop_signal: int | None = None  # a stop signal this process received
+        self.stopping: int | None = None  # the signal every process agreed to stop on
 
     def _steps_per_epoch(self) -> int:
         t, bs = self.cfg["train"], self.cfg["data"]["batch_size"]
@@ -173,6 +187,8 @@ class Trainer:
         self.last = self.history[-1] if self.history else {}
         rngs = state["rng"]
         _set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+        if self.rank == 0:
+            print(f"resumed from {path} at step {self.pos['global_step']}", flush=True)
 
     def save_checkpoint(self) -> None:
         """Write the training state; refuses (one error, the previous checkpoint kept) when a weight
@@ -260,9 +276,7 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         with self.amp:
             loss, comps = self.wrapped(batch)
-        if not torch.isfinite(loss):
-            terms = [f"'{k}' is {float(v)}" for k, v in comps.items() if not torch.isfinite(torch.as_tensor(v))]
-            raise self._diverged(f"loss term {', '.join(terms) or f'sum is {loss.item()}'} at step {pos['global_step'] + 1}")
+        self._agree(loss, comps)
         loss.backward()
         if not task.ddp_ok:
             average_gradients(p.grad for p in self.params)
@@ -281,6 +295,35 @@ class Trainer:
         now = time.perf_counter()
         pos["time"] += now - self._tic
         self._tic = now
+
+    def _agree(self, loss: torch.Tensor, comps: dict) -> None:
+        """Before backward, every process learns whether any loss is not finite (then all raise the
+        same error) and whether any process received a stop signal (then all stop after this step)."""
+        bad = not bool(torch.isfinite(loss.detach()))
+        flags = torch.tensor([float(bad), float(self.stop_signal or 0)])
+        if self.world > 1:
+            flags = flags.to(self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            flags = flags.cpu()
+        if flags[0]:
+            terms = ", ".join(f"'{k}' is {float(v)}" for k, v in comps.items()
+                              if not torch.isfinite(torch.as_tensor(v))) or f"sum is {loss.item()}"
+            where = [terms if bad else None]
+            if self.world > 1:
+                where = [None] * self.world
+                dist.all_gather_object(where, terms if bad else None)
+            what = "; ".join(f"{w} on process {r}" if self.world > 1 else w for r, w in enumerate(where) if w)
+            raise self._diverged(f"loss term {what} at step {self.pos['global_step'] + 1}")
+        if flags[1]:
+            self.stopping = int(flags[1])
+
+    def _stop(self) -> None:
+        """After the step on which every process agreed to stop: the checkpoint, then Preempted."""
+        if self.saved_step != self.pos["global_step"]:
+            self.save_checkpoint()
+        name = signal.Signals(self.stopping).name
+        raise Preempted(f"stopped by {name} after step {self.pos['global_step']}; {self.state_path} holds it: "
+                        f"run the same command with --resume to continue")
 
     def _finished(self) -> bool:
         if self.iterations:
@@ -318,6 +361,8 @@ class Trainer:
                 self._after_step()
                 for cb in self.on_step_end:
                     cb(self, pos["global_step"])
+                if self.stopping:
+                    self._stop()
                 if self._finished():
                     break
         if not self.iterations:
@@ -362,14 +407,35 @@ class Trainer:
     def fit(self, resume: str | None = None) -> dict:
         """Train the remaining epochs or iterations (after ``resume(resume)`` when given); returns the
         last summary row, the best one, the run folder, the parameter count and the history."""
+        if resume is None and any(int(os.environ.get(k, "0") or 0) > 0 for k in RESTART_COUNTS) \
+                and os.path.isfile(self.state_path):
+            resume = "auto"  # a restarted or requeued job continues its run
         if resume:
             self.resume(resume)
         self._prepare()
-        while not self._finished():
-            self.train_epoch()
+        with self._stop_signals():
+            while not self._finished():
+                self.train_epoch()
         self.finish()
         return {"run_dir": self.run_dir, "last": self.last, "best": self.best, "params": count_params(self.task.model),
                 "history": self.history}
+
+    @contextlib.contextmanager
+    def _stop_signals(self):
+        """SIGTERM / SIGUSR1 set ``stop_signal`` while training (main thread only: elsewhere signal
+        handlers cannot be installed, and the default actions stay)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum, frame):
+            self.stop_signal = signum
+        previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
     def finish(self) -> None:
         """model.safetensors, then the tasks' run-end hooks (first process only)."""
