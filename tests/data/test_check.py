@@ -1,5 +1,6 @@
-"""The dataset check before training: every image's header read, every bad file in one error, counts
-per split and class, and a (path, size, mtime) cache that makes a second check instant."""
+"""The dataset check before training: every image decoded (or its header read), every bad file in
+one error, counts per split and class, and a (path, size, mtime) cache that makes a second check
+instant."""
 import os
 import subprocess
 import sys
@@ -48,6 +49,21 @@ def test_every_bad_file_in_one_error(tmp_path):
                          f"data val: 5 images (a 3, b 2) from folder at {root} (val)"]
 
 
+def test_a_truncated_image_passes_the_header_check_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = _tree(tmp_path / "d")
+    cut = root / "train" / "a" / "1.png"
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 3])  # a third of the file: the header is intact
+    assert check_data(*_data(root), progress=False, out=None, mode="headers") == 8
+    with pytest.raises(UserError, match=rf"1 of 8 image files cannot be read.*\n  {cut}: OSError"):
+        check_data(*_data(root), progress=False, out=None)  # full, although the header check is cached
+    cfg = load_config(None, ["data.dataset=folder", f"data.root={root}", "data.check=headers"])
+    assert cfg["data"]["check"] == "headers"
+    with pytest.raises(UserError, match="'data.check' must be full"):
+        load_config(None, ["data.check=pixels"])
+
+
 def test_many_bad_files_are_listed_up_to_a_limit(tmp_path):
     paths = []
     for i in range(check.SHOWN + 3):
@@ -64,13 +80,13 @@ def test_many_bad_files_are_listed_up_to_a_limit(tmp_path):
     assert len(listed) == check.SHOWN and str(e.value).endswith("... and 3 more")
 
 
-def test_second_check_reads_no_header(tmp_path, monkeypatch):
+def test_second_check_reads_no_file(tmp_path, monkeypatch):
     root = _tree(tmp_path / "d")
     train, evals = _data(root)
     assert check_data(train, evals, progress=False, out=None) == 8
     opened = []
     real = check._probe
-    monkeypatch.setattr(check, "_probe", lambda p: opened.append(p) or real(p))
+    monkeypatch.setattr(check, "_probe", lambda p, full: opened.append(p) or real(p, full))
     assert check_data(train, evals, progress=False, out=None) == 8
     assert opened == []  # every file came from the cache
     changed = root / "val" / "b" / "0.png"

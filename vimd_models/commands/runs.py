@@ -53,6 +53,7 @@ def check_data(a) -> int:
     from ..engine.kinds import build_data
     cfg = load_config(a.config, a.overrides)
     train_ds, eval_dss, _ = build_data(cfg)
-    n = check_data(train_ds, eval_dss, progress=cfg["train"]["progress"], per_group=True)
+    n = check_data(train_ds, eval_dss, progress=cfg["train"]["progress"], per_group=True,
+                   mode="headers" if cfg["data"]["check"] == "headers" else "full")
     print(f"data: all {n:,} image files open" if n else "data: synthetic, no files to check")
     return 0

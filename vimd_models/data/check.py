@@ -1,10 +1,12 @@
-"""Dataset check before training: every image file of every split opens and its header reads.
+"""Dataset check before training: every image file of every split decodes.
 
-Only the header is read (``PIL.Image.open`` + size, no pixel decode), so a folder of tens of
-thousands of images takes seconds, and files already seen unchanged -- same (path, size, mtime) --
-are skipped through a small JSON cache in ``$XDG_CACHE_HOME/vimd`` (default ``~/.cache/vimd``).
-Every unreadable file is reported at once, in one error. Synthetic datasets have no files and are
-not checked.
+``data.check: full`` (or true, the default) decodes every file completely, so a truncated or
+corrupt file is found before the first step; ``headers`` reads only the header (``PIL.Image.open``
++ size: seconds for tens of thousands of images, but a file cut short passes it); false skips
+the check. Files are read in parallel threads, and files already seen unchanged -- same (path,
+size, mtime), checked at least as thoroughly -- are skipped through a small JSON cache in
+``$XDG_CACHE_HOME/vimd`` (default ``~/.cache/vimd``). Every unreadable file is reported at once,
+in one error. Synthetic datasets have no files and are not checked.
 
 A dataset takes part through its base dataset's ``file_groups()``: a list of (path, group) with
 the group a class name (classification) or the folder role (SR: HR / LR).
@@ -21,6 +23,7 @@ from typing import Callable, Iterable
 from ..errors import UserError
 
 SHOWN = 10  # bad files listed in the error (then a count)
+MODES = {True: "full", "full": "full", "headers": "headers"}  # data.check -> how much is read (false: nothing)
 
 
 def cache_dir() -> str:
@@ -41,42 +44,48 @@ def _load_cache(path: str) -> dict:
         return {}
 
 
-def _probe(path: str):
-    """(size, mtime_ns, width, height) of a readable image file, or the reason it cannot be read."""
+def _probe(path: str, full: bool):
+    """(size, mtime_ns, width, height, fully decoded) of a readable image file, or the reason it
+    cannot be read."""
     from PIL import Image
     try:
         st = os.stat(path)
         with Image.open(path) as im:
             w, h = im.size
-        return [st.st_size, st.st_mtime_ns, w, h]
+            if full:
+                im.load()
+        return [st.st_size, st.st_mtime_ns, w, h, full]
     except FileNotFoundError:
         return "file not found"
     except Exception as e:  # PIL raises many types for unknown / damaged files
         return f"{type(e).__name__}: {e}"
 
 
-def _unchanged(path: str, entry) -> bool:
+def _unchanged(path: str, entry, full: bool) -> bool:
+    """The cache entry still describes the file, and was checked at least as thoroughly."""
     try:
         st = os.stat(path)
     except OSError:
         return False
-    return isinstance(entry, list) and entry[:2] == [st.st_size, st.st_mtime_ns]
+    return (isinstance(entry, list) and entry[:2] == [st.st_size, st.st_mtime_ns]
+            and (not full or (len(entry) > 4 and entry[4] is True)))
 
 
 def check_files(paths: Iterable[str], cache: str | None = None, progress: bool = True,
-                write_cache: bool = True) -> dict[str, str]:
-    """Read the header of every file; returns {path: reason} of those that cannot be read. Files
-    whose (size, mtime) match the cache file ``cache`` (a folder) are not opened again."""
+                write_cache: bool = True, full: bool = True) -> dict[str, str]:
+    """Decode every file (``full``; else read its header); returns {path: reason} of those that
+    cannot be read. Files whose (size, mtime) match the cache file ``cache`` (a folder) are not
+    opened again."""
     paths = sorted(set(os.path.abspath(p) for p in paths))
     cache_file = _cache_path(paths, cache) if cache else None
     known = _load_cache(cache_file) if cache_file else {}
-    todo = [p for p in paths if not _unchanged(p, known.get(p))]
+    todo = [p for p in paths if not _unchanged(p, known.get(p), full)]
     bad: dict[str, str] = {}
     if todo:
         from tqdm import tqdm
         with tqdm(total=len(todo), desc="checking images", unit="file", leave=False, dynamic_ncols=True,
                   disable=not progress) as bar, ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            for p, res in zip(todo, pool.map(_probe, todo)):
+            for p, res in zip(todo, pool.map(_probe, todo, [full] * len(todo))):
                 if isinstance(res, str):
                     bad[p] = res
                     known.pop(p, None)
@@ -111,10 +120,10 @@ def _summary(name: str, base, counts: Counter) -> str:
 
 
 def check_data(train_ds, eval_dss, progress: bool = True, per_group: bool = False,
-               out: Callable[[str], None] | None = print, write_cache: bool = True) -> int:
-    """Print the image counts of each split (and of each class with ``per_group``), then read the
-    header of every file; one UserError lists the files that cannot be read. Returns the number of
-    files checked (0 for synthetic data)."""
+               out: Callable[[str], None] | None = print, write_cache: bool = True, mode: str = "full") -> int:
+    """Print the image counts of each split (and of each class with ``per_group``), then decode
+    every file (``mode`` "full") or read its header ("headers"); one UserError lists the files that
+    cannot be read. Returns the number of files checked (0 for synthetic data)."""
     splits = _splits(train_ds, eval_dss)
     if not splits:
         return 0
@@ -129,7 +138,7 @@ def check_data(train_ds, eval_dss, progress: bool = True, per_group: bool = Fals
             for g in groups:
                 out(f"{g:<{width}}  " + "  ".join(f"{counts[n].get(g, 0):>7}" for n, _ in splits))
     paths = sorted({p for _, base in splits for p, _ in base.file_groups()})
-    bad = check_files(paths, cache_dir(), progress, write_cache)
+    bad = check_files(paths, cache_dir(), progress, write_cache, full=mode == "full")
     if bad:
         listed = [f"  {p}: {why}" for p, why in sorted(bad.items())[:SHOWN]]
         more = [f"  ... and {len(bad) - SHOWN} more"] if len(bad) > SHOWN else []

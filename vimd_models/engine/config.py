@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ..configs import resolve_config_path
+from ..data.check import MODES
 from ..data.sr import CACHES
 from ..errors import UserError
 from ..tasks import TASKS, task_class
@@ -55,7 +56,8 @@ BASE: dict[str, Any] = {
         "num_workers": 0,
         "scale_min": 0.35,        # RandomResizedCrop scale range
         "hflip": True,
-        "check": True,            # open every image file's header before training (cached)
+        "check": True,            # before training, decode every image file (true / full), read
+                                  # only its header (headers), or not (false); cached
     },
     "distill": {},                # the methods' keys (Task.config)
     "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9,
@@ -236,7 +238,8 @@ def validate(cfg: dict) -> None:
     _check(device_spec_ok(t["device"]), f"config 'train.device' must be {DEVICES}, got {t['device']!r}")
     ft = cfg["model"]["finetune"]
     _check(ft is None or isinstance(ft, str), f"config 'model.finetune' must be a file path or none, got {ft!r}")
-    _check(isinstance(d["check"], bool), f"config 'data.check' must be true or false, got {d['check']!r}")
+    _check(d["check"] is False or d["check"] in MODES,
+           f"config 'data.check' must be full (or true), headers or false, got {d['check']!r}")
     _check(isinstance(t["ema"], (int, float)) and 0 <= t["ema"] < 1, "config 'train.ema' must be in [0, 1)")
     _check(isinstance(t["ckpt_every"], int) and t["ckpt_every"] >= 0, "config 'train.ckpt_every' must be >= 0")
     its = t["iterations"]

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..checkpoint import atomic_write, load_optimizer_state, load_state, save_state, save_weights
 from ..data import make_loader
-from ..data.check import check_data
+from ..data.check import MODES, check_data
 from ..errors import Preempted, UserError
 from ..tasks import RUN_END_HOOKS, average_gradients, task_class
 from ..weights import load, load_into
@@ -128,9 +128,10 @@ class Trainer:
         self.task_cls = task_class(cfg["task"])
         self.kind = KINDS[self.task_cls.kind]
         self.train_ds, self.eval_ds, num_classes = self.kind.data(cfg, self.task_cls)
-        if cfg["data"]["check"]:
+        if cfg["data"]["check"] is not False:
             lead = self.rank == 0
             check_data(self.train_ds, self.eval_ds, progress=lead and t["progress"], out=print if lead else None,
+                       mode=MODES[cfg["data"]["check"]],
                        write_cache=lead)
         self.task = self.task_cls(cfg, num_classes).to(self.device)
         load(self.task.model, cfg["model"]["finetune"], finetune=True, what="config 'model.finetune'",
