@@ -6,10 +6,14 @@ FAULT: ``SIGTERM`` / ``SIGUSR1``: process 0 sends itself the signal after global
 scheduler does before preempting); ``group-SIGUSR1``: to its whole process group (its data-loader
 workers included: start it in a session of its own); ``nan``: process 1's loss is NaN at step STEP (task
 ``classify_nan``, registered here; pass ``task=classify_nan``); ``kill``: process 1 SIGKILLs
-itself after step STEP, in the first attempt of a torchrun worker group only.
+itself after step STEP, in the first attempt of a torchrun worker group only; ``kill-worker``:
+SIGKILL to process 0's data-loader workers after step STEP; ``disk-full``: after step STEP,
+process 0 can write no file larger than 4 KiB (RLIMIT_FSIZE: writes past it fail with EFBIG).
 """
 import functools
+import multiprocessing
 import os
+import resource
 import signal
 import sys
 
@@ -47,6 +51,12 @@ def after(step: int, fault: str):
             os.killpg(os.getpgid(0), signal.SIGUSR1)
         if fault == "kill" and rank == 1 and first:
             os.kill(os.getpid(), signal.SIGKILL)
+        if fault == "kill-worker" and rank == 0:
+            for worker in multiprocessing.active_children():
+                os.kill(worker.pid, signal.SIGKILL)
+        if fault == "disk-full" and rank == 0:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     return on_step_end
 
 

@@ -86,3 +86,21 @@ def test_killed_worker_restarted_by_torchrun_resumes_exactly(tmp_path, uninterru
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout and "step 2" in r.stdout
     _same_weights(tmp_path / "two", uninterrupted / "two")
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_previous_one(tmp_path):
+    r = _run(_fault("disk-full", 2), tmp_path, "full")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith(f"vimd: error: cannot write checkpoint {tmp_path}/full/checkpoint.safetensors at step 4 (")
+    assert "the checkpoint of step 2 is kept" in lines[0]
+    state, _ = load_state(str(tmp_path / "full" / "checkpoint.safetensors"))
+    assert state["pos"]["global_step"] == 2
+    assert not [f for f in os.listdir(tmp_path / "full") if f.startswith(".tmp-")]
+
+
+def test_a_killed_loader_worker_is_one_line(tmp_path):
+    r = _run(_fault("kill-worker"), tmp_path, "w", "data.num_workers=1", timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith("vimd: error: a data-loader worker stopped at step 4 (") and "--resume" in lines[0]

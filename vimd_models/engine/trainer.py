@@ -207,20 +207,25 @@ class Trainer:
                      "history": self.history, "best": self.best, "rng": rngs, "extra": self.task.extra_state()}
             if self.ema is not None:
                 state["ema"] = self.ema.state_dict()
-            save_state(self.state_path, state, self._meta())
+            try:
+                save_state(self.state_path, state, self._meta())
+            except OSError as e:  # disk full, quota, permissions: the previous checkpoint is untouched
+                raise UserError(f"cannot write checkpoint {self.state_path} at step {self.pos['global_step']} "
+                                f"({e.strerror or e}); {self._how_to_go_on()} once there is room") from None
         self.saved_step = self.pos["global_step"]
 
-    def _diverged(self, what: str) -> UserError:
-        """The error for a loss or weight that turned NaN / Inf, saying how to go on from the last
-        checkpoint (the resolved config.yaml in the run folder reproduces this run)."""
-        lr = self.lr_at(self.pos["global_step"])
-        lower = f"optim.lr=<lower than {self.cfg['optim']['lr']:g}>"
+    def _how_to_go_on(self, extra: str = "") -> str:
+        """How to continue from the last checkpoint (the resolved config.yaml in the run folder
+        reproduces this run)."""
         config = os.path.join(self.run_dir, "config.yaml")
         if self.saved_step is None:
-            how = f"no checkpoint was written yet: run `vimd train {config} {lower}`"
-        else:
-            how = (f"the checkpoint of step {self.saved_step} is kept: "
-                   f"run `vimd train {config} --resume {lower}`")
+            return f"no checkpoint was written yet: run `vimd train {config}{extra}`"
+        return f"the checkpoint of step {self.saved_step} is kept: run `vimd train {config} --resume{extra}`"
+
+    def _diverged(self, what: str) -> UserError:
+        """The error for a loss or weight that turned NaN / Inf."""
+        lr = self.lr_at(self.pos["global_step"])
+        how = self._how_to_go_on(f" optim.lr=<lower than {self.cfg['optim']['lr']:g}>")
         return UserError(f"training diverged: {what} (epoch {self.pos['epoch'] + 1}, lr {lr:.3g}); {how}")
 
     # ---- training -----------------------------------------------------------------------------
@@ -415,8 +420,14 @@ class Trainer:
             self.resume(resume)
         self._prepare()
         with self._stop_signals():
-            while not self._finished():
-                self.train_epoch()
+            try:
+                while not self._finished():
+                    self.train_epoch()
+            except RuntimeError as e:  # torch's loader raises this wherever the main process is
+                if "DataLoader worker" not in str(e):
+                    raise
+                raise UserError(f"a data-loader worker stopped at step {self.pos['global_step'] + 1} "
+                                f"({str(e).splitlines()[0].rstrip('. ')}); {self._how_to_go_on()}") from None
         self.finish()
         return {"run_dir": self.run_dir, "last": self.last, "best": self.best, "params": count_params(self.task.model),
                 "history": self.history}
