@@ -136,3 +136,37 @@ def test_memory_cache_gives_the_same_batches(tmp_path):
         assert torch.equal(lr1, lr2) and torch.equal(hr1, hr2)
     with pytest.raises(UserError, match="data.cache"):
         load_config(None, ["data.cache=disk"])
+
+
+SHARED = r'''
+import os, sys, torch, torch.distributed as dist
+from vimd_models.data import SRPairs
+dist.init_process_group("gloo")
+ds = SRPairs(sys.argv[1], 4, cache="memory")
+ds.preload()
+for i in range(len(ds)):
+    for got, want in zip(ds.get_u8(i), ds._decode(i)):
+        assert torch.equal(got, want), i
+maps = open("/proc/self/maps").read()
+assert "vimd-sr-" in maps and "(deleted)" in maps.split("vimd-sr-")[1].splitlines()[0], "not mapped from shared memory"
+dist.barrier()
+assert not any(f.startswith("vimd-sr-") for f in os.listdir(os.path.dirname(ds._shared_path())))
+print("shared", dist.get_rank())
+dist.destroy_process_group()
+'''
+
+
+def test_memory_cache_is_one_copy_per_node_under_torchrun(tmp_path):
+    """Two processes map one decoded copy from shared memory; the file is gone once both have."""
+    import subprocess
+    import sys
+    rng = np.random.default_rng(0)
+    os.makedirs(tmp_path / "hr")
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (24 + 4 * i, 32, 3), dtype=np.uint8)).save(tmp_path / "hr" / f"{i}.png")
+    (tmp_path / "run.py").write_text(SHARED)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(tmp_path / "run.py"), str(tmp_path / "hr")], capture_output=True, text=True, timeout=180,
+                       env=dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0 and "shared 0" in r.stdout and "shared 1" in r.stdout, r.stderr[-3000:]

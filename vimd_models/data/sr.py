@@ -5,15 +5,20 @@ are distributed in (``resolve_sr_folder``).
 
 Images are kept as decoded uint8 tensors: with ``cache="memory"`` every pair is decoded once (HR
 mod-cropped to the scale, LR read or made) and training patches are cut from memory, instead of a
-whole PNG decode (and LR resize) per patch.
+whole PNG decode (and LR resize) per patch. Under torch.distributed the processes of a node share
+one copy: the first decodes into a file in shared memory (``/dev/shm``), every process maps it, and
+the file is unlinked once all have (the memory is freed when the last process ends).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+import torch.distributed as dist
 
 from ..errors import UserError
 from .folders import IMG_EXT
@@ -190,11 +195,58 @@ class SRPairs:
 
     def preload(self, threads: int | None = None) -> None:
         """``cache="memory"``: decode every pair now (threads; PIL decodes without the GIL). Done in
-        the main process before the loader's workers start, which then share the arrays."""
+        the main process before the loader's workers start, which then share the arrays; under
+        torch.distributed every process of the process group calls it, and a node keeps one copy."""
         if self.cache != "memory" or self._mem is not None:
             return
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            self._mem = self._node_shared(threads)
+            return
+        self._mem = self._decode_all(threads)
+
+    def _decode_all(self, threads: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         with ThreadPoolExecutor(threads or min(16, os.cpu_count() or 1)) as ex:
-            self._mem = list(ex.map(self._decode, range(len(self))))
+            return list(ex.map(self._decode, range(len(self))))
+
+    def _shared_path(self) -> str:
+        """A file name in shared memory that names these images as they are now."""
+        files = [*self.hr_files, *(self.lr_files or [])]
+        ident = [self.scale] + [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+        key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:20]
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else os.path.join(os.sep, "tmp")
+        return os.path.join(folder, f"vimd-sr-{key}.u8")
+
+    def _node_shared(self, threads: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first process of each node decodes every pair into one shared-memory file (data, then
+        an index of shapes beside it, each renamed into place once complete); after a barrier every
+        process maps the file, and after a second one the first process unlinks it."""
+        path = self._shared_path()
+        first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+        if first and not os.path.isfile(path + ".json"):
+            shapes, tmp = [], f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f, ThreadPoolExecutor(threads or min(16, os.cpu_count() or 1)) as ex:
+                for pair in ex.map(self._decode, range(len(self))):  # written as they come, in order
+                    shapes.append([list(t.shape) for t in pair])
+                    for t in pair:
+                        f.write(t.numpy().tobytes())
+            os.replace(tmp, path)
+            with open(tmp, "w") as f:
+                json.dump(shapes, f)
+            os.replace(tmp, path + ".json")
+        dist.barrier()
+        with open(path + ".json") as f:
+            shapes = json.load(f)
+        sizes = [math.prod(s) for pair in shapes for s in pair]
+        flat = torch.from_file(path, shared=True, size=sum(sizes), dtype=torch.uint8)
+        views = [v.view(*s) for v, s in zip(flat.split(sizes), (s for pair in shapes for s in pair))]
+        dist.barrier()
+        if first:
+            for f in (path, path + ".json"):
+                try:
+                    os.unlink(f)
+                except FileNotFoundError:  # another process group of this node removed it
+                    pass
+        return list(zip(views[0::2], views[1::2]))
 
     def get_u8(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._mem[index] if self._mem is not None else self._decode(index)
