@@ -176,28 +176,31 @@ def test_bar_check_size_against_the_carry_limit(tmp_path):
 
 def test_bar_check_names_its_commands(tmp_path):
     r = _bash(_repo_with(tmp_path, "bar_check.sh"), "bar_check.sh", "go")
-    assert r.returncode == 2 and "usage: bash tools/gpu/bar_check.sh [run | prepare | size]" in r.stderr
+    assert r.returncode == 2 and "usage: bash tools/gpu/bar_check.sh [run | prepare | size | plan]" in r.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the stop where no GPU is visible")
 def test_dry_run_stops_at_the_first_gpu_step_and_names_what_is_missing(tmp_path):
     """Without a GPU the one-call check unpacks and checks what was carried, then stops before the
     tests with rc 3 (rc 4: a carried piece is missing), naming the steps that need a GPU; it compiles
-    nothing and runs no test."""
+    nothing and runs no test. (REHEARSE=0: the CPU rehearsal of the model stages is tested in
+    test_model_check.py.)"""
     out, carry = tmp_path / "out", tmp_path / "carry"
     (carry / "peers").mkdir(parents=True)
     (carry / "peers" / "peers-sm80.cpython-399-x86_64-linux-gnu.tar.xz").write_bytes(b"")   # another GPU, Python
-    env = {**os.environ, "OUT": str(out), "PY": sys.executable, "CARRY": str(carry)}
+    env = {**os.environ, "OUT": str(out), "PY": sys.executable, "CARRY": str(carry), "REHEARSE": "0"}
     r = subprocess.run(["bash", "tools/gpu/bar_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
     summary = (out / "summary.txt").read_text()
     assert r.returncode == 4, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "before the steps that need a GPU (test bench versions)" in summary and "sees no CUDA device" in summary
+    assert "before the steps that need a GPU (test bench train model-step deploy versions)" in summary
+    assert "sees no CUDA device" in summary and "model stages: yaml PIL matplotlib safetensors tqdm numpy import" in summary
     assert "build: no prebuilt extension in" in summary
     assert "peers: carried peers-sm80.cpython-399-x86_64-linux-gnu.tar.xz left out: not" in summary
     assert "versions: nothing in" in summary and "preflight: failed: peers build versions" in summary
     assert "bench: job list: # 78 jobs on cuda" in summary        # the bar cells without the slow peers
     assert not (out / "pytest_cuda.log").exists() and not (out / "build.log").exists()
+    assert "FAILED: preflight" in summary and not (out / "train.log").exists()   # the stage table, no rehearsal
 
 
 def test_build_peers_pack_strips_and_packs_both_with_a_manifest(tmp_path):

@@ -35,6 +35,18 @@
 # Optional stage `ncu`: Nsight Compute (SpeedOfLight, Occupancy, WarpStateStats, ...) of our kernels
 # and the peers' at NCU_JOBS (profile_kernels' jobs, run once each): ncu_details.txt.
 # Optional stage `test-slow`: the `slow` cuda tests (real shapes against the reference's loop over L).
+# Optional stages `train`, `model-step`, `deploy` (tools/gpu/model_check.py, after the kernel
+# benchmark, before the versions): a shortened `vimd demo` and one bfloat16-autocast step of ViM-Ti
+# on the cuda backend (finite losses, checkpoints that reload); ViM-Ti/16 224 and DVMSR's training
+# step, time and peak memory, on our cuda backend vs the same model on mamba_ssm + causal_conv1d
+# (and triton), float32 and bfloat16; `vimd sr` of one image and an AOTInductor CUDA package against
+# eager. Budgets TRAIN_BUDGET_S, MODEL_STEP_BUDGET_S, DEPLOY_BUDGET_S (each stage is killed at its
+# budget; its steps that would not fit are skipped and say so). Heavy outputs (checkpoints,
+# packages) go to MODEL_WORK (default .gpu_cache/model_check), the logs and results to $OUT.
+# With REHEARSE=1 on a machine without a GPU, the dry run runs these three stages on the CPU at
+# tiny sizes (budgets x REHEARSE_FACTOR, default 2) before it stops, and prints the summary.
+# Every stage that ran, failed or was skipped is listed in $OUT/stages.tsv; the summary ends with
+# that table and the model-level ratios (python -m tools.gpu.model_check summary $OUT).
 # Carried peers: .carry/peers/peers-sm<ARCH><suffix>.tar.xz from tools/gpu/build_peers.sh (mamba_ssm and
 # causal_conv1d built on a CPU machine for this GPU's architecture and Python) is unpacked into
 # .gpu_cache/peers/prebuilt and put on PYTHONPATH; a pack for another architecture or Python is named
@@ -49,7 +61,9 @@
 #      BASELINE_CSV (a committed --preset gpu run the bench stage is compared with: compare.txt; the
 #      run's bars: bars.txt, tools/gpu/bars.py; its floors: floors.txt, tools/gpu/floors.py), CARRY (default .carry), VERSIONS_DIR (default $CARRY/versions), VERSIONS_OPS (the ops
 #      the versions stage times; default "selective_scan causal_conv1d"), VERSIONS_BUDGET_S (each
-#      version's benchmark budget, default 60), DRY_RUN, REQUIRE_GPU.
+#      version's benchmark budget, default 60), VERSIONS_OVERHEAD_S (the time a version needs beyond
+#      its budget to be started, default 15), TRAIN_BUDGET_S, MODEL_STEP_BUDGET_S, DEPLOY_BUDGET_S,
+#      MODEL_WORK, DRY_RUN, REQUIRE_GPU, REHEARSE, REHEARSE_FACTOR.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -64,13 +78,17 @@ CARRY=${CARRY:-.carry}   # what the call carried: ours/, peers/, versions/
 summary="$OUT/summary.txt"
 : >"$summary"
 note() { echo "$*" | tee -a "$summary"; }
+: >"$OUT/stages.tsv"
+# stage_log NAME STATUS SECONDS DETAIL: one line of the closing stage table (STATUS ran | FAILED | skipped)
+stage_log() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "${3:--}" "${4:-}" >>"$OUT/stages.tsv"; }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 t0=$(date +%s)
 left() { echo $(( DEADLINE_S - ($(date +%s) - t0) )); }
 # enough_time NAME SECONDS: true when SECONDS are left before the deadline, else notes the skip.
 enough_time() {
   [ "$(left)" -ge "$2" ] && return 0
-  note "$1: skipped, only $(left)s left of DEADLINE_S=$DEADLINE_S (needs ~$2s)"; return 1
+  note "$1: skipped, only $(left)s left of DEADLINE_S=$DEADLINE_S (needs ~$2s)"
+  stage_log "$1" skipped - "only $(left)s left of DEADLINE_S=$DEADLINE_S (needs ~$2s)"; return 1
 }
 
 {
@@ -128,6 +146,17 @@ if ls .carry/wheels/*.whl >/dev/null 2>&1; then
     && note "wheels: installed $(cd .carry/wheels && echo *.whl)"
 fi
 
+# the model stages run vimd_models: its dependencies beyond the GPU image's torch must import
+if has train || has model-step || has deploy; then
+  if missing=$($PY -c "import importlib.util as u; print(' '.join(m for m in ('yaml', 'PIL', 'matplotlib', 'safetensors', 'tqdm', 'numpy') if u.find_spec(m) is None))" 2>&1) \
+      && [ -z "$missing" ]; then
+    note "model stages: yaml PIL matplotlib safetensors tqdm numpy import"
+  else
+    note "model stages: missing ${missing:-?} (carry their wheels in .carry/wheels)"
+    failed deps
+  fi
+fi
+
 peer_pid=""
 if has peers; then
   if [ -x .carry/build_peers.sh ]; then
@@ -152,6 +181,7 @@ if has build && [ -f "$prebuilt/module$ext_suffix.tar.xz" ] && [ "$(cat "$prebui
   xz -dc "$prebuilt/module$ext_suffix.tar.xz" | tar xf - --skip-old-files && build_rc=0 || build_rc=1
   export PYTHONPATH="$PWD:$PYTHONPATH"
   note "build: prebuilt extension from $prebuilt (sources match, sm_$ARCH): rc=$build_rc"
+  stage_log build "$([ $build_rc = 0 ] && echo ran || echo FAILED)" - "prebuilt (sm_$ARCH): rc=$build_rc"
   $PY -c "import vimd_kernels as v; from vimd_kernels import _C; print('available backends:', v.available_backends()); print('has cuda ops:', (hasattr(_C, 'selective_scan_fwd_cuda') or hasattr(__import__('torch').ops.vimd, 'selective_scan_fwd_cuda')))" 2>&1 | tee -a "$summary"
   $PY -c "from vimd_kernels import _C; assert (hasattr(_C, 'selective_scan_fwd_cuda') or hasattr(__import__('torch').ops.vimd, 'selective_scan_fwd_cuda'))" 2>/dev/null || failed build
 elif has build && [ $no_build = 1 ]; then
@@ -163,6 +193,7 @@ elif has build && enough_time build 120; then
     timeout "$(left)" $PY -m pip install --no-build-isolation --no-deps -v -e . >"$OUT/build.log" 2>&1
   build_rc=$?
   note "build: rc=$build_rc in $(( $(date +%s) - bstart ))s (sm_$ARCH; log build.log)"
+  stage_log build "$([ $build_rc = 0 ] && echo ran || echo FAILED)" $(( $(date +%s) - bstart )) "compiled (sm_$ARCH): rc=$build_rc"
   # setup.py passes ptxas -warn-spills: one warning per spilling kernel
   spills=$(grep -c "Registers are spilled" "$OUT/build.log")
   note "build: $spills ptxas spill warning(s)"
@@ -214,11 +245,39 @@ if has versions; then
   fi
 fi
 
+# train, model-step, deploy (tools/gpu/model_check.py): what a GPU user asks first. Each runs as one
+# process killed at its budget; its own steps that would not fit are skipped and say so.
+MODEL_WORK=${MODEL_WORK:-$PWD/.gpu_cache/model_check}   # checkpoints and packages: not in $OUT
+model_stage() {  # model_stage NAME BUDGET_S DEVICE
+  local name=$1 budget=$2 dev=$3 start rc took status why="" extra=()
+  has "$name" || return 0
+  enough_time "$name" "$budget" || return 0
+  [ "$name" = deploy ] && extra=(--train "$MODEL_WORK/train")
+  rm -rf "${MODEL_WORK:?}/$name" "$OUT/$name"
+  start=$(date +%s)
+  timeout "$budget" $PY -m tools.gpu.model_check "$name" --device "$dev" --out "$OUT/$name" \
+    --work "$MODEL_WORK/$name" --budget-s "$(( budget - 5 ))" "${extra[@]}" >"$OUT/$name.log" 2>&1
+  rc=$?
+  took=$(( $(date +%s) - start ))
+  status=ran; [ $rc = 0 ] || status=FAILED
+  [ $rc = 124 ] && why="killed at its budget of ${budget}s; "
+  note "$name ($dev): rc=$rc in ${took}s (log $name.log)"
+  grep '^CHECK ' "$OUT/$name.log" | sed 's/^CHECK /  /' | tee -a "$summary"
+  stage_log "$name" "$status" "$took" "${why}rc=$rc on $dev: $(grep -c '^CHECK .*: ok ' "$OUT/$name.log") ok, $(grep -c '^CHECK .*: FAILED' "$OUT/$name.log") failed, $(grep -c '^CHECK .*: skipped' "$OUT/$name.log") skipped"
+}
+model_stages() {  # model_stages DEVICE FACTOR: the three stages, budgets times FACTOR
+  model_stage train $(( ${TRAIN_BUDGET_S:-60} * $2 )) "$1"
+  model_stage model-step $(( ${MODEL_STEP_BUDGET_S:-70} * $2 )) "$1"
+  model_stage deploy $(( ${DEPLOY_BUDGET_S:-45} * $2 )) "$1"
+}
+# the closing table: every stage that ran, failed or was skipped, and the model-level ratios
+stage_table() { $PY -m tools.gpu.model_check summary "$OUT" 2>&1 | tee -a "$summary"; }
+
 # The GPU gate: what follows needs a GPU (the cuda tests would only skip without one, the benchmarks
 # refuse). DRY_RUN=1 stops here; so does REQUIRE_GPU=1 where no GPU is visible.
 gpu_name() { if command -v nvidia-smi >/dev/null; then nvidia-smi -L 2>&1 | head -1; else echo "no nvidia-smi"; fi; }
 gpu_steps=()
-for st in test test-slow sanitize bench versions test-triton profile ncu models plan tune; do has $st && gpu_steps+=("$st"); done
+for st in test test-slow sanitize bench train model-step deploy versions test-triton profile ncu models plan tune; do has $st && gpu_steps+=("$st"); done
 # the benchmark commands' job lists, from each tree's own code (--dry-run: no GPU needed)
 # the kernel benchmark module of tree DIR (top-level `benchmarks` in trees from before its move into the package)
 bench_module() { if [ -f "$1/benchmarks/kernels.py" ]; then echo benchmarks.kernels; else echo vimd_kernels.bench.kernels; fi; }
@@ -238,8 +297,18 @@ if [ "$dry" = 1 ] || [ $no_build = 1 ]; then
     else note "versions: $label job list does not parse: $n"; failed "versions:$label"; fi
   done
 fi
-if [ ${#preflight_failed[@]} -gt 0 ]; then note "preflight: failed: ${preflight_failed[*]}"; fi
+if [ ${#preflight_failed[@]} -gt 0 ]; then
+  note "preflight: failed: ${preflight_failed[*]}"
+  stage_log preflight FAILED $(( $(date +%s) - t0 )) "${preflight_failed[*]}"
+else
+  stage_log preflight ran $(( $(date +%s) - t0 )) "what was carried unpacked and imported"
+fi
 if [ "$dry" = 1 ] || [ $no_build = 1 ]; then
+  # the rehearsal: the model stages on the CPU at tiny sizes (no GPU here, so nothing else would run)
+  if [ $has_gpu = 0 ] && [ "${REHEARSE:-0}" = 1 ] && { has train || has model-step || has deploy; }; then
+    note "rehearsal: train model-step deploy on the cpu at tiny sizes (budgets x${REHEARSE_FACTOR:-2})"
+    model_stages cpu "${REHEARSE_FACTOR:-2}"
+  fi
   if [ $has_gpu = 0 ]; then
     why=$($PY -c "import torch; print('torch', torch.__version__, 'sees no CUDA device')" 2>&1 | tail -1)
     note "gpu_check: stopped after $(( $(date +%s) - t0 ))s before the steps that need a GPU (${gpu_steps[*]:-none}): $why; $(gpu_name)"
@@ -249,6 +318,7 @@ if [ "$dry" = 1 ] || [ $no_build = 1 ]; then
     gate_rc=0
   fi
   [ ${#preflight_failed[@]} -gt 0 ] && gate_rc=4
+  [ -s "$OUT/stages.tsv" ] && stage_table
   for pid in "${ver_pids[@]}"; do kill "$pid" 2>/dev/null; done
   [ -n "$peer_pid" ] && kill "$peer_pid" 2>/dev/null
   exit $gate_rc
@@ -260,13 +330,17 @@ xdist=()
 $PY -c "import xdist" 2>/dev/null && [ "${TEST_WORKERS:-8}" -gt 1 ] && xdist=(-n "${TEST_WORKERS:-8}")
 test_rc=skip
 run_tests() {
-  local name=$1 log=$2 marks=$3 rc; shift 3
+  local name=$1 log=$2 marks=$3 rc start; shift 3
+  start=$(date +%s)
   local limit=$(( $(left) - 20 ))
   [ -n "${TEST_TIMEOUT_S:-}" ] && [ "$TEST_TIMEOUT_S" -lt "$limit" ] && limit=$TEST_TIMEOUT_S
   timeout "$limit" $PY -m pytest -m "$marks" --maxfail=25 -q -rfE --durations=15 -p no:cacheprovider \
     "${xdist[@]}" --junitxml="$OUT/$log.xml" ${PYTEST_ARGS:-} "$@" >"$OUT/$log.log" 2>&1
   rc=$?
+  local st=$log
+  case $log in pytest_cuda) st=test ;; pytest_cuda_slow) st=test-slow ;; pytest_triton) st=test-triton ;; esac
   note "$name: rc=$rc -- $(tail -1 "$OUT/$log.log")"
+  stage_log "$st" "$([ $rc = 0 ] && echo ran || echo FAILED)" $(( $(date +%s) - start )) "rc=$rc -- $(tail -1 "$OUT/$log.log" | cut -c1-150)"
   [ $rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/$log.log" | head -20 | tee -a "$summary"
   if [ "$test_rc" = skip ] || [ "$test_rc" = 0 ]; then test_rc=$rc; fi
 }
@@ -307,12 +381,14 @@ bench_rc=skip
 if has bench; then
   wait_peers 240
   if enough_time bench 90; then
+    bstart=$(date +%s)
     budget=$(( $(left) - 40 ))
     [ -n "${BENCH_BUDGET_S:-}" ] && [ "$BENCH_BUDGET_S" -lt "$budget" ] && budget=$BENCH_BUDGET_S
     timeout "$(( budget + 30 ))" $PY -m vimd_kernels.bench.kernels --preset gpu --device cuda \
       --budget-s "$budget" --out "$OUT/bench" ${BENCH_ARGS:-} >"$OUT/bench_kernels.log" 2>&1
     bench_rc=$?
     note "bench (vimd_kernels.bench.kernels --preset gpu): rc=$bench_rc (log bench_kernels.log, results bench/)"
+    stage_log bench "$([ $bench_rc = 0 ] && echo ran || echo FAILED)" $(( $(date +%s) - bstart )) "rc=$bench_rc (the kernel cells; bars.txt)"
     run_csv=$OUT/bench/kernels-gpu.csv
     if [ -f "$run_csv" ]; then
       # the bars' verdicts (PASS / FAIL / NOT MEASURED)
@@ -331,6 +407,8 @@ if has bench; then
   fi
 fi
 
+model_stages cuda 1
+
 # versions: the same scan and conv jobs timed from each packed tree and from this one, one after the
 # other; compare_runs then gives each version's time against this tree's, cell by cell.
 if [ ${#ver_labels[@]} -gt 0 ]; then
@@ -341,16 +419,22 @@ if [ ${#ver_labels[@]} -gt 0 ]; then
       --preset "$(preset_of .)" --device cuda --ops ${VERSIONS_OPS:-selective_scan causal_conv1d} --providers cuda \
       --budget-s "${VERSIONS_BUDGET_S:-60}" --no-plot --out "$OUT/versions/$1" >"$OUT/versions/$1.log" 2>&1)
   }
-  if enough_time "versions (this tree)" "$(( ${VERSIONS_BUDGET_S:-60} + 15 ))"; then
+  if enough_time "versions (this tree)" "$(( ${VERSIONS_BUDGET_S:-60} + ${VERSIONS_OVERHEAD_S:-15} ))"; then
+    vstart=$(date +%s)
     vbench tree "$PWD"
-    note "versions: this tree timed: rc=$? (versions/tree.log)"
+    rc=$?
+    note "versions: this tree timed: rc=$rc (versions/tree.log)"
+    stage_log "versions (this tree)" "$([ $rc = 0 ] && echo ran || echo FAILED)" $(( $(date +%s) - vstart )) "rc=$rc"
     for label in "${ver_labels[@]}"; do
       dir=.gpu_cache/versions/$label
       rc=$(cat "$OUT/versions/build_$label.rc" 2>/dev/null || echo '?')
       [ "$rc" = 0 ] || { note "versions: $label build rc=$rc (versions/build_$label.log)"; continue; }
-      enough_time "versions ($label)" "$(( ${VERSIONS_BUDGET_S:-60} + 15 ))" || break
+      enough_time "versions ($label)" "$(( ${VERSIONS_BUDGET_S:-60} + ${VERSIONS_OVERHEAD_S:-15} ))" || break
+      vstart=$(date +%s)
       vbench "$label" "$dir"
-      note "versions: $label timed: rc=$? (versions/$label.log)"
+      rc=$?
+      note "versions: $label timed: rc=$rc (versions/$label.log)"
+      stage_log "versions ($label)" "$([ $rc = 0 ] && echo ran || echo FAILED)" $(( $(date +%s) - vstart )) "rc=$rc"
       old_csv=$OUT/versions/$label/kernels-$(preset_of "$dir").csv
       [ -f "$old_csv" ] && [ -f "$OUT/versions/tree/kernels-gpu.csv" ] && \
         $PY -m tools.gpu.compare_runs "$old_csv" "$OUT/versions/tree/kernels-gpu.csv" \
@@ -415,6 +499,7 @@ if has models; then
   fi
 fi
 wait_peers 0
+[ -s "$OUT/stages.tsv" ] && stage_table >/dev/null
 
 echo
 echo "================ GPU check summary ($(( $(date +%s) - t0 ))s) ================"

@@ -76,7 +76,7 @@ def export(a) -> int:
     path = compile_package(ep, a.out)
     print(f"package: {path}")
     print(f"ops: {', '.join(custom_ops(ep)) or 'ATen only'}")
-    print(f"load first: torch.ops.load_library({library_path()!r})")
+    print(f"load first: torch.ops.load_library({library_path()!r}); inputs must be contiguous (NCHW)")
     return 0
 
 
