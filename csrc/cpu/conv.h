@@ -97,11 +97,4 @@ void conv_bwd_impl(const ConvArgs& a, int64_t row_begin, int64_t row_end) {
   }
 }
 
-inline void conv_fwd(const ConvArgs& a, int64_t b, int64_t e) {
-  if (a.dbl) conv_fwd_impl<double>(a, b, e); else conv_fwd_impl<float>(a, b, e);
-}
-inline void conv_bwd(const ConvArgs& a, int64_t b, int64_t e) {
-  if (a.dbl) conv_bwd_impl<double>(a, b, e); else conv_bwd_impl<float>(a, b, e);
-}
-
 }  // namespace vimd::cpu::CPU_CAPABILITY

@@ -1,8 +1,12 @@
-// Tensor-level CPU ops; compiled with the baseline ISA. The kernels behind them are chosen at run
-// time among the compiled instruction sets, capped by what torch reports for this CPU
-// (at::get_cpu_capability(), which also honours ATEN_CPU_CAPABILITY=default|avx2|avx512).
+// Tensor-level CPU ops (argument checks, packing, allocation, dispatch to the kernels of the
+// selected instruction set, ordered reductions), registered with torch's dispatcher (the table at
+// the end); compiled with the baseline ISA. See vimd_kernels/ops.py for the contract; grads come
+// back in the dtype and shape of their input, undefined for absent inputs. The kernels behind them
+// are chosen at run time among the compiled instruction sets, capped by what torch reports for
+// this CPU (at::get_cpu_capability(), which also honours ATEN_CPU_CAPABILITY=default|avx2|avx512).
 #include "cpu/ops.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <torch/library.h>
@@ -10,12 +14,18 @@
 #include <algorithm>
 #include <atomic>
 #include <numeric>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "cpu/kernels.h"
 #include "cpu/update_ops.h"
 
 namespace vimd::cpu {
 namespace {
+
+using OptTensor = std::optional<at::Tensor>;
 
 constexpr int64_t kTargetTasks = 128;
 
@@ -268,8 +278,7 @@ at::Tensor finish_dbc(const at::Tensor& part, const at::Tensor& X, const ScanArg
   return d.to(X.scalar_type()).contiguous();
 }
 
-}  // namespace
-
+// -> (out, last_state)
 std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(const at::Tensor& u, const at::Tensor& delta,
                                                       const at::Tensor& A, const at::Tensor& B,
                                                       const at::Tensor& C, const OptTensor& D,
@@ -290,6 +299,7 @@ std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(const at::Tensor& u, const
   return {out, h_last.narrow(2, 0, a.N).contiguous()};
 }
 
+// -> {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state}
 std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor& delta,
                                            const at::Tensor& A, const at::Tensor& B,
                                            const at::Tensor& C, const OptTensor& D,
@@ -344,8 +354,6 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
   return {du, ddelta, dA, dB, dC, dD, dz, ddb, dh0};
 }
 
-namespace {
-
 struct ConvSetup {
   ConvArgs args;
   at::Tensor x, weight, bias;
@@ -383,8 +391,6 @@ ConvSetup setup_conv(const at::Tensor& x, const at::Tensor& weight, const OptTen
   return s;
 }
 
-}  // namespace
-
 at::Tensor causal_conv1d_fwd(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
                              bool silu, bool reverse) {
   ConvSetup s = setup_conv(x, weight, bias, silu, reverse);
@@ -398,6 +404,7 @@ at::Tensor causal_conv1d_fwd(const at::Tensor& x, const at::Tensor& weight, cons
   return out;
 }
 
+// -> {dx, dweight, dbias}
 std::vector<at::Tensor> causal_conv1d_bwd(const at::Tensor& x, const at::Tensor& weight,
                                           const OptTensor& bias, const at::Tensor& dout, bool silu,
                                           bool reverse) {
@@ -421,6 +428,8 @@ std::vector<at::Tensor> causal_conv1d_bwd(const at::Tensor& x, const at::Tensor&
   at::Tensor db = db_part.defined() ? ordered_sum0(db_part).to(bias->scalar_type()) : at::Tensor();
   return {dx, dw.contiguous(), db};
 }
+
+}  // namespace
 
 std::vector<std::string> compiled_isas() {
   std::vector<std::string> names;

@@ -417,11 +417,4 @@ void scan_bwd_impl(const ScanArgs& a, int64_t task_begin, int64_t task_end) {
   }
 }
 
-inline void scan_fwd(const ScanArgs& a, int64_t b, int64_t e) {
-  if (a.dbl) scan_fwd_impl<double>(a, b, e); else scan_fwd_impl<float>(a, b, e);
-}
-inline void scan_bwd(const ScanArgs& a, int64_t b, int64_t e) {
-  if (a.dbl) scan_bwd_impl<double>(a, b, e); else scan_bwd_impl<float>(a, b, e);
-}
-
 }  // namespace vimd::cpu::CPU_CAPABILITY

@@ -101,11 +101,4 @@ void conv_update_impl(const ConvUpdateArgs& a, int64_t row_begin, int64_t row_en
   }
 }
 
-inline void state_update(const StateUpdateArgs& a, int64_t b, int64_t e) {
-  if (a.dbl) state_update_impl<double>(a, b, e); else state_update_impl<float>(a, b, e);
-}
-inline void conv_update(const ConvUpdateArgs& a, int64_t b, int64_t e) {
-  if (a.dbl) conv_update_impl<double>(a, b, e); else conv_update_impl<float>(a, b, e);
-}
-
 }  // namespace vimd::cpu::CPU_CAPABILITY

@@ -53,6 +53,13 @@ __device__ __forceinline__ long long row_index(const ScanParams& p, int b, int d
   return static_cast<long long>(b) * p.dim + d;
 }
 
+// The chunk (grid z) of a block. Blocks start in grid order, so the main pass takes the chunks
+// last first: the chunks the summary pass read last are the likeliest still in L2.
+template <bool kSummary>
+__device__ __forceinline__ int scan_chunk_z() {
+  return kSummary ? blockIdx.z : gridDim.z - 1 - blockIdx.z;
+}
+
 constexpr int kFwdPad = kFwdSteps + 1;  // warp staging row stride: lane-strided reads hit distinct banks
 static_assert(32 % kFwdSteps == 0, "a warp transposes whole step blocks of its rows");
 

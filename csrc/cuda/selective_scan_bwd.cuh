@@ -174,24 +174,22 @@ __device__ __forceinline__ void scan_bwd_rows(const ScanParams& p, int c) {
         a2[k] = n < N ? p.A[d * N + n] * kLog2e : 0.f;
       }
     };
-    // The step's B and C of states 4 q4 .. 4 q4 + 3 of group g: staged (grouped) or the row's
-    // constants, read where used (L1-resident; in registers they made the kernel spill).
+    // States n0 .. n0 + 3 of B or C at step i: staged (grouped) or the row's constants X, read
+    // where used (L1-resident; in registers they made the kernel spill).
+    auto bc_values = [&](bool grouped, const float* staged, const float* X, int i, int n0, float (&v4)[4]) {
+      if (grouped) {
+        const float4 v = vec_at<const float4>(staged + i * bc_pad + n0)[0];
+        v4[0] = v.x, v4[1] = v.y, v4[2] = v.z, v4[3] = v.w;
+      } else {
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) v4[jj] = n0 + jj < N ? X[d * N + n0 + jj] : 0.f;
+      }
+    };
+    // The step's B and C of states 4 q4 .. 4 q4 + 3 of group g.
     auto bc_step = [&](int i, int g, int q4, float (&bs)[4], float (&cs)[4]) {
       const int n0 = g * kBwdGroup + 4 * q4;
-      if (b_grouped) {
-        const float4 v = vec_at<const float4>(bc_b + i * bc_pad + n0)[0];
-        bs[0] = v.x, bs[1] = v.y, bs[2] = v.z, bs[3] = v.w;
-      } else {
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) bs[jj] = n0 + jj < N ? p.B[d * N + n0 + jj] : 0.f;
-      }
-      if (c_grouped) {
-        const float4 v = vec_at<const float4>(bc_c + i * bc_pad + n0)[0];
-        cs[0] = v.x, cs[1] = v.y, cs[2] = v.z, cs[3] = v.w;
-      } else {
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) cs[jj] = n0 + jj < N ? p.C[d * N + n0 + jj] : 0.f;
-      }
+      bc_values(b_grouped, bc_b, p.B, i, n0, bs);
+      bc_values(c_grouped, bc_c, p.C, i, n0, cs);
     };
     if (!spill) load_group(0);
 
@@ -200,22 +198,27 @@ __device__ __forceinline__ void scan_bwd_rows(const ScanParams& p, int c) {
     // decays after the step): in registers with one group, else in `carry` (fields 0, 1, 2).
     // The main pass sums constant dB/dC in `carry` (fields 2, 3) whatever N.
     float h[kBwdGroup], q[kBwdGroup], s1[kBwdGroup], s2[kBwdGroup];
-    auto load_carry = [&](int g) {
+    // States 4 q4 .. 4 q4 + 3 of group g through step i (dt, x = delta u): h = exp(dt A) h + x B.
+    auto advance = [&](int i, int g, int q4, float dt, float x) {
+      float bs[4], cs[4];
+      bc_step(i, g, q4, bs, cs);
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const int k = 4 * q4 + jj;
+        h[k] = fmaf(decay_exp2(dt * a2[k]), h[k], x * bs[jj]);
+      }
+    };
+    // fn(register, its slot in `carry`) for each of group g's carries q, s1 and (summary) s2.
+    auto each_carry = [&](int g, auto fn) {
 #pragma unroll
       for (int k = 0; k < kBwdGroup; ++k) {
         const int n = g * kBwdGroup + k;
-        q[k] = carry_at(0, n), s1[k] = carry_at(1, n);
-        if (kSummary) s2[k] = carry_at(2, n);
+        fn(q[k], carry_at(0, n)), fn(s1[k], carry_at(1, n));
+        if (kSummary) fn(s2[k], carry_at(2, n));
       }
     };
-    auto store_carry = [&](int g) {
-#pragma unroll
-      for (int k = 0; k < kBwdGroup; ++k) {
-        const int n = g * kBwdGroup + k;
-        carry_at(0, n) = q[k], carry_at(1, n) = s1[k];
-        if (kSummary) carry_at(2, n) = s2[k];
-      }
-    };
+    auto load_carry = [&](int g) { each_carry(g, [](float& v, const float& slot) { v = slot; }); };
+    auto store_carry = [&](int g) { each_carry(g, [](const float& v, float& slot) { slot = v; }); };
     const long long chunk_slot = (row * p.n_chunks + c) * N;
     // the row's states entering segment [t0, t0 + kBwdSegment), state n at [n * dim]
     auto checkpoint = [&](int t0) {
@@ -252,15 +255,7 @@ __device__ __forceinline__ void scan_bwd_rows(const ScanParams& p, int c) {
           for (int i = 0; i < kFwdSteps; ++i) {
             const float dt = slot[kSlotDt][io.slot(i)], x = slot[kSlotDtu][io.slot(i)];
 #pragma unroll
-            for (int q4 = 0; q4 < kBwdGroup / 4; ++q4) {
-              float bs[4], cs[4];
-              bc_step(i, g, q4, bs, cs);
-#pragma unroll
-              for (int jj = 0; jj < 4; ++jj) {
-                const int k = 4 * q4 + jj;
-                h[k] = fmaf(decay_exp2(dt * a2[k]), h[k], x * bs[jj]);
-              }
-            }
+            for (int q4 = 0; q4 < kBwdGroup / 4; ++q4) advance(i, g, q4, dt, x);
           }
           if (spill) {
 #pragma unroll
@@ -332,13 +327,7 @@ __device__ __forceinline__ void scan_bwd_rows(const ScanParams& p, int c) {
             for (int q4 = 0; q4 < kBwdGroup / 4; ++q4) {
               hist[(i * (kBwdGroup / 4) + q4) * kBwdRows + lane] =
                   make_float4(h[4 * q4], h[4 * q4 + 1], h[4 * q4 + 2], h[4 * q4 + 3]);
-              float bs[4], cs[4];
-              bc_step(i, g, q4, bs, cs);
-#pragma unroll
-              for (int jj = 0; jj < 4; ++jj) {
-                const int k = 4 * q4 + jj;
-                h[k] = fmaf(decay_exp2(dt * a2[k]), h[k], x * bs[jj]);
-              }
+              advance(i, g, q4, dt, x);
             }
           }
         }
@@ -449,19 +438,12 @@ __device__ __forceinline__ void scan_bwd_rows(const ScanParams& p, int c) {
   }
 }
 
-// The chunk (grid z) of a block: the main pass takes the chunks last first (the ones the summary
-// pass read last are the likeliest still in L2).
-template <bool kSummary>
-__device__ __forceinline__ int bwd_chunk_z() {
-  return kSummary ? blockIdx.z : gridDim.z - 1 - blockIdx.z;
-}
-
 template <typename T, bool kSummary, bool kBCGrouped>
 __global__ __launch_bounds__(kBwdRows, kBwdBlocks) void scan_bwd_kernel(ScanParams p) {
   if (p.reverse) {
-    scan_bwd_rows<T, kSummary, true, kBCGrouped>(p, bwd_chunk_z<kSummary>());
+    scan_bwd_rows<T, kSummary, true, kBCGrouped>(p, scan_chunk_z<kSummary>());
   } else {
-    scan_bwd_rows<T, kSummary, false, kBCGrouped>(p, bwd_chunk_z<kSummary>());
+    scan_bwd_rows<T, kSummary, false, kBCGrouped>(p, scan_chunk_z<kSummary>());
   }
 }
 
@@ -470,7 +452,7 @@ __global__ __launch_bounds__(kBwdRows, kBwdBlocks) void scan_bwd_kernel(ScanPara
 template <typename T, bool kSummary, bool kBCGrouped>
 __global__ __launch_bounds__(kBwdRows, kBwdBlocks) void scan_bwd_bi_kernel(BiScanParams bp) {
   const int n_chunks = bp.dir[0].n_chunks;
-  const int z = bwd_chunk_z<kSummary>();
+  const int z = scan_chunk_z<kSummary>();
   if (z < n_chunks) {
     scan_bwd_rows<T, kSummary, false, kBCGrouped>(bp.dir[0], z);
   } else {

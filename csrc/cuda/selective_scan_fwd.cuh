@@ -229,19 +229,12 @@ __device__ __forceinline__ void scan_fwd_rows(const ScanParams& p, int c) {
 // Blocks per multiprocessor the registers are budgeted for (__launch_bounds__, layout.h).
 constexpr int fwd_min_blocks(bool bc_grouped) { return bc_grouped ? kFwdBlocks : kFwdBlocksConstBC; }
 
-// The chunk (grid z) of a block. Blocks start in grid order, so the main pass takes the chunks
-// last first: the chunks the summary pass read last are the likeliest still in L2.
-template <bool kSummary>
-__device__ __forceinline__ int fwd_chunk_z() {
-  return kSummary ? blockIdx.z : gridDim.z - 1 - blockIdx.z;
-}
-
 template <typename T, bool kSummary, bool kBCGrouped>
 __global__ __launch_bounds__(kFwdRows, fwd_min_blocks(kBCGrouped)) void scan_fwd_kernel(ScanParams p) {
   if (p.reverse) {
-    scan_fwd_rows<T, kSummary, true, kBCGrouped>(p, fwd_chunk_z<kSummary>());
+    scan_fwd_rows<T, kSummary, true, kBCGrouped>(p, scan_chunk_z<kSummary>());
   } else {
-    scan_fwd_rows<T, kSummary, false, kBCGrouped>(p, fwd_chunk_z<kSummary>());
+    scan_fwd_rows<T, kSummary, false, kBCGrouped>(p, scan_chunk_z<kSummary>());
   }
 }
 
@@ -249,7 +242,7 @@ __global__ __launch_bounds__(kFwdRows, fwd_min_blocks(kBCGrouped)) void scan_fwd
 template <typename T, bool kSummary, bool kBCGrouped>
 __global__ __launch_bounds__(kFwdRows, fwd_min_blocks(kBCGrouped)) void scan_fwd_bi_kernel(BiScanParams bp) {
   const int n_chunks = bp.dir[0].n_chunks;
-  const int z = fwd_chunk_z<kSummary>();
+  const int z = scan_chunk_z<kSummary>();
   // Two call sites with constant indices: the body reads its parameters at fixed offsets
   // (a runtime index into the parameter struct costs registers).
   if (z < n_chunks) {
