@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import os
 import random
@@ -420,17 +421,41 @@ class Trainer:
             self.resume(resume)
         self._prepare()
         with self._stop_signals():
+            failed = None
             try:
                 while not self._finished():
                     self.train_epoch()
-            except RuntimeError as e:  # torch's loader raises this wherever the main process is
-                if "DataLoader worker" not in str(e):
+            except (RuntimeError, ConnectionError, EOFError) as e:
+                failed = self._loader_failure(e)
+                if failed is None:
                     raise
-                raise UserError(f"a data-loader worker stopped at step {self.pos['global_step'] + 1} "
-                                f"({str(e).splitlines()[0].rstrip('. ')}); {self._how_to_go_on()}") from None
+                # leaving this block frees the loader, which reaps the dead worker: torch's SIGCHLD
+                # handler would raise again meanwhile, so it is off until the loader is gone
+                previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            if failed is not None:
+                try:
+                    gc.collect()
+                finally:
+                    signal.signal(signal.SIGCHLD, previous)
+                raise failed
         self.finish()
         return {"run_dir": self.run_dir, "last": self.last, "best": self.best, "params": count_params(self.task.model),
                 "history": self.history}
+
+    def _loader_failure(self, e: BaseException) -> UserError | None:
+        """The error for a data-loader worker that died, or None when ``e`` is something else. A
+        dead worker surfaces as torch's RuntimeError (raised wherever the main process is), or as a
+        broken connection while a batch it had sent is received."""
+        if isinstance(e, RuntimeError):
+            if "DataLoader worker" not in str(e):
+                return None
+            why = str(e).splitlines()[0].rstrip(". ")
+        elif self.cfg["data"]["num_workers"] > 0:
+            why = f"{type(e).__name__}: {e}"
+        else:
+            return None
+        return UserError(f"a data-loader worker stopped at step {self.pos['global_step'] + 1} ({why}); "
+                         f"{self._how_to_go_on()}")
 
     @contextlib.contextmanager
     def _stop_signals(self):
