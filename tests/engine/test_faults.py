@@ -76,8 +76,10 @@ def test_stop_signal_to_one_process_stops_both(tmp_path, uninterrupted):
 
 def test_nan_on_one_process_stops_every_process_with_one_line(tmp_path):
     r = _run([*TORCHRUN, *_fault("nan")[1:]], tmp_path, "nan", "task=classify_nan", timeout=120)
+    # both processes raise the same error at the same step; torchrun ends a process that has not
+    # printed it yet once the other has exited, so one or two lines, identical
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("vimd: error:")]
-    assert r.returncode != 0 and len(lines) == 2 and lines[0] == lines[1], r.stderr[-3000:]
+    assert r.returncode != 0 and len(lines) in (1, 2) and len(set(lines)) == 1, r.stderr[-3000:]
     assert "loss term 'ce' is nan on process 1 at step 3" in lines[0] and "checkpoint of step 2 is kept" in lines[0]
 
 

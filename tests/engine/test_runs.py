@@ -100,19 +100,21 @@ def _folder(root, bad: str):
                 Image.fromarray(arr).save(root / split / c / f"{i}.png")
     path = root / "train" / "b" / "3.png"
     data = path.read_bytes()
-    # "header": not an image at all (the data check finds it); "pixels": the header reads, the
-    # pixel data is cut short (found while training, on the first epoch)
+    # "header": not an image at all; "pixels": the header reads, the pixel data is cut short (the
+    # full data check finds both; with data.check=headers the second is found while training)
     path.write_bytes(b"\x89PNG\r\n\x1a\n truncated" if bad == "header" else data[: len(data) // 2])
     return path
 
 
-@pytest.mark.parametrize("bad,first", [("header", "vimd: error: 1 of 16 image files cannot be read"),
-                                       ("pixels", "vimd: error: cannot read image ")])
-def test_error_line_starts_at_column_0_under_a_progress_bar(tmp_path, bad, first):
+@pytest.mark.parametrize("bad,check,first", [
+    ("header", "headers", "vimd: error: 1 of 16 image files cannot be read"),
+    ("pixels", "full", "vimd: error: 1 of 16 image files cannot be read"),
+    ("pixels", "headers", "vimd: error: cannot read image ")])
+def test_error_line_starts_at_column_0_under_a_progress_bar(tmp_path, bad, check, first):
     path = _folder(tmp_path / "d", bad)
     r = _cli("train", "configs/demo_teacher.yaml", "data.dataset=folder", f"data.root={tmp_path / 'd'}",
              "data.batch_size=2", "data.img_size=16", "model.kwargs.img_size=16", "model.kwargs.depth=1",
-             "backend=ref", f"output_dir={tmp_path}", "train.progress=true")
+             "backend=ref", f"output_dir={tmp_path}", "train.progress=true", f"data.check={check}")
     assert r.returncode == 2, r.stderr
     assert "%|" in r.stderr  # a bar was drawn
     rows = [row for row in _screen(r.stderr) if "vimd: error:" in row]
