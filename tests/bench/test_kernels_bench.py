@@ -101,3 +101,22 @@ def test_a_missing_peer_names_its_pip_package():
     # the package is there but a module it needs is not (its compiled extension, a dependency)
     assert kernels.not_installed(ImportError("No module named 'selective_scan_cuda'", name="selective_scan_cuda")) \
         == "not importable (selective_scan_cuda)"
+
+
+def test_load_benchmark_times_alone_and_loaded():
+    """python -m vimd_kernels.bench.load: one row per provider with both timings and their ratio,
+    the load processes ended afterwards."""
+    import re
+    import subprocess
+    import sys
+    from vimd_kernels.bench import load
+
+    rows = load.measure(["ref"], others=1, load="ref", shape="tiny", batch=2, seconds=0.2)
+    assert [r["provider"] for r in rows] == ["ref"]
+    r = rows[0]
+    assert r["alone_ms"] > 0 and r["loaded_ms"] > 0
+    assert math.isclose(r["ratio"], r["loaded_ms"] / r["alone_ms"])
+    out = subprocess.run([sys.executable, "-m", "vimd_kernels.bench.load", "--others", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--others must be at least 1" in out.stderr
+    assert not re.search(r"Traceback", out.stderr)
