@@ -91,3 +91,50 @@ def test_record_norm_stats():
     h = torch.stack([m[0](x) for x in xs])
     torch.testing.assert_close(st["1.mean"], h.mean(1).mean(0))
     torch.testing.assert_close(st["1.var"], h.var(1, unbiased=False).mean(0))
+
+
+def test_nt_xent_class_positives_equal_image_positives_when_every_label_differs():
+    torch.manual_seed(0)
+    za, zb = torch.randn(6, 8), torch.randn(6, 8)
+    torch.testing.assert_close(losses.nt_xent(za, zb, 0.5, torch.arange(6)), losses.nt_xent(za, zb, 0.5))
+    # same-class rows pulled together lower the supervised loss, not the image-pair one
+    lab = torch.tensor([0, 0, 0, 1, 1, 1])
+    clustered = torch.cat([torch.randn(1, 8).expand(3, 8), torch.randn(1, 8).expand(3, 8)]) + 0.01 * torch.randn(6, 8)
+    assert losses.nt_xent(clustered, clustered, 0.5, lab) < losses.nt_xent(za, zb, 0.5, lab)
+
+
+def test_adversarial_kl_counts_only_agreeing_samples():
+    t = torch.tensor([[4.0, 0.0], [4.0, 0.0]])
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # agrees on sample 0 only
+    kl0 = torch.nn.functional.kl_div(torch.log_softmax(s[:1], 1), torch.log_softmax(t[:1], 1),
+                                     reduction="sum", log_target=True)
+    torch.testing.assert_close(losses.adversarial_kl(s, t), kl0 / 2)
+
+
+def test_gaussian_kl_is_zero_at_the_reference_and_scale_free():
+    from vimd_models.distill.dfkd import gaussian_kl
+    m, v = torch.tensor([0.5, -2.0]), torch.tensor([1.0, 9.0])
+    assert gaussian_kl(m, v, m, v, eps=0) == 0
+    a = gaussian_kl(m + 0.1, v * 1.2, m, v, eps=0)
+    b = gaussian_kl(100 * (m + 0.1), 1e4 * v * 1.2, 100 * m, 1e4 * v, eps=0)
+    torch.testing.assert_close(a, b)
+
+
+def test_patch_similarity_entropy_prefers_diverse_tokens():
+    from vimd_models.distill.dfkd import patch_similarity_entropy
+    torch.manual_seed(0)
+    same = torch.randn(2, 1, 16).expand(2, 20, 16) + 0.01 * torch.randn(2, 20, 16)
+    varied = torch.randn(2, 20, 16) + torch.linspace(-1, 1, 20).view(1, 20, 1) * torch.randn(1, 1, 16)
+    assert patch_similarity_entropy(varied) > patch_similarity_entropy(same) + 1
+
+
+def test_norm_stats_keep_the_class_token_apart():
+    from vimd_models.distill.dfkd import record_norm_stats
+    import vimd_models
+    m = vimd_models.create_model("hrvm_net", num_classes=4, embed_dim=16, depth=1, d_state=4, patch_size=8,
+                                 stride=8, img_size=32, backend="ref").eval()
+    stats = record_norm_stats(m, [torch.rand(3, 3, 32, 32)])
+    names = {k.rsplit(".", 1)[0] for k in stats}
+    assert names and all(f"{n}.{k}" in stats for n in names for k in ("mean", "var", "cls_mean", "cls_var"))
+    n = sorted(names)[0]
+    assert not torch.allclose(stats[f"{n}.mean"], stats[f"{n}.cls_mean"])

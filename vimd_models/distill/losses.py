@@ -81,20 +81,45 @@ def bn_stat_loss(stats: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]]) -> Tens
     return total
 
 
-def nt_xent(za: Tensor, zb: Tensor, tau: float) -> Tensor:
-    """Symmetric NT-Xent: (za[i], zb[i]) are positives, every other row of the 2B batch a negative."""
+def nt_xent(za: Tensor, zb: Tensor, tau: float, labels: Tensor | None = None) -> Tensor:
+    """Symmetric NT-Xent over the 2B rows of [za; zb]. Without ``labels``, (za[i], zb[i]) are the
+    positives and every other row a negative (SimCLR); with ``labels`` (B,), every other row of the
+    same label is a positive (supervised contrastive, Khosla et al. 2020), the loss averaged over
+    each row's positives."""
     z = F.normalize(torch.cat([za, zb]).float(), dim=1)
     n = za.shape[0]
-    sim = z @ z.t() / tau
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(sim, target)
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    sim = (z @ z.t() / tau).masked_fill(self_mask, float("-inf"))
+    if labels is None:
+        target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+        return F.cross_entropy(sim, target)
+    lab = torch.cat([labels, labels])
+    pos = (lab.view(-1, 1) == lab.view(1, -1)) & ~self_mask
+    log_p = F.log_softmax(sim, dim=1).masked_fill(~pos, 0.0)
+    return -(log_p.sum(1) / pos.sum(1)).mean()
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """Mean absolute difference of neighbouring pixels (both directions) of images (B, C, H, W)."""
+    x = x.float()
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+def adversarial_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """The generator's adversarial term (as in CMI and Fast-DFKD): KL(teacher || student) per
+    sample, counted only where student and teacher agree on the class (so the generator is not
+    pushed further on images the student already gets wrong), averaged over the batch."""
+    log_p = F.log_softmax(student_logits.float(), dim=1)
+    log_q = F.log_softmax(teacher_logits.float(), dim=1)
+    kl = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(1)
+    agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).float()
+    return (kl * agree).mean()
 
 
 @register_loss
 def dfkd_student(student_logits: Tensor, teacher_logits: Tensor, mhad: Tensor, sfcl: Tensor, *,
-                 w_mhad: float, w_sfcl: float):
-    """DFKD-FGVC student objective: L_KD + w_mhad * L_MHAD + w_sfcl * L_SFCL."""
-    kd = kd_kl(student_logits, teacher_logits, 1.0)
+                 w_mhad: float, w_sfcl: float, temperature: float = 1.0):
+    """DFKD-FGVC student objective: L_KD (at ``temperature``) + w_mhad * L_MHAD + w_sfcl * L_SFCL."""
+    kd = kd_kl(student_logits, teacher_logits, temperature)
     total = kd + w_mhad * mhad + w_sfcl * sfcl
     return total, {"kd": kd.detach(), "mhad": mhad.detach(), "sfcl": sfcl.detach()}

@@ -129,18 +129,17 @@ class _PhaseBar:
 
 @torch.no_grad()
 def _generator_grid(cfg: dict, run_dir: str, label: str, n: int = 32) -> str:
-    """generator.png: ``n`` images of the trained generator (batch statistics in its BatchNorm, as
-    in training), each captioned with the teacher's class and confidence."""
+    """generator.png: the last ``n`` images the generator synthesised (the pool the student trained
+    on), each captioned with the teacher's class and confidence."""
     task = build_task(cfg, cfg["data"]["num_classes"])
     state, _ = load_state(os.path.join(run_dir, STATE_FILE))
     load_into(task, state["task"], run_dir)
-    task.train()  # the generator as in training; the teacher stays in eval mode
-    g = torch.Generator().manual_seed(0)
-    x = task.generator(torch.randn(n, task.generator.nz, generator=g))
+    task.eval()
+    x = task.pool.latest(n)
     p = task.teacher(x).float().softmax(1)
     conf, cls = p.max(1)
     path = os.path.join(run_dir, "generator.png")
-    write_image_grid(x, path, f"{label}: generator samples (caption: teacher's class, confidence)",
+    write_image_grid(x, path, f"{label}: synthesised images (caption: teacher's class, confidence)",
                      [f"class {c} ({v:.2f})" for c, v in zip(cls.tolist(), conf.tolist())])
     return path
 
