@@ -209,7 +209,7 @@ def extensions(toolkit: dict | None):
     import torch  # noqa: F401  (build requirement)
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    cxx = ["-O3", "-g0", "-pthread"]  # -g0: no debug info (build time, .so size)
+    cxx = ["-O3", "-fopenmp", "-g0"]  # -g0: no debug info (build time, .so size)
     include_dirs = [os.path.join(ROOT, "csrc")]
     macros = [(f"VIMD_ISA_{isa.upper()}", "1") for isa in _cpu_isas() if isa != "default"]
     if toolkit is not None:
@@ -218,11 +218,11 @@ def extensions(toolkit: dict | None):
         ops = CUDAExtension(OPS_EXT, _cpu_sources() + kw["sources"], include_dirs=include_dirs,
                             define_macros=macros + cuda_macros,
                             extra_compile_args={"cxx": cxx, "nvcc": kw["nvcc"]},
-                            extra_link_args=["-pthread"])
+                            extra_link_args=["-fopenmp"])
     else:
         cuda_macros = []
         ops = CppExtension(OPS_EXT, _cpu_sources(), include_dirs=include_dirs, define_macros=macros,
-                           extra_compile_args={"cxx": cxx}, extra_link_args=["-pthread"])
+                           extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
     bindings = CppExtension(BINDINGS_EXT, ["csrc/bindings.cpp"], include_dirs=include_dirs,
                             define_macros=macros + cuda_macros, extra_compile_args={"cxx": cxx})
     return [ops, bindings]  # in this order: the bindings link the ops library

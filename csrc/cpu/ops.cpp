@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "cpu/kernels.h"
-#include "cpu/pool.h"
 #include "cpu/update_ops.h"
 
 namespace vimd::cpu {
@@ -74,14 +73,27 @@ const Isa& active() {
 }
 
 // Below this many inner steps (state vectors x time steps) a call runs on the calling thread:
-// waking the other threads costs more than it saves.
+// waking the other threads costs more than it saves, and on a busy machine it can cost a whole
+// scheduler time slice.
 constexpr int64_t kParallelWork = int64_t(1) << 16;
 
-// fn(begin, end) over [0, n) in dynamically handed-out pieces of `grab` items (pool.h); `work`
-// estimates the total inner steps.
+// Runs fn(begin, end) over [0, n) on torch's intra-op threads, handing out pieces of `grab` items
+// dynamically: on a busy machine a thread the OS deschedules holds up at most one piece (a static
+// split would make everyone wait for its whole share). Results never depend on which thread runs
+// which piece: every item writes its own outputs. `work` estimates the total inner steps.
 template <typename F>
 void run_dynamic(int64_t n, int64_t grab, int64_t work, const F& fn) {
-  parallel_pieces(n, grab, work, kParallelWork, fn);
+  if (work < kParallelWork || at::get_num_threads() == 1) {
+    fn(0, n);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  const int64_t nthreads = std::min<int64_t>(at::get_num_threads(), (n + grab - 1) / grab);
+  at::parallel_for(0, std::max<int64_t>(nthreads, 1), 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(grab); i < n; i = next.fetch_add(grab)) {
+      fn(i, std::min(i + grab, n));
+    }
+  });
 }
 
 // Rows per piece: about 16 pieces per thread.

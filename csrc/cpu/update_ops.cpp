@@ -2,7 +2,7 @@
 // them, update.h, are picked per instruction set like the scan's and the conv's).
 #include "cpu/update_ops.h"
 
-#include "cpu/pool.h"
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 
@@ -56,9 +56,8 @@ at::Tensor grouped(const at::Tensor& X, const char* name, int64_t batch, int64_t
 
 template <typename Args, typename Kernel>
 void run_rows(const Args& a, int64_t rows, int64_t work_per_row, Kernel kernel) {
-  const int64_t grab = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, work_per_row));
-  parallel_pieces(rows, grab, rows * work_per_row, kParallelWork,
-                  [&](int64_t b, int64_t e) { kernel(a, b, e); });
+  const int64_t grain = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, work_per_row));
+  at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) { kernel(a, b, e); });
 }
 
 }  // namespace

@@ -251,8 +251,7 @@ def _pool_case_result(seed: int):
 
 
 def test_concurrent_callers_share_the_workers():
-    """Python threads calling the kernels at once (one holds the workers, the others run on their own
-    thread) get the results of one call at a time, bit for bit."""
+    """Python threads calling the kernels at once get the results of one call at a time, bit for bit."""
     seeds = [s for s in range(6) for _ in range(3)]
     with num_threads(2):
         want = {s: _pool_case_result(s) for s in set(seeds)}
@@ -261,37 +260,6 @@ def test_concurrent_callers_share_the_workers():
     for s, grads in zip(seeds, got):
         for name, g in grads.items():
             assert torch.equal(g, want[s][name]), (s, name)
-
-
-FORK_CHECK = """
-import multiprocessing, torch
-from tests.kernels.test_cpu_backend import _pool_case_result
-want = _pool_case_result(3)  # the parent's workers exist from here on
-
-def child(queue):
-    got = _pool_case_result(3)
-    queue.put(all(torch.equal(got[k], want[k]) for k in want))
-
-ctx = multiprocessing.get_context("fork")
-queue = ctx.Queue()
-proc = ctx.Process(target=child, args=(queue,))
-proc.start()
-print("child equal:", queue.get(timeout=120))
-proc.join(30)
-print("child exit:", proc.exitcode)
-"""
-
-
-def test_forked_child_runs_the_kernels():
-    """A process forked after the workers started (a data-loader worker) runs the kernels to the
-    same result without waiting on the parent's workers, which it does not have. In a fresh
-    interpreter: a parent that called torch.set_num_threads hangs its forked children in torch's own
-    ops, so the thread count comes from OMP_NUM_THREADS."""
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    r = subprocess.run([sys.executable, "-c", FORK_CHECK], env=env, capture_output=True, text=True,
-                       timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "child equal: True" in r.stdout and "child exit: 0" in r.stdout, r.stdout + r.stderr[-3000:]
 
 
 def test_scan_isas_agree():
