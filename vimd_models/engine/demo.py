@@ -145,7 +145,8 @@ def _generator_grid(cfg: dict, run_dir: str, label: str, n: int = 32) -> str:
 
 
 def _machine(backend: str) -> str:
-    """CPU model, torch threads and, for the cpu backend, the ISA path of the compiled kernels."""
+    """CPU model, torch threads, for the cpu backend the ISA path of the compiled kernels, and the
+    versions of the packages the numbers depend on."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -158,7 +159,10 @@ def _machine(backend: str) -> str:
         ext = reg.extension()
         info = ext.build_info() if ext is not None and hasattr(ext, "build_info") else {}
         text += f", CPU kernels: {info.get('cpu_isa', 'n/a')} path"
-    return text
+    import numpy
+    import PIL
+    from vimd_kernels import __version__
+    return text + f"; vimd {__version__}, torch {torch.__version__}, numpy {numpy.__version__}, Pillow {PIL.__version__}"
 
 
 def run_demo(out: str = "runs/demo", scale: float = 1.0, seed: int = 0, backend: str | None = None,
