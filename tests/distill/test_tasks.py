@@ -142,9 +142,9 @@ def test_dfkd_synthesis_covers_the_teachers_classes(tmp_path):
     assert (counts > 0).sum() >= 8 and counts.max() <= 64, counts.tolist()
 
 
-def test_dfkd_pool_resumes_exactly(tmp_path):
-    """The pool is part of the task's state: a run stopped and resumed gives the same weights as one
-    that was not (the trainer's resume check, here through the task's state_dict)."""
+def test_dfkd_pool_state_round_trips(tmp_path):
+    """The pool is a ring of 8-bit images in module buffers: what a checkpoint saves restores the
+    same contents, fill level and write position, so sampling continues identically."""
     from vimd_models.distill.dfkd import ImagePool
     pool = ImagePool(5, (3, 4, 4))
     x = torch.rand(7, 3, 4, 4)
