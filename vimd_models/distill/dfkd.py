@@ -297,7 +297,21 @@ class NoPrior(Prior):
         return torch.zeros(())
 
 
-class BNPrior(Prior):
+class HookedPrior(Prior):
+    """A prior on statistics that forward hooks (``self.hooks``, a StatHooks) record on the teacher,
+    only while ``teacher_logits`` runs it."""
+
+    hooks: StatHooks
+
+    def teacher_logits(self, x: Tensor) -> Tensor:
+        self.hooks.recording = True
+        try:
+            return self.teacher(x)
+        finally:
+            self.hooks.recording = False
+
+
+class BNPrior(HookedPrior):
     """DeepInversion's: sum over BatchNorm layers of the L2 distances of the batch's per-channel
     input mean and variance to the layer's running statistics."""
 
@@ -307,14 +321,7 @@ class BNPrior(Prior):
             raise UserError("config 'distill.dfkd.prior' = bn but the teacher has no BatchNorm layers; "
                             "use norm_stats (statistics recorded during teacher training) or patch_entropy")
         self.hooks = StatHooks(teacher, "bn")
-        self.hooks.recording = False  # only in teacher_logits
-
-    def teacher_logits(self, x: Tensor) -> Tensor:
-        self.hooks.recording = True
-        try:
-            return self.teacher(x)
-        finally:
-            self.hooks.recording = False
+        self.hooks.recording = False
 
     def loss(self) -> Tensor:
         stats = [(m, v, mod.running_mean.float(), mod.running_var.float())
@@ -322,13 +329,13 @@ class BNPrior(Prior):
         return bn_stat_loss(stats)
 
 
-class NormStatsPrior(BNPrior):
+class NormStatsPrior(HookedPrior):
     """For BN-free teachers (ViM): per-channel Gaussian KL of the norm layers' input statistics to
     those recorded on the teacher's training data (``record_norm_stats``), averaged over channels
     and over layers, the class token's statistics apart from the patch tokens'."""
 
     def __init__(self, teacher: nn.Module, f: dict):
-        Prior.__init__(self, teacher)
+        super().__init__(teacher)
         path = f["norm_stats"]
         if not path:
             raise UserError("config 'distill.dfkd.norm_stats' must point to the teacher's norm_stats.safetensors")
@@ -337,7 +344,7 @@ class NormStatsPrior(BNPrior):
         except (ValueError, FileNotFoundError) as e:
             raise UserError(f"config 'distill.dfkd.norm_stats': {e}") from None
         self.hooks = StatHooks(teacher, "norm", cls_position(teacher))
-        self.hooks.recording = False  # only in teacher_logits
+        self.hooks.recording = False
         keys = ("mean", "var") + (("cls_mean", "cls_var") if self.hooks.cls_pos is not None else ())
         missing = [n for n in self.hooks.names if any(f"{n}.{k}" not in ref for k in keys)]
         if missing:
