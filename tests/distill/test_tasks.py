@@ -124,9 +124,11 @@ def test_dfkd_generator_output_depends_on_its_noise(tmp_path):
 
 def test_dfkd_synthesis_covers_the_teachers_classes(tmp_path):
     """The demo's recipe against a ResNet teacher of the synthetic birds (10 classes, trained here
-    briefly): after six synthesis rounds the teacher files the pool's images under at least 8 of
-    the 10 classes, none with more than a third of them (the generator without BatchNorm per block
-    and without balanced targets gave 3-6 classes)."""
+    briefly): each synthesis round after the first ends with the teacher's CE on the batch's
+    targets far below chance (ln 10 = 2.30; at w_cls 1 it stayed at 2.1-2.7), and the teacher files
+    the pool's images under all 10 classes, none with more than twice its share (at w_cls 1: 9
+    classes, one with 47 of 192; the generator without BatchNorm per block and without balanced
+    targets gave 3-6 classes)."""
     from vimd_models.configs import CONFIG_DIR
     res = train(load_config(os.path.join(CONFIG_DIR, "demo_dfkd_teacher.yaml"),
                             [f"output_dir={tmp_path}", "name=t", "train.progress=false", "data.train_size=640",
@@ -135,11 +137,11 @@ def test_dfkd_synthesis_covers_the_teachers_classes(tmp_path):
     cfg = load_config(os.path.join(CONFIG_DIR, "demo_dfkd.yaml"),
                       [f"teacher.checkpoint={res['run_dir']}/best.safetensors", "backend=ref"])
     task = build_task(cfg, num_classes=10).train()
-    for _ in range(6):
-        task.synthesize(32)
+    ce = [float(task.synthesize(32)["g_cls"]) for _ in range(6)]
     with torch.no_grad():
         counts = torch.bincount(task.teacher(task.pool.latest(192)).argmax(1), minlength=10)
-    assert (counts > 0).sum() >= 8 and counts.max() <= 64, counts.tolist()
+    assert max(ce[1:]) < 1.2, ce
+    assert (counts > 0).sum() == 10 and counts.max() <= 2 * 192 / 10, counts.tolist()
 
 
 def test_dfkd_pool_state_round_trips(tmp_path):
