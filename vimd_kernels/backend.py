@@ -63,6 +63,8 @@ class Capabilities:
     """What a backend module of a kernel takes."""
     dtypes: tuple  # dtypes of the row operands: u, delta, z (selective scan), x (conv)
     max_state: Optional[int] = None  # selective scan: the most states N (None: any)
+    pass_state: Optional[int] = None  # selective scan: the most states one kernel pass holds; a
+    # larger N (up to max_state) runs as passes over slices of the states, their outputs summed
     max_width: Optional[int] = None  # causal conv1d: the widest weight (None: the ops' 2..8)
     reverse: bool = True  # takes reverse=True (the mixer's direction 1)
     deterministic: bool = True  # gradients bitwise reproducible from run to run
@@ -74,16 +76,19 @@ class Capabilities:
                 or any(d not in FLOAT_DTYPES for d in self.dtypes)):
             raise ContractError(f"Capabilities.dtypes must be a non-empty tuple of {FLOAT_DTYPES}, "
                                 f"got {self.dtypes!r}")
-        for name, least in (("max_state", 1), ("max_width", 2)):
+        for name, least in (("max_state", 1), ("pass_state", 1), ("max_width", 2)):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
                 raise ContractError(f"Capabilities.{name} must be None or an int >= {least}, got {v!r}")
+        if self.pass_state is not None and self.max_state is not None and self.pass_state >= self.max_state:
+            raise ContractError(f"Capabilities.pass_state ({self.pass_state}) must be below max_state "
+                                f"({self.max_state}): it is the point above which N runs in slices")
         for name in ("reverse", "deterministic", "row_views"):
             if not isinstance(getattr(self, name), bool):
                 raise ContractError(f"Capabilities.{name} must be a bool, got {getattr(self, name)!r}")
 
 
-LIMITS = ("max_state", "max_width")  # the Capabilities fields that belong to one kernel
+LIMITS = ("max_state", "pass_state", "max_width")  # the Capabilities fields that belong to one kernel
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ SPECS = {
                                "reverse")},
         optional={"bi_forward": (*_SCAN_IN, "delta_softplus"),
                   "bi_backward": (*_SCAN_IN, "dout", "delta_softplus")},
-        limits=("max_state",)),
+        limits=("max_state", "pass_state")),
     "causal_conv1d": KernelSpec(
         required={"forward": ("x", "weight", "bias", "silu", "reverse"),
                   "backward": ("x", "weight", "bias", "dout", "silu", "reverse")},

@@ -18,6 +18,8 @@ def _caps(caps) -> str:
     parts = [", ".join(str(d).replace("torch.", "") for d in caps.dtypes)]
     parts += [f"{label} <= {v}" for label, v in (("N", caps.max_state), ("width", caps.max_width))
               if v is not None]
+    if caps.pass_state is not None:
+        parts.append(f"N > {caps.pass_state} as passes over {caps.pass_state}-state slices")
     parts += [label for label, on in (("reverse", caps.reverse), ("deterministic", caps.deterministic),
                                       ("row views", caps.row_views)) if on]
     return "; ".join(parts)

@@ -67,6 +67,8 @@ def test_optional_entry_points_come_together():
     (dict(dtypes=()), r"dtypes must be a non-empty tuple"),
     (dict(dtypes=(torch.int32,)), r"dtypes must be a non-empty tuple"),
     (dict(dtypes=F32, max_state=0), r"max_state must be None or an int >= 1"),
+    (dict(dtypes=F32, pass_state=0), r"pass_state must be None or an int >= 1"),
+    (dict(dtypes=F32, max_state=8, pass_state=16), r"pass_state \(16\) must be below max_state \(8\)"),
     (dict(dtypes=F32, max_width=1), r"max_width must be None or an int >= 2"),
     (dict(dtypes=F32, max_width=True), r"max_width must be None or an int >= 2"),
     (dict(dtypes=F32, reverse="yes"), r"reverse must be a bool"),
@@ -172,12 +174,13 @@ def test_mixers_outside_the_backend_capabilities(narrow_ref):
 
 @pytest.mark.skipif(registry.extension() is None, reason="the cuda modules read the built extension's layout")
 def test_cuda_capabilities_rule_out_float64_and_large_N():
-    """The cuda modules declare float32/16/bf16 rows and N <= the kernels' limit: the public ops
-    refuse the rest by name before anything is launched."""
+    """The cuda modules declare float32/16/bf16 rows and N <= 256 (mamba_ssm's limit; above the
+    kernels' register budget as passes over state slices): the public ops refuse the rest by name
+    before anything is launched."""
     scan_caps = registry.capabilities("selective_scan", "cuda")
     conv_caps = registry.capabilities("causal_conv1d", "cuda")
     assert torch.float64 not in scan_caps.dtypes and torch.float64 not in conv_caps.dtypes
-    assert scan_caps.max_state == registry.extension().cuda_scan_max_state
+    assert scan_caps.max_state == 256 and scan_caps.pass_state == registry.extension().cuda_scan_max_state
     assert scan_caps.row_views and conv_caps.row_views
     u = torch.zeros(1, 2, 3, dtype=torch.float64)
     with pytest.raises(TypeError, match=r"u: backend 'cuda' of selective_scan takes .*got float64"):

@@ -215,6 +215,47 @@ def test_emulated_forward_layouts_match_reference(emulated, case):
     _check_backend_scan(case, scan_cuda.forward, scan_cuda.backward)
 
 
+# N above the kernels' register budget: passes over state slices, outputs summed (MAX_STATE
+# lowered so the slices are small; one case at mamba_ssm's d_state 128 with the real budget).
+EMU_SLICED_CASES = [
+    ScanCase(2, 8, 40, 10, initial_state=True),                       # slices of 4, 4, 2
+    ScanCase(2, 8, 300, 9, "g2", "var", initial_state=True, reverse=True),
+    ScanCase(1, 4, 33, 7, "const", "g2", D=False),
+    ScanCase(2, 4, 20, 5, "var", "const", z=False, delta_bias=False, softplus=False),
+    ScanCase(2, 8, 64, 6, dtype=torch.bfloat16, reverse=True),
+    ScanCase(1, 8, 17, 8, dtype=torch.float16, initial_state=True),   # two full slices
+]
+
+
+@pytest.mark.parametrize("case", EMU_SLICED_CASES, ids=str)
+def test_emulated_state_slices_match_reference(emulated, monkeypatch, case):
+    monkeypatch.setattr(scan_cuda, "MAX_STATE", 4)
+    _check_backend_scan(case, scan_cuda.forward, scan_cuda.backward)
+
+
+def test_emulated_d_state_128_matches_reference(emulated):
+    assert scan_cuda.MAX_STATE < 128 <= scan_cuda.CAPS.max_state
+    _check_backend_scan(ScanCase(1, 4, 24, 128, initial_state=True), scan_cuda.forward, scan_cuda.backward)
+
+
+def test_state_slices_cover_the_states(monkeypatch):
+    monkeypatch.setattr(scan_cuda, "MAX_STATE", 64)
+    for N, sizes in ((65, [64, 1]), (128, [64, 64]), (256, [64] * 4), (200, [64, 64, 64, 8])):
+        got = scan_cuda._state_slices(N)
+        assert [s.stop - s.start for s in got] == sizes and got[0].start == 0 and got[-1].stop == N
+        assert all(a.stop == b.start for a, b in zip(got, got[1:]))
+
+
+def test_cuda_scan_capabilities_name_the_sliced_path():
+    from vimd_kernels import checks, env
+    caps = scan_cuda.CAPS
+    assert caps.max_state == 256 and caps.pass_state == scan_cuda.MAX_STATE
+    assert f"N > {scan_cuda.MAX_STATE} as passes over" in env._caps(caps)
+    u, A = torch.zeros(1, 2, 3), torch.zeros(2, 257)
+    with pytest.raises(ValueError, match=r"A: backend 'cuda' of selective_scan supports N <= 256 states, got N=257"):
+        checks.backend("selective_scan", "cuda", io=("u", u), state=("A", A))
+
+
 @pytest.mark.parametrize("chunk_len,N", [(8, 4), (200, 4), (24, 20)])
 def test_emulated_forward_chunks_of_any_step_multiple(emu, chunk_len, N):
     """Chunks of a few step blocks (not multiples of the backward's tiles), with one and with two
@@ -534,6 +575,13 @@ def test_emulated_bi_scan_matches_reference_per_direction(emulated, case):
     _check_bi_scan(case)
 
 
+@pytest.mark.parametrize("case", [ScanCase(1, 4, 300, 6), ScanCase(2, 4, 20, 5, "g2", "const", D=False)],
+                         ids=str)
+def test_emulated_bi_scan_state_slices(emulated, monkeypatch, case):
+    monkeypatch.setattr(scan_cuda, "MAX_STATE", 4)
+    _check_bi_scan(case)
+
+
 @pytest.mark.parametrize("case", [ScanCase(1, 4, 300, 3), ScanCase(2, 4, 299, 2, "g2", "var")], ids=str)
 def test_emulated_bi_scan_row_walk(emulated, monkeypatch, case):
     monkeypatch.setattr(scan_cuda, "use_row_walk", lambda *a: True)
@@ -554,11 +602,14 @@ def test_emulated_bi_bindings_reject_single_direction_inputs(emu):
         emu.causal_conv1d_bi_fwd_cuda(x["u"], torch.randn(4, 4), None, True)
 
 
-@pytest.mark.parametrize("bidirectional", (False, True))
-def test_emulated_mixer_op_on_cuda_backend(emulated, bidirectional):
+@pytest.mark.parametrize("bidirectional,sliced", [(False, False), (True, False), (False, True), (True, True)])
+def test_emulated_mixer_op_on_cuda_backend(emulated, monkeypatch, bidirectional, sliced):
     """The mixer op (vimd::mixer_fwd/bwd) with backend "cuda" on the emulated kernels, both
     directions through bi_forward/bi_backward, against bimamba_v2_inner_ref / mamba_inner_ref. Batch 3:
-    the kernels read x and z as channel slices of xz (batch stride 2 * d_inner * L)."""
+    the kernels read x and z as channel slices of xz (batch stride 2 * d_inner * L). ``sliced``: N
+    above the kernels' state budget (lowered to 1), so the scans run as passes over state slices."""
+    if sliced:
+        monkeypatch.setattr(scan_cuda, "MAX_STATE", 1)
     from tests.kernels.test_mamba_inner import BI_ORDER, _bi_inputs as mixer_inputs, _stacked_op_args
     from vimd_kernels.mamba_inner import fused
     flat = mixer_inputs(b=3, L=10, d_inner=4, N=2, rank=1)

@@ -52,6 +52,9 @@ _ALL = (
     + [Workload(f"mambair-{c}-{side}", 4 * 2 * c, side * side, groups=4,
                 note=f"MambaIR 4-route 2-D scan, C={c} (d_inner {2 * c} x 4 routes), {side}x{side}")
        for c, side in ((60, 64), (180, 64))]
+    + [Workload(f"vim-ti-s16-n{N}", 384, 197, N=N, gpu_batch=128, cpu_batch=8,
+                note=f"Vim-Ti stride 16 with d_state {N} (mamba_ssm's range; cuda: passes over 64-state slices)")
+       for N in (128, 256)]
     + [Workload("tiny", 8, 33, N=4, gpu_batch=2, cpu_batch=2, note="smoke test (--quick)"),
        Workload("tiny-grouped", 8, 33, N=4, groups=4, gpu_batch=2, cpu_batch=2,
                 note="smoke test, grouped B/C")]
@@ -61,7 +64,8 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in _ALL}
 
 DEFAULTS = {
     "cuda": ["vim-ti-s16", "vim-ti-s8", "vim-s-s16", "vim-s-s8", "vim-b-s16", "vim-b-s8",
-             "dvmsr-64", "dvmsr-128", "dvmsr-256", "mambair-60-64", "mambair-180-64"],
+             "dvmsr-64", "dvmsr-128", "dvmsr-256", "mambair-60-64", "mambair-180-64", "vim-ti-s16-n128",
+             "vim-ti-s16-n256"],
     "cpu": ["cpu-row", "vim-ti-s8", "dvmsr-64", "mambair-60-64"],
 }
 

@@ -14,6 +14,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..backend import Capabilities
@@ -34,8 +35,8 @@ FWD_BLOCKS_PER_SM = _C.cuda_fwd_blocks  # forward main kernel's register budget 
 # u / delta / z in float32, float16 or bfloat16 (float64: backend 'ref' or 'cpu'); z may be a
 # channel slice of a bigger tensor (rows of L contiguous steps, any batch stride): the mixer passes
 # xz[:, d:] without a copy (vimd_kernels/mamba_inner/fused.py).
-CAPS = Capabilities(dtypes=(torch.float32, torch.float16, torch.bfloat16), max_state=MAX_STATE,
-                    deterministic=True, row_views=True)
+CAPS = Capabilities(dtypes=(torch.float32, torch.float16, torch.bfloat16), max_state=256,
+                    pass_state=MAX_STATE, deterministic=True, row_views=True)
 
 # The forward planner's cost model (plan_chunk_len, fwd_cost). Its constants are estimates, not
 # timings of these kernels; tools/gpu/scan_plan.py times the planned split against forced ones.
@@ -157,6 +158,21 @@ def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
 
 def forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
             initial_state: Optional[Tensor], delta_softplus: bool, reverse: bool) -> tuple[Tensor, Tensor]:
+    if A.shape[1] > MAX_STATE:
+        return _sliced_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse)
+    return _kernel_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse)
+
+
+def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
+             delta_softplus: bool, reverse: bool):
+    if A.shape[1] > MAX_STATE:
+        return _sliced_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
+                                delta_softplus, reverse)
+    return _kernel_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
+                            delta_softplus, reverse)
+
+
+def _kernel_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse):
     batch, dim, L = u.shape
     chunk_len = plan_chunk_len(batch, dim, L, _device_sms(u))
     # the forward stages B/C rows through shared memory with coalesced loads: no padding needed
@@ -167,8 +183,8 @@ def forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delta_b
     return out, last
 
 
-def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
-             delta_softplus: bool, reverse: bool):
+def _kernel_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
+                     delta_softplus, reverse):
     batch, dim, L = u.shape
     sms = _device_sms(u)
     chunk_len = plan_bwd_chunk_len(batch, dim, L, sms, use_row_walk(batch, dim, L, sms))
@@ -182,12 +198,90 @@ def backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_sta
     return (du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddelta_bias, dinit)
 
 
+# ----------------------------------------------------------------------------- N > MAX_STATE
+# The kernels hold a row's states in registers, at most MAX_STATE of them. Each state is its own
+# recurrence (h_n = exp(delta A_n) h_n + delta B_n u) and the output sums them (C_n h_n), so a
+# larger N runs as kernel passes over slices of at most MAX_STATE states, without D or the z gate,
+# in float32; their outputs are summed and D and the gate applied once to the sum. The backward
+# runs the slices' backward on the gate's gradient (recomputing the slices' forward first when z
+# needs the ungated output) and sums du / ddelta / ddelta_bias over them.
+
+def _state_slices(N: int) -> list[slice]:
+    return [slice(i, min(i + MAX_STATE, N)) for i in range(0, N, MAX_STATE)]
+
+
+def _bc(X: Tensor, s: slice) -> Tensor:
+    """States ``s`` of B or C: constant (dim, N), variable (batch, N, L) or grouped (batch, G, N, L)."""
+    return (X[:, s] if X.dim() == 2 else X[..., s, :]).contiguous()
+
+
+def _states(X: Optional[Tensor], s: slice) -> Optional[Tensor]:
+    """States ``s`` of a (batch, dim, N) state."""
+    return None if X is None else X[..., s].contiguous()
+
+
+def _sliced_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse):
+    u32, delta32 = u.float(), delta.float()
+    y, lasts = None, []
+    for s in _state_slices(A.shape[1]):
+        out, last = _kernel_forward(u32, delta32, A[:, s].contiguous(), _bc(B, s), _bc(C, s), None, None,
+                                    delta_bias, _states(initial_state, s), delta_softplus, reverse)
+        y = out if y is None else y.add_(out)
+        lasts.append(last)
+    return _gate(y, u32, D, z).to(u.dtype), torch.cat(lasts, dim=-1)
+
+
+def _gate(y: Tensor, u: Tensor, D: Optional[Tensor], z: Optional[Tensor]) -> Tensor:
+    if D is not None:
+        y = y + D.float()[:, None] * u
+    return y if z is None else y * F.silu(z.float())
+
+
+def _sliced_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state,
+                     delta_softplus, reverse):
+    u32, delta32 = u.float(), delta.float()
+    g = dout.float()
+    dz = None
+    if z is not None:
+        y = _sliced_forward(u32, delta32, A, B, C, D, None, delta_bias, initial_state, delta_softplus,
+                            reverse)[0]
+        z32 = z.float()
+        sig = torch.sigmoid(z32)
+        dz = (g * y * sig * (1 + z32 * (1 - sig))).to(z.dtype)
+        g = g * z32 * sig
+    g = g.contiguous()
+    du = g * D.float()[:, None] if D is not None else torch.zeros_like(u32)
+    dD = (g * u32).sum((0, 2)).to(D.dtype) if D is not None else None
+    ddelta = torch.zeros_like(delta32)
+    ddelta_bias = None if delta_bias is None else torch.zeros_like(delta_bias, dtype=torch.float32)
+    dA, dB, dC, dinit = [], [], [], []
+    for s in _state_slices(A.shape[1]):
+        grads = _kernel_backward(u32, delta32, A[:, s].contiguous(), _bc(B, s), _bc(C, s), None, None,
+                                 delta_bias, _states(initial_state, s), g,
+                                 _states(dlast_state, s),
+                                 delta_softplus, reverse)
+        du_s, ddelta_s, dA_s, dB_s, dC_s, _, _, ddb_s, dinit_s = grads
+        du.add_(du_s)
+        ddelta.add_(ddelta_s)
+        if ddelta_bias is not None:
+            ddelta_bias.add_(ddb_s)
+        dA.append(dA_s), dB.append(dB_s), dC.append(dC_s), dinit.append(dinit_s)
+    cat_bc = lambda parts, X: torch.cat(parts, dim=-1 if X.dim() == 2 else -2).to(X.dtype)  # noqa: E731
+    return (du.to(u.dtype), ddelta.to(delta.dtype), torch.cat(dA, dim=1), cat_bc(dB, B), cat_bc(dC, C), dD,
+            dz, None if delta_bias is None else ddelta_bias.to(delta_bias.dtype),
+            None if initial_state is None else torch.cat(dinit, dim=-1).to(initial_state.dtype))
+
+
 # ----------------------------------------------------------------------------- both directions
 # ViM's two directions in one launch (the mixer op's hook, vimd_kernels/mamba_inner/fused.py):
 # every input but z has a leading direction dimension of 2; direction 1 runs reversed.
 
 def bi_forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
                delta_softplus: bool) -> tuple[Tensor, Tensor]:
+    if A.shape[-1] > MAX_STATE:  # sliced passes, one direction at a time
+        outs = [forward(u[s], delta[s], A[s], B[s], C[s], _at(D, s), z, _at(delta_bias, s), None,
+                        delta_softplus, bool(s)) for s in (0, 1)]
+        return torch.stack([o for o, _ in outs]), torch.stack([h for _, h in outs])
     _, batch, dim, L = u.shape
     chunk_len = plan_chunk_len(batch, 2 * dim, L, _device_sms(u))  # both directions fill the grid
     return _ext().selective_scan_bi_fwd_cuda(u, delta, A, _f32(B), _f32(C), D, z, delta_bias,
@@ -195,6 +289,10 @@ def bi_forward(u, delta, A, B, C, D: Optional[Tensor], z: Optional[Tensor], delt
 
 
 def bi_backward(u, delta, A, B, C, D, z, delta_bias, dout, delta_softplus: bool):
+    if A.shape[-1] > MAX_STATE:
+        grads = [backward(u[s], delta[s], A[s], B[s], C[s], _at(D, s), z, _at(delta_bias, s), None,
+                          dout[s].contiguous(), None, delta_softplus, bool(s))[:8] for s in (0, 1)]
+        return tuple(None if g[0] is None else torch.stack(g) for g in zip(*grads))
     _, batch, dim, L = u.shape
     sms = _device_sms(u)
     walk = use_row_walk(2 * batch, dim, L, sms)  # both directions share the grid
@@ -205,3 +303,7 @@ def bi_backward(u, delta, A, B, C, D, z, delta_bias, dout, delta_softplus: bool)
         u, delta, A, _f32(B), _f32(C), D, z, delta_bias, dout[0].contiguous(),
         dout[1].contiguous(), bool(delta_softplus), seg, slab, chunk_len)
     return du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddelta_bias
+
+
+def _at(X: Optional[Tensor], s: int) -> Optional[Tensor]:
+    return None if X is None else X[s]
