@@ -602,14 +602,23 @@ def test_emulated_bi_bindings_reject_single_direction_inputs(emu):
         emu.causal_conv1d_bi_fwd_cuda(x["u"], torch.randn(4, 4), None, True)
 
 
-@pytest.mark.parametrize("bidirectional,sliced", [(False, False), (True, False), (False, True), (True, True)])
-def test_emulated_mixer_op_on_cuda_backend(emulated, monkeypatch, bidirectional, sliced):
+@pytest.mark.parametrize("bidirectional", (False, True))
+def test_emulated_mixer_op_on_cuda_backend(emulated, bidirectional):
     """The mixer op (vimd::mixer_fwd/bwd) with backend "cuda" on the emulated kernels, both
     directions through bi_forward/bi_backward, against bimamba_v2_inner_ref / mamba_inner_ref. Batch 3:
-    the kernels read x and z as channel slices of xz (batch stride 2 * d_inner * L). ``sliced``: N
-    above the kernels' state budget (lowered to 1), so the scans run as passes over state slices."""
-    if sliced:
-        monkeypatch.setattr(scan_cuda, "MAX_STATE", 1)
+    the kernels read x and z as channel slices of xz (batch stride 2 * d_inner * L)."""
+    _check_mixer_op(bidirectional)
+
+
+@pytest.mark.parametrize("bidirectional", (False, True))
+def test_emulated_mixer_op_with_state_slices(emulated, monkeypatch, bidirectional):
+    """The same with N above the kernels' state budget (lowered to 1): the scans run as passes over
+    state slices."""
+    monkeypatch.setattr(scan_cuda, "MAX_STATE", 1)
+    _check_mixer_op(bidirectional)
+
+
+def _check_mixer_op(bidirectional: bool) -> None:
     from tests.kernels.test_mamba_inner import BI_ORDER, _bi_inputs as mixer_inputs, _stacked_op_args
     from vimd_kernels.mamba_inner import fused
     flat = mixer_inputs(b=3, L=10, d_inner=4, N=2, rank=1)
